@@ -1,0 +1,375 @@
+"""IEC 104 link state machine (sans-I/O, time passed in)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from .apci import SEQ_MODULO, FrameReader, FramingError, IFrame, SFrame, UFunction, encode_i, encode_s, encode_u
+
+
+@dataclass(frozen=True, slots=True)
+class LinkParams:
+    """Windows and timers of one IEC 104 connection (seconds), IEC 60870-5-104 defaults."""
+
+    k: int = 12
+    w: int = 8
+    t0: float = 30.0
+    t1: float = 15.0
+    t2: float = 10.0
+    t3: float = 20.0
+
+    def problems(self) -> list[tuple[str, str, object]]:
+        """(key, expected, got) for every value outside what the standard allows."""
+        found: list[tuple[str, str, object]] = []
+        if not 1 <= self.k <= 32767:
+            found.append(("k", "an integer from 1 to 32767", self.k))
+        if not 1 <= self.w <= 32767:
+            found.append(("w", "an integer from 1 to 32767", self.w))
+        elif self.w > self.k:
+            found.append(("w", f"at most k ({self.k}), the standard recommends w <= 2k/3", self.w))
+        for name in ("t0", "t1", "t2", "t3"):
+            value = getattr(self, name)
+            if not value > 0:
+                found.append((name, "a positive number of seconds", value))
+        if self.t2 > 0 and self.t1 > 0 and not self.t2 < self.t1:
+            found.append(("t2", f"less than t1 ({self.t1} s)", self.t2))
+        return found
+
+
+class Role(Enum):
+    CONTROLLED = "controlled"  # the station side: our uplink toward the BMI
+    CONTROLLING = "controlling"  # the master side: our connections to the sites
+
+
+class State(Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"  # STARTDT act sent, con awaited (controlling role)
+    STARTED = "started"
+    STOPPING = "stopping"  # STOPDT act sent, con awaited (controlling role)
+    CLOSED = "closed"  # failed: the connection must be closed
+
+
+@dataclass(frozen=True, slots=True)
+class AsduReceived:
+    asdu: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """The peer confirmed `count` more of the I-frames we sent, oldest first."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataTransferStarted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DataTransferStopped:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TestFrameConfirmed:
+    __test__ = False  # not a pytest test class, despite the name
+
+    round_trip: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFailed:
+    """A protocol error by the peer or an expired t1: the connection is finished."""
+
+    reason: str
+
+
+Event = AsduReceived | Acknowledged | DataTransferStarted | DataTransferStopped | TestFrameConfirmed | LinkFailed
+
+
+class LinkError(Exception):
+    """Local misuse: sending while the link does not allow it."""
+
+
+def _seq_distance(newer: int, older: int) -> int:
+    return (newer - older) % SEQ_MODULO
+
+
+class Link:
+    """One IEC 104 connection's state: sequence numbers, k/w windows, t1/t2/t3.
+
+    Feed it received bytes and the current time; read back events and the bytes to
+    send. It owns no socket and no clock. `get_timer()` says when it next needs
+    `handle_timer(now)`.
+
+    With `manual_ack`, received I-frames are confirmed only up to what the owner
+    released with `acknowledge(count)`: the relay uses this on its site connections so
+    that a UPDC's frame is confirmed only once the BMI has confirmed the forwarded
+    copy. The w and t2 rules then belong to the BMI, whose acknowledgements we pass on
+    at once.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        params: LinkParams = LinkParams(),
+        *,
+        manual_ack: bool = False,
+        now: float = 0.0,
+    ) -> None:
+        self.role = role
+        self.params = params
+        self.manual_ack = manual_ack
+        self.state = State.STOPPED
+        self.failure: str | None = None
+        self._reader = FrameReader()
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        # Send side: V(S), the oldest unconfirmed N(S), and when each unconfirmed frame left.
+        self.send_seq = 0
+        self._peer_ack = 0
+        self._sent_times: deque[float] = deque()
+        # Receive side: V(R), the N(R) we last sent, and what we may confirm.
+        self.recv_seq = 0
+        self._acked_recv = 0
+        self._releasable = 0
+        self._first_unacked_at: float | None = None
+        # t1 runs for the STARTDT/STOPDT act and the TESTFR act we sent; t3 from the
+        # last frame received.
+        self._pending_act: tuple[UFunction, float] | None = None
+        self._test_sent_at: float | None = None
+        self._last_received = now
+
+    # ---------------------------------------------------------------- inspection
+    @property
+    def started(self) -> bool:
+        return self.state is State.STARTED
+
+    @property
+    def unacknowledged(self) -> int:
+        """I-frames sent and not yet confirmed by the peer."""
+        return _seq_distance(self.send_seq, self._peer_ack)
+
+    @property
+    def can_send(self) -> bool:
+        return self.state is State.STARTED and self.unacknowledged < self.params.k
+
+    @property
+    def unconfirmed_received(self) -> int:
+        """I-frames received that we have not confirmed yet."""
+        return _seq_distance(self.recv_seq, self._acked_recv)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    # ---------------------------------------------------------------- local actions
+    def send_asdu(self, asdu: bytes, now: float) -> None:
+        if not self.can_send:
+            raise LinkError(f"cannot send: state {self.state.value}, {self.unacknowledged}/{self.params.k} unconfirmed")
+        confirm = self._confirmable()
+        self._out += encode_i(self.send_seq, confirm, asdu)
+        self._note_confirmation_sent(confirm)
+        self.send_seq = (self.send_seq + 1) % SEQ_MODULO
+        self._sent_times.append(now)
+
+    def start(self, now: float) -> None:
+        """Controlling role: ask the peer to start data transfer (STARTDT act)."""
+        self._require(Role.CONTROLLING, State.STOPPED, "start")
+        self._send_act(UFunction.STARTDT_ACT, now)
+        self.state = State.STARTING
+
+    def stop(self, now: float) -> None:
+        """Controlling role: ask the peer to stop data transfer (STOPDT act)."""
+        self._require(Role.CONTROLLING, State.STARTED, "stop")
+        self._send_act(UFunction.STOPDT_ACT, now)
+        self.state = State.STOPPING
+
+    def deactivate(self) -> None:
+        """Controlled role: another connection took the active role (IEC 104 Ed. 2).
+
+        Nothing goes on the wire. The frames still unconfirmed here are re-sent on the
+        new active connection, so they no longer run t1 on this one; late
+        confirmations are still accepted.
+        """
+        self._require(Role.CONTROLLED, State.STARTED, "deactivate")
+        self.state = State.STOPPED
+        self._sent_times.clear()
+
+    def acknowledge(self, count: int, now: float) -> None:
+        """Manual-ack mode: confirm `count` more received I-frames, oldest first, now."""
+        if not self.manual_ack:
+            raise LinkError("acknowledge() is for manual-ack links")
+        if count < 0 or self._releasable + count > self.unconfirmed_received:
+            unreleased = self.unconfirmed_received - self._releasable
+            raise LinkError(f"cannot confirm {count} more: {unreleased} received and unreleased")
+        self._releasable += count
+        if self.state is not State.CLOSED and self._releasable:
+            self._send_s_frame()
+
+    # ---------------------------------------------------------------- input
+    def receive_data(self, data: bytes | bytearray, now: float) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._reader.feed(data)
+        while self.state is not State.CLOSED:
+            try:
+                frame = self._reader.next_frame()
+            except FramingError as exc:
+                self._fail(str(exc))
+                return
+            if frame is None:
+                return
+            self._last_received = now
+            if isinstance(frame, IFrame):
+                self._on_i_frame(frame, now)
+            elif isinstance(frame, SFrame):
+                self._on_confirmation(frame.recv_seq)
+            else:
+                self._on_u_frame(frame.function, now)
+
+    def _on_i_frame(self, frame: IFrame, now: float) -> None:
+        accepting = (State.STARTED, State.STOPPING) if self.role is Role.CONTROLLING else (State.STARTED,)
+        if self.state not in accepting:
+            self._fail(f"I-frame received in state {self.state.value}")
+            return
+        if frame.send_seq != self.recv_seq:
+            self._fail(f"sequence error: N(S)={frame.send_seq}, expected {self.recv_seq}")
+            return
+        self.recv_seq = (self.recv_seq + 1) % SEQ_MODULO
+        if not self._on_confirmation(frame.recv_seq):
+            return
+        self._events.append(AsduReceived(frame.asdu))
+        if self.manual_ack:
+            return
+        if self._first_unacked_at is None:
+            self._first_unacked_at = now
+        if self.unconfirmed_received >= self.params.w:
+            self._send_s_frame()
+
+    def _on_confirmation(self, recv_seq: int) -> bool:
+        count = _seq_distance(recv_seq, self._peer_ack)
+        if count > self.unacknowledged:
+            self._fail(f"N(R)={recv_seq} confirms frames never sent (V(S)={self.send_seq}, V(A)={self._peer_ack})")
+            return False
+        if count:
+            self._peer_ack = recv_seq
+            for _ in range(min(count, len(self._sent_times))):
+                self._sent_times.popleft()
+            self._events.append(Acknowledged(count))
+        return True
+
+    def _on_u_frame(self, function: UFunction, now: float) -> None:
+        if function is UFunction.TESTFR_ACT:
+            self._out += encode_u(UFunction.TESTFR_CON)
+        elif function is UFunction.TESTFR_CON:
+            # An unsolicited confirmation is harmless: lib60870 ignores it too.
+            if self._test_sent_at is not None:
+                self._events.append(TestFrameConfirmed(now - self._test_sent_at))
+                self._test_sent_at = None
+        elif self.role is Role.CONTROLLED:
+            self._on_u_as_controlled(function)
+        else:
+            self._on_u_as_controlling(function)
+
+    def _on_u_as_controlled(self, function: UFunction) -> None:
+        if function is UFunction.STARTDT_ACT:
+            self._out += encode_u(UFunction.STARTDT_CON)
+            if self.state is not State.STARTED:
+                self.state = State.STARTED
+                self._events.append(DataTransferStarted())
+        elif function is UFunction.STOPDT_ACT:
+            self._out += encode_u(UFunction.STOPDT_CON)
+            if self.state is State.STARTED:
+                self.state = State.STOPPED
+                self._events.append(DataTransferStopped())
+        else:
+            self._fail(f"{function.name} is not for a controlled station")
+
+    def _on_u_as_controlling(self, function: UFunction) -> None:
+        if function is UFunction.STARTDT_CON and self.state is State.STARTING:
+            self.state = State.STARTED
+            self._pending_act = None
+            self._events.append(DataTransferStarted())
+        elif function is UFunction.STOPDT_CON and self.state is State.STOPPING:
+            self.state = State.STOPPED
+            self._pending_act = None
+            self._events.append(DataTransferStopped())
+        else:
+            self._fail(f"unexpected {function.name} in state {self.state.value}")
+
+    # ---------------------------------------------------------------- timers
+    def get_timer(self) -> float | None:
+        if self.state is State.CLOSED:
+            return None
+        p = self.params
+        deadlines = [self._last_received + p.t3]
+        if self._sent_times:
+            deadlines.append(self._sent_times[0] + p.t1)
+        if self._pending_act is not None:
+            deadlines.append(self._pending_act[1] + p.t1)
+        if self._test_sent_at is not None:
+            deadlines.append(self._test_sent_at + p.t1)
+        if self._first_unacked_at is not None:
+            deadlines.append(self._first_unacked_at + p.t2)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is State.CLOSED:
+            return
+        p = self.params
+        if self._sent_times and now >= self._sent_times[0] + p.t1:
+            self._fail(f"t1 expired: I-frame N(S)={self._peer_ack} not confirmed within {p.t1} s")
+            return
+        if self._pending_act is not None and now >= self._pending_act[1] + p.t1:
+            self._fail(f"t1 expired: no confirmation of {self._pending_act[0].name} within {p.t1} s")
+            return
+        if self._test_sent_at is not None and now >= self._test_sent_at + p.t1:
+            self._fail(f"t1 expired: no confirmation of TESTFR_ACT within {p.t1} s")
+            return
+        if self._first_unacked_at is not None and now >= self._first_unacked_at + p.t2:
+            self._send_s_frame()
+        if now >= self._last_received + p.t3:
+            # Idle for t3: test the connection. Restart t3 so one test goes per period.
+            self._last_received = now
+            if self._test_sent_at is None:
+                self._out += encode_u(UFunction.TESTFR_ACT)
+                self._test_sent_at = now
+
+    # ---------------------------------------------------------------- helpers
+    def _confirmable(self) -> int:
+        """The N(R) we may send: all received frames, or in manual mode what was released."""
+        if self.manual_ack:
+            return (self._acked_recv + self._releasable) % SEQ_MODULO
+        return self.recv_seq
+
+    def _note_confirmation_sent(self, recv_seq: int) -> None:
+        self._releasable -= _seq_distance(recv_seq, self._acked_recv) if self.manual_ack else 0
+        self._acked_recv = recv_seq
+        if self._acked_recv == self.recv_seq:
+            self._first_unacked_at = None
+
+    def _send_s_frame(self) -> None:
+        confirm = self._confirmable()
+        self._out += encode_s(confirm)
+        self._note_confirmation_sent(confirm)
+
+    def _send_act(self, function: UFunction, now: float) -> None:
+        self._out += encode_u(function)
+        self._pending_act = (function, now)
+
+    def _require(self, role: Role, state: State, action: str) -> None:
+        if self.role is not role or self.state is not state:
+            raise LinkError(f"cannot {action}: {self.role.value} link in state {self.state.value}")
+
+    def _fail(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self.failure = reason
+        self._events.append(LinkFailed(reason))
