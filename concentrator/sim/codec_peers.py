@@ -1,0 +1,183 @@
+"""IEC 104 peers on our own codec, for tests and benchmarks.
+
+c104's server forgets events while no connection is started and drops them beyond a few
+thousand per second, so it can show neither end-to-end no-loss nor the relay's limits.
+These peers can:
+
+- `QueueingStation`: a controlled station (UPDC) that keeps every ASDU until the
+  controlling station confirms it, and sends what was not confirmed again on the next
+  started connection, as lib60870's server does when a connection is lost;
+- `CodecMaster`: a controlling station (BMI) that records what it receives, with times.
+
+Payloads carry a sequence number (integrated totals, type 15), so that loss,
+duplicates and order are countable.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from ..iec104.link import (
+    Acknowledged,
+    AsduReceived,
+    DataTransferStarted,
+    DataTransferStopped,
+    Event,
+    Link,
+    LinkParams,
+    Role,
+)
+from ..session import LinkSession, set_nodelay
+
+M_IT_NA_1 = 15
+COT_SPONTANEOUS = 3
+SEQUENCE_IOA = 7001
+
+
+def counter_asdu(common_address: int, sequence: int, ioa: int = SEQUENCE_IOA) -> bytes:
+    """M_IT_NA_1 (integrated total) whose counter value is `sequence`."""
+    return (
+        bytes((M_IT_NA_1, 1, COT_SPONTANEOUS, 0))
+        + common_address.to_bytes(2, "little")
+        + ioa.to_bytes(3, "little")
+        + (sequence & 0xFFFFFFFF).to_bytes(4, "little")
+        + bytes((sequence >> 32 & 0x1F,))  # BCR sequence bits, keeps values distinct
+    )
+
+
+def counter_of(asdu: bytes) -> tuple[int, int]:
+    """(CA, sequence) of an ASDU made by `counter_asdu`."""
+    return asdu[4] | asdu[5] << 8, int.from_bytes(asdu[9:13], "little")
+
+
+class QueueingStation:
+    """A UPDC on our codec with lib60870's queue semantics: sent but unconfirmed ASDUs go
+    back to waiting when their connection is lost or deactivated, and leave again, in
+    order, on the next started connection."""
+
+    def __init__(self, common_address: int, params: LinkParams = LinkParams()) -> None:
+        self.common_address = common_address
+        self.params = params
+        self.waiting: deque[bytes] = deque()
+        self.unconfirmed: deque[bytes] = deque()
+        self.received: list[bytes] = []  # ASDUs from the controlling station
+        self.connections = 0
+        self.port = 0
+        self._active: LinkSession | None = None
+        self._sessions: set[LinkSession] = set()
+        self._next_sequence = 0
+
+    def enqueue(self, asdu: bytes) -> None:
+        self.waiting.append(asdu)
+        self._pump()
+
+    def enqueue_counter(self) -> int:
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        self.enqueue(counter_asdu(self.common_address, sequence))
+        return sequence
+
+    @property
+    def confirmed_all(self) -> bool:
+        return not self.waiting and not self.unconfirmed
+
+    async def serve(self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, self._handle, port, host="127.0.0.1"))
+            self.port = listeners[0].socket.getsockname()[1]
+            task_status.started(self.port)
+
+    def drop_connections(self) -> None:
+        """Close every connection at once (a UPDC restart, or a cut wire)."""
+        for session in list(self._sessions):
+            session.close("dropped by the station")
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        set_nodelay(stream)
+        session = LinkSession(
+            stream, Link(Role.CONTROLLED, self.params, now=trio.current_time()), self._on_event, "station"
+        )
+        self._sessions.add(session)
+        self.connections += 1
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            if session is self._active:
+                self._deactivate()
+
+    def _deactivate(self) -> None:
+        self._active = None
+        self.waiting.extendleft(reversed(self.unconfirmed))
+        self.unconfirmed.clear()
+
+    def _on_event(self, session: LinkSession, event: Event) -> None:
+        if isinstance(event, DataTransferStarted):
+            if self._active is not None and self._active is not session:
+                self._active.link.deactivate()
+            self._deactivate()
+            self._active = session
+        elif isinstance(event, DataTransferStopped) and session is self._active:
+            self._deactivate()
+        elif isinstance(event, Acknowledged) and session is self._active:
+            for _ in range(event.count):
+                self.unconfirmed.popleft()
+        elif isinstance(event, AsduReceived):
+            self.received.append(event.asdu)
+        self._pump()
+
+    def _pump(self) -> None:
+        session = self._active
+        if session is None:
+            return
+        now = trio.current_time()
+        while self.waiting and session.link.can_send:
+            asdu = self.waiting.popleft()
+            session.link.send_asdu(asdu, now)
+            self.unconfirmed.append(asdu)
+        session.wake()
+
+
+@dataclass
+class CodecMaster:
+    """A BMI on our codec: connects, starts data transfer, records every ASDU received."""
+
+    params: LinkParams = field(default_factory=LinkParams)
+    received: list[tuple[float, bytes]] = field(default_factory=list)
+    session: LinkSession | None = None
+    started: trio.Event = field(default_factory=trio.Event)
+
+    async def run(
+        self,
+        host: str,
+        port: int,
+        *,
+        start: bool = True,
+        task_status: trio.TaskStatus[CodecMaster] = trio.TASK_STATUS_IGNORED,
+    ) -> str:
+        stream = await trio.open_tcp_stream(host, port)
+        set_nodelay(stream)
+        link = Link(Role.CONTROLLING, self.params, now=trio.current_time())
+        self.session = LinkSession(stream, link, self._on_event, "master")
+        if start:
+            link.start(trio.current_time())
+        task_status.started(self)
+        return await self.session.run()
+
+    def send(self, asdu: bytes) -> None:
+        assert self.session is not None
+        self.session.link.send_asdu(asdu, trio.current_time())
+        self.session.wake()
+
+    def asdus(self) -> list[bytes]:
+        return [asdu for _, asdu in self.received]
+
+    def _on_event(self, session: LinkSession, event: Event) -> None:
+        if isinstance(event, AsduReceived):
+            self.received.append((trio.current_time(), event.asdu))
+        elif isinstance(event, DataTransferStarted):
+            self.started.set()
