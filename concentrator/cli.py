@@ -1,0 +1,84 @@
+"""The `concentrator` command: relay, check-config, demo, netd."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from .config import ConfigError, load_config
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from .relay import Relay
+
+    config = load_config(args.config)
+    logging.getLogger(__name__).info(
+        "configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites)
+    )
+    trio.run(Relay(config).run)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    cas = sum(len(site.common_addresses) for site in config.sites)
+    print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(sites=args.sites, duration=args.duration, sample_period=args.sample_period)
+
+
+def _netd(args: argparse.Namespace) -> int:
+    from netconfig.netd import main as netd_main
+
+    return netd_main(["--config", args.config])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="concentrator", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    relay = commands.add_parser("relay", help="run the IEC 104 relay")
+    relay.add_argument("--config", required=True, help="YAML configuration file")
+    relay.set_defaults(run=_relay)
+
+    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file")
+    check.set_defaults(run=_check_config)
+
+    demo = commands.add_parser("demo", help="simulated sites, the relay and a simulated BMI on loopback")
+    demo.add_argument("--sites", type=int, default=12, help="number of simulated UPDCs (default 12)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    demo.add_argument(
+        "--sample-period", type=float, default=4.0, help="seconds between measurements per site (annex A40: 4)"
+    )
+    demo.set_defaults(run=_demo)
+
+    netd = commands.add_parser("netd", help="run the link manager (primary/backup failover)")
+    netd.add_argument("--config", required=True, help="YAML configuration file")
+    netd.set_defaults(run=_netd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+from dataclasses import dataclass
+
+import pytest
+
+from concentrator.uplink_queue import UplinkQueue, releases
+
+
+@dataclass(eq=False)
+class Site:
+    name: str
+    closed: bool = False
+
+
+def test_fifo_in_flight_and_confirmation_release_per_origin():
+    a, b = Site("a"), Site("b")
+    queue: UplinkQueue[Site] = UplinkQueue()
+    for n in range(3):
+        queue.push(a, bytes([n]), now=1.0)
+        queue.push(b, bytes([10 + n]), now=1.0)
+    sent = [queue.take(now=2.0) for _ in range(4)]
+    assert [item.asdu for item in sent if item] == [b"\x00", b"\x0a", b"\x01", b"\x0b"]
+    assert queue.in_flight == 4 and len(queue) == 2
+    assert releases(queue.confirmed(3)) == {a: 2, b: 1}
+    with pytest.raises(ValueError):
+        queue.confirmed(2)
+
+
+def test_requeue_puts_unconfirmed_first_in_original_order():
+    a = Site("a")
+    queue: UplinkQueue[Site] = UplinkQueue()
+    for n in range(5):
+        queue.push(a, bytes([n]), now=0.0)
+    queue.take(0.0), queue.take(0.0), queue.take(0.0)
+    queue.confirmed(1)
+    queue.requeue_in_flight()
+    assert queue.in_flight == 0
+    assert [queue.take(1.0).asdu for _ in range(4)] == [b"\x01", b"\x02", b"\x03", b"\x04"]  # type: ignore[union-attr]
+
+
+def test_closed_origin_drops_pending_keeps_in_flight_and_is_not_released():
+    a, b = Site("a"), Site("b")
+    queue: UplinkQueue[Site] = UplinkQueue()
+    queue.push(a, b"\x01", 0.0)
+    queue.push(b, b"\x02", 0.0)
+    queue.push(a, b"\x03", 0.0)
+    queue.take(0.0)
+    a.closed = True
+    assert queue.discard_pending(a) == 1
+    assert len(queue) == 1 and queue.in_flight == 1
+    # The BMI's confirmation still counts a's frame in flight, but a is not told.
+    assert releases(queue.confirmed(1)) == {}
+    assert queue.take(0.0).asdu == b"\x02"  # type: ignore[union-attr]
+
+
+def test_own_negative_answers_are_never_released():
+    queue: UplinkQueue[Site] = UplinkQueue()
+    queue.push(None, b"\x2d", 0.0)
+    queue.take(0.0)
+    assert releases(queue.confirmed(1)) == {}
