@@ -110,7 +110,8 @@ class Relay:
         else:
             # IEC 104 Ed. 2: a STARTDT on another connection moves the active role. What
             # the old connection did not confirm is sent again on the new one, in order.
-            previous.link.deactivate()
+            if previous.link.started:  # not if it is failing right now
+                previous.link.deactivate()
             self.stats.uplink.requeued += self.queue.in_flight
             self.queue.requeue_in_flight()
             log.info("active role moved from %s to %s", previous.label, session.label)
