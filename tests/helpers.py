@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from concentrator.config import Config, parse_config
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from concentrator.sim.points import free_tcp_port as free_port
 
 
 def relay_config(
@@ -56,11 +49,3 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: s
             await trio.sleep(0.01)
         return
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def wait_for_sync(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
