@@ -97,6 +97,8 @@ class Relay:
         elif isinstance(event, DataTransferStopped):
             if session is self.active:
                 self._uplink_lost()
+        elif isinstance(event, TestFrameConfirmed):
+            self.stats.uplink.last_test_round_trip = event.round_trip
 
     def _activate(self, session: LinkSession) -> None:
         previous = self.active
@@ -134,10 +136,7 @@ class Relay:
         items = self.queue.confirmed(count)
         for item in items:
             if item.origin is not None:
-                site_stats = item.origin.site.stats
-                site_stats.last_ack_delay = delay = now - item.sent_at
-                if delay > site_stats.max_ack_delay:
-                    site_stats.max_ack_delay = delay
+                item.origin.site.stats.record_confirmed(now - item.sent_at)
         for origin, released in releases(items).items():
             origin.link.acknowledge(released, now)
             origin.wake()
@@ -145,9 +144,7 @@ class Relay:
 
     def forward_up(self, origin: SiteSession, asdu: bytes) -> None:
         self.queue.push(origin, asdu, trio.current_time())
-        site = origin.site
-        site.stats.asdus_up += 1
-        site.stats.bytes_up += len(asdu)
+        origin.site.stats.record_up(asdu)
         self._pump_uplink()
 
     def _pump_uplink(self) -> None:
@@ -160,7 +157,7 @@ class Relay:
         while link.can_send and (item := self.queue.take(now)) is not None:
             link.send_asdu(item.asdu, now)
             if item.origin is not None:
-                item.origin.site.stats.last_latency_up = now - item.received_at
+                item.origin.site.stats.record_forwarded(now - item.received_at)
             sent += 1
         if sent:
             self.stats.uplink.asdus_up += sent
@@ -203,6 +200,7 @@ class SiteLink:
         relay.stats.sites[config.name] = self.stats
 
     async def run(self) -> None:
+        self.stats.state_since = trio.current_time()
         delay = RETRY_MIN
         while True:
             stream = await self._connect()
@@ -215,7 +213,7 @@ class SiteLink:
             await trio.sleep(RETRY_MIN)
 
     async def _connect(self) -> trio.SocketStream | None:
-        self.stats.state = "connecting"
+        self.stats.set_state("connecting", trio.current_time())
         for endpoint in self.config.endpoints:
             try:
                 with trio.fail_after(self.config.params.t0):
@@ -225,7 +223,7 @@ class SiteLink:
                 continue
             self.stats.endpoint = str(endpoint)
             return stream
-        self.stats.state = "disconnected"
+        self.stats.set_state("disconnected", trio.current_time())
         return None
 
     async def _serve(self, stream: trio.SocketStream) -> None:
@@ -234,14 +232,14 @@ class SiteLink:
         session = SiteSession(self, stream, link)
         self.session = session
         self.stats.connects += 1
-        self.stats.state = "connected"
+        self.stats.set_state("connected", trio.current_time())
         log.info("site %s connected on %s", self.config.name, self.stats.endpoint)
         self.sync()
         try:
             reason = await session.run()
         finally:
             self.session = None
-            self.stats.state = "disconnected"
+            self.stats.set_state("disconnected", trio.current_time())
             self.relay.queue.discard_pending(session)
         self.stats.last_close_reason = reason
         log.warning("site %s disconnected: %s", self.config.name, reason)
@@ -278,9 +276,7 @@ class SiteLink:
         while session.backlog and link.can_send:
             asdu, received_at = session.backlog.popleft()
             link.send_asdu(asdu, now)
-            self.stats.last_latency_down = now - received_at
-            self.stats.asdus_down += 1
-            self.stats.bytes_down += len(asdu)
+            self.stats.record_down(asdu, now - received_at)
             sent += 1
         if sent:
             session.wake()
@@ -297,10 +293,10 @@ class SiteLink:
         elif isinstance(event, Acknowledged):
             self._drain(session)
         elif isinstance(event, DataTransferStarted):
-            self.stats.state = "started"
+            self.stats.set_state("started", trio.current_time())
             self._drain(session)
         elif isinstance(event, DataTransferStopped):
-            self.stats.state = "connected"
+            self.stats.set_state("connected", trio.current_time())
         elif isinstance(event, TestFrameConfirmed):
             self.stats.last_test_round_trip = event.round_trip
 

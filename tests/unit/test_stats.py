@@ -1,0 +1,32 @@
+from concentrator.stats import LATENCY_BUCKETS, Histogram, SiteStats
+
+
+def test_time_in_state_counts_the_current_state_too():
+    stats = SiteStats("s", (101,), state_since=100.0)
+    stats.set_state("connecting", 101.0)
+    stats.set_state("started", 101.5)
+    assert stats.seconds_in_states(110.0) == {
+        "disconnected": 1.0,
+        "connecting": 0.5,
+        "connected": 0.0,
+        "started": 8.5,
+    }
+
+
+def test_histogram_buckets_from_10_microseconds_to_1_second():
+    histogram = Histogram()
+    for value in (5e-6, 10e-6, 11e-6, 0.9, 2.0):
+        histogram.observe(value)
+    assert LATENCY_BUCKETS[0] == 10e-6 and LATENCY_BUCKETS[-1] == 1.0
+    assert histogram.counts[0] == 2  # <= 10 µs, upper bounds inclusive as in Prometheus
+    assert histogram.counts[1] == 1
+    assert histogram.counts[-2] == 1 and histogram.counts[-1] == 1  # <= 1 s, then +Inf
+    assert histogram.count == 5
+
+
+def test_records_by_type_and_cause():
+    stats = SiteStats("s", (101,))
+    asdu = bytes((36, 1, 0x03, 0, 101, 0))
+    stats.record_up(asdu)
+    stats.record_up(bytes((36, 1, 0x43, 0, 101, 0)))  # cause 3 with the P/N bit
+    assert stats.asdus_up_by_kind == {(36, 3): 2} and stats.bytes_up == 12
