@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from .config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
 
 
 def _relay(args: argparse.Namespace) -> int:
     from .relay import Relay
 
     config = load_config(args.config)
-    logging.getLogger(__name__).info(
-        "configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites)
-    )
-    trio.run(Relay(config).run)
+    log.info("configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites))
+    trio.run(_until_signal, Relay(config).run)
     return 0
+
+
+async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
+    """Run until SIGTERM (a service manager or container stop) or SIGINT, then stop
+    cleanly: connections are closed and every UPDC keeps what the BMI did not confirm."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            nursery.start_soon(run)
+            async for signum in signals:
+                log.info("%s received: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def _check_config(args: argparse.Namespace) -> int:
