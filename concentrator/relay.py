@@ -241,6 +241,7 @@ class SiteLink:
             self.session = None
             self.stats.set_state("disconnected", trio.current_time())
             self.relay.queue.discard_pending(session)
+            self.stats.dropped_down += len(session.backlog)  # BMI ASDUs that never left
         self.stats.last_close_reason = reason
         log.warning("site %s disconnected: %s", self.config.name, reason)
 
