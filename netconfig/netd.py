@@ -1,0 +1,424 @@
+"""The link manager process: `concentrator netd --config FILE`.
+
+Runs apart from the relay so that failover never depends on the relay being alive.
+For each protected link (the uplink, each site) one `Failover` decision object is
+fed by the netlink monitor (carrier events, ~5 ms) and by one ICMP probe per path
+(silent failures); each `Switched` decision re-points the link's routes with
+pyroute2, keeping the service address as source.
+
+Operator interface (local only, like the configuration):
+    SIGUSR1          manual fail-back to the primary on every link where it is healthy
+    SIGTERM/SIGINT   exit; routes are left in place so traffic keeps flowing
+    --state FILE     JSON snapshot of `NetdStats`, rewritten on every change
+                     (for the metrics exporter and the failover harness)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import trio
+import yaml
+
+from concentrator.config import MISSING, ConfigError
+
+from .config import LinkConfig, NetworkConfig, PathConfig, parse_network
+from .failover import (
+    AllPathsDown,
+    Event,
+    Failover,
+    FailbackRefused,
+    PathDown,
+    PathUp,
+    Role,
+    Switched,
+)
+from .netlink import LinkMonitor, LinkState, current_links
+from .probe import run_probe
+from .routes import RouteError, Routes
+
+log = logging.getLogger("netd")
+
+
+# ---------------------------------------------------------------------- counters
+
+
+@dataclass
+class SwitchInfo:
+    """One switch, as kept for metrics and the harness."""
+
+    wall_time: float          # time.time() of the switch
+    frm: str
+    to: str
+    reason: str
+    outage_seconds: float | None
+    detection_seconds: float | None
+    route_seconds: float      # time pyroute2 took to replace the routes
+
+
+@dataclass
+class LinkStats:
+    """Plain counters for one protected link, read by the metrics exporter."""
+
+    name: str
+    active: str = "primary"
+    all_down: bool = False
+    healthy: dict[str, bool] = field(default_factory=lambda: {"primary": False, "backup": False})
+    switches_total: int = 0
+    switches_by_reason: dict[str, int] = field(default_factory=dict)
+    outage_seconds_total: float = 0.0     # sum of the outages of failure-driven switches
+    outage_seconds_last: float | None = None
+    all_down_total: int = 0
+    probe_misses_total: dict[str, int] = field(default_factory=lambda: {"primary": 0, "backup": 0})
+    probe_answers_total: dict[str, int] = field(default_factory=lambda: {"primary": 0, "backup": 0})
+    route_errors_total: int = 0
+    recent_switches: deque[SwitchInfo] = field(default_factory=lambda: deque(maxlen=100))
+
+
+@dataclass
+class NetdStats:
+    started: float = field(default_factory=time.time)
+    pid: int = field(default_factory=os.getpid)
+    ready: bool = False
+    links: dict[str, LinkStats] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        links = {}
+        for name, link in self.links.items():
+            d = {k: v for k, v in vars(link).items() if k != "recent_switches"}
+            d["recent_switches"] = [asdict(s) for s in link.recent_switches]
+            links[name] = d
+        return {"started": self.started, "pid": self.pid, "ready": self.ready, "links": links}
+
+
+# ---------------------------------------------------------------------- one link
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkMsg:
+    role: Role
+    usable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _ProbeMsg:
+    role: Role
+    answered: bool
+    at: float
+
+
+class _Failback:
+    pass
+
+
+_Msg = _LinkMsg | _ProbeMsg | _Failback
+
+
+class LinkController:
+    """Owns one Failover object; the only task that touches it."""
+
+    def __init__(
+        self,
+        link: LinkConfig,
+        cfg: NetworkConfig,
+        routes: Routes,
+        stats: LinkStats,
+        initial: dict[str, LinkState],
+        on_change: Any,
+    ) -> None:
+        self.link = link
+        self.routes = routes
+        self.stats = stats
+        self._on_change = on_change
+        self._usable = {
+            Role.PRIMARY: _usable(initial, link.primary.interface),
+            Role.BACKUP: _usable(initial, link.backup.interface),
+        }
+        self.fo = Failover(
+            cfg.failover_params,
+            now=trio.current_time(),
+            primary_up=self._usable[Role.PRIMARY],
+            backup_up=self._usable[Role.BACKUP],
+        )
+        self.send, self._recv = trio.open_memory_channel[_Msg](math.inf)
+        self._sync_stats()
+
+    def path(self, role: Role) -> PathConfig:
+        return self.link.primary if role is Role.PRIMARY else self.link.backup
+
+    def start(self) -> None:
+        """Install the probe routes and the routes of the initial active path."""
+        for role in Role:
+            if self._usable[role]:
+                self._try(lambda r=role: self.routes.apply_probe_route(self.path(r)))
+        route_s = self._try(lambda: self.routes.apply(self.link, self.path(self.fo.active)))
+        self._apply_standby()
+        log.info(
+            "start link=%s active=%s primary_usable=%s backup_usable=%s route_ms=%s",
+            self.link.name, self.fo.active.value, self._usable[Role.PRIMARY],
+            self._usable[Role.BACKUP], _ms(route_s),
+        )
+
+    def _apply_standby(self) -> None:
+        standby = self.fo.active.other
+        if self._usable[standby]:  # the kernel refuses a route through a down interface
+            self._try(lambda: self.routes.apply_standby(self.link, self.path(standby)))
+
+    def _try(self, action: Any) -> float | None:
+        try:
+            result = action()
+            return result if isinstance(result, float) else None
+        except (RouteError, OSError) as exc:
+            self.stats.route_errors_total += 1
+            log.error("route link=%s error=%s", self.link.name, exc)
+            return None
+
+    async def run(self) -> None:
+        while True:
+            deadline = self.fo.get_timer()
+            msg: _Msg | None = None
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                msg = await self._recv.receive()
+            if msg is None:
+                self._act(self.fo.handle_timer(trio.current_time()))
+            else:
+                self._handle(msg)
+
+    def _handle(self, msg: _Msg) -> None:
+        now = trio.current_time()
+        if isinstance(msg, _LinkMsg):
+            changed = self._usable[msg.role] != msg.usable
+            self._usable[msg.role] = msg.usable
+            self._act(self.fo.link_changed(msg.role, msg.usable, now))
+            if msg.usable and changed:
+                # `ip link set X down` deleted the routes through X: put back what
+                # belongs on this path (probe route always, destinations if active).
+                self._try(lambda: self.routes.apply_probe_route(self.path(msg.role)))
+                if self.fo.active is msg.role:
+                    self._try(lambda: self.routes.apply(self.link, self.path(msg.role)))
+                else:
+                    self._apply_standby()
+        elif isinstance(msg, _ProbeMsg):
+            key = msg.role.value
+            if msg.answered:
+                self.stats.probe_answers_total[key] += 1
+                self._act(self.fo.probe_ok(msg.role, msg.at))
+            else:
+                self.stats.probe_misses_total[key] += 1
+                self._act(self.fo.probe_missed(msg.role, msg.at))
+        else:
+            self._act(self.fo.request_failback(now))
+
+    def _act(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for ev in events:
+            if isinstance(ev, Switched):
+                route_s = self._try(lambda: self.routes.apply(self.link, self.path(ev.to)))
+                self._apply_standby()
+                info = SwitchInfo(
+                    time.time(), ev.frm.value, ev.to.value, ev.reason.value,
+                    ev.outage, ev.detection, route_s if route_s is not None else math.nan,
+                )
+                self.stats.switches_total += 1
+                self.stats.switches_by_reason[ev.reason.value] = (
+                    self.stats.switches_by_reason.get(ev.reason.value, 0) + 1
+                )
+                if ev.outage is not None:
+                    self.stats.outage_seconds_total += ev.outage
+                    self.stats.outage_seconds_last = ev.outage
+                self.stats.recent_switches.append(info)
+                # One line per switch, with reason and timing.
+                log.warning(
+                    "switch link=%s from=%s to=%s reason=%s detection_ms=%s outage_ms=%s route_ms=%s",
+                    self.link.name, ev.frm.value, ev.to.value, ev.reason.value,
+                    _ms(ev.detection), _ms(ev.outage), _ms(route_s),
+                )
+            elif isinstance(ev, PathDown):
+                log.info("path-down link=%s path=%s reason=%s", self.link.name, ev.role.value, ev.reason.value)
+            elif isinstance(ev, PathUp):
+                log.info("path-up link=%s path=%s", self.link.name, ev.role.value)
+            elif isinstance(ev, AllPathsDown):
+                self.stats.all_down_total += 1
+                log.error("all-paths-down link=%s keeping=%s", self.link.name, ev.active.value)
+            elif isinstance(ev, FailbackRefused):
+                log.warning("failback-refused link=%s why=%s", self.link.name, ev.why)
+        self._sync_stats()
+        self._on_change()
+
+    def _sync_stats(self) -> None:
+        self.stats.active = self.fo.active.value
+        self.stats.all_down = self.fo.all_down
+        self.stats.healthy = {r.value: self.fo.healthy(r) for r in Role}
+
+
+def _usable(states: dict[str, LinkState], ifname: str) -> bool:
+    st = states.get(ifname)
+    return st is not None and st.usable
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+# ---------------------------------------------------------------------- the process
+
+
+class _StateWriter:
+    """Rewrites the state file atomically (write + rename) on every change."""
+
+    def __init__(self, path: str | None, stats: NetdStats) -> None:
+        self.path = path
+        self.stats = stats
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        # A full disk or a bad path must not stop failover: log and go on.
+        try:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.stats.to_json(), f)
+            os.replace(tmp, self.path)
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("state file %s: %s", self.path, exc)
+
+
+async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = None) -> None:
+    writer = _StateWriter(state_file, stats)
+    monitor = LinkMonitor()  # subscribe before the snapshot: no event is lost between
+    routes = Routes(cfg.service_address, rto_min=cfg.rto_min)
+    try:
+        initial = await trio.to_thread.run_sync(current_links)
+        controllers: list[LinkController] = []
+        by_ifname: dict[str, tuple[LinkController, Role]] = {}
+        for link in cfg.links:
+            stats.links[link.name] = LinkStats(link.name)
+            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, writer.write)
+            controllers.append(ctl)
+            by_ifname[link.primary.interface] = (ctl, Role.PRIMARY)
+            by_ifname[link.backup.interface] = (ctl, Role.BACKUP)
+        _check_sysctls(cfg)
+        for ctl in controllers:
+            ctl.start()
+
+        async def probe(ctl: LinkController, role: Role) -> None:
+            path = ctl.path(role)
+
+            async def report(answered: bool, at: float) -> None:
+                ctl.send.send_nowait(_ProbeMsg(role, answered, at))
+
+            await run_probe(path.interface, path.probe_target, cfg.probe_interval, report,
+                            misses=cfg.probe_misses)
+
+        async def links() -> None:
+            async for st in monitor.events():
+                target = by_ifname.get(st.ifname)
+                if target is not None:
+                    target[0].send.send_nowait(_LinkMsg(target[1], st.usable))
+
+        async def signals() -> None:
+            with trio.open_signal_receiver(signal.SIGUSR1) as sigs:
+                async for _ in sigs:
+                    log.info("manual fail-back requested")
+                    for ctl in controllers:
+                        ctl.send.send_nowait(_Failback())
+
+        async def refresh() -> None:
+            # Switches rewrite the file at once; this keeps the probe counters fresh.
+            while True:
+                await trio.sleep(1.0)
+                writer.write()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(links)
+            nursery.start_soon(signals)
+            nursery.start_soon(refresh)
+            for ctl in controllers:
+                nursery.start_soon(ctl.run)
+                for role in Role:
+                    nursery.start_soon(probe, ctl, role)
+            stats.ready = True
+            writer.write()
+            log.info("ready links=%s", ",".join(link.name for link in cfg.links))
+    finally:
+        monitor.close()
+        routes.close()
+
+
+def _check_sysctls(cfg: NetworkConfig) -> None:
+    """Warn about kernel settings that would undo fast failover (not changed here:
+    they belong to the appliance's system configuration)."""
+    for link in cfg.links:
+        for path in (link.primary, link.backup):
+            base = f"/proc/sys/net/ipv4/conf/{path.interface}"
+            try:
+                with open(f"{base}/ignore_routes_with_linkdown") as f:
+                    if f.read().strip() != "1":
+                        log.warning("sysctl net.ipv4.conf.%s.ignore_routes_with_linkdown is not 1: "
+                                    "a route through a link without carrier would black-hole traffic",
+                                    path.interface)
+                with open(f"{base}/rp_filter") as f:
+                    if f.read().strip() == "1":
+                        log.warning("sysctl net.ipv4.conf.%s.rp_filter is 1 (strict): use 0 or 2, "
+                                    "paths may be asymmetric during a switch", path.interface)
+            except OSError:
+                log.warning("interface %s not found at start", path.interface)
+
+
+def load(path: str) -> NetworkConfig:
+    try:
+        with open(path, "rb") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(path, "(file)", "a readable YAML file", exc.strerror or str(exc)) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "(file)", "valid YAML", str(exc)) from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(path, "(top level)", "a mapping", doc)
+    return parse_network(doc.get("network", MISSING), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="concentrator netd", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="the appliance's YAML file (network: section)")
+    ap.add_argument("--state", help="write a JSON snapshot of the counters here on every change")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    stats = NetdStats()
+
+    async def _main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, cfg, stats, args.state)
+                async for signum in stop:
+                    log.info("stopping on signal %d (routes left in place)", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(_main)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Link and carrier events from the kernel, as a trio async iterator.
+
+A plain AF_NETLINK socket subscribed to RTMGRP_LINK is read with trio's own socket
+layer (no thread, cancellable like any trio call); pyroute2 only decodes the
+messages. A link is "usable" when it is administratively up (IFF_UP) and has
+carrier (IFF_LOWER_UP): `ip link set X down` on our side clears the first, the
+same on the far end of a veth (or a pulled cable) clears the second.
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import trio
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    ifname: str
+    index: int
+    usable: bool
+
+
+def _state(msg: object) -> LinkState | None:
+    name = msg.get_attr("IFLA_IFNAME")  # type: ignore[attr-defined]
+    if name is None:
+        return None
+    header_type = msg["header"]["type"]  # type: ignore[index]
+    flags = msg["flags"]  # type: ignore[index]
+    usable = header_type != RTM_DELLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+    return LinkState(name, msg["index"], usable)  # type: ignore[index]
+
+
+def current_links() -> dict[str, LinkState]:
+    """Snapshot of every link's state, to start from before events arrive."""
+    with IPRoute() as ipr:
+        out: dict[str, LinkState] = {}
+        for msg in ipr.get_links():
+            st = _state(msg)
+            if st is not None:
+                out[st.ifname] = st
+        return out
+
+
+class LinkMonitor:
+    """Open before taking the snapshot so that no event falls in between."""
+
+    def __init__(self) -> None:
+        raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        # A large buffer: a burst of events (many links flapping) must not overflow it;
+        # an overflow (ENOBUFS) is handled by re-reading the full state.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        raw.bind((0, RTMGRP_LINK))
+        self._sock = trio.socket.from_stdlib_socket(raw)
+        self._marshal = MarshalRtnl()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    async def events(self) -> AsyncIterator[LinkState]:
+        while True:
+            try:
+                data = await self._sock.recv(1 << 16)
+            except OSError as exc:  # ENOBUFS: events were lost, resynchronise
+                if exc.errno != 105:
+                    raise
+                for st in (await trio.to_thread.run_sync(current_links)).values():
+                    yield st
+                continue
+            for msg in self._marshal.parse(data):
+                if msg["header"]["type"] not in (RTM_NEWLINK, RTM_DELLINK):
+                    continue
+                changed = _state(msg)
+                if changed is not None:
+                    yield changed
