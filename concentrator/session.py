@@ -2,14 +2,25 @@
 
 One task reads and feeds the link; one task writes what the link has to send and runs
 its timers. Code elsewhere that makes the link send something (a forwarded ASDU, an
-acknowledgement) calls `wake()`; the writer then flushes everything pending in one
-`send_all`, which batches the frames of a burst into few TCP segments.
+acknowledgement) calls `wake()`.
+
+On a socket (the relay's case) the hot path takes no extra task switch: `wake()` called
+while a reader dispatches a received chunk only marks the session, and when the chunk
+is done every marked session writes what its link has, in one non-blocking write per
+session, straight from the reader's task. So a chunk of frames from a site leaves on
+the uplink as one write, and a BMI confirmation releases the sites' S-frames at once.
+The writer task takes over only when the socket would block (it then waits until
+writable and sends the rest, before anything newer) and for the link's timers. The
+reader waits for readability and reads once, instead of trying a read that would block
+first. Other streams (memory streams in tests) go through the writer task and
+`send_all` as before.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 from collections.abc import Callable
 
@@ -20,6 +31,10 @@ from .iec104.link import Event, Link, LinkFailed
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
+
+# Sessions woken while a reader dispatches one received chunk; flushed when it is done.
+# Handlers are synchronous and trio runs one task at a time, so one list is enough.
+_batch: list[LinkSession] | None = None
 
 
 class SessionEnded(Exception):
@@ -48,9 +63,44 @@ class LinkSession:
         self._handler = handler
         self._wakeup = trio.Event()
         self._cancel_scope = trio.CancelScope()
+        # Socket fast path: the file descriptor, bytes taken from the link but not yet
+        # written, whether the writer task is sending, and the deadline it sleeps until.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._unsent = b""
+        self._sending = False
+        self._timer_at = math.inf
+        self._batched = False
 
     def wake(self) -> None:
-        self._wakeup.set()
+        """The link has something to send (or a new deadline): get it out soon."""
+        if _batch is not None:
+            if not self._batched:
+                self._batched = True
+                _batch.append(self)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what the link has now if the socket takes it without blocking; leave the
+        rest, and anything the writer task must do, to the writer task."""
+        if self._fd < 0 or self._sending or self._unsent or self.closed:
+            self._wakeup.set()
+            return
+        data = self.link.data_to_send()
+        if data:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = 0  # the writer meets the error again and ends the session
+            if written < len(data):
+                self._unsent = data[written:]
+                self._wakeup.set()
+                return
+        deadline = self.link.get_timer()
+        if deadline is not None and deadline < self._timer_at:
+            self._wakeup.set()
 
     def close(self, reason: str) -> None:
         if not self.closed:
@@ -80,21 +130,43 @@ class LinkSession:
             self.close_reason = reason
 
     async def _read(self) -> None:
+        global _batch
+        fd = self._fd
+        data: bytes | bytearray
         while True:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if fd >= 0:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+            else:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 raise SessionEnded("closed by peer")
             self.link.receive_data(data, trio.current_time())
-            self._dispatch()
-            self._wakeup.set()
+            batch: list[LinkSession] = []
+            _batch = batch
+            try:
+                self._dispatch()
+            finally:
+                _batch = None
+                for session in batch:
+                    session._batched = False
+                    session._flush()
+            self._flush()
 
     async def _write(self) -> None:
         while True:
-            data = self.link.data_to_send()
-            if data:
-                await self.stream.send_all(data)
+            if self._fd >= 0:
+                await self._send_pending()
+            else:
+                data = self.link.data_to_send()
+                if data:
+                    await self.stream.send_all(data)
             deadline = self.link.get_timer()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._timer_at):
                 await self._wakeup.wait()
             # Replace the event before draining, so that a wake() from now on is not lost.
             self._wakeup = trio.Event()
@@ -102,6 +174,23 @@ class LinkSession:
             if deadline is not None and now >= deadline:
                 self.link.handle_timer(now)
                 self._dispatch()
+
+    async def _send_pending(self) -> None:
+        """Send the unsent rest, then what the link has, waiting while the socket is full."""
+        self._sending = True
+        try:
+            data = self._unsent + self.link.data_to_send()
+            self._unsent = b""
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(self._fd, view) :]
+                except BlockingIOError:
+                    pass
+                if view:
+                    await trio.lowlevel.wait_writable(self._fd)
+        finally:
+            self._sending = False
 
     def _dispatch(self) -> None:
         while (event := self.link.next_event()) is not None:

@@ -81,25 +81,54 @@ def encode_u(function: UFunction) -> bytes:
     return bytes((START, 4, function, 0, 0, 0))
 
 
-def _decode_body(length: int, buf: bytes | bytearray, at: int) -> Frame:
+# Frames as plain tuples for the hot path (`FrameReader.next_raw`, `Link`): no object
+# per frame beyond the tuple. Kinds:
+I_KIND, S_KIND, U_KIND = 0, 1, 2
+RawFrame = tuple[int, int, int, bytes | None]
+"""(I_KIND, N(S), N(R), ASDU) | (S_KIND, 0, N(R), None) | (U_KIND, function octet, 0, None)"""
+
+
+def _decode_raw(length: int, buf: bytes | bytearray, at: int) -> RawFrame:
     """Decode the control field (and ASDU) of one APDU whose length octet is `length`,
     with the control field starting at `at` in `buf`."""
-    o1, o2, o3, o4 = buf[at], buf[at + 1], buf[at + 2], buf[at + 3]
+    o1 = buf[at]
     if not o1 & 0x01:
         if length == MIN_LENGTH:
             raise FramingError("I-frame without an ASDU")
+        o3 = buf[at + 2]
         if o3 & 0x01:
             raise FramingError(f"I-frame with bit 0 of control octet 3 set (0x{o3:02x})")
-        return IFrame((o1 >> 1) | (o2 << 7), (o3 >> 1) | (o4 << 7), bytes(buf[at + 4 : at + length]))
+        asdu = buf[at + 4 : at + length]
+        return (
+            I_KIND,
+            (o1 >> 1) | (buf[at + 1] << 7),
+            (o3 >> 1) | (buf[at + 3] << 7),
+            asdu if type(asdu) is bytes else bytes(asdu),
+        )
+    o2, o3, o4 = buf[at + 1], buf[at + 2], buf[at + 3]
     if length != MIN_LENGTH:
         raise FramingError(f"S- or U-frame with length {length}, expected 4")
     if o1 == 0x01:
         if o2 != 0 or o3 & 0x01:
             raise FramingError(f"malformed S-frame control field {o1:02x} {o2:02x} {o3:02x} {o4:02x}")
-        return SFrame((o3 >> 1) | (o4 << 7))
+        return (S_KIND, 0, (o3 >> 1) | (o4 << 7), None)
     if o1 in _U_FUNCTIONS and o2 == 0 and o3 == 0 and o4 == 0:
-        return UFrame(UFunction(o1))
+        return (U_KIND, o1, 0, None)
     raise FramingError(f"unknown U-frame control field {o1:02x} {o2:02x} {o3:02x} {o4:02x}")
+
+
+def frame_of(raw: RawFrame) -> Frame:
+    kind, a, b, asdu = raw
+    if kind == I_KIND:
+        assert asdu is not None
+        return IFrame(a, b, asdu)
+    if kind == S_KIND:
+        return SFrame(b)
+    return UFrame(UFunction(a))
+
+
+def _decode_body(length: int, buf: bytes | bytearray, at: int) -> Frame:
+    return frame_of(_decode_raw(length, buf, at))
 
 
 def decode(apdu: bytes) -> Frame:
@@ -117,16 +146,21 @@ class FrameReader:
     __slots__ = ("_buffer", "_offset")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        # Usually the received chunk itself (bytes: an ASDU is then sliced out with one
+        # copy); only a frame split across chunks makes a new buffer.
+        self._buffer: bytes = b""
         self._offset = 0
 
     def feed(self, data: bytes | bytearray) -> None:
-        if self._offset:
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self._offset >= len(self._buffer):
+            self._buffer = data
+        else:
             # Drop what was consumed only when new bytes come: one compaction per read,
             # not one per frame.
-            del self._buffer[: self._offset]
-            self._offset = 0
-        self._buffer += data
+            self._buffer = self._buffer[self._offset :] + data
+        self._offset = 0
 
     @property
     def buffered(self) -> int:
@@ -139,6 +173,11 @@ class FrameReader:
         Raises FramingError at the first invalid octet; the stream cannot be
         resynchronised after that, so the caller closes the connection.
         """
+        raw = self.next_raw()
+        return None if raw is None else frame_of(raw)
+
+    def next_raw(self) -> RawFrame | None:
+        """`next_frame` as a plain tuple (see `RawFrame`), for the hot path."""
         buf, at = self._buffer, self._offset
         available = len(buf) - at
         if available < 1:
@@ -152,6 +191,6 @@ class FrameReader:
             raise FramingError(f"APDU length {length}, expected {MIN_LENGTH}..{MAX_LENGTH}")
         if available < length + 2:
             return None
-        frame = _decode_body(length, buf, at + 2)
+        frame = _decode_raw(length, buf, at + 2)
         self._offset = at + 2 + length
         return frame

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from .apci import SEQ_MODULO, FrameReader, FramingError, IFrame, SFrame, UFunction, encode_i, encode_s, encode_u
+from .apci import (
+    I_KIND,
+    MAX_ASDU_LENGTH,
+    S_KIND,
+    SEQ_MODULO,
+    START,
+    FrameReader,
+    FramingError,
+    UFunction,
+    encode_s,
+    encode_u,
+)
+
+_I_HEADER = struct.Struct("6B")
+_U_BY_OCTET = {int(f): f for f in UFunction}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +137,9 @@ class Link:
     ) -> None:
         self.role = role
         self.params = params
+        self._k = params.k
+        # States in which an I-frame from the peer is accepted.
+        self._accepting = (State.STARTED, State.STOPPING) if role is Role.CONTROLLING else (State.STARTED,)
         self.manual_ack = manual_ack
         self.state = State.STOPPED
         self.failure: str | None = None
@@ -155,7 +173,7 @@ class Link:
 
     @property
     def can_send(self) -> bool:
-        return self.state is State.STARTED and self.unacknowledged < self.params.k
+        return self.state is State.STARTED and (self.send_seq - self._peer_ack) % SEQ_MODULO < self._k
 
     @property
     def unconfirmed_received(self) -> int:
@@ -174,10 +192,24 @@ class Link:
     def send_asdu(self, asdu: bytes, now: float) -> None:
         if not self.can_send:
             raise LinkError(f"cannot send: state {self.state.value}, {self.unacknowledged}/{self.params.k} unconfirmed")
+        length = len(asdu)
+        if not 0 < length <= MAX_ASDU_LENGTH:
+            raise ValueError(f"ASDU of {length} octets does not fit an APDU (1..{MAX_ASDU_LENGTH})")
         confirm = self._confirmable()
-        self._out += encode_i(self.send_seq, confirm, asdu)
-        self._note_confirmation_sent(confirm)
-        self.send_seq = (self.send_seq + 1) % SEQ_MODULO
+        send_seq = self.send_seq
+        out = self._out
+        out += _I_HEADER.pack(
+            START,
+            length + 4,
+            (send_seq << 1) & 0xFE,
+            (send_seq >> 7) & 0xFF,
+            (confirm << 1) & 0xFE,
+            (confirm >> 7) & 0xFF,
+        )
+        out += asdu
+        if confirm != self._acked_recv or self.manual_ack:
+            self._note_confirmation_sent(confirm)
+        self.send_seq = (send_seq + 1) % SEQ_MODULO
         self._sent_times.append(now)
 
     def start(self, now: float) -> None:
@@ -218,35 +250,37 @@ class Link:
     def receive_data(self, data: bytes | bytearray, now: float) -> None:
         if self.state is State.CLOSED:
             return
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
+        next_raw = reader.next_raw
         while self.state is not State.CLOSED:
             try:
-                frame = self._reader.next_frame()
+                frame = next_raw()
             except FramingError as exc:
                 self._fail(str(exc))
                 return
             if frame is None:
                 return
             self._last_received = now
-            if isinstance(frame, IFrame):
-                self._on_i_frame(frame, now)
-            elif isinstance(frame, SFrame):
-                self._on_confirmation(frame.recv_seq)
+            kind, a, b, asdu = frame
+            if kind == I_KIND:
+                self._on_i(a, b, asdu, now)  # type: ignore[arg-type]
+            elif kind == S_KIND:
+                self._on_confirmation(b)
             else:
-                self._on_u_frame(frame.function, now)
+                self._on_u_frame(_U_BY_OCTET[a], now)
 
-    def _on_i_frame(self, frame: IFrame, now: float) -> None:
-        accepting = (State.STARTED, State.STOPPING) if self.role is Role.CONTROLLING else (State.STARTED,)
-        if self.state not in accepting:
+    def _on_i(self, send_seq: int, recv_seq: int, asdu: bytes, now: float) -> None:
+        if self.state not in self._accepting:
             self._fail(f"I-frame received in state {self.state.value}")
             return
-        if frame.send_seq != self.recv_seq:
-            self._fail(f"sequence error: N(S)={frame.send_seq}, expected {self.recv_seq}")
+        if send_seq != self.recv_seq:
+            self._fail(f"sequence error: N(S)={send_seq}, expected {self.recv_seq}")
             return
         self.recv_seq = (self.recv_seq + 1) % SEQ_MODULO
-        if not self._on_confirmation(frame.recv_seq):
+        if recv_seq != self._peer_ack and not self._on_confirmation(recv_seq):
             return
-        self._events.append(AsduReceived(frame.asdu))
+        self._events.append(AsduReceived(asdu))
         if self.manual_ack:
             return
         if self._first_unacked_at is None:

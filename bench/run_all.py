@@ -1,0 +1,527 @@
+"""Run every benchmark and write bench/RESULTS.md (and bench/results.json).
+
+    python bench/run_all.py            # the whole suite, about 5 minutes
+    python bench/run_all.py --quick    # shorter runs, for a look (2 minutes)
+
+Options: `--only latency|nominal|10x,storm,scale` and `--modes direct,haproxy,relay` pick
+runs; `--relay-tree DIR` runs the relay from another source tree (before/after
+comparisons); `--render-only results.json` writes RESULTS.md again (bench/NOTES.md, the
+hand-written analysis, is appended to it); `BENCH_PROFILE=DIR` records a py-spy profile of
+the relay in each run (summarise with `python bench/profile_summary.py DIR/FILE.txt`).
+Needs haproxy (Debian package); py-spy (pip) only for profiles.
+
+Each measurement runs three processes at most: the load generator
+(`concentrator.sim.loadgen`: simulated sites and BMI, asyncio, one process), and the
+path under test, which is one of
+
+- direct:  the BMI connects to every site itself (one connection per site);
+- haproxy: the same, through haproxy in TCP mode (one frontend per site, nbthread 1);
+- relay:   the BMI holds one connection to the relay (`python -m concentrator relay`),
+           which holds one per site.
+
+The relay and haproxy run as separate processes so that their CPU time and resident
+memory can be read from /proc. Everything binds to 127.0.0.1. Every process started
+here is stopped at the end of its run, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+RUN_TIMEOUT = 180  # seconds, any single load generator run
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def ports_free(first: int, count: int) -> bool:
+    for port in range(first, first + count):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def port_block(count: int, start: int, avoid: range | None = None) -> int:
+    """The first port of `count` free consecutive ports at or after `start` (below the
+    ephemeral range)."""
+    first = start
+    while first + count < 32768:
+        if (avoid is None or first >= avoid.stop or first + count <= avoid.start) and ports_free(first, count):
+            return first
+        first += count
+    raise RuntimeError(f"no {count} free consecutive ports")
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process we started (its own process group), politely then not."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+@contextlib.contextmanager
+def started(argv: list[str], log: Path, tree: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of ours in its own process group, stopped on the way out. With `tree`,
+    Python code comes from that source tree instead of this one."""
+    env = None
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=tree or ROOT, env=env, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def relay_yaml(sites: int, site_port: int, uplink_port: int, metrics_port: int, uplink_kw: tuple[int, int]) -> str:
+    k, w = uplink_kw
+    lines = [
+        "uplink:",
+        f'  listen: "{HOST}:{uplink_port}"',
+        f'  allowed_peers: ["{HOST}"]',
+        f"  k: {k}",
+        f"  w: {w}",
+        "sites:",
+    ]
+    for i in range(sites):
+        lines += [
+            f"  - name: site-{i + 1:04d}",
+            f"    common_addresses: [{101 + i}]",
+            f'    endpoints: ["{HOST}:{site_port + i}"]',
+            "    interruptibility: instantaneous",
+        ]
+    lines += ["metrics:", f'  listen: "{HOST}:{metrics_port}"', ""]
+    return "\n".join(lines)
+
+
+def haproxy_cfg(sites: int, site_port: int, front_port: int) -> str:
+    lines = [
+        "global",
+        "  nbthread 1",
+        "  maxconn 4000",
+        "defaults",
+        "  mode tcp",
+        "  timeout connect 5s",
+        "  timeout client 1h",
+        "  timeout server 1h",
+    ]
+    for i in range(sites):
+        lines += [f"listen site{i}", f"  bind {HOST}:{front_port + i}", f"  server s {HOST}:{site_port + i}"]
+    return "\n".join(lines) + "\n"
+
+
+class Bench:
+    def __init__(self, workdir: Path, quick: bool, relay_tree: Path | None = None) -> None:
+        self.workdir = workdir
+        self.quick = quick
+        self.relay_tree = relay_tree
+        self.runs = 0
+        self.commands: list[str] = []
+
+    def run(self, mode: str, scenario: str, sites: int, *, uplink_kw: tuple[int, int] = (12, 8),
+            loadgen_args: list[str]) -> dict[str, object]:  # fmt: skip
+        """One run, tried again once if it fails (the machine is shared: another job may
+        take a port or connect to one of ours); a second failure is recorded in the result
+        and the suite goes on."""
+        failures: list[str] = []
+        for _ in range(2):
+            try:
+                result = self._run(mode, scenario, sites, uplink_kw=uplink_kw, loadgen_args=loadgen_args)
+            except Exception as exc:  # noqa: BLE001 - recorded, reported, and the exit status says so
+                print(f"    FAILED: {str(exc)[-600:]}", flush=True)
+                failures.append(str(exc)[-1500:])
+                continue
+            result["earlier_failures"] = failures
+            return result
+        return {"mode": mode, "scenario": scenario, "sites": sites, "errors": failures[-1:], "failed": True,
+                "loadgen_argv": "", "path_argv": ""}  # fmt: skip
+
+    def _run(self, mode: str, scenario: str, sites: int, *, uplink_kw: tuple[int, int],
+             loadgen_args: list[str]) -> dict[str, object]:  # fmt: skip
+        """One load generator run against one path; returns its JSON plus what we add."""
+        self.runs += 1
+        tag = f"{self.runs:02d}-{mode}-{scenario}-{sites}"
+        site_port = port_block(sites, 24000)
+        site_range = range(site_port, site_port + sites)
+        extra = port_block(max(sites, 2), site_port + sites, site_range)
+        argv = [sys.executable, "-m", "concentrator.sim.loadgen", scenario, "--sites", str(sites),
+                "--site-port", str(site_port)]  # fmt: skip
+        path_process: subprocess.Popen[bytes] | None = None
+        path_argv: list[str] = []
+        if mode == "direct":
+            argv += ["--bmi-port", str(site_port), "--per-site-bmi"]
+        elif mode == "haproxy":
+            cfg = self.workdir / f"{tag}.haproxy.cfg"
+            cfg.write_text(haproxy_cfg(sites, site_port, extra))
+            path_argv = ["haproxy", "-db", "-f", str(cfg)]
+            argv += ["--bmi-port", str(extra), "--per-site-bmi"]
+        elif mode == "relay":
+            cfg = self.workdir / f"{tag}.relay.yaml"
+            cfg.write_text(relay_yaml(sites, site_port, extra, extra + 1, uplink_kw))
+            path_argv = [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", str(cfg)]
+            argv += ["--bmi-port", str(extra), "--bmi-k", str(uplink_kw[0]), "--bmi-w", str(uplink_kw[1])]
+        else:
+            raise ValueError(mode)
+        if path_argv:
+            argv += ["--watch-pid-file", str(self.workdir / f"{tag}.pid")]
+        argv += loadgen_args
+        print(f"[{time.strftime('%H:%M:%S')}] {tag}: {' '.join(argv[2:])}", flush=True)
+        loadgen_log = self.workdir / f"{tag}.loadgen.log"
+        with contextlib.ExitStack() as stack:
+            loadgen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(loadgen_log, "wb"), cwd=ROOT,
+                                       start_new_session=True)  # fmt: skip
+            stack.callback(stop, loadgen)
+            deadline = time.monotonic() + 30
+            while b"listening" not in loadgen_log.read_bytes():
+                if loadgen.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{tag}: load generator did not start: {loadgen_log.read_text()[-2000:]}")
+                time.sleep(0.02)
+            if path_argv:
+                tree = self.relay_tree if mode == "relay" else None
+                path_process = stack.enter_context(started(path_argv, self.workdir / f"{tag}.path.log", tree))
+                # The generator reads the path's CPU and memory from /proc at the start
+                # and end of its measurement window; it is already running, so the pid
+                # goes by file (written whole, then renamed).
+                pid_file = self.workdir / f"{tag}.pid"
+                pid_file.with_suffix(".tmp").write_text(str(path_process.pid))
+                pid_file.with_suffix(".tmp").rename(pid_file)
+                profile_dir = os.environ.get("BENCH_PROFILE")
+                if profile_dir and mode == "relay":
+                    # py-spy on the relay (raw collapsed stacks); SIGINT makes it write.
+                    spy_argv = ["py-spy", "record", "--pid", str(path_process.pid), "-r", "250", "-f", "raw", "-o",
+                                f"{profile_dir}/{tag}.txt"]  # fmt: skip
+                    spy = subprocess.Popen(
+                        spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                    )
+
+                    def stop_spy(spy: subprocess.Popen[bytes] = spy) -> None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(spy.pid, signal.SIGINT)
+                        try:
+                            spy.wait(10)
+                        except subprocess.TimeoutExpired:
+                            stop(spy)
+
+                    stack.callback(stop_spy)
+            try:
+                out, _ = loadgen.communicate(timeout=RUN_TIMEOUT)
+            except subprocess.TimeoutExpired as exc:
+                raise RuntimeError(f"{tag}: load generator still running after {RUN_TIMEOUT} s") from exc
+            if path_process is not None and path_process.poll() is not None:
+                raise RuntimeError(
+                    f"{tag}: {mode} exited early: {(self.workdir / f'{tag}.path.log').read_text()[-2000:]}"
+                )
+        try:
+            result: dict[str, object] = json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"{tag}: no result: {loadgen_log.read_text()[-3000:]}") from exc
+        result["mode"] = mode
+        result["scenario"] = scenario
+        result["sites"] = sites
+        result["loadgen_argv"] = " ".join(["python"] + argv[1:])
+        result["path_argv"] = " ".join(path_argv)
+        if result.get("errors"):
+            print(f"    errors: {result['errors']}", flush=True)
+        return result
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+MODES = ("direct", "haproxy", "relay")
+
+
+WIDE_WINDOW = (600, 400)  # uplink k, w for the storm row that shows the relay's own limit
+
+
+def scenarios(bench: Bench, only: set[str], modes: tuple[str, ...]) -> dict[str, dict[str, dict]]:  # type: ignore[type-arg]
+    q = bench.quick
+    steady_s, warmup_s = ("6", "1") if q else ("20", "3")
+    results: dict[str, dict[str, dict]] = {"latency": {}, "storm": {}, "scale": {}}  # type: ignore[type-arg]
+    # Latency at nominal load (100 sites x 10 ASDU/s) and at 10x (100 sites x 100 ASDU/s),
+    # with select/execute cycles from the BMI running at the same time.
+    for load, rate, cycles in (("nominal", "10", "10"), ("10x", "100", "100")):
+        if not only & {"latency", load}:
+            continue
+        args = ["--rate", rate, "--commands", cycles, "--duration", steady_s, "--warmup", warmup_s]
+        for mode in modes:
+            results["latency"][f"{load}/{mode}"] = bench.run(mode, "steady", 100, loadgen_args=args)
+        if load == "10x" and "relay" in modes:
+            k, w = WIDE_WINDOW
+            results["latency"][f"{load}/relay k={k} w={w}"] = bench.run(
+                "relay", "steady", 100, uplink_kw=WIDE_WINDOW, loadgen_args=args
+            )
+    # Interrogation storm: 1,000 sites x 100 objects at once.
+    storm_sites = 200 if q else 1000
+    storm_args = ["--objects", "100", "--repeats", "1" if q else "3"]
+    if "storm" in only:
+        for mode in modes:
+            results["storm"][mode] = bench.run(mode, "storm", storm_sites, loadgen_args=storm_args)
+        if "relay" in modes:
+            k, w = WIDE_WINDOW
+            results["storm"][f"relay k={k} w={w}"] = bench.run(
+                "relay", "storm", storm_sites, uplink_kw=WIDE_WINDOW, loadgen_args=storm_args
+            )
+    # Scale: resident memory and CPU per 1,000 ASDU/s with 10, 100, 1,000 sites at 10 ASDU/s each.
+    if "scale" in only:
+        args = ["--rate", "10", "--commands", "0", "--duration", "6" if q else "15", "--warmup", warmup_s]
+        for sites, window in ((10, (12, 8)), (100, (12, 8)), (1000, (12, 8)), (1000, WIDE_WINDOW)):
+            label = f"{sites}" + ("" if window == (12, 8) else f" k={window[0]} w={window[1]}")
+            results["scale"][label] = bench.run("relay", "steady", sites, uplink_kw=window, loadgen_args=args)
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    import trio
+
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "haproxy": haproxy,
+    }
+
+
+def _watched(result: dict, key: str = "watched") -> dict:  # type: ignore[type-arg]
+    watched = result.get(key) or {}
+    return next(iter(watched.values()), {})
+
+
+def others(result: dict) -> str:  # type: ignore[type-arg]
+    """Cores busy with processes other than the generator and the path under test."""
+    busy = result.get("machine_busy_cores")
+    if busy is None:
+        return "-"
+    value = busy - result["loadgen_cpu_s_per_s"] - _watched(result).get("cpu_s_per_s", 0.0)
+    return f"{max(0.0, value):.1f}"
+
+
+def fmt(value: object, digits: int = 0) -> str:
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return "-"
+
+
+def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
+    lat, storm, scale = results["latency"], results["storm"], results["scale"]
+    out = [
+        "# Benchmark results",
+        "",
+        f"Recorded {meta['date']} by `{meta['command']}` ({meta['elapsed_s']:.0f} s).",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in meta["machine"].items()) + ".",
+        "",
+        "Three processes share the two cores: the load generator (`concentrator.sim.loadgen`,",
+        "asyncio, simulated sites and BMI in one process), the path under test (the relay or",
+        "haproxy; nothing for direct) and the kernel's loopback. The generator's own cost is in",
+        "every figure, baselines included, which is why the baselines are measured in the same run",
+        "with the same generator: *added* latency is the path's figure minus direct's.",
+        "",
+        "## Latency per direction, 100 sites",
+        "",
+        "Up: site to BMI, every ASDU time-stamped by the sending site and timed at the BMI.",
+        "Down: select and execute commands from the BMI, timed at the site. Command round",
+        "trips: select to its activation confirmation, execute to its activation termination.",
+        "µs; added = path minus direct at the same percentile.",
+        "",
+        "| load | path | up p50 | up p99 | up max | added up p50 | added up p99 | down p50 | down p99 | down max"
+        " | select RTT p50 / p99 | execute RTT p50 / p99 | path CPU | generator CPU | others (cores) | loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for load, label in (("nominal", "nominal, 1,000 ASDU/s"), ("10x", "10x, 10,000 ASDU/s")):
+        direct = lat.get(f"{load}/direct")
+        for key, r in lat.items():
+            if not key.startswith(f"{load}/"):
+                continue
+            mode = key.split("/", 1)[1]
+            if r.get("failed"):
+                out.append(f"| {label} | {mode} | failed: {r['errors'][0][-300:]!r} |")
+                continue
+            up, down = r["up"], r["down"]
+            ok = direct and not direct.get("failed") and mode != "direct"
+            added50 = up["p50"] - direct["up"]["p50"] if ok else None
+            added99 = up["p99"] - direct["up"]["p99"] if ok else None
+            w = _watched(r)
+            cpu = f"{w['cpu_s_per_s'] * 100:.0f} %" if w else "-"
+            loss = f"{r['gaps']} lost, {r['duplicates']} dup" + (" **errors**" if r.get("errors") else "")
+            out.append(
+                f"| {label} | {mode} | {fmt(up['p50'])} | {fmt(up['p99'])} | {fmt(up['max'])} | {fmt(added50)} | "
+                f"{fmt(added99)} | {fmt(down.get('p50'))} | {fmt(down.get('p99'))} | {fmt(down.get('max'))} | "
+                f"{fmt(r['select_rtt'].get('p50'))} / {fmt(r['select_rtt'].get('p99'))} | "
+                f"{fmt(r['execute_term_rtt'].get('p50'))} / {fmt(r['execute_term_rtt'].get('p99'))} | {cpu} | "
+                f"{r['loadgen_cpu_s_per_s'] * 100:.0f} % | {others(r)} | {loss} |"
+            )
+    out += [
+        "",
+        "## Interrogation storm",
+        "",
+        "The BMI sends one interrogation to CA 65535 (through the relay: one ASDU fanned out to",
+        "every site; direct and haproxy: one per connection); every site confirms it, sends",
+        "100 objects as 100 ASDUs and terminates it. Time until the BMI has all of it; rate",
+        "over the whole storm and over its middle 80 % (sustained). Median run of those shown.",
+        "Windows: k 12, w 8 everywhere (IEC defaults), except the row that says otherwise, where",
+        "the relay's uplink (and the generator's BMI) use that k and w.",
+        "",
+        "| path | sites | ASDUs | time to all (s) | ASDU/s overall | ASDU/s sustained | path CPU | path CPU s per"
+        " 1,000 ASDU | path RSS after | generator CPU | others (cores) | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for mode, r in storm.items():
+        if r.get("failed"):
+            out.append(f"| {mode} | failed: {r['errors'][0][-300:]!r} |")
+            continue
+        runs = sorted(r["runs"], key=lambda x: x["total_s"])
+        m = runs[len(runs) // 2]
+        w = _watched(m)
+        cpu = f"{w['cpu_s_per_s'] * 100:.0f} %" if w else "-"
+        rss = f"{w['rss_mb']:.0f} MB" if w else "-"
+        out.append(
+            f"| {mode} | {r['sites']:,} | {m['asdus']:,} | {m['total_s']:.2f} | {fmt(m['asdus_per_s'])} | "
+            f"{fmt(m['sustained_asdus_per_s'])} | {cpu} | {w.get('cpu_s_per_1000_asdu', float('nan')):.3f} | {rss} | "
+            f"{m['loadgen_cpu_s_per_s'] * 100:.0f} % | {others(m)} | "
+            + ", ".join(f"{x['total_s']:.2f} s" for x in r["runs"])
+            + " |"
+        )
+    out += [
+        "",
+        "## Scale (relay, 10 ASDU/s per site)",
+        "",
+        'RSS and CPU are the relay process\'s; "+ exporter" adds its metrics exporter (a child process).',
+        "",
+        "| sites | ASDU/s | relay RSS idle (MB) | relay RSS under load (MB) | + exporter (MB) | relay peak RSS (MB) |"
+        " relay CPU | CPU s per 1,000 ASDU | up p50 / p99 (µs) | generator CPU | others (cores) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sites, r in scale.items():
+        if r.get("failed"):
+            out.append(f"| {sites} | failed: {r['errors'][0][-300:]!r} |")
+            continue
+        w = _watched(r)
+        ready = _watched(r, "ready_watched")
+        out.append(
+            f"| {sites} | {fmt(r['up_asdus_per_s'])} | {ready.get('rss_bytes', 0) / 2**20:.0f} | "
+            f"{w.get('rss_mb', 0):.0f} | {w.get('tree_rss_mb', w.get('rss_mb', 0)):.0f} | {w.get('hwm_mb', 0):.0f} | "
+            f"{w.get('cpu_s_per_s', 0) * 100:.0f} % | "
+            f"{w.get('cpu_s_per_1000_asdu', float('nan')):.3f} | {fmt(r['up']['p50'])} / {fmt(r['up']['p99'])} | "
+            f"{r['loadgen_cpu_s_per_s'] * 100:.0f} % | {others(r)} |"
+        )
+    notes = Path(__file__).with_name("NOTES.md")
+    if notes.exists():
+        out += ["", notes.read_text().rstrip()]
+    out += ["", "## Commands", "", "```"]
+    out += [meta["command"]]
+    examples: dict[str, str] = {}
+    for r in meta["all_runs"]:
+        if r["path_argv"]:
+            examples.setdefault(r["mode"], r["path_argv"])
+    out += list(examples.values())
+    out += sorted({r["loadgen_argv"] for r in meta["all_runs"] if r["loadgen_argv"]})
+    out += ["```", ""]
+    return "\n".join(out)
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    """The arguments that change what is measured (not where the files go)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            out.append(arg)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs and a smaller storm")
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md and results.json go")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory (configs, logs)")
+    parser.add_argument(
+        "--only", default="latency,storm,scale", help="comma-separated: latency|nominal|10x, storm, scale"
+    )
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated paths: direct, haproxy, relay")
+    parser.add_argument(
+        "--relay-tree", type=Path, help="run the relay from this source tree (before/after comparisons)"
+    )
+    parser.add_argument("--render-only", type=Path, help="only write RESULTS.md again from this results.json")
+    args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads(args.render_only.read_text())
+        meta = {**saved["meta"], "all_runs": [r for g in saved["results"].values() for r in g.values()]}
+        Path(args.out, "RESULTS.md").write_text(render(saved["results"], meta))
+        return 0
+    started_at = time.monotonic()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    workdir = Path(tempfile.mkdtemp(prefix="concentrator-bench-"))
+    bench = Bench(workdir, args.quick, args.relay_tree)
+    try:
+        results = scenarios(bench, set(args.only.split(",")), tuple(args.modes.split(",")))
+    finally:
+        if args.keep:
+            print(f"working directory kept: {workdir}")
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    all_runs = [r for group in results.values() for r in group.values()]  # type: ignore[union-attr]
+    meta = {
+        "date": date,
+        "command": " ".join(["python", "bench/run_all.py"] + _without_out(sys.argv[1:])),
+        "elapsed_s": time.monotonic() - started_at,
+        "machine": machine(),
+        "all_runs": all_runs,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": {k: v for k, v in meta.items() if k != "all_runs"},
+                                                  "results": results}, indent=1))  # fmt: skip
+    (out / "RESULTS.md").write_text(render(results, meta))
+    print(f"wrote {out / 'RESULTS.md'} in {meta['elapsed_s']:.0f} s")
+    return 1 if any(r.get("errors") for r in all_runs) else 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+    sys.exit(main())
