@@ -20,7 +20,27 @@ def _relay(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     log.info("configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites))
-    trio.run(_until_signal, Relay(config).run)
+    relay = Relay(config)
+
+    async def run() -> None:
+        from monitoring.exporter import serve_relay
+
+        # Started inside trio (it reads the relay's clock); scrapes are served by a process
+        # of its own. Without metrics the relay still relays (the data path comes first);
+        # Prometheus then reports the target down.
+        try:
+            metrics = serve_relay(relay.stats, config)
+        except OSError as exc:
+            log.error("metrics not served: %s", exc)
+            await relay.run()
+            return
+        log.info("metrics on %s", metrics.url)
+        try:
+            await relay.run()
+        finally:
+            metrics.close()
+
+    trio.run(_until_signal, run)
     return 0
 
 

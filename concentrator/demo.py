@@ -6,12 +6,15 @@ breaker command to one site after another), with a live per-site table each seco
 """
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from contextlib import ExitStack
 
 import c104
 import trio
+
+from monitoring.exporter import serve_relay
 
 from .config import Config, parse_config
 from .relay import Relay
@@ -21,6 +24,7 @@ from .sim.updc import UpdcSimulator
 from .stats import RelayStats
 
 FIRST_CA = 101
+DEFAULT_METRICS_PORT = 9104  # conf/prometheus.yml's target for the relay
 COMMAND_PERIOD = 5.0
 
 
@@ -43,6 +47,17 @@ def demo_config(site_ports: list[int], uplink_port: int, metrics_port: int) -> C
     )
 
 
+def _metrics_port() -> int:
+    """The port conf/prometheus.yml scrapes if it is free, so that a Prometheus started
+    with it sees the demo at once; any free port otherwise."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", DEFAULT_METRICS_PORT))
+        except OSError:
+            return free_tcp_port()
+    return DEFAULT_METRICS_PORT
+
+
 def run_demo(sites: int, duration: float | None, sample_period: float) -> int:
     if not 1 <= sites <= 1000:
         print("demo: --sites must be 1..1000", file=sys.stderr)
@@ -60,7 +75,7 @@ def run_demo(sites: int, duration: float | None, sample_period: float) -> int:
             )
             for n in range(sites)
         ]
-        config = demo_config([u.port for u in updcs], free_tcp_port(), free_tcp_port())
+        config = demo_config([u.port for u in updcs], free_tcp_port(), _metrics_port())
         try:
             trio.run(_run, config, duration)
         except KeyboardInterrupt:
@@ -72,17 +87,21 @@ async def _run(config: Config, duration: float | None) -> None:
     relay = Relay(config)
     cas = [site.common_addresses[0] for site in config.sites]
     commands = {"ok": 0, "failed": 0}
-    async with trio.open_nursery() as nursery:
-        await nursery.start(relay.run)
-        bmi = BmiSimulator("127.0.0.1", relay.listen_port, cas, init=c104.Init.ALL)
-        bmi.start()
-        try:
-            nursery.start_soon(_send_commands, bmi, cas, commands)
-            with trio.move_on_after(duration if duration is not None else float("inf")):
-                await _show_table(relay, bmi, commands)
-        finally:
-            bmi.stop()
-            nursery.cancel_scope.cancel()
+    metrics = serve_relay(relay.stats, config)  # its own process answers the scrapes
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(relay.run)
+            bmi = BmiSimulator("127.0.0.1", relay.listen_port, cas, init=c104.Init.ALL)
+            bmi.start()
+            try:
+                nursery.start_soon(_send_commands, bmi, cas, commands)
+                with trio.move_on_after(duration if duration is not None else float("inf")):
+                    await _show_table(relay, bmi, commands, metrics.url)
+            finally:
+                bmi.stop()
+                nursery.cancel_scope.cancel()
+    finally:
+        metrics.close()
 
 
 async def _send_commands(bmi: BmiSimulator, cas: list[int], commands: dict[str, int]) -> None:
@@ -99,9 +118,13 @@ async def _send_commands(bmi: BmiSimulator, cas: list[int], commands: dict[str, 
         commands["ok" if ok else "failed"] += 1
 
 
-async def _show_table(relay: Relay, bmi: BmiSimulator, commands: dict[str, int]) -> None:
+async def _show_table(relay: Relay, bmi: BmiSimulator, commands: dict[str, int], metrics_url: str) -> None:
     started = time.monotonic()
     previous = 0
+    if metrics_url.endswith(f":{DEFAULT_METRICS_PORT}/metrics"):
+        scrape_hint = "prometheus --config.file=conf/prometheus.yml scrapes it"
+    else:
+        scrape_hint = f"port {DEFAULT_METRICS_PORT} was busy: set this one in conf/prometheus.yml"
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
     while True:
         await trio.sleep(1.0)
@@ -111,7 +134,8 @@ async def _show_table(relay: Relay, bmi: BmiSimulator, commands: dict[str, int])
         print(
             f"uplink: {relay.stats.uplink.active_peer or 'not started'} | forwarded {forwarded} ASDUs "
             f"({forwarded - previous}/s) | received by the BMI {at_bmi} | commands {commands['ok']} confirmed, "
-            f"{commands['failed']} failed | cause-46 answers {relay.stats.uplink.negative_answers}\n",
+            f"{commands['failed']} failed | cause-46 answers {relay.stats.uplink.negative_answers}\n"
+            f"Prometheus metrics: {metrics_url} ({scrape_hint})\n",
             flush=True,
         )
         previous = forwarded

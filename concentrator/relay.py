@@ -143,8 +143,9 @@ class Relay:
         self._pump_uplink()
 
     def forward_up(self, origin: SiteSession, asdu: bytes) -> None:
-        self.queue.push(origin, asdu, trio.current_time())
-        origin.site.stats.record_up(asdu)
+        now = trio.current_time()
+        self.queue.push(origin, asdu, now)
+        origin.site.stats.record_up(asdu, now)
         self._pump_uplink()
 
     def _pump_uplink(self) -> None:

@@ -1,0 +1,324 @@
+"""Prometheus view of the relay's `RelayStats`, in the text exposition format.
+
+The relay keeps plain numbers (concentrator/stats.py) and never calls into
+prometheus_client, so its event loop does no metrics work beyond additions; this runs
+in the exporter process (monitoring/scrape_process.py) over a snapshot of them, or on
+any thread over the live objects, and only reads.
+
+A scrape of 100 sites has about 8,500 samples. Built as prometheus_client metric
+families and formatted by generate_latest() that took about 60 ms of CPU; written as text
+directly (render_sites) it takes a few ms, which matters on a 2-core appliance whose
+relay shares the CPU with the exporter (bench/SCRAPE.md).
+
+Conventions (as node_exporter): one prefix `concentrator_`, base units (`_seconds`,
+`_bytes`, `_total`), `_info` metrics with value 1 for metadata, and time spent in each
+state as counters, so that availability over any window is
+`increase(concentrator_site_state_seconds_total{state="started"}[w]) / w`, exactly.
+The full list, with meanings, is in monitoring/README.md.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from concentrator.config import Config, SiteConfig
+from concentrator.stats import SITE_STATES, Histogram, RelayStats
+
+PREFIX = "concentrator_"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("iec104-concentrator")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def histogram_buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative buckets ending with +Inf, and the sum, from a stats.Histogram.
+
+    The counts are copied first (one C-level list copy) so the buckets agree with each
+    other; the count Prometheus shows is the +Inf bucket, so it agrees with them too.
+    """
+    counts = list(histogram.counts)
+    total = histogram.total
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*histogram.bounds, math.inf), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+    return buckets, total
+
+
+class RelayMetrics:
+    """Reads `stats` and `config` at each scrape: the relay's live objects (on another
+    thread), or a snapshot of them (monitoring/scrape_process.py). Not a prometheus_client
+    Collector: exposition() writes the sites' part as text (see render_sites).
+
+    `now` returns the current time on the relay's clock (the clock the relay stamps
+    `SiteStats.state_since` and `last_measurement_at` with); see exporter.relay_clock().
+    """
+
+    def __init__(
+        self,
+        stats: RelayStats,
+        config: Config,
+        now: Callable[[], float],
+        *,
+        started_at: float | None = None,
+        loaded_at: float | None = None,
+    ) -> None:
+        self.stats = stats
+        self.config = config
+        self.now = now
+        # When the exporter started (relay clock) and the configuration was loaded (Unix
+        # time): the relay loads its configuration once, at start.
+        self.started_at = now() if started_at is None else started_at
+        self.loaded_at = time.time() if loaded_at is None else loaded_at
+
+    def exposition(self) -> bytes:
+        """The whole scrape, in the Prometheus text format 0.0.4: metadata and the uplink
+        (a few samples) as metric families, the sites' many samples as text directly."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(self))
+        return generate_latest(registry) + render_sites(self.stats, self.config, self.now(), self.started_at).encode()
+
+    def families(self) -> Iterator[Metric]:
+        yield from self._metadata()
+        yield from self._uplink()
+
+    # ------------------------------------------------------------------ metadata
+    def _metadata(self) -> Iterator[Metric]:
+        build = InfoMetricFamily(f"{PREFIX}build", "Version of the concentrator and of Python it runs on.")
+        build.add_metric([], {"version": package_version(), "python_version": platform.python_version()})
+        yield build
+        config = InfoMetricFamily(
+            f"{PREFIX}config", "Configuration file the relay runs with and its SHA-256 (changes when the file does)."
+        )
+        config.add_metric([], {"file": self.config.file, "sha256": self.config.sha256})
+        yield config
+        yield GaugeMetricFamily(
+            f"{PREFIX}config_load_timestamp_seconds",
+            "When the relay loaded its configuration (Unix time).",
+            value=self.loaded_at,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}config_modified_timestamp_seconds",
+            "Modification time of the configuration file when it was loaded (Unix time).",
+            value=self.config.mtime,
+        )
+
+    # ------------------------------------------------------------------ uplink
+    def _uplink(self) -> Iterator[Metric]:
+        uplink = self.stats.uplink
+        active_peer = uplink.active_peer  # one read: the relay may change it meanwhile
+        yield GaugeMetricFamily(
+            f"{PREFIX}uplink_started",
+            "1 while a BMI connection is started (data transfer active), else 0.",
+            value=1 if active_peer else 0,
+        )
+        active = InfoMetricFamily(f"{PREFIX}uplink_active_connection", "The started BMI connection, if any.")
+        if active_peer:
+            active.add_metric([], {"peer": active_peer})
+        yield active
+        yield GaugeMetricFamily(
+            f"{PREFIX}uplink_open_connections", "BMI connections open (started or not).", value=uplink.open_connections
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}uplink_t1_seconds",
+            "t1 toward the BMI: time the relay waits for an acknowledgement.",
+            value=self.config.uplink.params.t1,
+        )
+        for name, doc, value in (
+            ("uplink_connections", "BMI connections accepted.", uplink.connections),
+            ("uplink_refused_connections", "Connections refused: peer not in uplink.allowed_peers.", uplink.refused),
+            ("uplink_activations", "STARTDTs that made a BMI connection the started one.", uplink.activations),
+            ("uplink_negative_answers", "BMI ASDUs for an unknown common address, answered with cause 46.",
+             uplink.negative_answers),
+            ("uplink_requeued_asdus", "ASDUs sent again after the started role moved to another connection.",
+             uplink.requeued),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"{PREFIX}{name}", doc, value=value)
+        asdus = CounterMetricFamily(
+            f"{PREFIX}uplink_asdus", "ASDUs on the started BMI connection, by direction.", labels=["direction"]
+        )
+        asdus.add_metric(["up"], uplink.asdus_up)
+        asdus.add_metric(["down"], uplink.asdus_down)
+        yield asdus
+        round_trip = GaugeMetricFamily(
+            f"{PREFIX}uplink_test_round_trip_seconds", "Round trip of the last TESTFR to the BMI."
+        )
+        if uplink.last_test_round_trip is not None:
+            round_trip.add_metric([], uplink.last_test_round_trip)
+        yield round_trip
+
+
+class _Families(Collector):
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not read the stats
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.families()
+
+
+# ---------------------------------------------------------------------- sites, as text
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)  # "nan" is read as NaN too
+
+
+def _path(config: SiteConfig | None, endpoint: str) -> str:
+    if config is not None:
+        for index, configured in enumerate(config.endpoints):
+            if str(configured) == endpoint:
+                return "primary" if index == 0 else "backup"
+    return "unknown"
+
+
+def render_sites(stats: RelayStats, config: Config, now: float, started_at: float) -> str:
+    """Every per-site metric, grouped by family, as exposition text."""
+    configs = {site.name: site for site in config.sites}
+    out: list[str] = []
+    add = out.append
+
+    def family(name: str, kind: str, doc: str) -> None:
+        add(f"# HELP {PREFIX}{name} {doc}\n# TYPE {PREFIX}{name} {kind}\n")
+
+    # One pass over the live objects first: each site's label and consistent state.
+    sites = []
+    for name, site in list(stats.sites.items()):
+        current, since, before = site.state_snapshot()
+        # A site whose task has not started yet still has state_since 0 (the relay sets
+        # it when the task starts): count from the exporter's start instead.
+        since = max(since, started_at)
+        sites.append((f'site="{_escape(name)}"', site, configs.get(name), current, since, before))
+
+    family("site_info", "gauge", "A configured site (UPDC).")
+    for label, _, site_config, *_ in sites:
+        if site_config is not None:
+            cas = ",".join(map(str, site_config.common_addresses))
+            add(f'{PREFIX}site_info{{{label},common_addresses="{cas}",'
+                f'interruptibility="{_escape(site_config.interruptibility)}"}} 1\n')  # fmt: skip
+    family("site_t1_seconds", "gauge", "t1 of the site's link: BMI acknowledgements must come before it.")
+    for label, _, site_config, *_ in sites:
+        if site_config is not None:
+            add(f"{PREFIX}site_t1_seconds{{{label}}} {_number(site_config.params.t1)}\n")
+    family("site_up", "gauge", "1 while the site's connection is started (data flows), else 0.")
+    for label, _, _, current, _, _ in sites:
+        add(f"{PREFIX}site_up{{{label}}} {1 if current == 'started' else 0}\n")
+    family("site_state", "gauge", "1 for the state the site's connection is in.")
+    for label, _, _, current, _, _ in sites:
+        for state in SITE_STATES:
+            add(f'{PREFIX}site_state{{{label},state="{state}"}} {1 if state == current else 0}\n')
+    family("site_state_seconds_total", "counter", "Time the site's connection spent in each state.")
+    for label, _, _, current, since, before in sites:
+        for state in SITE_STATES:
+            # Our `now` may trail the relay's by a microsecond; never report less than
+            # what was already accumulated, or the counter would go backwards.
+            total = before.get(state, 0.0) + (max(0.0, now - since) if state == current else 0.0)
+            add(f'{PREFIX}site_state_seconds_total{{{label},state="{state}"}} {_number(total)}\n')
+    family("site_connections_total", "counter", "TCP connections established to the site (reconnects included).")
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_connections_total{{{label}}} {site.connects}\n")
+    family("site_endpoint_info", "gauge", "Endpoint of the site's current connection, and whether it is the primary.")
+    for label, site, site_config, current, _, _ in sites:
+        endpoint = site.endpoint
+        if current in ("connected", "started") and endpoint:
+            add(f'{PREFIX}site_endpoint_info{{{label},endpoint="{_escape(endpoint)}",'
+                f'path="{_path(site_config, endpoint)}"}} 1\n')  # fmt: skip
+
+    # dict() copies in C under the GIL: safe while the relay adds new keys.
+    kinds = [
+        (label, direction, dict(counts), dict(sizes))
+        for label, site, *_ in sites
+        for direction, counts, sizes in (
+            ("up", site.asdus_up_by_kind, site.bytes_up_by_kind),
+            ("down", site.asdus_down_by_kind, site.bytes_down_by_kind),
+        )
+    ]
+    family("site_asdus_total", "counter", "ASDUs relayed, by direction, type identification and cause.")
+    for label, direction, counts, _ in kinds:
+        for (type_id, cause), count in sorted(counts.items()):
+            add(f'{PREFIX}site_asdus_total{{{label},direction="{direction}",type_id="{type_id}",cause="{cause}"}} '
+                f"{count}\n")  # fmt: skip
+    family("site_asdu_bytes_total", "counter", "ASDU octets relayed, by direction, type identification and cause.")
+    for label, direction, counts, sizes in kinds:
+        for type_id, cause in sorted(counts):
+            add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{type_id}",'
+                f'cause="{cause}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
+    family("site_dropped_asdus_total", "counter", "BMI ASDUs for the site dropped: not connected, or backlog full.")
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_dropped_asdus_total{{{label}}} {site.dropped_down}\n")
+
+    def histogram(name: str, rows: list[tuple[str, Histogram]]) -> None:
+        metric = f"{PREFIX}{name}"
+        for label, observed in rows:
+            buckets, total = histogram_buckets(observed)
+            for le, cumulative in buckets:
+                add(f'{metric}_bucket{{{label},le="{le}"}} {cumulative}\n')
+            add(f"{metric}_count{{{label}}} {buckets[-1][1]}\n{metric}_sum{{{label}}} {_number(total)}\n")
+
+    family("site_relay_latency_seconds", "histogram",
+           "Time inside the relay: from a frame read to its copy queued on the other side.")  # fmt: skip
+    histogram("site_relay_latency_seconds", [
+        (f'{label},direction="{direction}"', observed)
+        for label, site, *_ in sites
+        for direction, observed in (("up", site.latency_up), ("down", site.latency_down))
+    ])  # fmt: skip
+    family("site_ack_delay_seconds", "histogram",
+           "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).")
+    histogram("site_ack_delay_seconds", [(label, site.ack_delay) for label, site, *_ in sites])
+    family("site_ack_delay_max_seconds", "gauge", "Longest BMI acknowledgement delay since the relay started.")
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_ack_delay_max_seconds{{{label}}} {_number(site.max_ack_delay)}\n")
+    family("site_test_round_trip_seconds", "gauge", "Round trip of the last TESTFR to the site.")
+    for label, site, *_ in sites:
+        if (round_trip := site.last_test_round_trip) is not None:
+            add(f"{PREFIX}site_test_round_trip_seconds{{{label}}} {_number(round_trip)}\n")
+    family("site_measured_values_total", "counter", "Measured-value objects received (types 9-14, 34-36).")
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_measured_values_total{{{label}}} {site.measured_values}\n")
+    family("site_invalid_measured_values_total", "counter",
+           "Measured-value objects whose quality descriptor has IV (invalid) set; they count as zero for the "
+           "operator (annex A40 5.3).")  # fmt: skip
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_invalid_measured_values_total{{{label}}} {site.invalid_measured_values}\n")
+    family("site_malformed_measurement_asdus_total", "counter",
+           "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).")
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_malformed_measurement_asdus_total{{{label}}} {site.malformed_measurements}\n")
+    family("site_seconds_since_last_measurement", "gauge",
+           "Time since the last measured-value ASDU from the site (since the relay started, if none yet).")  # fmt: skip
+    for label, site, *_ in sites:
+        last = site.last_measurement_at
+        age = max(0.0, now - (started_at if last is None else last))
+        add(f"{PREFIX}site_seconds_since_last_measurement{{{label}}} {_number(age)}\n")
+    return "".join(out)
