@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from netconfig.harness import Iec104Stream, Lab, install_signal_cleanup, run  # noqa: E402
 from netconfig.measure import analyze  # noqa: E402
 
+
 def _both_down(lab: Lab, link: str, _path: str) -> None:
     """Both paths down for a second, then the backup alone comes back."""
     lab.link_down(link, "primary")

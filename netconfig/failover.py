@@ -35,7 +35,7 @@ Rules
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Role(enum.Enum):

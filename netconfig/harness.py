@@ -31,14 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, IO
+from typing import IO, Any
 
 import yaml
 
 BASE = "nfo"  # every lab namespace name starts with this
 _counter = itertools.count()
-_open_labs: list["Lab"] = []
+_open_labs: list[Lab] = []
 
 CONC_SERVICE = "10.0.0.1"
 BMI_SERVICE = "10.0.1.1"

@@ -18,7 +18,6 @@ own `time.monotonic()` fault timestamps.
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import struct
 import sys

@@ -35,8 +35,8 @@ from .config import LinkConfig, NetworkConfig, PathConfig, parse_network
 from .failover import (
     AllPathsDown,
     Event,
-    Failover,
     FailbackRefused,
+    Failover,
     PathDown,
     PathUp,
     Role,

@@ -5,8 +5,9 @@ import copy
 import hashlib
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

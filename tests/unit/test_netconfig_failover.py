@@ -5,9 +5,9 @@ import pytest
 
 from netconfig.failover import (
     AllPathsDown,
-    Failover,
     FailbackMode,
     FailbackRefused,
+    Failover,
     FailoverParams,
     PathDown,
     PathUp,
