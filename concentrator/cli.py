@@ -69,10 +69,6 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(sites=args.sites, duration=args.duration, sample_period=args.sample_period)
 
 
-def _netd(args: argparse.Namespace) -> int:
-    from netconfig.netd import main as netd_main
-
-    return netd_main(["--config", args.config])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
-    netd = commands.add_parser("netd", help="run the link manager (primary/backup failover)")
-    netd.add_argument("--config", required=True, help="YAML configuration file")
-    netd.set_defaults(run=_netd)
+    # Listed for --help only: main() hands `netd` and its options to the link manager.
+    commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["netd"]:
+        # The link manager is its own program (failover must not depend on the relay).
+        from netconfig.netd import main as netd_main
+
+        return netd_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -6,7 +6,8 @@ Every problem is reported as a `ConfigError` naming the file, the key path
 are errors, so that a typo cannot pass silently, and so are keys given twice.
 
 Each top-level section has one parser in `_SECTIONS`; adding a section means writing
-its parser, adding it there and adding the matching field to `Config`.
+its parser, adding it there and adding the matching field to `Config`. The `network:`
+section belongs to the link manager (netconfig/config.py), which also reads it alone.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ import os
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from concentrator.iec104.link import LinkParams
+
+if TYPE_CHECKING:
+    from netconfig.config import NetworkConfig
 
 __all__ = [
     "ConfigError",
@@ -138,6 +142,7 @@ class Config:
     uplink: UplinkConfig
     sites: tuple[SiteConfig, ...]
     metrics: MetricsConfig
+    network: NetworkConfig | None = None  # the link manager's section, if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +160,13 @@ class Config:
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate the YAML file at `path`."""
     file = os.fspath(path)
+    data, raw, mtime = read_yaml(file)
+    return parse_config(data, file, sha256=hashlib.sha256(raw).hexdigest(), mtime=mtime)
+
+
+def read_yaml(file: str) -> tuple[object, bytes, float]:
+    """The document in `file` (strict YAML: no key twice), its raw bytes and mtime.
+    The link manager reads the same file this way for its own section."""
     try:
         with open(file, "rb") as f:
             raw = f.read()
@@ -166,19 +178,35 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as e:
         got = f"byte {raw[e.start]:#04x} at offset {e.start}"
         raise ConfigError(file, "(file)", "UTF-8 text", got) from e
-    data = _load_yaml(text, file)
-    return parse_config(data, file, sha256=hashlib.sha256(raw).hexdigest(), mtime=mtime)
+    return _load_yaml(text, file), raw, mtime
 
 
 def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.0) -> Config:
     """Validate an already-loaded document (a mapping) and build the `Config`."""
     try:
-        top = _mapping(data, "", _SECTIONS)
+        top = _mapping(data, "", [*_SECTIONS, *_OWN_SECTIONS])
         sections = {name: parse(top.get(name, MISSING), name) for name, parse in _SECTIONS.items()}
         _check_listeners(sections["uplink"], sections["metrics"])
     except _Invalid as e:
         raise ConfigError(file, e.key or "(top level)", e.expected, e.got) from None
-    return Config(file=file, sha256=sha256, mtime=mtime, **sections)
+    network = None if top.get("network", MISSING) is MISSING else _parse_network(top["network"], file)
+    return Config(file=file, sha256=sha256, mtime=mtime, network=network, **sections)
+
+
+def _parse_network(value: object, file: str) -> NetworkConfig:
+    # The link manager owns its section and its parser (it runs without the relay);
+    # imported here, not at the top, because that parser imports this module.
+    from netconfig.config import parse_network
+
+    return parse_network(value, file)
+
+
+def listen_endpoint(value: object, file: str, key: str) -> Endpoint:
+    """An IP "host:port" to listen on, for sections parsed outside this module."""
+    try:
+        return _endpoint(value, key, ip_only=True)
+    except _Invalid as e:
+        raise ConfigError(file, e.key, e.expected, e.got) from None
 
 
 class _DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -332,6 +360,8 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "sites": _parse_sites,
     "metrics": _parse_metrics,
 }
+# Sections whose parsers report errors themselves (they need the file name).
+_OWN_SECTIONS = ("network",)
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 

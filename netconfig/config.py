@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.config import MISSING, ConfigError
+from concentrator.config import MISSING, ConfigError, Endpoint, listen_endpoint
 
 from .failover import FailbackMode, FailoverParams
 
@@ -59,6 +59,7 @@ class NetworkConfig:
     uplink: LinkConfig | None = None
     sites: tuple[LinkConfig, ...] = field(default_factory=tuple)
     rto_min: float | None = None
+    metrics_listen: Endpoint | None = None  # where netd serves its Prometheus metrics
 
     @property
     def links(self) -> tuple[LinkConfig, ...]:
@@ -70,7 +71,7 @@ class NetworkConfig:
         return FailoverParams(misses=self.probe_misses, hold_time=self.hold_time, failback=self.failback)
 
 
-_TOP_KEYS = {"service_address", "probe", "hold_time", "failback", "rto_min", "uplink", "sites"}
+_TOP_KEYS = {"service_address", "probe", "hold_time", "failback", "rto_min", "metrics_listen", "uplink", "sites"}
 _LINK_KEYS = {"destinations", "primary", "backup"}
 _SITE_KEYS = _LINK_KEYS | {"name"}
 _PATH_KEYS = {"interface", "gateway", "probe_target"}
@@ -222,4 +223,7 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
                 if dest.overlaps(other):
                     raise p.error(f"{key}.destinations[{j}]", f"a prefix not overlapping {other} of {owner}", str(dest))
             seen_dest[dest] = link.name
-    return NetworkConfig(service, interval, misses, hold, mode, uplink, sites, rto_min)
+    metrics = None
+    if m.get("metrics_listen") is not None:
+        metrics = listen_endpoint(m["metrics_listen"], file, "network.metrics_listen")
+    return NetworkConfig(service, interval, misses, hold, mode, uplink, sites, rto_min, metrics)

@@ -43,6 +43,7 @@ _open_labs: list[Lab] = []
 
 CONC_SERVICE = "10.0.0.1"
 BMI_SERVICE = "10.0.1.1"
+NETD_METRICS = "127.0.0.1:9105"  # inside each namespace: conf/prometheus.yml's target for netd
 
 
 def site_service(i: int) -> str:
@@ -282,6 +283,7 @@ class Lab:
         if role == "conc":
             return {"network": {
                 "service_address": CONC_SERVICE, **common,
+                "metrics_listen": NETD_METRICS,
                 "uplink": {
                     "destinations": [f"{BMI_SERVICE}/32"],
                     "primary": path(self.uplink.primary, False),
@@ -320,6 +322,11 @@ class Lab:
                 return state
         except (OSError, ValueError):
             return {}
+
+    def netd_metrics(self, role: str = "conc") -> str:
+        """The link manager's Prometheus exposition, fetched inside its namespace."""
+        fetch = f"import urllib.request; print(urllib.request.urlopen('http://{NETD_METRICS}/metrics', timeout=5).read().decode())"
+        return run(["ip", "netns", "exec", self.ns(role), sys.executable, "-c", fetch]).stdout
 
     def wait_netd_ready(self, role: str, timeout: float = 15.0) -> None:
         wait_for(lambda: self.assert_running() or self.netd_state(role).get("ready") is True, timeout,

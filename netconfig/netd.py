@@ -27,9 +27,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import trio
-import yaml
 
-from concentrator.config import MISSING, ConfigError
+from concentrator.config import MISSING, ConfigError, read_yaml
+from concentrator.stats import Histogram
+from monitoring.exporter import serve
+from monitoring.linkmanager import LinkManagerCollector, outage_histogram
 
 from .config import LinkConfig, NetworkConfig, PathConfig, parse_network
 from .failover import (
@@ -81,6 +83,7 @@ class LinkStats:
     probe_misses_total: dict[str, int] = field(default_factory=lambda: {"primary": 0, "backup": 0})
     probe_answers_total: dict[str, int] = field(default_factory=lambda: {"primary": 0, "backup": 0})
     route_errors_total: int = 0
+    outage: Histogram = field(default_factory=outage_histogram)  # of failure-driven switches
     recent_switches: deque[SwitchInfo] = field(default_factory=lambda: deque(maxlen=100))
 
 
@@ -94,8 +97,9 @@ class NetdStats:
     def to_json(self) -> dict[str, Any]:
         links = {}
         for name, link in self.links.items():
-            d = {k: v for k, v in vars(link).items() if k != "recent_switches"}
+            d = {k: v for k, v in vars(link).items() if k not in ("recent_switches", "outage")}
             d["recent_switches"] = [asdict(s) for s in link.recent_switches]
+            d["outage"] = asdict(link.outage)
             links[name] = d
         return {"started": self.started, "pid": self.pid, "ready": self.ready, "links": links}
 
@@ -236,6 +240,7 @@ class LinkController:
                 if ev.outage is not None:
                     self.stats.outage_seconds_total += ev.outage
                     self.stats.outage_seconds_last = ev.outage
+                    self.stats.outage.observe(ev.outage)
                 self.stats.recent_switches.append(info)
                 # One line per switch, with reason and timing.
                 log.warning(
@@ -376,13 +381,9 @@ def _check_sysctls(cfg: NetworkConfig) -> None:
 
 
 def load(path: str) -> NetworkConfig:
-    try:
-        with open(path, "rb") as f:
-            doc = yaml.safe_load(f)
-    except OSError as exc:
-        raise ConfigError(path, "(file)", "a readable YAML file", exc.strerror or str(exc)) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, "(file)", "valid YAML", str(exc)) from exc
+    """Only the `network:` section: failover keeps working when the relay's part of the
+    file is broken."""
+    doc, _, _ = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)
     return parse_network(doc.get("network", MISSING), path)
@@ -406,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     stats = NetdStats()
+    if cfg.metrics_listen is not None:
+        serve([LinkManagerCollector(stats)], cfg.metrics_listen)  # a daemon thread, for the process's life
+        log.info("metrics on http://%s/metrics", cfg.metrics_listen)
 
     async def _main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:

@@ -78,6 +78,11 @@ def test_uplink_primary_link_down(lab: Lab, stream: Iec104Stream) -> None:
     res = results(stream, fault_at, until)
     assert_kept(stream, res)
     assert switch_reasons(lab, "uplink") == [("primary", "backup", "carrier-down")]
+    # The same switch, as Prometheus sees it on the link manager's own endpoint.
+    metrics = lab.netd_metrics()
+    assert 'concentrator_link_active_path{link="uplink",path="backup"} 1.0' in metrics
+    assert 'concentrator_link_switches_total{link="uplink",reason="carrier-down"} 1.0' in metrics
+    assert 'concentrator_link_outage_seconds_count{link="uplink"} 1.0' in metrics
     assert lab.ip("conc", "route", "get", "10.0.1.1").stdout.split()[4] == "up1"
     # Carrier events, not probes: probes alone take 0.3-0.4 s plus a TCP
     # retransmission timeout (>= 0.6 s in all).

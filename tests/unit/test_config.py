@@ -185,7 +185,7 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_unknown_top_level_key() -> None:
     err = error(lambda d: d.update(sitse=[]))
-    check(err, "sitse", "a key allowed in the top level (uplink, sites, metrics)")
+    check(err, "sitse", "a key allowed in the top level (uplink, sites, metrics, network)")
 
 
 def test_unknown_uplink_key() -> None:
@@ -447,3 +447,31 @@ def test_empty_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     check(info.value, "(top level)", "a mapping with keys uplink, sites, metrics", file=str(path))
+
+
+# --------------------------------------------------------------------------- network
+
+
+def test_example_network_section_is_parsed_by_the_link_manager() -> None:
+    config = load_config(EXAMPLE)
+    assert config.network is not None
+    assert [site.name for site in config.network.sites] == [s.name for s in config.sites]
+    assert config.network.metrics_listen == Endpoint("127.0.0.1", 9105)
+
+
+def test_network_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("primary: {interface: bmi0,", "primary: {interface: 7,")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.file == str(path) and info.value.key == "network.uplink.primary.interface"
+    assert str(path) in str(info.value) and "network.uplink.primary.interface" in str(info.value)
+
+
+def test_link_manager_reads_its_section_even_when_the_relays_is_broken(tmp_path: Path) -> None:
+    from netconfig.netd import load as load_network
+
+    path = write(tmp_path, EXAMPLE.read_text().replace("k: 12", "k: yes"))
+    with pytest.raises(ConfigError):
+        load_config(path)
+    assert load_network(str(path)).uplink is not None
