@@ -29,28 +29,45 @@ class Item(Generic[Origin]):
 
 
 class UplinkQueue(Generic[Origin]):
-    """Per-site order is kept because every site's frames enter one FIFO in arrival order
-    and leave it in that order; the BMI confirms them oldest first."""
+    """Sites take turns: each site with something to send has its own FIFO, and the sites
+    are served round robin, so that one site's burst (an interrogation answer) cannot hold
+    back another site's frames, a command confirmation for instance. Per-site order is
+    kept (each site's frames leave in arrival order) and the BMI confirms frames in the
+    order they were sent, which the in-flight FIFO records."""
 
     def __init__(self) -> None:
-        self._pending: deque[Item[Origin]] = deque()
+        self._pending: dict[Origin | None, deque[Item[Origin]]] = {}
+        self._turns: deque[Origin | None] = deque()  # origins with pending frames, next first
+        self._count = 0
         self._in_flight: deque[Item[Origin]] = deque()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._count
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
     def push(self, origin: Origin | None, asdu: bytes, now: float) -> None:
-        self._pending.append(Item(origin, asdu, now))
+        queue = self._pending.get(origin)
+        if queue is None:
+            queue = self._pending[origin] = deque()
+            self._turns.append(origin)
+        queue.append(Item(origin, asdu, now))
+        self._count += 1
 
     def take(self, now: float) -> Item[Origin] | None:
         """The next ASDU to send on the active uplink connection, now counted in flight."""
-        if not self._pending:
+        if not self._turns:
             return None
-        item = self._pending.popleft()
+        origin = self._turns.popleft()
+        queue = self._pending[origin]
+        item = queue.popleft()
+        if queue:
+            self._turns.append(origin)
+        else:
+            del self._pending[origin]
+        self._count -= 1
         item.sent_at = now
         self._in_flight.append(item)
         return item
@@ -63,21 +80,35 @@ class UplinkQueue(Generic[Origin]):
 
     def requeue_in_flight(self) -> None:
         """The active role moved to another BMI connection: what the old one did not
-        confirm goes out again first, in its original order."""
-        self._pending.extendleft(reversed(self._in_flight))
+        confirm goes out again, ahead of each site's newer frames, and those sites first."""
+        first: list[Origin | None] = []
+        for item in reversed(self._in_flight):
+            queue = self._pending.get(item.origin)
+            if queue is None:
+                queue = self._pending[item.origin] = deque()
+            queue.appendleft(item)
+        for item in self._in_flight:
+            if item.origin not in first:
+                first.append(item.origin)
+        self._turns = deque(first + [origin for origin in self._turns if origin not in first])
+        self._count += len(self._in_flight)
         self._in_flight.clear()
 
     def discard_pending(self, origin: Origin) -> int:
         """A site connection ended: its UPDC will send again what nobody confirmed, so
         its frames not yet sent are dropped. Frames already in flight stay, so that the
         BMI's confirmations keep counting the right frames; releasing them is skipped."""
-        kept = [item for item in self._pending if item.origin is not origin]
-        dropped = len(self._pending) - len(kept)
-        self._pending = deque(kept)
-        return dropped
+        queue = self._pending.pop(origin, None)
+        if queue is None:
+            return 0
+        self._turns.remove(origin)
+        self._count -= len(queue)
+        return len(queue)
 
     def clear(self) -> None:
         self._pending.clear()
+        self._turns.clear()
+        self._count = 0
         self._in_flight.clear()
 
 

@@ -57,3 +57,30 @@ def test_own_negative_answers_are_never_released():
     queue.push(None, b"\x2d", 0.0)
     queue.take(0.0)
     assert releases(queue.confirmed(1)) == {}
+
+
+def test_sites_take_turns_so_a_burst_does_not_hold_back_another_site():
+    storm, other = Site("storm"), Site("other")
+    queue: UplinkQueue[Site] = UplinkQueue()
+    for n in range(100):
+        queue.push(storm, bytes([n]), 0.0)
+    queue.push(other, b"\xff", 0.0)  # e.g. a command confirmation
+    taken = [queue.take(0.0) for _ in range(3)]
+    assert [item.origin for item in taken if item] == [storm, other, storm]
+    assert [item.asdu for item in taken if item and item.origin is storm] == [b"\x00", b"\x01"]
+    assert len(queue) == 98
+
+
+def test_requeued_frames_go_before_the_sites_newer_ones():
+    a, b = Site("a"), Site("b")
+    queue: UplinkQueue[Site] = UplinkQueue()
+    queue.push(a, b"a1", 0.0)
+    queue.push(b, b"b1", 0.0)
+    queue.take(0.0), queue.take(0.0)  # a1, b1 in flight
+    queue.push(b, b"b2", 0.0)
+    queue.push(a, b"a2", 0.0)
+    queue.requeue_in_flight()
+    order = [queue.take(1.0).asdu for _ in range(4)]  # type: ignore[union-attr]
+    assert order.index(b"a1") < order.index(b"a2") and order.index(b"b1") < order.index(b"b2")
+    assert order[:2] == [b"a1", b"b1"]
+    assert queue.take(1.0) is None and len(queue) == 0
