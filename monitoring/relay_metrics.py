@@ -274,7 +274,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         for type_id, cause in sorted(counts):
             add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{type_id}",'
                 f'cause="{cause}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
-    family("site_dropped_asdus_total", "counter", "BMI ASDUs for the site dropped: not connected, or backlog full.")
+    family(
+        "site_dropped_asdus_total",
+        "counter",
+        "BMI ASDUs for the site dropped: backlog full, older than the site's t1, or the uplink lost.",
+    )
     for label, site, *_ in sites:
         add(f"{PREFIX}site_dropped_asdus_total{{{label}}} {site.dropped_down}\n")
 

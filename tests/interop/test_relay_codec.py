@@ -13,7 +13,7 @@ from concentrator.iec104.asdu import AsduHeader
 from concentrator.iec104.link import LinkParams
 from concentrator.relay import Relay
 from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_asdu, counter_of
-from tests.helpers import relay_config, wait_for
+from tests.helpers import free_port, relay_config, wait_for
 
 
 # C_SC_NA_1 single command, activation, IOA 5000.
@@ -207,4 +207,26 @@ async def test_startdt_on_another_connection_moves_the_active_role_and_resends_i
         await wait_for(lambda: len(b.received) == 6, what="new data on B")
         await wait_for(lambda: station.confirmed_all, what="B's confirmation reaching the site")
         assert len(a.received) == 5 and a.session is not None and not a.session.closed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_command_waits_for_a_site_still_connecting_but_not_beyond_its_t1():
+    async with trio.open_nursery() as nursery:
+        late, stale = QueueingStation(101), QueueingStation(102)
+        ports = [free_port(), free_port()]
+        relay = Relay(relay_config(ports, site={"t1": 1.0, "t2": 0.5}))
+        await nursery.start(relay.run)
+        master = await connect_master(nursery, relay)
+        await master.started.wait()
+        master.send(command(101))
+        master.send(command(102))
+        await trio.sleep(0.3)  # neither site listens yet
+        await nursery.start(late.serve, ports[0])
+        await wait_for(lambda: late.received == [command(101)], what="the command at the late site")
+        await trio.sleep(1.0)  # the second site comes after its t1 has passed
+        await nursery.start(stale.serve, ports[1])
+        await wait_for(lambda: relay.sites[1].stats.state == "started", what="the stale site started")
+        await trio.sleep(0.2)
+        assert stale.received == [] and relay.sites[1].stats.dropped_down == 1
+        assert relay.sites[0].stats.dropped_down == 0
         nursery.cancel_scope.cancel()
