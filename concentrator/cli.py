@@ -1,4 +1,4 @@
-"""The `concentrator` command: relay, check-config, demo, netd."""
+"""The `concentrator` command: relay, check-config, demo, netd, trip-path."""
 
 from __future__ import annotations
 
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `netd` and its options to the link manager.
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
+    commands.add_parser(
+        "trip-path", help="show the kernel's multicast trip path per group (installed, interfaces, counters); --json"
+    )
     return parser
 
 
@@ -104,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         from netconfig.netd import main as netd_main
 
         return netd_main(argv[1:])
+    if argv[:1] == ["trip-path"]:
+        # Reads the kernel only: answers whether the relay or netd run or not.
+        from netconfig.tripreport import main as trip_main
+
+        return trip_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -27,6 +27,7 @@ from concentrator.iec104.link import LinkParams
 
 if TYPE_CHECKING:
     from netconfig.config import NetworkConfig
+    from netconfig.multicast import MulticastConfig
 
 __all__ = [
     "ConfigError",
@@ -143,6 +144,7 @@ class Config:
     sites: tuple[SiteConfig, ...]
     metrics: MetricsConfig
     network: NetworkConfig | None = None  # the link manager's section, if present
+    multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +192,10 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     except _Invalid as e:
         raise ConfigError(file, e.key or "(top level)", e.expected, e.got) from None
     network = None if top.get("network", MISSING) is MISSING else _parse_network(top["network"], file)
-    return Config(file=file, sha256=sha256, mtime=mtime, network=network, **sections)
+    multicast = None
+    if top.get("multicast", MISSING) is not MISSING:
+        multicast = _parse_multicast(top["multicast"], file, network)
+    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, **sections)
 
 
 def _parse_network(value: object, file: str) -> NetworkConfig:
@@ -199,6 +204,13 @@ def _parse_network(value: object, file: str) -> NetworkConfig:
     from netconfig.config import parse_network
 
     return parse_network(value, file)
+
+
+def _parse_multicast(value: object, file: str, network: NetworkConfig | None) -> MulticastConfig:
+    # Like `network:`: the link manager drives the trip path and owns the parser.
+    from netconfig.multicast import parse_multicast
+
+    return parse_multicast(value, file, network)
 
 
 def listen_endpoint(value: object, file: str, key: str) -> Endpoint:
@@ -361,7 +373,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network",)
+_OWN_SECTIONS = ("network", "multicast")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 

@@ -13,6 +13,11 @@ route (a silent fault drops traffic both ways, so both ends have to notice).
 Service addresses live on loopback, on neither path, and are the routes'
 prefsrc, so TCP endpoints do not change across a switch.
 
+With `trip_groups`, the concentrator's netd also drives its own smcrouted (files in
+the lab's workdir) to forward those multicast groups from the BMI's service address
+to every site; `TripTraffic` sends trip datagrams with scapy from the BMI namespace
+and logs what a receiver in each site namespace gets (docs/trip-path.md).
+
 Faults: carrier loss (`ip link set down` on the concentrator's end), silent loss
 (nftables netdev ingress drop on both ends, carrier stays up), flapping, both paths
 down, and restore. Namespace names carry a per-run prefix with the owner's pid;
@@ -142,6 +147,7 @@ class Lab:
         site_paths: str = "netd",
         workdir: str | None = None,
         start_netd: bool = True,
+        trip_groups: list[tuple[str, int]] | None = None,
     ) -> None:
         if not 1 <= n_sites <= 250:
             raise ValueError("n_sites must be 1..250")
@@ -159,6 +165,9 @@ class Lab:
             raise ValueError(site_paths)
         self.site_paths = site_paths
         self.start_netd = start_netd
+        # Multicast trip groups (group, UDP port) the concentrator's netd forwards from
+        # the BMI (source: its service address, over either uplink) to every site.
+        self.trip_groups = list(trip_groups or [])
         self.prefix = f"{BASE}{os.getpid()}x{next(_counter)}-"
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=self.prefix)
@@ -281,7 +290,7 @@ class Lab:
             return {"interface": v.conc_if, "gateway": v.peer_ip}
 
         if role == "conc":
-            return {"network": {
+            return {**self._multicast_config(), "network": {
                 "service_address": CONC_SERVICE, **common,
                 "metrics_listen": NETD_METRICS,
                 "uplink": {
@@ -303,6 +312,24 @@ class Lab:
                 "primary": path(link.primary, True),
                 "backup": path(link.backup, True),
             },
+        }}
+
+    def smcroute_files(self) -> dict[str, str]:
+        """The concentrator's smcrouted: its own socket and pid file (one per namespace)."""
+        return {key: os.path.join(self.workdir, f"smcroute.{ext}")
+                for key, ext in (("config_file", "conf"), ("socket", "sock"), ("pid_file", "pid"))}
+
+    def _multicast_config(self) -> dict[str, Any]:
+        if not self.trip_groups:
+            return {}
+        outbound = [v.conc_if for s in self.sites for v in (s.primary, s.backup)]
+        return {"multicast": {
+            "smcroute": self.smcroute_files(),
+            "groups": [
+                {"group": group, "port": port, "sources": [BMI_SERVICE],
+                 "inbound": [self.uplink.primary.conc_if, self.uplink.backup.conc_if], "outbound": outbound}
+                for group, port in self.trip_groups
+            ],
         }}
 
     def state_file(self, role: str) -> str:
@@ -646,6 +673,58 @@ class TcpStream(Traffic):
                 "--stream", str(i), "--rate", str(self.rate)]))
         self.wait_flowing(timeout=timeout)
 
+
+
+class TripTraffic:
+    """Multicast trip datagrams from the BMI namespace to a receiver in every site
+    namespace (netconfig.trip_peers): what was sent and what each site got, by hash."""
+
+    def __init__(self, lab: Lab, group: str, port: int) -> None:
+        self.lab, self.group, self.port = lab, group, port
+        self.sent_file = os.path.join(lab.workdir, f"trip-sent-{group}.jsonl")
+        self.next_seq = 0
+
+    def received_file(self, site: LabLink) -> str:
+        return os.path.join(self.lab.workdir, f"trip-recv-{site.name}-{self.group}.jsonl")
+
+    def start(self, timeout: float = 10.0) -> None:
+        for site in self.lab.sites:
+            self.lab.spawn(site.peer, f"trip-recv-{site.name}", [
+                sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", self.group,
+                "--port", str(self.port), "--ifaces", f"{site.primary.peer_if},{site.backup.peer_if}",
+                "--out", self.received_file(site)])
+        for site in self.lab.sites:
+            wait_for(lambda: "receiver: ready" in self.lab._log_tail(f"trip-recv-{site.name}")()
+                     or bool(self.lab.assert_running()), timeout, f"trip receiver in {site.name}")
+
+    def send(self, count: int, path: str = "primary", timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Send `count` datagrams out of the BMI's end of the uplink's `path`; returns them."""
+        first = self.next_seq
+        self.next_seq += count
+        iface = self.lab.uplink.path(path).peer_if
+        run(["ip", "netns", "exec", self.lab.ns("bmi"), sys.executable, "-m", "netconfig.trip_peers", "send",
+             "--group", self.group, "--port", str(self.port), "--src", BMI_SERVICE, "--iface", iface,
+             "--count", str(count), "--first", str(first), "--out", self.sent_file])
+        return [s for s in _jsonl(self.sent_file) if first <= s["seq"] < first + count]
+
+    def received(self, site: LabLink) -> list[dict[str, Any]]:
+        return _jsonl(self.received_file(site))
+
+    def wait_delivered(self, sent: list[dict[str, Any]], timeout: float = 5.0) -> None:
+        """Until every site has received every datagram of `sent` (matched by hash)."""
+        want = {s["sha256"] for s in sent}
+        for site in self.lab.sites:
+            wait_for(lambda: want <= {r["sha256"] for r in self.received(site)}, timeout,
+                     f"{len(want)} trip datagrams at {site.name}",
+                     lambda: f"got {len(want & {r['sha256'] for r in self.received(site)})}")
+
+
+def _jsonl(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------------- CLI

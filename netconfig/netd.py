@@ -44,9 +44,11 @@ from .failover import (
     Role,
     Switched,
 )
+from .multicast import MulticastConfig, parse_multicast_section
 from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
+from .trippath import TripPath, TripState
 
 log = logging.getLogger("netd")
 
@@ -93,6 +95,7 @@ class NetdStats:
     pid: int = field(default_factory=os.getpid)
     ready: bool = False
     links: dict[str, LinkStats] = field(default_factory=dict)
+    trip: TripState | None = None  # with a multicast: section
 
     def to_json(self) -> dict[str, Any]:
         links = {}
@@ -101,7 +104,10 @@ class NetdStats:
             d["recent_switches"] = [asdict(s) for s in link.recent_switches]
             d["outage"] = asdict(link.outage)
             links[name] = d
-        return {"started": self.started, "pid": self.pid, "ready": self.ready, "links": links}
+        doc = {"started": self.started, "pid": self.pid, "ready": self.ready, "links": links}
+        if self.trip is not None:
+            doc["trip"] = self.trip.to_json()
+        return doc
 
 
 # ---------------------------------------------------------------------- one link
@@ -298,7 +304,8 @@ class _StateWriter:
             log.error("state file %s: %s", self.path, exc)
 
 
-async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = None) -> None:
+async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = None,
+              multicast: MulticastConfig | None = None) -> None:
     writer = _StateWriter(state_file, stats)
     monitor = LinkMonitor()  # subscribe before the snapshot: no event is lost between
     routes = Routes(cfg.service_address, rto_min=cfg.rto_min)
@@ -306,15 +313,36 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
         initial = await trio.to_thread.run_sync(current_links)
         controllers: list[LinkController] = []
         by_ifname: dict[str, tuple[LinkController, Role]] = {}
+        trip: TripPath | None = None
+
+        def changed() -> None:
+            writer.write()
+            if trip is not None:
+                trip.changed()  # an uplink (or site) switch re-points the trip routes
+
         for link in cfg.links:
             stats.links[link.name] = LinkStats(link.name)
-            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, writer.write)
+            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, changed)
             controllers.append(ctl)
             by_ifname[link.primary.interface] = (ctl, Role.PRIMARY)
             by_ifname[link.backup.interface] = (ctl, Role.BACKUP)
         _check_sysctls(cfg)
         for ctl in controllers:
             ctl.start()
+
+        def active_paths() -> dict[str, str | None]:
+            # Interface of each managed path -> the interface its link uses now.
+            out: dict[str, str | None] = {}
+            for ctl in controllers:
+                active = ctl.path(ctl.fo.active).interface
+                out[ctl.link.primary.interface] = active
+                out[ctl.link.backup.interface] = active
+            return out
+
+        if multicast is not None:
+            if stats.trip is None:
+                stats.trip = TripState()
+            trip = TripPath(multicast, stats.trip, active_paths, writer.write)
 
         async def probe(ctl: LinkController, role: Role) -> None:
             path = ctl.path(role)
@@ -348,6 +376,8 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
             nursery.start_soon(links)
             nursery.start_soon(signals)
             nursery.start_soon(refresh)
+            if trip is not None:
+                nursery.start_soon(trip.run)
             for ctl in controllers:
                 nursery.start_soon(ctl.run)
                 for role in Role:
@@ -383,10 +413,17 @@ def _check_sysctls(cfg: NetworkConfig) -> None:
 def load(path: str) -> NetworkConfig:
     """Only the `network:` section: failover keeps working when the relay's part of the
     file is broken."""
+    return load_sections(path)[0]
+
+
+def load_sections(path: str) -> tuple[NetworkConfig, MulticastConfig | None]:
+    """netd's two sections, `network:` and (optional) `multicast:`; the relay's are
+    not read."""
     doc, _, _ = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)
-    return parse_network(doc.get("network", MISSING), path)
+    network = parse_network(doc.get("network", MISSING), path)
+    return network, parse_multicast_section(doc, path, network)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,19 +439,22 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        cfg = load(args.config)
+        cfg, multicast = load_sections(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     stats = NetdStats()
+    if multicast is not None:
+        stats.trip = TripState()
     if cfg.metrics_listen is not None:
-        serve([LinkManagerCollector(stats)], cfg.metrics_listen)  # a daemon thread, for the process's life
+        trip_stats = stats.trip.stats if stats.trip is not None else None
+        serve([LinkManagerCollector(stats, trip_stats)], cfg.metrics_listen)  # a daemon thread, for the process's life
         log.info("metrics on http://%s/metrics", cfg.metrics_listen)
 
     async def _main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run, cfg, stats, args.state)
+                nursery.start_soon(run, cfg, stats, args.state, multicast)
                 async for signum in stop:
                     log.info("stopping on signal %d (routes left in place)", signum)
                     nursery.cancel_scope.cancel()

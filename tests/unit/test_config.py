@@ -185,7 +185,7 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_unknown_top_level_key() -> None:
     err = error(lambda d: d.update(sitse=[]))
-    check(err, "sitse", "a key allowed in the top level (uplink, sites, metrics, network)")
+    check(err, "sitse", "a key allowed in the top level (uplink, sites, metrics, network, multicast)")
 
 
 def test_unknown_uplink_key() -> None:
@@ -475,3 +475,4 @@ def test_link_manager_reads_its_section_even_when_the_relays_is_broken(tmp_path:
     with pytest.raises(ConfigError):
         load_config(path)
     assert load_network(str(path)).uplink is not None
+

@@ -1,0 +1,379 @@
+"""The multicast trip path: smcrouted under supervision, re-pointed on uplink switches.
+
+netd runs this (one task group beside the failover controllers); the relay plays no
+part, so trip messages keep flowing with the relay stopped, crashed or overloaded.
+
+- smcrouted holds the kernel's multicast-routing socket; when it dies the kernel drops
+  every entry it installed. It runs in the foreground as its own session (a netd
+  restart leaves it running and the next netd adopts it through its pid file), with
+  `-N` (only our interfaces become VIFs) and its own socket and pid file.
+- Its configuration file always holds the current routes, so a restarted smcrouted
+  puts the path back by itself within milliseconds; netd rewrites it on every change.
+- On an uplink switch each (S,G) is re-pointed with `smcroutectl add <new-in> S G
+  <outs>`: the kernel keeps one entry per (S,G) with one inbound interface.
+- A check every `VERIFY_INTERVAL` reads /proc/net/ip_mr_cache: the metrics say
+  whether the kernel really forwards each group, and a missing entry is added again.
+- Nothing here joins a group: static forwarding needs no membership.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from monitoring.linkmanager import TripPathStats
+
+from .multicast import (
+    KernelEntry,
+    MRoute,
+    MulticastConfig,
+    PathStatus,
+    parse_mr_cache,
+    parse_vifs,
+    path_status,
+    smcroute_conf,
+    wanted_routes,
+)
+
+log = logging.getLogger("netd.trip")
+
+VERIFY_INTERVAL = 0.5      # seconds between checks of the kernel's table
+START_TIMEOUT = 5.0        # smcrouted must answer on its socket within this
+RESTART_BACKOFF = 0.5      # after 3 exits within 2 s, wait this long before the next start
+
+
+def read_kernel(proc: str = "/proc/net") -> list[KernelEntry]:
+    """The kernel's multicast forwarding entries in this network namespace."""
+    try:
+        with open(f"{proc}/ip_mr_vif") as f:
+            vifs = parse_vifs(f.read())
+        with open(f"{proc}/ip_mr_cache") as f:
+            return parse_mr_cache(f.read(), vifs)
+    except FileNotFoundError:  # kernel without multicast routing
+        return []
+
+
+def read_igmp_memberships(path: str = "/proc/net/igmp") -> dict[str, list[str]]:
+    """Groups joined by any socket in this namespace: group -> interfaces."""
+    from .multicast import _addr
+
+    joined: dict[str, list[str]] = {}
+    device = "?"
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()[1:]
+    except FileNotFoundError:
+        return {}
+    for line in lines:
+        if not line.startswith("\t\t"):
+            parts = line.split()
+            device = parts[1] if len(parts) > 1 else "?"
+        else:
+            joined.setdefault(str(_addr(line.split()[0])), []).append(device)
+    return joined
+
+
+@dataclass
+class TripState:
+    """What netd reports of the trip path (state file, metrics)."""
+
+    stats: TripPathStats = field(default_factory=TripPathStats)
+    smcrouted_pid: int | None = None
+    smcrouted_restarts: int = 0
+    inbound: dict[str, str] = field(default_factory=dict)   # group -> inbound interface in use
+    last_repoint_seconds: float | None = None               # smcroutectl time of the last re-point
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "installed": dict(self.stats.installed), "repoints": dict(self.stats.repoints),
+            "smcrouted_pid": self.smcrouted_pid, "smcrouted_restarts": self.smcrouted_restarts,
+            "inbound": dict(self.inbound), "last_repoint_seconds": self.last_repoint_seconds,
+        }
+
+
+def set_rp_filter(interfaces: tuple[str, ...]) -> None:
+    """Strict reverse-path filtering (1) would drop trips arriving on the uplink that is
+    not the route back to the source (during a switch, or when the far end switched
+    first): make it loose (2). The effective value is max(all, interface)."""
+    try:
+        with open("/proc/sys/net/ipv4/conf/all/rp_filter") as f:
+            all_value = int(f.read())
+    except (OSError, ValueError):
+        all_value = 0
+    for name in interfaces:
+        path = f"/proc/sys/net/ipv4/conf/{name}/rp_filter"
+        try:
+            with open(path) as f:
+                value = int(f.read())
+            if max(all_value, value) == 1:
+                with open(path, "w") as f:
+                    f.write("2")
+                log.warning("sysctl net.ipv4.conf.%s.rp_filter set to 2 (loose) for the trip path", name)
+        except (OSError, ValueError) as exc:
+            log.error("rp_filter of %s: %s", name, exc)
+
+
+class TripPath:
+    """Drives smcrouted for netd. `active_path()` maps each interface that is a path
+    of a managed link to the link's active interface (see multicast.wanted_routes)."""
+
+    def __init__(self, cfg: MulticastConfig, state: TripState,
+                 active_path: Callable[[], Mapping[str, str | None]],
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.active_path = active_path
+        self._on_change = on_change
+        self.files = cfg.smcroute
+        self._applied: dict[tuple[Any, Any], MRoute] = {}   # smcrouted's rule per (S,G), as we set it
+        self._force: set[tuple[Any, Any]] = set()             # (S,G) the kernel does not have as wanted
+        self._conf_routes: list[MRoute] = []                  # the routes in the file we wrote last
+        self._dirty = trio.Event()
+        self._daemon_up = False
+        self.smcrouted = shutil.which("smcrouted") or "smcrouted"
+        self.smcroutectl = shutil.which("smcroutectl") or "smcroutectl"
+        for g in cfg.groups:
+            state.stats.installed.setdefault(str(g.group), False)
+            state.stats.repoints.setdefault(str(g.group), 0)
+
+    def changed(self) -> None:
+        """A link switched (called from netd's controllers): re-point now."""
+        self._dirty.set()
+
+    async def run(self) -> None:
+        for path in (self.files.socket, self.files.pid_file):
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError as exc:  # smcrouted will say more when it fails to start
+                log.error("directory of %s: %s", path, exc)
+        set_rp_filter(tuple(dict.fromkeys(n for g in self.cfg.groups for n in g.inbound)))
+        self._write_conf(wanted_routes(self.cfg, self.active_path()))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._supervise)
+            nursery.start_soon(self._apply_loop)
+            nursery.start_soon(self._verify_loop)
+
+    # ------------------------------------------------------------------ smcrouted
+
+    def _adoptable(self) -> int | None:
+        """A smcrouted left by an earlier netd (its pid file, still that program)."""
+        try:
+            with open(self.files.pid_file) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            # "pid (comm) state ...": a zombie is not a daemon to adopt.
+            comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
+            return pid if comm == "smcrouted" and state != "Z" else None
+        except (OSError, ValueError):
+            return None
+
+    async def _supervise(self) -> None:
+        exits: list[float] = []
+        while True:
+            pid = self._adoptable()
+            proc: subprocess.Popen[bytes] | None = None
+            if pid is not None:
+                log.info("smcrouted pid=%d already running: adopted", pid)
+            else:
+                try:
+                    proc = await self._start()
+                except OSError as exc:
+                    # No smcrouted (not installed, bad path): failover must go on; keep trying.
+                    log.error("smcrouted cannot start: %s; trying again in %.0f s", exc, START_TIMEOUT)
+                    await trio.sleep(START_TIMEOUT)
+                    continue
+                pid = proc.pid
+            self.state.smcrouted_pid = pid
+            if await self._wait_ready(proc):
+                self._daemon_up = True
+                # A new daemon knows only its file: its rules are the file's routes.
+                self._applied = {(r.source, r.group): r for r in self._conf_routes}
+                self._dirty.set()
+            started = time.monotonic()
+            await _wait_exit(pid, proc)
+            self._daemon_up = False
+            self.state.smcrouted_pid = None
+            self.state.smcrouted_restarts += 1
+            for group in self.state.stats.installed:
+                self.state.stats.installed[group] = False
+            self._on_change()
+            code = proc.returncode if proc is not None else "?"
+            log.error("smcrouted pid=%d exited (code %s) after %.1f s: the kernel dropped its multicast routes; "
+                      "restarting", pid, code, time.monotonic() - started)
+            now = time.monotonic()
+            exits = [t for t in exits if now - t < 2.0] + [now]
+            if len(exits) >= 3:  # failing at start: do not spin
+                await trio.sleep(RESTART_BACKOFF)
+
+    async def _start(self) -> subprocess.Popen[bytes]:
+        self._write_conf(wanted_routes(self.cfg, self.active_path()))
+        for stale in (self.files.socket, self.files.pid_file):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+        argv = [self.smcrouted, "-n", "-N", "-f", self.files.config_file, "-u", self.files.socket,
+                "-P", self.files.pid_file, "-l", "notice"]
+        # Its own session: a signal to netd's process group (Ctrl-C, a service
+        # manager stopping netd) must not take the trip path down with it.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.info("smcrouted started pid=%d: %s", proc.pid, " ".join(argv))
+        return proc
+
+    async def _wait_ready(self, proc: subprocess.Popen[bytes] | None) -> bool:
+        deadline = trio.current_time() + START_TIMEOUT
+        while trio.current_time() < deadline:
+            if proc is not None and proc.poll() is not None:
+                return False
+            if (await self._ctl("show", "interfaces", quiet=True)) is not None:
+                return True
+            await trio.sleep(0.01)
+        log.error("smcrouted did not answer on %s within %.0f s", self.files.socket, START_TIMEOUT)
+        return False
+
+    async def _ctl(self, *args: str, quiet: bool = False, stdin: str | None = None) -> str | None:
+        """One smcroutectl command on our daemon's socket; its output, or None."""
+        try:
+            done = await trio.run_process([self.smcroutectl, "-u", self.files.socket, *args],
+                                          stdin=stdin.encode() if stdin is not None else b"",
+                                          capture_stdout=True, capture_stderr=True, check=False)
+        except OSError as exc:  # smcroutectl missing: report, never take netd down
+            log.error("smcroutectl: %s", exc)
+            return None
+        if done.returncode != 0:
+            if not quiet:
+                log.error("smcroutectl %s: exit %d: %s", " ".join(args), done.returncode,
+                          done.stderr.decode(errors="replace").strip())
+            return None
+        return done.stdout.decode(errors="replace")
+
+    def _write_conf(self, routes: list[MRoute]) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.files.config_file), exist_ok=True)
+            tmp = f"{self.files.config_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(smcroute_conf(self.cfg, routes))
+            os.replace(tmp, self.files.config_file)
+        except OSError as exc:
+            # The running daemon is told by smcroutectl anyway; only a restart would
+            # start from an old file (and be corrected by the next check).
+            log.error("smcroute file %s: %s", self.files.config_file, exc)
+            return
+        self._conf_routes = list(routes)
+
+    # ------------------------------------------------------------------ routes
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            if not self._daemon_up:
+                continue  # the supervisor sets it again once a daemon answers
+            wanted = wanted_routes(self.cfg, self.active_path())
+            self._write_conf(wanted)  # first: a daemon restarted now starts from the new state
+            failed = False
+            for route in wanted:
+                if not await self._apply(route):
+                    failed = True
+            self._verify()
+            if failed:
+                await trio.sleep(0.2)
+                self._dirty.set()
+
+    async def _apply(self, route: MRoute) -> bool:
+        """Make smcrouted's entry for (S,G) exactly `route`. True when the kernel has it."""
+        key = (route.source, route.group)
+        before = self._applied.get(key)
+        if before == route and key not in self._force:
+            return True
+        # smcroute keeps one rule per (inbound, S, G) and merges the outbound interfaces
+        # of an `add` into a rule it has: so remove the rule we put there, then add the
+        # new one, one batch, one process. The kernel's entry is keyed by (S,G) alone,
+        # and a trip arriving in between is queued by the kernel as unresolved and
+        # forwarded when the entry is added.
+        add = f"add {route.inbound} {route.source} {route.group} {' '.join(route.outbound)}"
+        batch = add + "\n"
+        if before is not None:
+            batch = f"remove {before.inbound} {route.source} {route.group}\n" + batch
+        t0 = time.perf_counter()
+        await self._ctl("-b", stdin=batch, quiet=True)  # a failed remove (rule gone) is fine
+        took = time.perf_counter() - t0
+        entry = {(e.source, e.group): e for e in read_kernel()}.get(key)
+        if entry is None or entry.inbound != route.inbound or set(entry.outbound) != set(route.outbound):
+            log.error("trip route group=%s source=%s not installed as asked (%s); kernel has %s", route.group,
+                      route.source, add, entry)
+            return False
+        self._force.discard(key)
+        self._applied[key] = route
+        group = str(route.group)
+        if before is not None and before.inbound != route.inbound:
+            self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
+            self.state.last_repoint_seconds = took
+            log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s ms=%.1f", group,
+                        route.source, before.inbound, route.inbound, ",".join(route.outbound), took * 1000)
+        else:
+            log.info("trip route group=%s source=%s inbound=%s outbound=%s ms=%.1f", group, route.source,
+                     route.inbound, ",".join(route.outbound), took * 1000)
+        return True
+
+    def _verify(self) -> list[PathStatus]:
+        """Compare the kernel with what we want; metrics follow the kernel."""
+        status = path_status(self.cfg, read_kernel())
+        wanted = {(r.source, r.group): r for r in wanted_routes(self.cfg, self.active_path())}
+        by_group: dict[str, bool] = {}
+        for st in status:
+            want = wanted[(st.source, st.group)]
+            good = st.installed and st.inbound == want.inbound and set(st.outbound) == set(want.outbound)
+            group = str(st.group)
+            by_group[group] = by_group.get(group, True) and good
+            if st.installed and st.inbound is not None:
+                self.state.inbound[group] = st.inbound
+            if not good and self._daemon_up:
+                # Not what we asked for (entry lost, or changed behind our back): ask again.
+                self._force.add((st.source, st.group))
+        changed = by_group != self.state.stats.installed
+        self.state.stats.installed.update(by_group)
+        if changed:
+            self._on_change()
+        return status
+
+    async def _verify_loop(self) -> None:
+        while True:
+            await trio.sleep(VERIFY_INTERVAL)
+            self._verify()
+            if self._force:
+                self._dirty.set()
+
+
+async def _wait_exit(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
+    """Until `pid` exits: a pidfd becomes readable then (our child or an adopted one)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        if proc is not None:
+            proc.wait()
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+    if proc is not None:
+        proc.wait()  # reap it (readable pidfd: it has exited)
+
+
+def stop_smcrouted(pid_file: str) -> None:
+    """For tests and uninstall: stop the daemon named in `pid_file` (its routes go)."""
+    try:
+        with open(pid_file) as f:
+            os.kill(int(f.read().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass

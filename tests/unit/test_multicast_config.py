@@ -1,0 +1,149 @@
+"""The `multicast:` section: validation, the routes wanted per active path, smcroute's
+file, and the kernel's tables as /proc prints them (no sockets, no root)."""
+from __future__ import annotations
+
+import copy
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from concentrator.config import ConfigError, load_config
+from netconfig.config import parse_network
+from netconfig.multicast import (
+    MRoute,
+    parse_mr_cache,
+    parse_multicast,
+    parse_vifs,
+    path_status,
+    smcroute_conf,
+    wanted_routes,
+)
+
+FILE = "conc.yaml"
+NETWORK = {
+    "service_address": "10.0.0.1",
+    "uplink": {"destinations": ["10.0.1.0/24"],
+               "primary": {"interface": "up0", "gateway": "172.16.0.2"},
+               "backup": {"interface": "up1", "gateway": "172.16.1.2"}},
+    "sites": [{"name": f"site{i}", "destinations": [f"10.1.{i}.1/32"],
+               "primary": {"interface": f"s{i}p", "gateway": f"172.20.{i}.2"},
+               "backup": {"interface": f"s{i}b", "gateway": f"172.21.{i}.2"}} for i in (1, 2)],
+}
+GOOD: dict[str, Any] = {
+    "groups": [{"group": "239.192.10.1", "port": 2404, "sources": ["10.0.1.1", "10.0.1.2"],
+                "inbound": ["up0", "up1"], "outbound": ["s1p", "s1b", "s2p", "s2b"]}],
+}
+
+
+def error(mutate: Any, network: bool = False) -> ConfigError:
+    raw = copy.deepcopy(GOOD)
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_multicast(raw, FILE, parse_network(NETWORK, FILE) if network else None)
+    return info.value
+
+
+def test_good_section() -> None:
+    mc = parse_multicast(GOOD, FILE, parse_network(NETWORK, FILE))
+    [g] = mc.groups
+    assert (g.group, g.port, g.sources) == (IPv4Address("239.192.10.1"), 2404,
+                                           (IPv4Address("10.0.1.1"), IPv4Address("10.0.1.2")))
+    assert mc.interfaces == ("up0", "up1", "s1p", "s1b", "s2p", "s2b")
+    assert mc.smcroute.socket == "/run/concentrator/smcroute.sock"
+
+
+@pytest.mark.parametrize(("mutate", "key", "expected"), [
+    (lambda d: d.pop("groups"), "multicast.groups", "a value"),
+    (lambda d: d.update(groups=[]), "multicast.groups", "a non-empty list of trip groups"),
+    (lambda d: d.update(group=1), "multicast.group", "a key allowed in multicast"),
+    (lambda d: d["groups"][0].update(group="10.0.0.1"), "multicast.groups[0].group", "a multicast group"),
+    (lambda d: d["groups"][0].update(group="224.0.0.5"), "multicast.groups[0].group", "a multicast group"),
+    (lambda d: d["groups"][0].update(port=0), "multicast.groups[0].port", "a UDP port from 1 to 65535"),
+    (lambda d: d["groups"][0].update(port=True), "multicast.groups[0].port", "a UDP port from 1 to 65535"),
+    (lambda d: d["groups"][0].pop("sources"), "multicast.groups[0].sources", "a value"),
+    (lambda d: d["groups"][0].update(sources=["239.1.1.1"]), "multicast.groups[0].sources[0]", "a unicast"),
+    (lambda d: d["groups"][0].update(sources=["10.0.1.1", "10.0.1.1"]), "multicast.groups[0].sources[1]",
+     "a source listed once"),
+    (lambda d: d["groups"][0].update(inbound=[]), "multicast.groups[0].inbound", "a non-empty list"),
+    (lambda d: d["groups"][0].update(outbound=["s1p", "up0"]), "multicast.groups[0].outbound[1]",
+     "an interface that is not inbound"),
+    (lambda d: d["groups"][0].update(outbound=["s1p", "s1p"]), "multicast.groups[0].outbound[1]",
+     "an interface listed once"),
+    (lambda d: d["groups"][0].update(outbound=["a/b"]), "multicast.groups[0].outbound[0]", "a Linux interface name"),
+    (lambda d: d["groups"].append(dict(d["groups"][0])), "multicast.groups[1].group", "a group not already in"),
+    (lambda d: d.update(smcroute={"socket": "rel.sock"}), "multicast.smcroute.socket", "an absolute path"),
+    (lambda d: d["groups"][0].update(outbound=[f"x{i}" for i in range(31)]), "multicast.groups",
+     "at most 32 interfaces"),
+])
+def test_errors_name_the_key(mutate: Any, key: str, expected: str) -> None:
+    err = error(mutate)
+    assert err.key == key and err.expected.startswith(expected), (err.key, err.expected)
+
+
+def test_inbound_must_be_an_uplink_path_when_network_is_given() -> None:
+    err = error(lambda d: d["groups"][0].update(inbound=["up0", "eth9"]), network=True)
+    assert (err.key, err.expected) == ("multicast.groups[0].inbound[1]", "an uplink interface (up0, up1)")
+
+
+def test_wanted_routes_follow_the_active_paths() -> None:
+    mc = parse_multicast(GOOD, FILE)
+    active = {"up0": "up0", "up1": "up0", "s1p": "s1p", "s1b": "s1p", "s2p": "s2p", "s2b": "s2p"}
+    routes = wanted_routes(mc, active)
+    assert [(str(r.source), r.inbound, r.outbound) for r in routes] == [
+        ("10.0.1.1", "up0", ("s1p", "s2p")), ("10.0.1.2", "up0", ("s1p", "s2p"))]
+    # Uplink on its backup, site1 on its backup: one inbound, one copy per site.
+    active.update({"up0": "up1", "up1": "up1", "s1p": "s1b", "s1b": "s1b"})
+    assert {(r.inbound, r.outbound) for r in wanted_routes(mc, active)} == {("up1", ("s1b", "s2p"))}
+    # Interfaces under no link: used as listed (inbound: the first).
+    assert {(r.inbound, r.outbound) for r in wanted_routes(mc, {})} == {("up0", ("s1p", "s1b", "s2p", "s2b"))}
+
+
+def test_smcroute_file_enables_only_our_interfaces_and_never_joins() -> None:
+    mc = parse_multicast(GOOD, FILE)
+    text = smcroute_conf(mc, [MRoute(IPv4Address("10.0.1.1"), IPv4Address("239.192.10.1"), "up1", ("s1p", "s2p"))])
+    assert "phyint up0 enable\nphyint up1 enable\nphyint s1p enable" in text
+    assert "mroute from up1 source 10.0.1.1 group 239.192.10.1 to s1p s2p\n" in text
+    assert "mgroup" not in text and "mrdisc" not in text
+
+
+VIF = """Interface      BytesIn  PktsIn  BytesOut PktsOut Flags Local    Remote
+ 0 up0            3400      50         0       0 00008 000003E8 00000000
+ 1 up1               0       0         0       0 00008 000003EA 00000000
+ 2 s1p               0       0      3400      50 00008 000003EC 00000000
+ 4 s2p               0       0      3400      50 00008 000003F0 00000000
+"""
+CACHE = """Group    Origin   Iif     Pkts    Bytes    Wrong Oifs
+010AC0EF 0101000A 0         50     3400        2  2:1    4:1
+"""
+
+
+def test_kernel_tables_are_read_as_proc_prints_them() -> None:
+    [e] = parse_mr_cache(CACHE, parse_vifs(VIF))
+    assert (str(e.group), str(e.source), e.inbound, e.packets, e.bytes, e.wrong_if, e.outbound) == (
+        "239.192.10.1", "10.0.1.1", "up0", 50, 3400, 2, ("s1p", "s2p"))
+
+
+def test_status_per_source_and_group() -> None:
+    mc = parse_multicast(GOOD, FILE)
+    status = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)))
+    first, second = status
+    assert first.installed and first.ok and first.to_json()["packets_forwarded"] == 50
+    assert not second.installed and not second.ok  # 10.0.1.2 has no entry
+    assert first.to_json()["wrong_interface"] == 2 and first.to_json()["outbound"] == ["s1p", "s2p"]
+
+
+def test_registered_in_the_appliance_file(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "conf" / "concentrator.yaml"
+    text = example.read_text()
+    config = load_config(example)
+    assert config.multicast is not None
+    (group,) = config.multicast.groups
+    # 12 two-path sites and the uplink's two paths: within the kernel's 32 interfaces.
+    assert group.inbound == ("bmi0", "bmi1") and len(group.outbound) == 24
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace("inbound: [bmi0, bmi1]", "inbound: [bmi0, eth9]"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "multicast.groups[0].inbound[1]"

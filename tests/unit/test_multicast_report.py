@@ -1,0 +1,47 @@
+"""The trip-path report: IGMP memberships as /proc prints them, and the plain words."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from netconfig.trippath import read_igmp_memberships
+from netconfig.tripreport import plain
+
+IGMP = """Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter
+1\tlo        :     1      V3
+\t\t\t\t010000E0     1 0:00000000\t\t0
+1004\tp0        :     2      V3
+\t\t\t\t010AC0EF     1 0:00000000\t\t0
+\t\t\t\t010000E0     1 0:00000000\t\t0
+"""
+
+
+def test_memberships_by_group(tmp_path: Path) -> None:
+    path = tmp_path / "igmp"
+    path.write_text(IGMP)
+    assert read_igmp_memberships(str(path)) == {"224.0.0.1": ["lo", "p0"], "239.192.10.1": ["p0"]}
+
+
+def path_doc(**over: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "group": "239.192.10.1", "source": "10.0.1.1", "port": 2404, "installed": True, "ok": True,
+        "inbound": "up1", "inbound_role": "uplink backup", "outbound": ["s1p", "s2p"],
+        "packets_forwarded": 7, "wrong_interface": 1, "members_on_this_host": [],
+    }
+    doc.update(over)
+    return doc
+
+
+def test_plain_words() -> None:
+    text = plain({"ok": True, "smcrouted": {"running": True, "pid": 42, "pid_file": "/run/x.pid"},
+                  "paths": [path_doc()]})
+    assert text.splitlines() == [
+        "smcrouted: running, pid 42",
+        "group 239.192.10.1 (UDP 2404) from 10.0.1.1: forwarded by the kernel, in on up1 (uplink backup), "
+        "out on s1p, s2p; 7 packets forwarded, 1 arrived on another interface",
+        "  no socket on this host is a member of the group",
+        "trip path: OK",
+    ]
+    bad = plain({"ok": False, "smcrouted": {"running": False, "pid": None, "pid_file": "/run/x.pid"},
+                 "paths": [path_doc(installed=False, ok=False, members_on_this_host=["up0"])]})
+    assert "smcrouted: NOT RUNNING" in bad and "NOT INSTALLED" in bad
+    assert "MEMBER OF THE GROUP on up0" in bad and bad.endswith("trip path: NOT OK")
