@@ -85,6 +85,18 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(5)
 
 
+def start_loadgen(stack: contextlib.ExitStack, argv: list[str], log: Path, tag: str) -> subprocess.Popen[bytes]:
+    """Start the load generator (stopped when `stack` closes) and wait until it listens."""
+    loadgen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), cwd=ROOT, start_new_session=True)
+    stack.callback(stop, loadgen)
+    deadline = time.monotonic() + 30
+    while b"listening" not in log.read_bytes():
+        if loadgen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{tag}: load generator did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.02)
+    return loadgen
+
+
 @contextlib.contextmanager
 def started(argv: list[str], log: Path, tree: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A process of ours in its own process group, stopped on the way out. With `tree`,
@@ -197,14 +209,7 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {tag}: {' '.join(argv[2:])}", flush=True)
         loadgen_log = self.workdir / f"{tag}.loadgen.log"
         with contextlib.ExitStack() as stack:
-            loadgen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(loadgen_log, "wb"), cwd=ROOT,
-                                       start_new_session=True)  # fmt: skip
-            stack.callback(stop, loadgen)
-            deadline = time.monotonic() + 30
-            while b"listening" not in loadgen_log.read_bytes():
-                if loadgen.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{tag}: load generator did not start: {loadgen_log.read_text()[-2000:]}")
-                time.sleep(0.02)
+            loadgen = start_loadgen(stack, argv, loadgen_log, tag)
             if path_argv:
                 tree = self.relay_tree if mode == "relay" else None
                 path_process = stack.enter_context(started(path_argv, self.workdir / f"{tag}.path.log", tree))

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import HOST, ROOT, port_block, relay_yaml, started, stop  # noqa: E402 (bench/ is not a package)
+from run_all import HOST, port_block, relay_yaml, start_loadgen, started  # noqa: E402 (bench/ is not a package)
 
 RUN_TIMEOUT = 180
 
@@ -80,14 +79,7 @@ def run(workdir: Path, tag: str, sites: int, rate: float, duration: float, warmu
             "--duration", str(duration), "--warmup", str(warmup), "--watch-pid-file", str(pid_file)]  # fmt: skip
     relay_argv = [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", str(config)]
     with contextlib.ExitStack() as stack:
-        loadgen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), cwd=ROOT,
-                                   start_new_session=True)  # fmt: skip
-        stack.callback(stop, loadgen)
-        deadline = time.monotonic() + 30
-        while b"listening" not in log.read_bytes():
-            if loadgen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{tag}: load generator did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.02)
+        loadgen = start_loadgen(stack, argv, log, tag)
         relay = stack.enter_context(started(relay_argv, workdir / f"{tag}.relay.log"))
         pid_file.with_suffix(".tmp").write_text(str(relay.pid))
         pid_file.with_suffix(".tmp").rename(pid_file)
