@@ -26,6 +26,7 @@ import yaml
 from concentrator.iec104.link import LinkParams
 
 if TYPE_CHECKING:
+    from concentrator.mirror.config import MqttConfig
     from netconfig.config import NetworkConfig
     from netconfig.multicast import MulticastConfig
 
@@ -145,6 +146,7 @@ class Config:
     metrics: MetricsConfig
     network: NetworkConfig | None = None  # the link manager's section, if present
     multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
+    mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -195,7 +197,10 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     multicast = None
     if top.get("multicast", MISSING) is not MISSING:
         multicast = _parse_multicast(top["multicast"], file, network)
-    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, **sections)
+    mqtt = None
+    if top.get("mqtt", MISSING) is not MISSING:
+        mqtt = _parse_mqtt(top["mqtt"], file, [site.name for site in sections["sites"]])
+    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, mqtt=mqtt, **sections)
 
 
 def _parse_network(value: object, file: str) -> NetworkConfig:
@@ -211,6 +216,13 @@ def _parse_multicast(value: object, file: str, network: NetworkConfig | None) ->
     from netconfig.multicast import parse_multicast
 
     return parse_multicast(value, file, network)
+
+
+def _parse_mqtt(value: object, file: str, sites: list[str]) -> MqttConfig:
+    # The mirror owns its section (and imports this module for ConfigError).
+    from concentrator.mirror.config import parse_mqtt
+
+    return parse_mqtt(value, file, sites)
 
 
 def listen_endpoint(value: object, file: str, key: str) -> Endpoint:
@@ -373,7 +385,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network", "multicast")
+_OWN_SECTIONS = ("network", "multicast", "mqtt")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 

@@ -26,6 +26,8 @@ from .iec104.link import (
     State,
     TestFrameConfirmed,
 )
+from .mirror.queue import MirrorQueue
+from .mirror.stats import MirrorStats
 from .session import LinkSession, set_nodelay
 from .stats import RelayStats, SiteStats
 from .uplink_queue import UplinkQueue, releases
@@ -51,6 +53,12 @@ class Relay:
         self.uplinks: set[LinkSession] = set()
         self.active: LinkSession | None = None
         self.listen_port = 0
+        # The MQTT mirror (config `mqtt:`): forward_up only appends to its bounded queue;
+        # decoding and publishing run in the mirror's own task (concentrator/mirror).
+        self.mirror_queue: MirrorQueue | None = None
+        if config.mqtt is not None:
+            self.stats.mirror = MirrorStats()
+            self.mirror_queue = MirrorQueue(config.mqtt.queue_limit, self.stats.mirror, frozenset(config.mqtt.critical))
 
     async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.uplink.listen
@@ -60,6 +68,11 @@ class Relay:
             log.info("listening for the BMI on %s:%d", listen.host, self.listen_port)
             for site in self.sites:
                 nursery.start_soon(site.run)
+            if self.config.mqtt is not None and self.mirror_queue is not None and self.stats.mirror is not None:
+                # Decoding and publishing run in a process of their own (mirror/process.py).
+                from .mirror.process import MirrorProcess
+
+                nursery.start_soon(MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats.mirror).run)
             task_status.started(self)
 
     # ------------------------------------------------------------------ uplink side
@@ -149,6 +162,8 @@ class Relay:
         self.queue.push(origin, asdu, now)
         origin.site.stats.record_up(asdu, now)
         self._pump_uplink()
+        if self.mirror_queue is not None:  # after the uplink got it: the mirror never delays it
+            self.mirror_queue.push(asdu, origin.site.config.name, now)
 
     def _pump_uplink(self) -> None:
         active = self.active

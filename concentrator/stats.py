@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from concentrator.iec104.quality import MEASURED_VALUE_TYPES, MalformedMeasurement, count_invalid
+from concentrator.mirror.stats import MirrorStats
 
 # Relay latency buckets, seconds: 10 µs to 1 s.
 LATENCY_BUCKETS = (
@@ -173,3 +174,4 @@ class UplinkStats:
 class RelayStats:
     uplink: UplinkStats = field(default_factory=UplinkStats)
     sites: dict[str, SiteStats] = field(default_factory=dict)
+    mirror: MirrorStats | None = None  # the MQTT mirror's counters, when configured

@@ -100,6 +100,7 @@ class RelayMetrics:
     def families(self) -> Iterator[Metric]:
         yield from self._metadata()
         yield from self._uplink()
+        yield from self._mirror()
 
     # ------------------------------------------------------------------ metadata
     def _metadata(self) -> Iterator[Metric]:
@@ -120,6 +121,38 @@ class RelayMetrics:
             f"{PREFIX}config_modified_timestamp_seconds",
             "Modification time of the configuration file when it was loaded (Unix time).",
             value=self.config.mtime,
+        )
+
+    # ------------------------------------------------------------------ MQTT mirror
+    def _mirror(self) -> Iterator[Metric]:
+        mirror = self.stats.mirror
+        if mirror is None:  # no `mqtt:` section: no mirror metrics at all
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}mirror_broker_connected", "1 while the MQTT mirror is connected to its broker.",
+            value=1 if mirror.connected else 0,
+        )  # fmt: skip
+        published = CounterMetricFamily(
+            f"{PREFIX}mirror_published_messages", "MQTT messages published (QoS 0 written, QoS 2 completed).",
+            labels=["qos"],
+        )  # fmt: skip
+        published.add_metric(["0"], mirror.published_qos0)
+        published.add_metric(["2"], mirror.published_qos2)
+        yield published
+        for name, doc, value in (
+            ("mirror_queued_asdus", "Site ASDUs handed to the mirror by the relay.", mirror.queued),
+            ("mirror_dropped_asdus", "ASDUs dropped from the full mirror queue (oldest cyclic measurements first).",
+             mirror.dropped),
+            ("mirror_dropped_in_flight_messages", "Messages lost with a broken broker connection before completion.",
+             mirror.dropped_in_flight),
+            ("mirror_decode_errors", "ASDUs the decoder refused (mirrored raw).", mirror.decode_errors),
+            ("mirror_broker_connects", "Connections to the broker accepted.", mirror.connects),
+            ("mirror_broker_connect_failures", "Attempts to connect to the broker that failed.",
+             mirror.connect_failures),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"{PREFIX}{name}", doc, value=value)
+        yield GaugeMetricFamily(
+            f"{PREFIX}mirror_queue_length", "ASDUs waiting for the broker.", value=mirror.queue_length
         )
 
     # ------------------------------------------------------------------ uplink

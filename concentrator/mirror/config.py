@@ -1,0 +1,157 @@
+"""The `mqtt:` section of the configuration: where and how the mirror publishes.
+
+    mqtt:
+      broker: "mqtt.example.net:8883"       # TLS only (section 6.4)
+      client_id: concentrator-01
+      tls: {ca_file: ..., cert_file: ..., key_file: ...}   # broker's CA, our X.509 pair
+      credentials_file: /etc/concentrator/mqtt.cred        # one line "username:password"
+      prefix: holder/concentrator           # topics: <prefix>/<area>/<site>/<ca>/<ioa>
+      default_area: default
+      areas: {site-01: north}               # site name -> area
+      critical: {site-01: [1001]}           # measurements published at QoS 2
+      queue_limit: 10000                    # ASDUs waiting for the broker at most
+      keepalive: 30
+
+Parsed by concentrator/config.py like `network:` (lazy import, errors name file and key).
+Secrets stay in their own file (mode 0600 recommended), so the YAML can be shared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from concentrator.config import MISSING, ConfigError, Endpoint
+
+_KEYS = ("broker", "client_id", "tls", "credentials_file", "prefix", "default_area", "areas", "critical",
+         "queue_limit", "keepalive")  # fmt: skip
+_TLS_KEYS = ("ca_file", "cert_file", "key_file")
+_LEVEL = re.compile(r"[A-Za-z0-9_.-]+")  # one topic level: no wildcards, no '/', no '$'
+_HOST = re.compile(r"[A-Za-z0-9.-]+")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    broker: Endpoint
+    client_id: str
+    tls: TlsFiles
+    credentials_file: str
+    username: str
+    password: str = field(repr=False)
+    prefix: str
+    default_area: str
+    areas: dict[str, str]
+    critical: dict[str, frozenset[int]]
+    queue_limit: int = 10_000
+    keepalive: int = 30
+
+    def area(self, site: str) -> str:
+        return self.areas.get(site, self.default_area)
+
+    def is_critical(self, site: str, ioa: int) -> bool:
+        points = self.critical.get(site)
+        return points is not None and ioa in points
+
+
+def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
+    def fail(key: str, expected: str, got: object = MISSING) -> ConfigError:
+        return ConfigError(file, key, expected, got)
+
+    def mapping(v: object, key: str, allowed: tuple[str, ...]) -> dict[str, object]:
+        if not isinstance(v, dict):
+            raise fail(key, f"a mapping with keys {', '.join(allowed)}", v)
+        for k in v:
+            if k not in allowed:
+                raise fail(f"{key}.{k}", f"a key allowed in {key} ({', '.join(allowed)})", k)
+        return v
+
+    def readable_file(v: object, key: str) -> str:
+        if v is MISSING:
+            raise fail(key, "the path of a readable file")
+        if not isinstance(v, str) or not os.path.isfile(v) or not os.access(v, os.R_OK):
+            raise fail(key, "the path of a readable file", v)
+        return v
+
+    def level(v: object, key: str) -> str:
+        if not isinstance(v, str) or not _LEVEL.fullmatch(v):
+            raise fail(key, "one topic level of letters, digits, '_', '.', '-'", v)
+        return v
+
+    def integer(v: object, key: str, low: int, high: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise fail(key, f"an integer from {low} to {high}", v)
+        return v
+
+    def site_name(v: object, key: str) -> str:
+        if v not in sites:
+            raise fail(key, "the name of a site in sites", v)
+        assert isinstance(v, str)
+        return v
+
+    m = mapping(value, "mqtt", _KEYS)
+
+    broker_value = m.get("broker", MISSING)
+    host, _, port = broker_value.rpartition(":") if isinstance(broker_value, str) else ("", "", "")
+    if not _HOST.fullmatch(host or "-") or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise fail("mqtt.broker", '"host:port" of the broker (TLS), as "mqtt.example.net:8883"', broker_value)
+    broker = Endpoint(host, int(port))
+
+    client_id = level(m.get("client_id", "concentrator"), "mqtt.client_id")
+
+    tls_map = mapping(m.get("tls", MISSING), "mqtt.tls", _TLS_KEYS)
+    tls = TlsFiles(*(readable_file(tls_map.get(k, MISSING), f"mqtt.tls.{k}") for k in _TLS_KEYS))
+
+    credentials_file = readable_file(m.get("credentials_file", MISSING), "mqtt.credentials_file")
+    with open(credentials_file, encoding="utf-8") as f:
+        line = f.readline().rstrip("\r\n")
+    username, colon, password = line.partition(":")
+    if not colon or not username or not password:
+        # Never echo the line: it holds the password.
+        raise fail("mqtt.credentials_file", 'a first line "username:password"', "(a line without both)")
+
+    prefix = m.get("prefix", MISSING)
+    if not isinstance(prefix, str) or not all(_LEVEL.fullmatch(p) for p in prefix.split("/")):
+        raise fail(
+            "mqtt.prefix", "topic levels separated by '/', without wildcards, as \"holder/concentrator\"", prefix
+        )
+
+    default_area = level(m.get("default_area", "default"), "mqtt.default_area")
+
+    areas_value = m.get("areas", {})
+    if not isinstance(areas_value, dict):
+        raise fail("mqtt.areas", "a mapping of site name to area", areas_value)
+    areas = {site_name(k, f"mqtt.areas.{k}"): level(v, f"mqtt.areas.{k}") for k, v in areas_value.items()}
+
+    critical_value = m.get("critical", {})
+    if not isinstance(critical_value, dict):
+        raise fail("mqtt.critical", "a mapping of site name to a list of IOAs", critical_value)
+    critical: dict[str, frozenset[int]] = {}
+    for k, v in critical_value.items():
+        site = site_name(k, f"mqtt.critical.{k}")
+        if not isinstance(v, list) or not v:
+            raise fail(f"mqtt.critical.{k}", "a non-empty list of IOAs", v)
+        critical[site] = frozenset(integer(x, f"mqtt.critical.{k}[{i}]", 0, 0xFFFFFF) for i, x in enumerate(v))
+
+    return MqttConfig(
+        broker=broker,
+        client_id=client_id,
+        tls=tls,
+        credentials_file=credentials_file,
+        username=username,
+        password=password,
+        prefix=prefix,
+        default_area=default_area,
+        areas=areas,
+        critical=critical,
+        queue_limit=integer(m.get("queue_limit", 10_000), "mqtt.queue_limit", 1, 10_000_000),
+        keepalive=integer(m.get("keepalive", 30), "mqtt.keepalive", 5, 3600),
+    )

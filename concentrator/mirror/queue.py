@@ -1,0 +1,81 @@
+"""The bounded queue between the relay and the mirror's publisher.
+
+`push` runs on the relay's hot path for every site ASDU: constant time, no decoding,
+never blocks. When full it drops, oldest first, from the cyclic measurements (QoS 0
+traffic that the next sample replaces anyway); only when none are left does it drop the
+oldest event. Events, states and critical points live in the other lane.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+import trio
+
+from .stats import MirrorStats
+
+# Type ids of analogue measurements and integrated totals: cyclic, QoS 0 (section 6.3),
+# unless the site has points configured as critical (then its measurements are kept in
+# the priority lane, as their IOA is not read here).
+CYCLIC_TYPES = frozenset({9, 10, 11, 12, 13, 14, 15, 16, 21, 34, 35, 36, 37})
+
+
+class Entry(NamedTuple):
+    seq: int
+    asdu: bytes
+    site: str
+    received_at: float  # relay clock (trio.current_time())
+
+
+class MirrorQueue:
+    def __init__(self, limit: int, stats: MirrorStats, critical_sites: frozenset[str] = frozenset()) -> None:
+        if limit < 1:
+            raise ValueError("the mirror queue needs room for at least one ASDU")
+        self.limit = limit
+        self.stats = stats
+        self._critical_sites = critical_sites
+        self._cyclic: deque[Entry] = deque()
+        self._priority: deque[Entry] = deque()
+        self._seq = 0
+        self._waiter: trio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._cyclic) + len(self._priority)
+
+    def push(self, asdu: bytes, site: str, received_at: float) -> None:
+        """Called by the relay (in its trio thread) for every forwarded site ASDU."""
+        self._seq += 1
+        entry = Entry(self._seq, asdu, site, received_at)
+        if asdu[0] in CYCLIC_TYPES and site not in self._critical_sites:
+            self._cyclic.append(entry)
+        else:
+            self._priority.append(entry)
+        self.stats.queued += 1
+        if len(self._cyclic) + len(self._priority) > self.limit:
+            (self._cyclic or self._priority).popleft()
+            self.stats.dropped += 1
+        self.stats.queue_length = len(self._cyclic) + len(self._priority)
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    def pop(self) -> Entry | None:
+        """The oldest entry of both lanes (arrival order is kept across them), or None."""
+        cyclic, priority = self._cyclic, self._priority
+        if cyclic and (not priority or cyclic[0].seq < priority[0].seq):
+            entry = cyclic.popleft()
+        elif priority:
+            entry = priority.popleft()
+        else:
+            return None
+        self.stats.queue_length = len(cyclic) + len(priority)
+        return entry
+
+    async def wait(self) -> None:
+        """Until something is queued (returns at once if it already is)."""
+        if self:
+            return
+        if self._waiter is None:
+            self._waiter = trio.Event()
+        await self._waiter.wait()

@@ -1,0 +1,185 @@
+"""A real Mosquitto (Debian) for the mirror's tests: TLS 1.2+, client certificates
+required, a password file and an ACL file, on loopback, with test certificates made by
+`cryptography` in a temporary directory."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from concentrator.sim.points import free_tcp_port
+
+PREFIX = "holder/concentrator"
+PASSWORDS = {"concentrator": "pub-secret", "viewer": "view-secret", "nobody": "no-secret"}
+# The shipped example ACL (its prefix is PREFIX): the concentrator may only write under
+# its prefix, viewers may only read it; "nobody" has no rule (mosquitto denies what no
+# rule allows).
+ACL = (Path(__file__).parents[2] / "conf" / "mosquitto" / "concentrator.acl").read_text()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@dataclass
+class Pki:
+    directory: Path
+    ca: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        self._not_before, self._not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
+        self._ca_key = ec.generate_private_key(ec.SECP256R1())
+        self._ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("test CA"))
+            .issuer_name(_name("test CA"))
+            .public_key(self._ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._not_before)
+            .not_valid_after(self._not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        self.ca = self.directory / "ca.crt"
+        self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str, *, server: bool = False) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(self._ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._not_before)
+            .not_valid_after(self._not_after)
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(self._ca_key, hashes.SHA256())
+        cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(_key_pem(key))
+        return cert_path, key_path
+
+
+class Broker:
+    """mosquitto -c <conf> on 127.0.0.1:<port>; start() / stop() can be repeated on the
+    same port (the outage test). Always stopped by close()."""
+
+    def __init__(self, mosquitto: str, mosquitto_passwd: str) -> None:
+        # Not under pytest's tmp_path: its parents are 0700 and mosquitto, started as
+        # root, drops to the `mosquitto` user, which must read these files.
+        self.directory = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
+        os.chmod(self.directory, 0o755)
+        self.mosquitto = mosquitto
+        self.port = free_tcp_port()
+        self.pki = Pki(self.directory)
+        server_cert, server_key = self.pki.issue("broker", server=True)
+        self.clients = {user: self.pki.issue(user) for user in PASSWORDS}
+        passwd = self.directory / "passwd"
+        passwd.touch()
+        for user, password in PASSWORDS.items():
+            subprocess.run([mosquitto_passwd, "-b", str(passwd), user, password], check=True, capture_output=True)
+        acl = self.directory / "acl"
+        acl.write_text(ACL)
+        self.conf = self.directory / "mosquitto.conf"
+        self.conf.write_text(
+            f"""per_listener_settings false
+allow_anonymous false
+password_file {passwd}
+acl_file {acl}
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+listener {self.port} 127.0.0.1
+cafile {self.pki.ca}
+certfile {server_cert}
+keyfile {server_key}
+require_certificate true
+use_identity_as_username false
+tls_version tlsv1.2
+"""
+        )
+        for path in self.directory.iterdir():
+            os.chmod(path, 0o644)
+            if os.geteuid() == 0:
+                shutil.chown(path, "mosquitto")
+                if path.suffix == ".key" or path.name == "passwd":
+                    os.chmod(path, 0o600)
+        # The concentrator's own key is read by the test process (root): fine at 0600.
+        self.log = self.directory / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.process is None
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([self.mosquitto, "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto not listening after {timeout} s: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def client_files(self, user: str) -> tuple[Path, Path]:
+        return self.clients[user]
+
+    def tls_context(self, user: str | None, *, tls11: bool = False) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.pki.ca))
+        if tls11:
+            # Offer TLS 1.1 only; allow it locally (Debian's OpenSSL default security level
+            # refuses it) so that the refusal we see is the broker's.
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        if user is not None:
+            cert, key = self.clients[user]
+            context.load_cert_chain(str(cert), str(key))
+        return context

@@ -1,0 +1,154 @@
+"""The mirror's parts without a broker: the bounded queue's drop order, the `mqtt:`
+configuration section, topics/payloads/QoS, and the exported metrics."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from concentrator.config import ConfigError, parse_config
+from concentrator.mirror.config import MqttConfig
+from concentrator.mirror.publisher import messages
+from concentrator.mirror.queue import MirrorQueue
+from concentrator.mirror.stats import MirrorStats
+from concentrator.stats import RelayStats
+from monitoring.relay_metrics import RelayMetrics
+from tests.helpers import relay_config
+
+CP56 = bytes.fromhex("0bc40604160b1a")
+MEASUREMENT = bytes((36, 1, 3, 0, 101, 0)) + (1001).to_bytes(3, "little") + struct.pack("<f", 5.5) + b"\x00" + CP56
+BREAKER = bytes((31, 1, 3, 0, 101, 0)) + (2001).to_bytes(3, "little") + b"\x01" + CP56
+COMMAND_CON = bytes.fromhex("2e0107006500b90b0081")  # C_DC_NA_1 activation confirmation
+
+
+def test_queue_drops_oldest_cyclic_measurements_first():
+    stats = MirrorStats()
+    queue = MirrorQueue(3, stats)
+    queue.push(MEASUREMENT, "a", 1.0)
+    queue.push(BREAKER, "a", 2.0)
+    queue.push(MEASUREMENT, "a", 3.0)
+    queue.push(MEASUREMENT, "a", 4.0)  # full: the measurement of t=1 goes
+    queue.push(BREAKER, "a", 5.0)  # full: the measurement of t=3 goes, not the breaker of t=2
+    assert stats.dropped == 2 and stats.queued == 5 and len(queue) == 3
+    assert [queue.pop().received_at for _ in range(3)] == [2.0, 4.0, 5.0]  # arrival order kept
+    assert queue.pop() is None and stats.queue_length == 0
+
+
+def test_queue_drops_oldest_event_when_only_events_are_left():
+    stats = MirrorStats()
+    queue = MirrorQueue(2, stats)
+    for t in (1.0, 2.0, 3.0):
+        queue.push(BREAKER, "a", t)
+    assert stats.dropped == 1 and [queue.pop().received_at for _ in range(2)] == [2.0, 3.0]
+
+
+def test_measurements_of_a_site_with_critical_points_are_kept_like_events():
+    stats = MirrorStats()
+    queue = MirrorQueue(2, stats, critical_sites=frozenset({"crit"}))
+    queue.push(MEASUREMENT, "crit", 1.0)
+    queue.push(MEASUREMENT, "plain", 2.0)
+    queue.push(MEASUREMENT, "crit", 3.0)
+    assert [(e.site, e.received_at) for e in (queue.pop(), queue.pop())] == [("crit", 1.0), ("crit", 3.0)]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Any]:
+    for name in ("ca.crt", "c.crt", "c.key"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "cred").write_text("concentrator:s3cret\n")
+    return {
+        "broker": "127.0.0.1:8883",
+        "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert_file": str(tmp_path / "c.crt"),
+                "key_file": str(tmp_path / "c.key")},
+        "credentials_file": str(tmp_path / "cred"),
+        "prefix": "holder/concentrator",
+    }  # fmt: skip
+
+
+def config_with(mqtt: dict[str, Any]) -> MqttConfig:
+    base = relay_config([2404, 2405])
+    data: dict[str, Any] = {
+        "uplink": {"listen": f"{base.uplink.listen}", "allowed_peers": ["127.0.0.1"]},
+        "sites": [
+            {"name": s.name, "common_addresses": list(s.common_addresses), "endpoints": [str(s.endpoints[0])],
+             "interruptibility": s.interruptibility}
+            for s in base.sites
+        ],
+        "mqtt": mqtt,
+    }  # fmt: skip
+    config = parse_config(data, "conf.yaml")
+    assert config.mqtt is not None
+    return config.mqtt
+
+
+def test_config_section(files: dict[str, Any]):
+    mqtt = config_with({**files, "areas": {"site-01": "north"}, "critical": {"site-02": [1001]}})
+    assert (mqtt.username, mqtt.password) == ("concentrator", "s3cret")
+    assert "s3cret" not in repr(mqtt)
+    assert mqtt.area("site-01") == "north" and mqtt.area("site-02") == "default"
+    assert mqtt.is_critical("site-02", 1001) and not mqtt.is_critical("site-01", 1001)
+    assert relay_config([2404]).mqtt is None  # the section is optional
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"broker": "127.0.0.1"}, "mqtt.broker"),
+        ({"prefix": "a/#"}, "mqtt.prefix"),
+        ({"areas": {"site-99": "x"}}, "mqtt.areas.site-99"),
+        ({"areas": {"site-01": "a/b"}}, "mqtt.areas.site-01"),
+        ({"critical": {"site-01": []}}, "mqtt.critical.site-01"),
+        ({"critical": {"site-01": [True]}}, "mqtt.critical.site-01[0]"),
+        ({"queue_limit": 0}, "mqtt.queue_limit"),
+        ({"credentials_file": "/nonexistent"}, "mqtt.credentials_file"),
+        ({"typo": 1}, "mqtt.typo"),
+    ],
+)
+def test_config_errors_name_the_key(files: dict[str, Any], change: dict[str, Any], key: str):
+    with pytest.raises(ConfigError) as error:
+        config_with({**files, **change})
+    assert error.value.key == key and error.value.file == "conf.yaml"
+
+
+def test_credentials_file_without_password_is_refused_without_echoing_it(files: dict[str, Any], tmp_path: Path):
+    (tmp_path / "cred").write_text("only-a-secret-line\n")
+    with pytest.raises(ConfigError) as error:
+        config_with(files)
+    assert "only-a-secret-line" not in str(error.value)
+
+
+def test_messages_topics_payloads_and_qos(files: dict[str, Any]):
+    mqtt = config_with({**files, "areas": {"site-01": "north"}})
+    [(topic, payload, qos)], failed = messages(mqtt, MEASUREMENT, "site-01", "2026-11-22T04:00:00.000000Z")
+    body = json.loads(payload)
+    assert (topic, qos, failed) == ("holder/concentrator/north/site-01/101/1001", 0, False)
+    assert body["value"] == 5.5 and body["ioaddress"] == 1001 and body["type"] == "M_ME_TF_1"
+    assert body["timetag"] == "2026-11-22T04:06:50.187Z" and body["timetag_invalid"] is False
+    assert body["quality"]["raw"] == 0 and body["cause"] == 3 and body["common_address"] == 101
+    assert body["received"] == "2026-11-22T04:00:00.000000Z" and body["site"] == "site-01"
+    [(topic, payload, qos)], _ = messages(mqtt, BREAKER, "site-02", "t")
+    assert (topic, qos, json.loads(payload)["value"]) == ("holder/concentrator/default/site-02/101/2001", 2, 1)
+    # A command confirmation is not decoded, but mirrored raw at QoS 2.
+    [(topic, payload, qos)], failed = messages(mqtt, COMMAND_CON, "site-01", "t")
+    assert failed and qos == 2 and json.loads(payload)["asdu"] == COMMAND_CON.hex() and topic.endswith("/101/3001")
+    critical = config_with({**files, "critical": {"site-01": [1001]}})
+    assert messages(critical, MEASUREMENT, "site-01", "t")[0][0][2] == 2
+
+
+def test_mirror_metrics_are_exported():
+    stats = RelayStats(mirror=MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True))
+    text = RelayMetrics(stats, relay_config([2404]), lambda: 0.0).exposition().decode()
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    assert samples[("concentrator_mirror_broker_connected", ())] == 1
+    assert samples[("concentrator_mirror_published_messages_total", (("qos", "0"),))] == 5
+    assert samples[("concentrator_mirror_published_messages_total", (("qos", "2"),))] == 2
+    assert samples[("concentrator_mirror_dropped_asdus_total", ())] == 3
+    without = RelayMetrics(RelayStats(), relay_config([2404]), lambda: 0.0).exposition().decode()
+    assert "mirror" not in without
