@@ -68,11 +68,12 @@ class Relay:
             log.info("listening for the BMI on %s:%d", listen.host, self.listen_port)
             for site in self.sites:
                 nursery.start_soon(site.run)
-            if self.config.mqtt is not None and self.mirror_queue is not None and self.stats.mirror is not None:
+            if self.config.mqtt is not None and self.mirror_queue is not None:
                 # Decoding and publishing run in a process of their own (mirror/process.py).
                 from .mirror.process import MirrorProcess
 
-                nursery.start_soon(MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats.mirror).run)
+                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.mirror_queue.stats)
+                nursery.start_soon(mirror.run)
             task_status.started(self)
 
     # ------------------------------------------------------------------ uplink side
