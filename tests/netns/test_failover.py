@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -65,18 +65,28 @@ def assert_kept(stream: Iec104Stream, res: dict[int, FaultResult]) -> None:
         assert stream.site_connections(site.name) == 1, f"{site.name}: relay session re-established"
 
 
+def primary_fails(
+    lab: Lab, stream: Iec104Stream, fault: Callable[[str, str], None], link: str
+) -> dict[int, FaultResult]:
+    """Inject `fault` on `link`'s primary path with traffic flowing, wait for the switch to
+    the backup and for traffic past it, and check that nothing was lost and the sessions
+    were kept; returns the measurements per stream."""
+    settle(stream, 0.3)
+    fault_at = time.monotonic()
+    fault(link, "primary")
+    lab.wait_active(link, "backup")
+    until = settle(stream)
+    res = results(stream, fault_at, until)
+    assert_kept(stream, res)
+    return res
+
+
 def switch_reasons(lab: Lab, link: str) -> list[tuple[str, str, str]]:
     return [(s["frm"], s["to"], s["reason"]) for s in lab.switches(link)]
 
 
 def test_uplink_primary_link_down(lab: Lab, stream: Iec104Stream) -> None:
-    settle(stream, 0.3)
-    fault_at = time.monotonic()
-    lab.link_down("uplink", "primary")
-    lab.wait_active("uplink", "backup")
-    until = settle(stream)
-    res = results(stream, fault_at, until)
-    assert_kept(stream, res)
+    res = primary_fails(lab, stream, lab.link_down, "uplink")
     assert switch_reasons(lab, "uplink") == [("primary", "backup", "carrier-down")]
     # The same switch, as Prometheus sees it on the link manager's own endpoint.
     metrics = lab.netd_metrics()
@@ -90,13 +100,7 @@ def test_uplink_primary_link_down(lab: Lab, stream: Iec104Stream) -> None:
 
 
 def test_uplink_primary_silent_loss(lab: Lab, stream: Iec104Stream) -> None:
-    settle(stream, 0.3)
-    fault_at = time.monotonic()
-    lab.silent_loss("uplink", "primary")
-    lab.wait_active("uplink", "backup")
-    until = settle(stream)
-    res = results(stream, fault_at, until)
-    assert_kept(stream, res)
+    res = primary_fails(lab, stream, lab.silent_loss, "uplink")
     assert switch_reasons(lab, "uplink") == [("primary", "backup", "probe-loss")]
     # Loose on purpose (CI shares 2 cores): the bench measures ~0.2 s; a probe
     # confirming misses at the cadence instead of at once would give 0.4-0.7 s.
@@ -106,13 +110,7 @@ def test_uplink_primary_silent_loss(lab: Lab, stream: Iec104Stream) -> None:
 
 
 def test_site_primary_link_down_other_sites_untouched(lab: Lab, stream: Iec104Stream) -> None:
-    settle(stream, 0.3)
-    fault_at = time.monotonic()
-    lab.link_down("site1", "primary")
-    lab.wait_active("site1", "backup")
-    until = settle(stream)
-    res = results(stream, fault_at, until)
-    assert_kept(stream, res)
+    res = primary_fails(lab, stream, lab.link_down, "site1")
     assert switch_reasons(lab, "site1") == [("primary", "backup", "carrier-down")]
     assert switch_reasons(lab, "site2") == [] and switch_reasons(lab, "uplink") == []
     assert res[102].outage < 0.25, "site2 was disturbed by site1's fault"
