@@ -81,7 +81,7 @@ TYPES: dict[int, tuple[str, ValueKind, TimeKind]] = {
 DECODABLE_TYPES = frozenset(TYPES)
 
 # Length of the information element (value + quality), without time tag.
-_VALUE_LENGTH = {
+VALUE_LENGTH = {
     ValueKind.SINGLE: 1,
     ValueKind.DOUBLE: 1,
     ValueKind.STEP: 2,
@@ -205,7 +205,7 @@ def decode_asdu(asdu: bytes) -> DecodedAsdu:
         name, kind, time_kind = TYPES[header.type_id]
     except KeyError:
         raise DecodeError(f"type {header.type_id} is not a monitor-direction type this decoder knows") from None
-    element = _VALUE_LENGTH[kind] + time_kind.value
+    element = VALUE_LENGTH[kind] + time_kind.value
     count = header.count
     if header.sequence:
         expected = HEADER_LENGTH + IOA_LENGTH + count * element
@@ -233,7 +233,7 @@ def decode_asdu(asdu: bytes) -> DecodedAsdu:
 
 
 def _decode_element(ioa: int, kind: ValueKind, time_kind: TimeKind, body: bytes) -> InformationObject:
-    n = _VALUE_LENGTH[kind]
+    n = VALUE_LENGTH[kind]
     time = _time_tag(body[n:], time_kind)
     value: float | int | bool
     quality: Quality | None

@@ -16,20 +16,16 @@ elements. The element of a measured value is its value, then the QDS, then (type
 
 from __future__ import annotations
 
-HEADER_LENGTH = 6
-IOA_LENGTH = 3
+from .asdu import HEADER_LENGTH
+from .decode import IOA_LENGTH, TYPES, VALUE_LENGTH, ValueKind
 
-# type id -> (element length without IOA, offset of the QDS in the element)
+# type id -> (element length without IOA, offset of the QDS in the element), derived
+# from the decoder's tables: the value and its QDS, then the time tag if any. Kept as
+# a flat table because it is read for every measured value the relay forwards.
 MEASURED_VALUE_LAYOUT: dict[int, tuple[int, int]] = {
-    9: (3, 2),  # M_ME_NA_1 normalised value (2) + QDS
-    10: (6, 2),  # M_ME_TA_1 + CP24Time2a (3)
-    11: (3, 2),  # M_ME_NB_1 scaled value (2) + QDS
-    12: (6, 2),  # M_ME_TB_1 + CP24Time2a
-    13: (5, 4),  # M_ME_NC_1 short float (4) + QDS
-    14: (8, 4),  # M_ME_TC_1 + CP24Time2a
-    34: (10, 2),  # M_ME_TD_1 normalised + CP56Time2a (7)
-    35: (10, 2),  # M_ME_TE_1 scaled + CP56Time2a
-    36: (12, 4),  # M_ME_TF_1 short float + CP56Time2a
+    type_id: (VALUE_LENGTH[kind] + time.value, VALUE_LENGTH[kind] - 1)
+    for type_id, (_, kind, time) in TYPES.items()
+    if kind in (ValueKind.NORMALISED, ValueKind.SCALED, ValueKind.FLOAT)
 }
 MEASURED_VALUE_TYPES = frozenset(MEASURED_VALUE_LAYOUT)
 
