@@ -14,7 +14,7 @@ from functools import partial
 import trio
 
 from .config import Config, SiteConfig
-from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, negative_mirror
+from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
 from .iec104.link import (
     Acknowledged,
     AsduReceived,
@@ -185,24 +185,25 @@ class Relay:
     def _route_down(self, session: LinkSession, asdu: bytes) -> None:
         if session is not self.active:
             return
-        if len(asdu) < HEADER_LENGTH:
-            session.close(f"malformed ASDU of {len(asdu)} octets from the BMI")
+        try:
+            ca = common_address(asdu)
+        except AsduError as exc:
+            session.close(f"malformed ASDU from the BMI: {exc}")
             return
         self.stats.uplink.asdus_down += 1
-        common_address = asdu[4] | (asdu[5] << 8)
-        if common_address == BROADCAST_CA:
+        if ca == BROADCAST_CA:
             now = trio.current_time()
             for site in self.sites:
                 site.send_down(asdu, now)
             return
-        target = self._by_ca.get(common_address)
+        target = self._by_ca.get(ca)
         if target is not None:
             target.send_down(asdu, trio.current_time())
             return
         # What a controlled station answers for a CA it does not have: the only ASDU
         # the concentrator ever originates.
         self.stats.uplink.negative_answers += 1
-        log.warning("BMI ASDU for unknown CA %d answered negatively (cause 46)", common_address)
+        log.warning("BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
         self.queue.push(None, negative_mirror(asdu), trio.current_time())
         self._pump_uplink()
 
