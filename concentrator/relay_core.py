@@ -5,6 +5,7 @@ per site), routing by common address (CA), the uplink queue, end-to-end acknowle
 the Ed. 2 active role, the BMI ASDUs waiting for a site (backlogs) and when sites
 connect. The driver (`relay.py`) tells it what happened, with the time:
 
+    start(now)                                       the relay starts: connect the sites
     uplink_accepted(peer, now) -> ConnId | None     a BMI connection came in
     site_connecting(site, now) / site_connected(site, endpoint, now) -> ConnId
     site_connect_failed(site, now)
@@ -200,7 +201,11 @@ class RelayCore:
         self._actions: deque[Action] = deque()
         self._dirty: list[Conn] = []
         self._timer_at = float("inf")
+
+    def start(self, now: float) -> None:
+        """The relay starts (on the driver's clock): connect every site now."""
         for site in self.sites:
+            site.stats.state_since = now
             self._actions.append(ConnectSite(site.index, now))
 
     # ------------------------------------------------------------------ driver API

@@ -60,6 +60,13 @@ class MirrorQueue:
             self._waiter.set()
             self._waiter = None
 
+    def up(self, site: str, asdu: bytes, now: float) -> None:
+        """The relay's tap (relay_core.Tap): every site ASDU the uplink queue took."""
+        self.push(asdu, site, now)
+
+    def down(self, asdu: bytes, now: float) -> None:
+        """The relay's tap: the mirror publishes the sites' data only."""
+
     def pop(self) -> Entry | None:
         """The oldest entry of both lanes (arrival order is kept across them), or None."""
         cyclic, priority = self._cyclic, self._priority

@@ -56,7 +56,7 @@ def counter_of(asdu: bytes) -> tuple[int, int]:
 
 class QueueingStation:
     """A UPDC on our codec with lib60870's queue semantics: sent but unconfirmed ASDUs go
-    back to waiting when their connection is lost or deactivated, and leave again, in
+    back to waiting when their connection is lost or superseded, and leave again, in
     order, on the next started connection."""
 
     def __init__(self, common_address: int, params: LinkParams = LinkParams()) -> None:
@@ -118,7 +118,7 @@ class QueueingStation:
     def _on_event(self, session: LinkSession, event: Event) -> None:
         if isinstance(event, DataTransferStarted):
             if self._active is not None and self._active is not session:
-                self._active.link.deactivate()
+                self._active.close("superseded: STARTDT on another connection")  # as lib60870 does
             self._deactivate()
             self._active = session
         elif isinstance(event, DataTransferStopped) and session is self._active:
