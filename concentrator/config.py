@@ -191,6 +191,10 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
         top = _mapping(data, "", [*_SECTIONS, *_OWN_SECTIONS])
         sections = {name: parse(top.get(name, MISSING), name) for name, parse in _SECTIONS.items()}
         _check_listeners(sections["uplink"], sections["metrics"])
+        from .relay_core import window_problems  # the rule lives with the relay core
+
+        for problem in window_problems(sections["uplink"].params, [site.params for site in sections["sites"]]):
+            raise _Invalid(*problem)
     except _Invalid as e:
         raise ConfigError(file, e.key or "(top level)", e.expected, e.got) from None
     network = None if top.get("network", MISSING) is MISSING else _parse_network(top["network"], file)

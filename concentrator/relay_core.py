@@ -33,9 +33,8 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from .config import SiteConfig
 from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
 from .iec104.errors import Cause, ConcentratorError
 from .iec104.link import (
@@ -52,6 +51,9 @@ from .iec104.link import (
 )
 from .stats import RelayStats, SiteStats
 from .uplink_queue import Item, UplinkQueue
+
+if TYPE_CHECKING:
+    from .config import SiteConfig
 
 log = logging.getLogger("concentrator.relay")
 
@@ -109,7 +111,7 @@ class Tap(Protocol):
     def down(self, asdu: bytes, now: float) -> None: ...
 
 
-def window_problems(uplink: LinkParams, sites: Sequence[SiteConfig]) -> list[tuple[str, str, object]]:
+def window_problems(uplink: LinkParams, sites: Sequence[LinkParams]) -> list[tuple[str, str, object]]:
     """(key, expected, got) for uplink windows that cannot make progress.
 
     A site's frame stays unconfirmed at the site until the BMI confirmed the copy, so the
@@ -120,7 +122,7 @@ def window_problems(uplink: LinkParams, sites: Sequence[SiteConfig]) -> list[tup
     """
     if not sites:
         return []
-    in_flight = sum(site.params.k for site in sites)
+    in_flight = sum(site.k for site in sites)
     if uplink.w > in_flight:
         return [
             (
@@ -536,6 +538,11 @@ class RelayCore:
         """The core ends a connection: forget it and tell the driver to close it."""
         if conn.closed:
             return
+        # What the link still has to say goes out first: confirmations released just
+        # before (the BMI's last ones, before its STOPDT completed) must reach the site.
+        data = conn.link.data_to_send()
+        if data:
+            self._actions.append(Transmit(conn.id, data))
         self._forget(conn, cause, detail, now)
         self._actions.append(Close(conn.id, cause, detail))
 
