@@ -98,10 +98,10 @@ async def handover(iterations: int = 100, hold: float = 1.0, sites: int = 12, ra
                 switched_at = trio.current_time()
                 await master.start(target)
 
-                def after_switch() -> list[tuple[float, bytes]]:
-                    return [(t, a) for n, t, a in master.received if n == target and t >= switched_at]
+                def after_switch(target: int = target, since: float = switched_at) -> list[tuple[float, bytes]]:
+                    return [(t, a) for n, t, a in master.received if n == target and t >= since]
 
-                def new_data() -> list[float]:
+                def new_data(seen: set[tuple[int, int]] = seen) -> list[float]:
                     return [t for t, a in after_switch() if counter_of(a) not in seen]
 
                 if await _until(new_data, 5.0) is None:
@@ -129,7 +129,8 @@ async def handover(iterations: int = 100, hold: float = 1.0, sites: int = 12, ra
             "lost": lost,
             "drained": drained is not None,
             "early_confirmations": len(early),
-            "crashes": uplink.disconnects["internal_error"] + sum(s.stats.disconnects["internal_error"] for s in relay.sites),
+            "crashes": uplink.disconnects["internal_error"]
+            + sum(s.stats.disconnects["internal_error"] for s in relay.sites),
             "superseded_closes": uplink.disconnects["superseded"],
             "site_reconnects": sum(s.stats.connects for s in relay.sites) - sum(connects_before),
             "requeued": uplink.requeued,

@@ -104,6 +104,8 @@ class UplinkConfig:
     listen: Endpoint
     allowed_peers: tuple[IPNetwork, ...]
     params: LinkParams
+    max_connections: int = 4  # the BMI's redundancy group is 2-4 connections; more are refused at accept
+    close_on_foreign_ca: bool = False  # `foreign_ca: close`: a site sending another CA is disconnected
 
     def allows(self, address: str) -> bool:
         """Whether a peer at `address` may connect (IPv4-mapped IPv6 counts as IPv4)."""
@@ -300,7 +302,7 @@ class _Invalid(Exception):
 
 
 _LINK_KEYS = ("k", "w", "t0", "t1", "t2", "t3")
-_UPLINK_KEYS = ("listen", "allowed_peers", *_LINK_KEYS)
+_UPLINK_KEYS = ("listen", "allowed_peers", "max_connections", "foreign_ca", *_LINK_KEYS)
 _SITE_KEYS = ("name", "common_addresses", "endpoints", "interruptibility", *_LINK_KEYS)
 _METRICS_KEYS = ("listen",)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -312,7 +314,11 @@ def _parse_uplink(value: object, path: str) -> UplinkConfig:
     peers_path = _join(path, "allowed_peers")
     peers = _list(m.get("allowed_peers", MISSING), peers_path, "a non-empty list of IP addresses or networks")
     allowed = tuple(_network(peer, f"{peers_path}[{i}]") for i, peer in enumerate(peers))
-    return UplinkConfig(listen=listen, allowed_peers=allowed, params=_link_params(m, path))
+    ceiling = _integer(m.get("max_connections", 4), _join(path, "max_connections"), "an integer from 1 to 64", 1, 64)
+    foreign_ca = m.get("foreign_ca", "drop")
+    if foreign_ca not in ("drop", "close"):
+        raise _Invalid(_join(path, "foreign_ca"), "drop or close (for a site's ASDU with another CA)", foreign_ca)
+    return UplinkConfig(listen, allowed, _link_params(m, path), ceiling, foreign_ca == "close")
 
 
 def _parse_sites(value: object, path: str) -> tuple[SiteConfig, ...]:

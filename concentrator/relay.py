@@ -47,8 +47,8 @@ class Relay:
             config.uplink.params,
             0.0,  # the clock starts in run(); see RelayCore.start
             allows=config.uplink.allows,
-            max_uplinks=getattr(config.uplink, "max_connections", None),
-            close_on_foreign_ca=getattr(config.uplink, "close_on_foreign_ca", False),
+            max_uplinks=config.uplink.max_connections,
+            close_on_foreign_ca=config.uplink.close_on_foreign_ca,
         )
         self.stats = self.core.stats
         self.listen_port = 0

@@ -608,4 +608,3 @@ class RelayCore:
         if now - stats.last_refused_log >= LOG_INTERVAL:
             stats.last_refused_log = now
             log.warning("%s (%d refused so far)", message, stats.refused)
-

@@ -198,7 +198,9 @@ class RelayMetrics:
             refused.add_metric([reason], by_reason.get(reason, 0))
         yield refused
         yield _by_cause(
-            f"{PREFIX}uplink_disconnects", "BMI connections ended, by cause (iec104.errors.Cause).", [([], uplink.disconnects)]
+            f"{PREFIX}uplink_disconnects",
+            "BMI connections ended, by cause (iec104.errors.Cause).",
+            [([], uplink.disconnects)],
         )
         asdus = CounterMetricFamily(
             f"{PREFIX}uplink_asdus", "ASDUs on the started BMI connection, by direction.", labels=["direction"]
@@ -214,7 +216,9 @@ class RelayMetrics:
         yield round_trip
 
 
-def _by_cause(name: str, doc: str, rows: list[tuple[list[str], Counter[str]]], labels: list[str] | None = None) -> Metric:
+def _by_cause(
+    name: str, doc: str, rows: list[tuple[list[str], Counter[str]]], labels: list[str] | None = None
+) -> Metric:
     """A counter family with one sample per cause of disconnect (every cause, zeros
     included, so that increase() works from the first one)."""
     family = CounterMetricFamily(name, doc, labels=[*(labels or []), "cause"])
@@ -364,8 +368,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         for label, site, *_ in sites
         for direction, observed in (("up", site.latency_up), ("down", site.latency_down))
     ])  # fmt: skip
-    family("site_ack_delay_seconds", "histogram",
-           "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).")
+    family(
+        "site_ack_delay_seconds",
+        "histogram",
+        "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).",
+    )
     histogram("site_ack_delay_seconds", [(label, site.ack_delay) for label, site, *_ in sites])
     family("site_ack_delay_max_seconds", "gauge", "Longest BMI acknowledgement delay since the relay started.")
     for label, site, *_ in sites:
@@ -382,8 +389,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
            "operator (annex A40 5.3).")  # fmt: skip
     for label, site, *_ in sites:
         add(f"{PREFIX}site_invalid_measured_values_total{{{label}}} {site.invalid_measured_values}\n")
-    family("site_malformed_measurement_asdus_total", "counter",
-           "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).")
+    family(
+        "site_malformed_measurement_asdus_total",
+        "counter",
+        "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).",
+    )
     for label, site, *_ in sites:
         add(f"{PREFIX}site_malformed_measurement_asdus_total{{{label}}} {site.malformed_measurements}\n")
     family("site_seconds_since_last_measurement", "gauge",

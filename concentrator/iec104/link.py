@@ -280,7 +280,10 @@ class Link:
     def _on_confirmation(self, recv_seq: int, now: float) -> bool:
         count = _seq_distance(recv_seq, self._peer_ack)
         if count > self.unacknowledged:
-            self._fail(Cause.SEQUENCE_ERROR, f"N(R)={recv_seq} confirms frames never sent (V(S)={self.send_seq}, V(A)={self._peer_ack})")
+            self._fail(
+                Cause.SEQUENCE_ERROR,
+                f"N(R)={recv_seq} confirms frames never sent (V(S)={self.send_seq}, V(A)={self._peer_ack})",
+            )
             return False
         if count:
             self._peer_ack = recv_seq

@@ -3,6 +3,7 @@
 import pytest
 
 from concentrator.iec104.apci import SFrame, UFrame, UFunction, decode, encode_i, encode_s, encode_u
+from concentrator.iec104.errors import Cause
 from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
@@ -16,7 +17,6 @@ from concentrator.iec104.link import (
     State,
     TestFrameConfirmed,
 )
-from concentrator.iec104.errors import Cause
 
 ASDU = bytes.fromhex("0d01030065000100000000c84200")  # M_ME_NC_1, CA 101
 

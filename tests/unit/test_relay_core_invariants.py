@@ -33,7 +33,11 @@ settings.register_profile(
     "ci", max_examples=1000, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
-    "long", max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "20000")), stateful_step_count=100, deadline=None, suppress_health_check=list(HealthCheck)
+    "long",
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "20000")),
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
 )
 
 SITES = 3
@@ -114,9 +118,11 @@ class RelayCoreMachine(RuleBasedStateMachine):
         lab = self.lab
         lab.settle()
         active = lab.core.active
-        started = all(
-            s.link is not None and s.link.state is State.STARTED for s in lab.stations
-        ) and active is not None and any(b.open and b.conn == active.id and b.link.state is State.STARTED for b in lab.bmis)
+        started = (
+            all(s.link is not None and s.link.state is State.STARTED for s in lab.stations)
+            and active is not None
+            and any(b.open and b.conn == active.id and b.link.state is State.STARTED for b in lab.bmis)
+        )
         if started:
             for station in lab.stations:
                 assert not station.waiting and not station.unconfirmed, (
