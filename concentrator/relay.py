@@ -13,6 +13,7 @@ the core's next deadline. See README, "Architecture".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,13 +31,12 @@ from .relay_core import Close, ConnectSite, ConnId, RelayCore, TimerAt, Transmit
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
+# Bytes written to a connection that its peer has not read yet, at most: beyond that the
+# peer is not reading (it may still be sending, TESTFR acts for instance, whose answers
+# pile up) and the connection is closed rather than let it hold the relay's memory.
+SEND_BUDGET = 1 << 20
 # SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (refused connections).
 _RESET = struct.pack("ii", 1, 0)
-
-
-def set_nodelay(stream: trio.SocketStream) -> None:
-    """Frames are small and latency matters more than segment count."""
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Relay:
@@ -140,12 +140,13 @@ class Relay:
                 continue
             conn_id = self.core.uplink_accepted(str(address[0]), trio.current_time())
             if conn_id is None:
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                with contextlib.suppress(OSError):  # already reset by the peer: nothing to add
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
                 client.close()
                 continue
-            stream = trio.SocketStream(client)
-            set_nodelay(stream)
-            self._serve(conn_id, stream)
+            # trio.SocketStream sets TCP_NODELAY itself (frames are small, latency matters),
+            # ignoring the error of a socket already reset by its peer.
+            self._serve(conn_id, trio.SocketStream(client))
             self._act()
 
     async def _connect_site(self, index: int, at: float) -> None:
@@ -159,7 +160,6 @@ class Relay:
             except (OSError, trio.TooSlowError) as exc:
                 log.debug("site %s: %s unreachable: %r", site.name, endpoint, exc)
                 continue
-            set_nodelay(stream)
             conn_id = self.core.site_connected(index, str(endpoint), trio.current_time())
             self._serve(conn_id, stream)
             self._act()
@@ -201,6 +201,9 @@ class Connection:
         if self._sending or self._unsent or self._fd < 0:
             self._unsent += data
             self._wake.set()
+            if len(self._unsent) > SEND_BUDGET:
+                detail = f"{len(self._unsent)} bytes unread by the peer, budget {SEND_BUDGET}"
+                self.relay.core.close(self.id, Cause.SEND_BUDGET_EXCEEDED, detail, trio.current_time())
             return
         try:
             written = os.write(self._fd, data)

@@ -70,6 +70,25 @@ SITE_BACKLOG_LIMIT = 256
 LOG_INTERVAL = 10.0
 
 
+class LimitedLog:
+    """Warnings about a repeated condition (keyed, e.g. by site) at most once per
+    LOG_INTERVAL each; the next one says how many were left out."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def warning(self, key: str, now: float, message: str, *args: object) -> None:
+        if now - self._last.get(key, -LOG_INTERVAL) < LOG_INTERVAL:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return
+        self._last[key] = now
+        skipped = self._skipped.pop(key, 0)
+        if skipped:
+            message += f" ({skipped} more like it not logged)"
+        log.warning(message, *args)
+
+
 class CoreError(ConcentratorError):
     """The driver called the core in a way that cannot happen (a bug, not a peer's fault)."""
 
@@ -167,7 +186,6 @@ class SiteState:
         self.backlog: deque[tuple[bytes, float]] = deque()  # (BMI ASDU, when it arrived)
         self.retry = RETRY_MIN
         self.stats = SiteStats(config.name, tuple(config.common_addresses), state_since=now)
-        self.last_foreign_log = -LOG_INTERVAL
 
 
 class RelayCore:
@@ -203,6 +221,7 @@ class RelayCore:
         self._actions: deque[Action] = deque()
         self._dirty: list[Conn] = []
         self._timer_at = float("inf")
+        self._log = LimitedLog()
 
     def start(self, now: float) -> None:
         """The relay starts (on the driver's clock): connect every site now."""
@@ -436,7 +455,7 @@ class RelayCore:
         # What a controlled station answers for a CA it does not have: the only ASDU
         # the concentrator ever originates.
         self.stats.uplink.negative_answers += 1
-        log.warning("BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
+        self._log.warning("unknown ca", now, "BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
         self.queue.push(None, negative_mirror(asdu), now)
         self._pump(now)
 
@@ -465,16 +484,15 @@ class RelayCore:
         after the frames before it, so end-to-end acknowledgement stays in order."""
         ca = asdu[4] | asdu[5] << 8
         site.stats.foreign_ca += 1
-        if now - site.last_foreign_log >= LOG_INTERVAL:
-            site.last_foreign_log = now
-            log.warning(
-                "site %s sent an ASDU (type %d) with CA %d, not one of its CAs %s: not forwarded (%d so far)",
-                site.name,
-                asdu[0],
-                ca,
-                sorted(site.cas),
-                site.stats.foreign_ca,
-            )
+        self._log.warning(
+            f"foreign {site.name}",
+            now,
+            "site %s sent an ASDU (type %d) with CA %d, not one of its CAs %s: not forwarded",
+            site.name,
+            asdu[0],
+            ca,
+            sorted(site.cas),
+        )
         if self.close_on_foreign_ca:
             self._close(conn, Cause.FOREIGN_CA, f"ASDU with CA {ca}", now)
             return
@@ -498,7 +516,9 @@ class RelayCore:
         connecting (seen in tests: sites connecting after the BMI lost their interrogation)."""
         if len(site.backlog) >= self.backlog_limit:
             site.stats.dropped_down += 1
-            log.warning("site %s backlog full: BMI ASDU type %d dropped", site.name, asdu[0])
+            self._log.warning(
+                f"backlog {site.name}", now, "site %s backlog full: BMI ASDU type %d dropped", site.name, asdu[0]
+            )
             return
         site.backlog.append((asdu, now))
         if len(site.backlog) == 1:
@@ -525,7 +545,14 @@ class RelayCore:
         while backlog and backlog[0][1] <= oldest:
             asdu, received_at = backlog.popleft()
             site.stats.dropped_down += 1
-            log.warning("site %s: BMI ASDU type %d dropped after waiting %.1f s", site.name, asdu[0], now - received_at)
+            self._log.warning(
+                f"expired {site.name}",
+                now,
+                "site %s: BMI ASDU type %d dropped after waiting %.1f s",
+                site.name,
+                asdu[0],
+                now - received_at,
+            )
 
     # ------------------------------------------------------------------ connections
     def _new_conn(self, link: Link, site: SiteState | None, label: str) -> Conn:
@@ -569,7 +596,9 @@ class RelayCore:
         # Its frames not yet sent are dropped (the UPDC sends them again); those in flight
         # stay, so that the BMI's confirmations keep counting the right frames.
         self.queue.discard_pending(conn)
-        log.warning("site %s disconnected: %s: %s", site.name, cause.value, detail)
+        self._log.warning(
+            f"disconnected {site.name}", now, "site %s disconnected: %s: %s", site.name, cause.value, detail
+        )
         self._actions.append(ConnectSite(site.index, now + RETRY_MIN))
 
     def _touch(self, conn: Conn) -> None:
@@ -604,7 +633,4 @@ class RelayCore:
             self._actions.append(TimerAt(deadline))
 
     def _warn_refused(self, message: str, now: float) -> None:
-        stats = self.stats.uplink
-        if now - stats.last_refused_log >= LOG_INTERVAL:
-            stats.last_refused_log = now
-            log.warning("%s (%d refused so far)", message, stats.refused)
+        self._log.warning("refused", now, "%s (%d refused so far)", message, self.stats.uplink.refused)

@@ -163,7 +163,6 @@ class UplinkStats:
     open_connections: int = 0
     refused: int = 0  # peers not on the allowlist, or above uplink.max_connections
     refused_by_reason: Counter[str] = field(default_factory=Counter)  # "not_allowed", "limit"
-    last_refused_log: float = float("-inf")
     active_peer: str = ""
     activations: int = 0
     asdus_up: int = 0

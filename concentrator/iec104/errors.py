@@ -29,6 +29,7 @@ class Cause(Enum):
     UPLINK_NOT_STARTED = "uplink_not_started"  # sites are disconnected while no BMI connection is started
     MALFORMED_ASDU = "malformed_asdu"
     FOREIGN_CA = "foreign_ca"  # a site's ASDU carries a CA the site is not configured for
+    SEND_BUDGET_EXCEEDED = "send_budget_exceeded"  # the peer stopped reading what we send
     INTERNAL_ERROR = "internal_error"
     SHUTDOWN = "shutdown"
 
