@@ -9,7 +9,7 @@ import socket
 import trio
 
 from concentrator.iec104.apci import UFrame, UFunction, decode, encode_u
-from concentrator.relay import Connection, Relay
+from concentrator.relay import SEND_BUDGET, Connection, Relay
 from tests.helpers import relay_config
 
 
@@ -96,4 +96,21 @@ async def test_the_core_closing_a_connection_closes_the_socket():
             assert await peer.recv(100) == b""
         assert relay.stats.uplink.disconnects["bad_frame"] == 1
         assert connection.id not in relay._connections
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_stops_reading_is_closed_at_its_send_budget():
+    async with trio.open_nursery() as nursery:
+        relay, connection, peer = await serve_pair(nursery)
+        # TESTFR acts, never reading the confirmations: they pile up in the relay.
+        flood = encode_u(UFunction.TESTFR_ACT) * 10_000
+        with trio.fail_after(20):
+            while relay.core.uplinks:
+                try:
+                    await peer.send(flood)
+                except OSError:
+                    break  # the relay closed the connection
+                await trio.sleep(0)
+        assert relay.stats.uplink.disconnects == {"send_budget_exceeded": 1}
+        assert len(connection._unsent) <= SEND_BUDGET + len(flood)
         nursery.cancel_scope.cancel()
