@@ -26,7 +26,7 @@ from .config import Config
 from .iec104.errors import Cause
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
-from .relay_core import Close, ConnectSite, ConnId, RelayCore, TimerAt, Transmit
+from .relay_core import Close, ConnectSite, ConnId, LimitedLog, RelayCore, TimerAt, Transmit
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Relay:
         self._nursery: trio.Nursery | None = None
         self._timer_at = math.inf
         self._timer_wake = trio.Event()
+        self._log = LimitedLog()
         # The MQTT mirror (config `mqtt:`): a tap on the core; decoding and publishing
         # run in the mirror's own process (concentrator/mirror).
         self.mirror_queue: MirrorQueue | None = None
@@ -79,7 +80,9 @@ class Relay:
         listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
         self.listen_port = listeners[0].socket.getsockname()[1]
         log.info("listening for the BMI on %s:%d", listen.host, self.listen_port)
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            for listener in listeners:
+                stack.push_async_callback(listener.aclose)
             self._nursery = nursery
             for listener in listeners:
                 nursery.start_soon(self._accept, listener)
@@ -135,7 +138,7 @@ class Relay:
             try:
                 client, address = await sock.accept()
             except OSError as exc:  # e.g. EMFILE, or a connection reset before accept
-                log.warning("accept failed: %r", exc)
+                self._log.warning("accept", trio.current_time(), "accepting a BMI connection failed: %r", exc)
                 await trio.sleep(0.1)
                 continue
             conn_id = self.core.uplink_accepted(str(address[0]), trio.current_time())
