@@ -281,3 +281,18 @@ def test_check_config_command_says_why(tmp_path: Path):
     )
     assert result.returncode != 0
     assert "uplink.w" in result.stderr + result.stdout and "at most 144" in result.stderr + result.stdout
+
+
+def test_uplink_ceiling_and_foreign_ca_keys():
+    config = parse_config(_config(8, 12, 2), "c.yaml")
+    assert config.uplink.max_connections == 4 and not config.uplink.close_on_foreign_ca
+    data = _config(8, 12, 2)
+    data["uplink"].update(max_connections=2, foreign_ca="close")
+    config = parse_config(data, "c.yaml")
+    assert config.uplink.max_connections == 2 and config.uplink.close_on_foreign_ca
+    for key, value, expected in (("max_connections", 0, "from 1 to 64"), ("foreign_ca", "ignore", "drop or close")):
+        data = _config(8, 12, 2)
+        data["uplink"][key] = value
+        with pytest.raises(ConfigError) as info:
+            parse_config(data, "c.yaml")
+        assert info.value.key == f"uplink.{key}" and expected in info.value.expected
