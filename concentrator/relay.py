@@ -254,14 +254,20 @@ class Connection:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 return
-            now = trio.current_time()
-            try:
-                core.receive_data(self.id, data, now)
-            except Exception:
-                # A bug met on one connection must not take the others down with it.
-                log.exception("connection %d: handling received data failed; closing it", self.id)
-                core.close(self.id, Cause.INTERNAL_ERROR, "handling received data failed", now)
-            relay._act()
+            while True:
+                now = trio.current_time()
+                try:
+                    more = core.receive_data(self.id, data, now)
+                except Exception:
+                    # A bug met on one connection must not take the others down with it.
+                    log.exception("connection %d: handling received data failed; closing it", self.id)
+                    core.close(self.id, Cause.INTERNAL_ERROR, "handling received data failed", now)
+                    more = False
+                relay._act()
+                if not more:
+                    break
+                await trio.lowlevel.checkpoint()  # the rest of a burst after the others' turn
+                data = b""
 
     async def _write(self) -> None:
         while True:

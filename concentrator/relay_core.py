@@ -66,6 +66,9 @@ RETRY_MAX = 10.0
 # most, and for at most the site's t1: later, the BMI has given up on them, and a command
 # carried out that late would surprise everyone.
 SITE_BACKLOG_LIMIT = 256
+# Frames handled per call of receive_data: a peer's burst (64 KiB of TESTFR acts is 10,922
+# frames) is handled in turns, so other connections are served in between.
+FRAMES_PER_TURN = 1000
 # The same warning about the same site at most this often (seconds); the rest are counted.
 LOG_INTERVAL = 10.0
 
@@ -308,14 +311,17 @@ class RelayCore:
         self._flush()
         return conn.id
 
-    def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> None:
+    def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> bool:
+        """Bytes read from a connection. True if frames are left for another turn: the
+        driver lets other connections run, then calls again with b"" (FRAMES_PER_TURN)."""
         conn = self.conns.get(conn_id)
         if conn is None:  # already closed by the core; the driver had bytes in hand
-            return
-        conn.link.receive_data(data, now)
+            return False
+        more = conn.link.receive_data(data, now, FRAMES_PER_TURN)
         self._touch(conn)
         self._process(conn, now)
         self._flush()
+        return more and not conn.closed
 
     def connection_lost(self, conn_id: ConnId, cause: Cause, detail: str, now: float) -> None:
         conn = self.conns.get(conn_id)

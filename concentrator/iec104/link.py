@@ -233,20 +233,24 @@ class Link:
             self._send_s_frame()
 
     # ---------------------------------------------------------------- input
-    def receive_data(self, data: bytes | bytearray, now: float) -> None:
+    def receive_data(self, data: bytes | bytearray, now: float, max_frames: int = 0) -> bool:
+        """Take received bytes. With `max_frames`, handle at most that many frames and
+        return True if more whole frames may be waiting: call again (with b"") later, so
+        that one peer's burst cannot hold the caller's event loop for long."""
         if self.state is State.CLOSED:
-            return
+            return False
         reader = self._reader
         reader.feed(data)
         next_raw = reader.next_raw
+        left = max_frames
         while self.state is not State.CLOSED:
             try:
                 frame = next_raw()
             except FramingError as exc:
                 self._fail(Cause.BAD_FRAME, str(exc))
-                return
+                return False
             if frame is None:
-                return
+                return False
             self._last_received = now
             kind, a, b, asdu = frame
             if kind == I_KIND:
@@ -255,6 +259,10 @@ class Link:
                 self._on_confirmation(b, now)
             else:
                 self._on_u_frame(_U_BY_OCTET[a], now)
+            left -= 1
+            if left == 0:
+                return self.state is not State.CLOSED and reader.buffered > 0
+        return False
 
     def _on_i(self, send_seq: int, recv_seq: int, asdu: bytes, now: float) -> None:
         if self.state not in self._accepting:

@@ -322,3 +322,14 @@ def test_every_u_frame_the_table_does_not_list_is_a_protocol_error(role):
             link.receive_data(encode_u(function), 0.0)
             assert link.state is State.CLOSED, (role, state, function)
             assert link.failure is not None and link.failure.cause is Cause.UNEXPECTED_FRAME
+
+
+def test_a_burst_is_handled_in_turns_of_max_frames():
+    _, station = started_pair()
+    burst = encode_u(UFunction.TESTFR_ACT) * 25
+    assert station.receive_data(burst, 1.0, max_frames=10) is True
+    assert len(frames(station.data_to_send())) == 10
+    assert station.receive_data(b"", 1.1, max_frames=10) is True
+    assert station.receive_data(b"", 1.2, max_frames=10) is False
+    assert len(frames(station.data_to_send())) == 15
+    assert station.receive_data(encode_u(UFunction.TESTFR_ACT), 2.0, max_frames=1) is False  # nothing left

@@ -296,3 +296,17 @@ def test_uplink_ceiling_and_foreign_ca_keys():
         with pytest.raises(ConfigError) as info:
             parse_config(data, "c.yaml")
         assert info.value.key == f"uplink.{key}" and expected in info.value.expected
+
+
+def test_the_core_handles_a_burst_in_turns():
+    lab, bmi = started_lab()
+    from concentrator.iec104.apci import UFunction, encode_u
+    from concentrator.relay_core import FRAMES_PER_TURN
+
+    conn = lab.stations[0].conn
+    assert conn is not None
+    burst = encode_u(UFunction.TESTFR_ACT) * (FRAMES_PER_TURN + 5)
+    assert lab.core.receive_data(conn, burst, lab.now) is True
+    assert lab.core.receive_data(conn, b"", lab.now) is False
+    lab.collect()
+    assert lab.to_peer[conn].count(encode_u(UFunction.TESTFR_CON)) == FRAMES_PER_TURN + 5
