@@ -134,6 +134,13 @@ class RelayCoreMachine(RuleBasedStateMachine):
     def invariants_hold(self) -> None:
         if hasattr(self, "lab"):
             self.lab.check()
+            self.steps = getattr(self, "steps", 0) + 1
+
+    def teardown(self) -> None:
+        # For the report of a long run: CORE_STEPS_FILE collects the steps of each example.
+        if (path := os.environ.get("CORE_STEPS_FILE")) and hasattr(self, "steps"):
+            with open(path, "a") as f:
+                f.write(f"{self.steps}\n")
 
 
 RelayCoreMachine.TestCase.settings = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
