@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+import pytest
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from concentrator.iec104.errors import Cause
 from concentrator.iec104.link import State
 from concentrator.sim.codec_peers import counter_asdu
 
@@ -145,3 +147,39 @@ class RelayCoreMachine(RuleBasedStateMachine):
 
 RelayCoreMachine.TestCase.settings = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 TestRelayCore = RelayCoreMachine.TestCase
+
+
+def test_the_machine_catches_a_core_that_confirms_early(monkeypatch):
+    """The invariants must say NOT OK: a core that, on a hand-over, confirms the frames in
+    flight to their sites instead of sending them again (the kind of bug issue 10 found)
+    is caught."""
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from concentrator.relay_core import RelayCore
+
+    from .core_lab import InvariantBroken
+
+    def confirm_in_flight(self, conn, now):  # type: ignore[no-untyped-def]
+        previous = self.active
+        if previous is not None:
+            for item in self.queue.confirmed(self.queue.in_flight):
+                if item.origin is not None and not item.origin.closed:
+                    item.origin.outstanding -= 1
+                    item.origin.link.acknowledge(1, now)
+                    self._touch(item.origin)
+            self.active = conn
+            self._close(previous, Cause.SUPERSEDED, "mutant", now)
+            self._pump(now)
+        else:
+            original(self, conn, now)
+
+    original = RelayCore._activate
+    monkeypatch.setattr(RelayCore, "_activate", confirm_in_flight)
+    with pytest.raises(InvariantBroken, match="confirmed before the BMI confirmed it"):
+        run_state_machine_as_test(
+            RelayCoreMachine,
+            # No shrinking: finding it is the point, and CI time counts.
+            settings=settings(
+                max_examples=3000, stateful_step_count=60, deadline=None, database=None, phases=[Phase.generate]
+            ),
+        )
