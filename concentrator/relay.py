@@ -26,7 +26,7 @@ from .config import Config
 from .iec104.errors import Cause
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
-from .relay_core import Close, ConnectSite, ConnId, LimitedLog, RelayCore, TimerAt, Transmit
+from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ class Relay:
             self.core.add_tap(self.mirror_queue)
 
     @property
-    def sites(self):  # type: ignore[no-untyped-def]
+    def sites(self) -> list[SiteState]:
         """The core's per-site state (name, stats, connection)."""
         return self.core.sites
 
     @property
-    def active(self):  # type: ignore[no-untyped-def]
+    def active(self) -> Conn | None:
         """The core's active BMI connection, or None."""
         return self.core.active
 
