@@ -311,7 +311,7 @@ class RelayCore:
         self._flush()
         return conn.id
 
-    def receive_data(self, conn_id: ConnId, data: bytes, now: float) -> bool:
+    def receive_data(self, conn_id: ConnId, data: bytes | bytearray, now: float) -> bool:
         """Bytes read from a connection. True if frames are left for another turn: the
         driver lets other connections run, then calls again with b"" (FRAMES_PER_TURN)."""
         conn = self.conns.get(conn_id)

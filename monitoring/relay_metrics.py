@@ -198,9 +198,7 @@ class RelayMetrics:
             refused.add_metric([reason], by_reason.get(reason, 0))
         yield refused
         yield _by_cause(
-            f"{PREFIX}uplink_disconnects",
-            "BMI connections ended, by cause (iec104.errors.Cause).",
-            [([], uplink.disconnects)],
+            f"{PREFIX}uplink_disconnects", "BMI connections ended, by cause (iec104.errors.Cause).", uplink.disconnects
         )
         asdus = CounterMetricFamily(
             f"{PREFIX}uplink_asdus", "ASDUs on the started BMI connection, by direction.", labels=["direction"]
@@ -216,16 +214,13 @@ class RelayMetrics:
         yield round_trip
 
 
-def _by_cause(
-    name: str, doc: str, rows: list[tuple[list[str], Counter[str]]], labels: list[str] | None = None
-) -> Metric:
+def _by_cause(name: str, doc: str, counts: Counter[str]) -> Metric:
     """A counter family with one sample per cause of disconnect (every cause, zeros
     included, so that increase() works from the first one)."""
-    family = CounterMetricFamily(name, doc, labels=[*(labels or []), "cause"])
-    for values, counts in rows:
-        counts = dict(counts)  # one C-level copy: the relay may add keys meanwhile
-        for cause in CAUSES:
-            family.add_metric([*values, cause.value], counts.get(cause.value, 0))
+    family = CounterMetricFamily(name, doc, labels=["cause"])
+    ended = dict(counts)  # one C-level copy: the relay may add keys meanwhile
+    for code in CAUSES:
+        family.add_metric([code.value], ended.get(code.value, 0))
     return family
 
 
@@ -312,9 +307,9 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         add(f"{PREFIX}site_connections_total{{{label}}} {site.connects}\n")
     family("site_disconnects_total", "counter", "Connections to the site ended, by cause (iec104.errors.Cause).")
     for label, site, *_ in sites:
-        counts = dict(site.disconnects)
-        for cause in CAUSES:
-            add(f'{PREFIX}site_disconnects_total{{{label},cause="{cause.value}"}} {counts.get(cause.value, 0)}\n')
+        ended = dict(site.disconnects)  # one C-level copy: the relay may add keys
+        for code in CAUSES:
+            add(f'{PREFIX}site_disconnects_total{{{label},cause="{code.value}"}} {ended.get(code.value, 0)}\n')
     family("site_foreign_ca_asdus_total", "counter",
            "ASDUs from the site whose common address is not one of the site's: not forwarded.")  # fmt: skip
     for label, site, *_ in sites:

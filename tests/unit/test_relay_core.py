@@ -310,3 +310,31 @@ def test_the_core_handles_a_burst_in_turns():
     assert lab.core.receive_data(conn, b"", lab.now) is False
     lab.collect()
     assert lab.to_peer[conn].count(encode_u(UFunction.TESTFR_CON)) == FRAMES_PER_TURN + 5
+
+
+def test_metrics_count_disconnects_by_cause_and_refusals_by_reason():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitoring.relay_metrics import RelayMetrics
+
+    config = parse_config(_config(8, 12, 2), "c.yaml")
+    core = RelayCore(config.sites, config.uplink.params, 0.0, allows=config.uplink.allows, max_uplinks=1)
+    core.start(0.0)
+    bmi = core.uplink_accepted("10.1.0.10", 0.0)
+    assert core.uplink_accepted("10.1.0.10", 0.0) is None and core.uplink_accepted("192.0.2.1", 0.0) is None
+    site = core.site_connected(0, "192.0.2.11:2404", 0.0)
+    core.receive_data(site, b"\x00", 1.0)  # not an APDU
+    core.connection_lost(bmi, Cause.PEER_CLOSED, "gone", 2.0)  # type: ignore[arg-type]
+    text = RelayMetrics(core.stats, config, lambda: 3.0, started_at=0.0).exposition().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("concentrator_uplink_disconnects_total", (("cause", "peer_closed"),))] == 1
+    assert samples[("concentrator_uplink_disconnects_total", (("cause", "superseded"),))] == 0
+    assert samples[("concentrator_uplink_refused_connections_total", (("reason", "limit"),))] == 1
+    assert samples[("concentrator_uplink_refused_connections_total", (("reason", "not_allowed"),))] == 1
+    key = ("concentrator_site_disconnects_total", (("cause", "bad_frame"), ("site", "site-01")))
+    assert samples[key] == 1
+    assert samples[("concentrator_site_disconnects_total", (("cause", "bad_frame"), ("site", "site-02")))] == 0
