@@ -18,18 +18,17 @@
           primary: {interface: s1a, gateway: 172.20.1.2}
           backup:  {interface: s1b, gateway: 172.21.1.2}
 
-Errors are `concentrator.config.ConfigError(file, key, expected, got)` with dotted key
+Errors are `concentrator.configbase.ConfigError(file, key, expected, got)` with dotted key
 paths such as `network.uplink.primary.interface` or `network.sites[2].name`.
 """
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.config import MISSING, ConfigError, Endpoint, listen_endpoint
+from concentrator.configbase import MISSING, ConfigError, Endpoint, endpoint, in_file, mapping, seconds
 
 from .failover import FailbackMode, FailoverParams
 
@@ -86,16 +85,8 @@ class _Parser:
         return ConfigError(self.file, key, expected, got)
 
     def mapping(self, raw: object, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise self.error(key, "a mapping", raw)
-        for name in raw:
-            if name not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(f"{key}.{name}", f"a key allowed in {key} ({known})", name)
-        for name in sorted(required):
-            if name not in raw:
-                raise self.error(f"{key}.{name}", "a value", MISSING)
-        return raw
+        with in_file(self.file):
+            return mapping(raw, key, allowed, required=required, expected="a mapping")
 
     def ipv4(self, raw: object, key: str) -> IPv4Address:
         if not isinstance(raw, str):
@@ -114,12 +105,12 @@ class _Parser:
             raise self.error(key, "an IPv4 prefix such as 10.0.1.0/24 (no host bits set)", raw) from None
 
     def seconds(self, raw: object, key: str, minimum: float, strict: bool) -> float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise self.error(key, "a number of seconds", raw)
-        if raw < minimum or (strict and raw == minimum):
+        with in_file(self.file):
+            value = seconds(raw, key)
+        if value < minimum or (strict and value == minimum):
             relation = "greater than" if strict else "at least"
             raise self.error(key, f"a number of seconds {relation} {minimum:g}", raw)
-        return float(raw)
+        return value
 
     def interface(self, raw: object, key: str) -> str:
         # Linux interface names: 1..15 bytes, no '/', no whitespace, not '.' or '..'.
@@ -225,5 +216,6 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
             seen_dest[dest] = link.name
     metrics = None
     if m.get("metrics_listen") is not None:
-        metrics = listen_endpoint(m["metrics_listen"], file, "network.metrics_listen")
+        with in_file(file):
+            metrics = endpoint(m["metrics_listen"], "network.metrics_listen", ip_only=True)
     return NetworkConfig(service, interval, misses, hold, mode, uplink, sites, rto_min, metrics)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.config import MISSING, ConfigError
+from concentrator.configbase import MISSING, ConfigError, read_yaml
 
-from .config import NetworkConfig
+from .config import NetworkConfig, _Parser, parse_network
 
 MAXVIFS = 32  # the kernel's limit of multicast virtual interfaces per table
 _LINK_LOCAL = IPv4Network("224.0.0.0/24")  # never forwarded by a multicast router
@@ -89,8 +89,6 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
 
     With `network` given, inbound interfaces must be paths of the uplink: the trip
     path has to follow the uplink's failover."""
-    from .config import _Parser  # the shared checks (mapping, ipv4, interface names)
-
     p = _Parser(file)
     m = p.mapping(raw, "multicast", _TOP_KEYS, {"groups"})
     files = SmcrouteFiles()
@@ -329,10 +327,6 @@ def path_status(cfg: MulticastConfig, entries: list[KernelEntry]) -> list[PathSt
 
 def load_multicast(path: str) -> tuple[MulticastConfig | None, NetworkConfig | None]:
     """Read the file's `multicast:` (and `network:`, which it must agree with)."""
-    from concentrator.config import read_yaml
-
-    from .config import parse_network
-
     doc, _, _ = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)

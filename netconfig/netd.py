@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from concentrator.config import MISSING, ConfigError, read_yaml
+from concentrator.configbase import MISSING, ConfigError, read_yaml
 from concentrator.stats import Histogram
 from monitoring.exporter import serve
 from monitoring.linkmanager import LinkManagerCollector, outage_histogram
