@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 
 from concentrator.config import Endpoint
 from concentrator.stats import LATENCY_BUCKETS, Histogram, RelayStats, SiteStats
-from monitoring.exporter import serve, serve_relay
+from monitoring.exporter import serve_relay
+from monitoring.primitives import serve
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats, outage_histogram
 from monitoring.relay_metrics import RelayMetrics
 from tests.helpers import relay_config
