@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,30 @@ async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    if args.bind:
+        check_listeners(config)
     cas = sum(len(site.common_addresses) for site in config.sites)
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
     return 0
+
+
+def check_listeners(config: Config) -> None:
+    """Bind every address the appliance will listen on, all at once, then release them:
+    a busy or foreign address fails here, with the reason, not when the relay starts.
+    Bound as the relay and the exporters bind (SO_REUSEADDR; IPv6 only for IPv6)."""
+    with contextlib.ExitStack() as held:
+        for key, listen in config.listeners():
+            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+            sock = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((listen.host, listen.port))
+                sock.listen()  # two bound sockets may share a port; two listening ones may not
+            except OSError as exc:
+                got = f"{listen}: {exc.strerror or exc}"
+                raise ConfigError(config.file, key, "an address and port this host can listen on now", got) from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,8 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--config", required=True, help="YAML configuration file")
     relay.set_defaults(run=_relay)
 
-    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file, check that its listen addresses are free here, and exit"
+    )
     check.add_argument("file")
+    check.add_argument(
+        "--no-bind", dest="bind", action="store_false", help="do not bind the listen addresses (checking on another host)"
+    )
     check.set_defaults(run=_check_config)
 
     demo = commands.add_parser("demo", help="simulated sites, the relay and a simulated BMI on loopback")

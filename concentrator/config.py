@@ -123,6 +123,14 @@ class Config:
         """The site owning `common_address`; None if unknown (and for broadcast)."""
         return self._by_ca.get(common_address)
 
+    def listeners(self) -> list[tuple[str, Endpoint]]:
+        """Every address the appliance's processes listen on, with its key: the relay's
+        uplink and metrics, the link manager's metrics."""
+        found = [("uplink.listen", self.uplink.listen), ("metrics.listen", self.metrics.listen)]
+        if self.network is not None and self.network.metrics_listen is not None:
+            found.append(("network.metrics_listen", self.network.metrics_listen))
+        return found
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -146,7 +154,7 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
         multicast = parse_multicast(top["multicast"], file, net)
     mqtt = None
     if top.get("mqtt", MISSING) is not MISSING:
-        mqtt = parse_mqtt(top["mqtt"], file, [site.name for site in sections["sites"]])
+        mqtt = parse_mqtt(top["mqtt"], file, {site.name for site in sections["sites"]})
     return Config(file=file, sha256=sha256, mtime=mtime, network=net, multicast=multicast, mqtt=mqtt, **sections)
 
 

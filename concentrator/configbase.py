@@ -27,17 +27,19 @@ import math
 import os
 import re
 import reprlib
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-MAX_FILE_BYTES = 1 << 20  # a 100-site appliance with every section is well under 100 kB
+# A 12-site appliance with every section is 8 kB and 481 values (conf/concentrator.yaml),
+# so 1,000 sites would be about 700 kB and 40,000 values.
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 50_000  # values in the document, counting each alias as what it stands for
+MAX_ITEMS = 10_000  # entries of one list or mapping (sites, a site's common addresses)
 MAX_DEPTH = 32  # the deepest key of the schema is 5 levels down
-MAX_ITEMS = 65_535  # no list needs more entries than there are common addresses
 MAX_SCALAR = 4096  # PATH_MAX; also keeps int() below Python's 4300-digit limit
-MAX_NODES = 100_000  # values in the document, counting each alias as what it stands for
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -186,15 +188,19 @@ def load_yaml(text: str, file: str) -> object:
         column = refused.start() - text.rfind("\n", 0, refused.start())
         got = f"character U+{ord(refused.group()):04X}"
         raise ConfigError(file, f"line {line}, column {column}", "valid YAML", got, line=line)
+    paths: dict[int, str] = {}
     try:
-        _check_limits(text, file)
+        paths = _check_limits(text, file)
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except _DuplicateKeyError as e:
         expected = f"each key once per mapping (first at line {e.first.line + 1})"
         raise error(e.problem_mark, expected, e.key) from None
     except _BadValue as e:
-        tag = e.node.tag.rpartition(":")[2]
-        raise error(e.node.start_mark, f"a value YAML can read as {tag}", e.node.value) from None
+        mark, tag = e.node.start_mark, e.node.tag.rpartition(":")[2]
+        expected = f"a value YAML can read as {tag}"
+        if mark.index in paths:
+            raise ConfigError(file, paths[mark.index], expected, e.node.value, line=mark.line + 1) from None
+        raise error(mark, expected, e.node.value) from None
     except yaml.MarkedYAMLError as e:
         mark, problem = e.problem_mark or e.context_mark, e.problem or ""
         if e.context:  # e.g. "while parsing a flow sequence (line 3), expected ',' or ']' ..."
@@ -223,8 +229,10 @@ class _Open:
     depth_below: int = 0  # levels of nesting inside it
 
 
-def _check_limits(text: str, file: str) -> None:
-    """Walk the parser's events (nothing is built) and refuse a document beyond the limits."""
+def _check_limits(text: str, file: str) -> dict[int, str]:
+    """Walk the parser's events (nothing is built) and refuse a document beyond the limits.
+    Returns the key path of each scalar by its offset, to name a value its tag refuses."""
+    paths: dict[int, str] = {}
     stack: list[_Open] = []
     anchors: dict[str, tuple[int, int]] = {}  # name -> (values, depth) of the anchored node
     nodes = 0
@@ -271,6 +279,8 @@ def _check_limits(text: str, file: str) -> None:
             if event.anchor is not None:
                 anchors[event.anchor] = (1, 0)
             added(event, 1, 0, path)
+            if path:
+                paths[event.start_mark.index] = path
         elif isinstance(event, yaml.CollectionStartEvent):
             path = child_path()
             if len(stack) >= MAX_DEPTH:
@@ -294,6 +304,7 @@ def _check_limits(text: str, file: str) -> None:
                 continue  # an undefined alias: the composer reports it
             size, depth = anchors[event.anchor]
             added(event, size, depth, path)
+    return paths
 
 
 # --------------------------------------------------------------------------- values
@@ -325,6 +336,16 @@ def items(value: object, path: str, expected: str) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise Invalid(path, expected, value)
     return value
+
+
+def repeated(values: Iterable[Hashable]) -> int | None:
+    """The index of the first value that was already listed before it, or None."""
+    seen: set[Hashable] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            return i
+        seen.add(value)
+    return None
 
 
 def integer(value: object, path: str, low: int, high: int, *, expected: str | None = None) -> int:

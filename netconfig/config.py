@@ -152,6 +152,22 @@ class _Parser:
         return LinkConfig(name or "uplink", dests, primary, backup)
 
 
+def _first_overlap(prefixes: list[IPv4Network]) -> tuple[int, int] | None:
+    """Indices (earlier, later) of two overlapping prefixes, or None; O(n log n).
+
+    Two prefixes overlap only if one contains the other. In order of first address, a
+    prefix overlaps an earlier one exactly when it starts before the furthest end so far,
+    and then the prefix reaching that end contains it."""
+    order = sorted(range(len(prefixes)), key=lambda i: (prefixes[i].network_address, -prefixes[i].prefixlen, i))
+    widest: int | None = None  # the prefix reaching furthest so far
+    for i in order:
+        if widest is not None and prefixes[i].network_address <= prefixes[widest].broadcast_address:
+            return min(i, widest), max(i, widest)
+        if widest is None or prefixes[i].broadcast_address > prefixes[widest].broadcast_address:
+            widest = i
+    return None
+
+
 def parse_network(raw: object, file: str) -> NetworkConfig:
     """Validate the `network:` section (`raw` is its value, or MISSING) into a NetworkConfig."""
     p = _Parser(file)
@@ -198,7 +214,7 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
     # One owner per interface, destination and name: two links fighting over the
     # same route would undo each other's switches.
     seen_if: dict[str, str] = {}
-    seen_dest: dict[IPv4Network, str] = {}
+    dests: list[tuple[IPv4Network, str, str]] = []  # (prefix, owner, key), in the file's order
     seen_name: set[str] = set()
     for i, link in enumerate((uplink,) + sites if uplink else sites):
         key = "network.uplink" if link is uplink else f"network.sites[{i - (1 if uplink else 0)}]"
@@ -209,11 +225,11 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
             if path.interface in seen_if:
                 raise p.error(f"{key}.{role}.interface", f"an interface not already used by {seen_if[path.interface]}", path.interface)
             seen_if[path.interface] = link.name
-        for j, dest in enumerate(link.destinations):
-            for other, owner in seen_dest.items():
-                if dest.overlaps(other):
-                    raise p.error(f"{key}.destinations[{j}]", f"a prefix not overlapping {other} of {owner}", str(dest))
-            seen_dest[dest] = link.name
+        dests += ((dest, link.name, f"{key}.destinations[{j}]") for j, dest in enumerate(link.destinations))
+    overlap = _first_overlap([dest for dest, _, _ in dests])
+    if overlap is not None:
+        (other, owner, _), (dest, _, key) = dests[overlap[0]], dests[overlap[1]]
+        raise p.error(key, f"a prefix not overlapping {other} of {owner}", str(dest))
     metrics = None
     if m.get("metrics_listen") is not None:
         with in_file(file):

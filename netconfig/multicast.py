@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.configbase import MISSING, ConfigError, read_yaml
+from concentrator.configbase import MISSING, ConfigError, read_yaml, repeated
 
 from .config import NetworkConfig, _Parser, parse_network
 
@@ -146,10 +146,11 @@ def _group(p: Any, raw: object, key: str) -> GroupConfig:
         raise p.error(f"{key}.port", "a UDP port from 1 to 65535", port)
     sources = _list(p, m["sources"], f"{key}.sources", "a non-empty list of the BMI's source addresses")
     srcs = tuple(p.ipv4(s, f"{key}.sources[{i}]") for i, s in enumerate(sources))
+    again = repeated(srcs)
     for i, s in enumerate(srcs):
         if s.is_multicast or s.is_unspecified or s.is_loopback:
             raise p.error(f"{key}.sources[{i}]", "a unicast source address", str(s))
-        if s in srcs[:i]:
+        if i == again:
             raise p.error(f"{key}.sources[{i}]", "a source listed once", str(s))
     inbound = _ifnames(p, m["inbound"], f"{key}.inbound", "a non-empty list of uplink interfaces")
     outbound = _ifnames(p, m["outbound"], f"{key}.outbound", "a non-empty list of site interfaces")
@@ -164,9 +165,9 @@ def _list(p: Any, raw: object, key: str, expected: str) -> list[Any]:
 
 def _ifnames(p: Any, raw: object, key: str, expected: str) -> tuple[str, ...]:
     names = tuple(p.interface(v, f"{key}[{i}]") for i, v in enumerate(_list(p, raw, key, expected)))
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise p.error(f"{key}[{i}]", "an interface listed once", name)
+    again = repeated(names)
+    if again is not None:
+        raise p.error(f"{key}[{again}]", "an interface listed once", names[again])
     return names
 
 
