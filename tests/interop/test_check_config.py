@@ -4,6 +4,7 @@ of stopping the relay (or the link manager's metrics) at start."""
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from concentrator.cli import check_listeners
+from concentrator.cli import check_installed, check_listeners, main
 from concentrator.config import ConfigError, load_config
 from tests.helpers import free_port
 
@@ -123,3 +124,49 @@ def test_ipv6_addresses_are_bound_as_ipv6(tmp_path: Path) -> None:
             check_listeners(config)
     assert info.value.key == "uplink.listen" and str(info.value.got).startswith(f"[::1]:{port}: ")
     check_listeners(config)  # free again once the other listener is gone
+
+
+# --------------------------------------------------------------------------- health and extras
+
+
+def test_health_reads_the_configured_uplink_port(tmp_path: Path, busy: socket.socket) -> None:
+    port = busy.getsockname()[1]
+    healthy = write(tmp_path, document(f"0.0.0.0:{port}", f"127.0.0.1:{free_port()}"))
+    command = [sys.executable, "-m", "concentrator", "health", "--config", str(healthy)]
+    assert subprocess.run(command, capture_output=True, timeout=60, cwd=ROOT).returncode == 0
+    busy.close()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1 and f"nothing listens on port {port}" in result.stderr
+
+
+def test_a_mirror_without_paho_is_named_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # paho-mqtt is installed here (the tests need it): its absence is simulated.
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("not read by the configuration check\n")
+    (tmp_path / "mqtt.cred").write_text("concentrator:s3cret\n")
+    doc = document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    doc["mqtt"] = {
+        "broker": "[2001:db8::1]:8883",
+        "tls": {name: str(tmp_path / f"{name.partition('_')[0]}.pem") for name in ("ca_file", "cert_file", "key_file")},
+        "credentials_file": str(tmp_path / "mqtt.cred"),
+        "prefix": "holder/concentrator",
+    }
+    config = load_config(write(tmp_path, doc))
+    assert config.mqtt is not None and config.mqtt.broker.host == "2001:db8::1"  # IPv6 brokers too
+    check_installed(config)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "paho" else real(name, *a))
+    with pytest.raises(ConfigError) as info:
+        check_installed(config)
+    assert info.value.key == "mqtt" and "pip install 'iec104-concentrator[mqtt]'" in info.value.expected
+
+
+def test_the_demo_without_c104_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "c104" else real(name, *a))
+    assert main(["demo", "--duration", "1"]) == 2
+    assert "pip install 'iec104-concentrator[demo]'" in capsys.readouterr().err
