@@ -5,7 +5,7 @@ Every problem is reported as a `ConfigError` naming the file, the key path
 (`uplink.listen`, `sites[3].endpoints[1]`) and what was expected there. Unknown keys
 are errors, so that a typo cannot pass silently, and so are keys given twice.
 
-Layers (docs/configuration.md): the primitives (errors, the bounded YAML loader, value
+Layers (README, Architecture): the primitives (errors, the bounded YAML loader, value
 checks) are in concentrator/configbase.py; each section has one parser, written by its
 owner: the relay's `uplink:`, `sites:` and `metrics:` here, `network:` and `multicast:`
 in netconfig/ (the link manager reads them alone, without the relay), `mqtt:` in
