@@ -26,7 +26,15 @@ def main() -> None:
             data = text.encode() if isinstance(text, str) else text
             path.write_bytes(data)
             m = measured(path)
-            print(f"| {name} | {len(data)} | {m.exit_code} | {m.cpu_seconds:.3f} | {m.seconds:.2f} | {m.peak_rss / 2**20:.0f} |")
+            row = [
+                name,
+                len(data),
+                m.exit_code,
+                f"{m.cpu_seconds:.3f}",
+                f"{m.seconds:.2f}",
+                f"{m.peak_rss / 2**20:.0f}",
+            ]
+            print("| " + " | ".join(map(str, row)) + " |")
 
 
 if __name__ == "__main__":

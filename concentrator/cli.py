@@ -128,8 +128,6 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(sites=args.sites, duration=args.duration, sample_period=args.sample_period)
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="concentrator", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -144,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file")
     check.add_argument(
-        "--no-bind", dest="bind", action="store_false", help="do not bind the listen addresses (checking on another host)"
+        "--no-bind",
+        dest="bind",
+        action="store_false",
+        help="do not bind the listen addresses (checking on another host)",
     )
     check.set_defaults(run=_check_config)
 

@@ -14,6 +14,7 @@ concentrator/mirror/config.py. This module assembles the whole file's `Config` f
 The relay's sections have one parser each in `_SECTIONS`; adding one means writing its
 parser, adding it there and adding the matching field to `Config`.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -73,9 +73,7 @@ class ConfigError(Exception):
     `"line L, column C"` and `line` holds L; for an unreadable file `key` is `"(file)"`.
     """
 
-    def __init__(
-        self, file: str, key: str, expected: str, got: object = MISSING, *, line: int | None = None
-    ) -> None:
+    def __init__(self, file: str, key: str, expected: str, got: object = MISSING, *, line: int | None = None) -> None:
         super().__init__(file, key, expected, excerpt(got))
         self.file = file
         self.key = key
@@ -275,7 +273,9 @@ def _check_limits(text: str, file: str) -> dict[int, str]:
         if isinstance(event, yaml.ScalarEvent):
             path = child_path()
             if len(event.value) > MAX_SCALAR:
-                raise refuse(event, path, f"a value of at most {MAX_SCALAR} characters", f"{len(event.value)} characters")
+                raise refuse(
+                    event, path, f"a value of at most {MAX_SCALAR} characters", f"{len(event.value)} characters"
+                )
             if event.anchor is not None:
                 anchors[event.anchor] = (1, 0)
             added(event, 1, 0, path)
@@ -300,7 +300,9 @@ def _check_limits(text: str, file: str) -> dict[int, str]:
             path = child_path()
             if event.anchor not in anchors:
                 if any(open_.anchor == event.anchor for open_ in stack):
-                    raise refuse(event, path, "an alias to a complete value, not to one that contains it", f"*{event.anchor}")
+                    raise refuse(
+                        event, path, "an alias to a complete value, not to one that contains it", f"*{event.anchor}"
+                    )
                 continue  # an undefined alias: the composer reports it
             size, depth = anchors[event.anchor]
             added(event, size, depth, path)

@@ -50,8 +50,11 @@ def busy() -> Iterator[socket.socket]:
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "concentrator", "check-config", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 def test_free_addresses_pass_and_are_released(tmp_path: Path) -> None:
@@ -92,8 +95,11 @@ def test_a_foreign_metrics_address_fails_with_the_reason(tmp_path: Path) -> None
     assert "Cannot assign requested address" in result.stderr
     no_bind = subprocess.run(
         [sys.executable, "-m", "concentrator", "check-config", "--no-bind", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert no_bind.returncode == 0, no_bind.stderr  # for checking a file meant for another host
 
 
@@ -110,7 +116,9 @@ def test_the_link_managers_metrics_address_is_bound_too(tmp_path: Path, busy: so
 def test_two_processes_on_one_address_are_refused(tmp_path: Path) -> None:
     # The relay's and the link manager's metrics on the same port: all are held at once.
     port = free_port()
-    config = load_config(write(tmp_path, document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}", f"127.0.0.1:{port}")))
+    config = load_config(
+        write(tmp_path, document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}", f"127.0.0.1:{port}"))
+    )
     with pytest.raises(ConfigError) as info:
         check_listeners(config)
     assert info.value.key == "network.metrics_listen" and "Address already in use" in str(info.value.got)

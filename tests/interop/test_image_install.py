@@ -111,8 +111,12 @@ def test_the_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
 
         relay = subprocess.Popen(
             [*inside, concentrator, "relay", "--config", str(baked)],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 60
             while subprocess.run(health, env=env, capture_output=True, timeout=60).returncode != 0:
@@ -120,7 +124,9 @@ def test_the_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the relay did not listen within 60 s"
                 time.sleep(0.5)
             metrics = run([*inside, "python", "-c", FETCH, f"http://{ADDRESS}:9104/metrics"], env)
-            assert metrics.count("concentrator_site_info{") == 12 and "concentrator_uplink_open_connections 0" in metrics
+            assert (
+                metrics.count("concentrator_site_info{") == 12 and "concentrator_uplink_open_connections 0" in metrics
+            )
         finally:
             relay.send_signal(signal.SIGTERM)
             output = relay.communicate(timeout=30)[0]

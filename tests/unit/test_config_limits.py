@@ -72,20 +72,34 @@ class Case:
 CASES = [
     # Refused where the expansion passes the limit: level 5 stands for 66,430 values.
     Case("alias-bomb", alias_bomb, "sites[0].name[5][5]", f"at most {configbase.MAX_NODES} values"),
-    Case("nested-10000", lambda: "uplink: " + "[" * 10_000 + "]" * 10_000 + "\n", "uplink" + "[0]" * 31,
-         "at most 32 levels of nesting"),  # fmt: skip
+    Case(
+        "nested-10000",
+        lambda: "uplink: " + "[" * 10_000 + "]" * 10_000 + "\n",
+        "uplink" + "[0]" * 31,
+        "at most 32 levels of nesting",
+    ),
     Case("int-tag-twelve", lambda: with_uplink_k("!!int twelve"), "uplink.k", "a value YAML can read as int"),
     Case("k-5000-digits", lambda: with_uplink_k("9" * 5000), "uplink.k", "at most 4096 characters"),
     Case("k-4000-digits", lambda: with_uplink_k("9" * 4000), "uplink.k", "an integer from 1 to 32767"),
     Case("bad-date", lambda: with_uplink_k("2001-02-30"), "uplink.k", "a value YAML can read as timestamp"),
-    Case("cas-1.5-million", lambda: common_addresses(1_500_000), "(file)", f"at most {configbase.MAX_FILE_BYTES} bytes"),
+    Case(
+        "cas-1.5-million", lambda: common_addresses(1_500_000), "(file)", f"at most {configbase.MAX_FILE_BYTES} bytes"
+    ),
     Case("list-12000", lambda: common_addresses(12_000), "sites[0].common_addresses", "at most 10000 entries"),
-    Case("cas-repeated", lambda: common_addresses(10_000, repeat_first=True), "sites[0].common_addresses[9999]",
-         "each common address once"),  # fmt: skip
+    Case(
+        "cas-repeated",
+        lambda: common_addresses(10_000, repeat_first=True),
+        "sites[0].common_addresses[9999]",
+        "each common address once",
+    ),
     Case("scalar-1MB", lambda: "x: " + "a" * 1_000_000 + "\n", "x", "at most 4096 characters"),
     # 55,001 values: 1 for "x", then 11 per list of ten; the 50,001st is the fifth 1 of list 4545.
-    Case("nodes-55001", lambda: "x: [" + ", ".join(["[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] * 5000) + "]\n", "x[4545][4]",
-         "at most 50000 values"),  # fmt: skip
+    Case(
+        "nodes-55001",
+        lambda: "x: [" + ", ".join(["[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] * 5000) + "]\n",
+        "x[4545][4]",
+        "at most 50000 values",
+    ),
     Case("recursive-alias", lambda: "x: &a [1, *a]\n", "x[1]", "an alias to a complete value"),
     Case("deep-alias", deep_alias, "b" + "[0]" * 20, "levels of nesting"),
     Case("python-tag", lambda: "x: !!python/object/apply:os.system ['true']\n", "line 1, column 4", "valid YAML"),
