@@ -38,6 +38,7 @@ from concentrator.stats import SITE_STATES, RelayStats
 
 from .primitives import PREFIX, Histogram, histogram_buckets
 
+
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -1,4 +1,5 @@
-from concentrator.stats import LATENCY_BUCKETS, Histogram, SiteStats
+from concentrator.stats import LATENCY_BUCKETS, SiteStats
+from monitoring.primitives import Histogram
 
 
 def test_time_in_state_counts_the_current_state_too():
