@@ -32,8 +32,9 @@ from concentrator.config import Endpoint
 from concentrator.relay import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.updc import UpdcSimulator
-from monitoring.exporter import serve, serve_relay
+from monitoring.exporter import serve_relay
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats
+from monitoring.primitives import serve
 from tests.conftest import require_tool
 from tests.helpers import free_port, relay_config, wait_for
 from tests.monitoring.test_metrics import FakeLink, FakeManager
