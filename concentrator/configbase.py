@@ -206,6 +206,10 @@ def load_yaml(text: str, file: str) -> object:
             problem = e.context + (f" (line {e.context_mark.line + 1})" if elsewhere else "") + ", " + problem
         if mark is None:
             raise ConfigError(file, "(file)", "valid YAML", problem) from None
+        if "nesting depth" in problem:
+            # PyYAML >= 6.0.4 has a nesting limit of its own, which its scanner meets while
+            # looking ahead in a flow collection, before the events reach _check_limits.
+            raise error(mark, f"at most {MAX_DEPTH} levels of nesting", "a deeper value") from None
         raise error(mark, "valid YAML", problem) from None
     except yaml.YAMLError as e:
         raise ConfigError(file, "(file)", "valid YAML", str(e)) from None
