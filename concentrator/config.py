@@ -27,6 +27,7 @@ from concentrator.iec104.link import LinkParams
 
 if TYPE_CHECKING:
     from concentrator.mirror.config import MqttConfig
+    from concentrator.shedding.config import SheddingConfig
     from netconfig.config import NetworkConfig
     from netconfig.multicast import MulticastConfig
 
@@ -147,6 +148,7 @@ class Config:
     network: NetworkConfig | None = None  # the link manager's section, if present
     multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
     mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
+    shedding: SheddingConfig | None = None  # the shedding compliance monitor (concentrator/shedding), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -200,7 +202,11 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     mqtt = None
     if top.get("mqtt", MISSING) is not MISSING:
         mqtt = _parse_mqtt(top["mqtt"], file, [site.name for site in sections["sites"]])
-    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, mqtt=mqtt, **sections)
+    shedding = None
+    if top.get("shedding", MISSING) is not MISSING:
+        shedding = _parse_shedding(top["shedding"], file, sections["sites"])
+    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, mqtt=mqtt,
+                  shedding=shedding, **sections)  # fmt: skip
 
 
 def _parse_network(value: object, file: str) -> NetworkConfig:
@@ -223,6 +229,13 @@ def _parse_mqtt(value: object, file: str, sites: list[str]) -> MqttConfig:
     from concentrator.mirror.config import parse_mqtt
 
     return parse_mqtt(value, file, sites)
+
+
+def _parse_shedding(value: object, file: str, sites: tuple[SiteConfig, ...]) -> SheddingConfig:
+    # The compliance monitor owns its section (and imports this module for ConfigError).
+    from concentrator.shedding.config import parse_shedding
+
+    return parse_shedding(value, file, sites)
 
 
 def listen_endpoint(value: object, file: str, key: str) -> Endpoint:
@@ -385,7 +398,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network", "multicast", "mqtt")
+_OWN_SECTIONS = ("network", "multicast", "mqtt", "shedding")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 
