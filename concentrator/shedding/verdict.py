@@ -6,9 +6,9 @@ How the annex is read (docs/shedding.md says why):
 - 5.2: from the shedding command until the release, every 4-second sample Pi of the
   site's total power must satisfy Pi <= P0 - Pd + 5 % of the contractual power. P0 is
   the sample current at the command; Pd, the power shed, is the sum of the site's
-  interruptible load measures in that same sample. Samples are judged from the opening
-  limit (200 ms / 5 s) plus one sample period after the command: a measure needs that
-  long to show an opening that was on time.
+  interruptible load measures in that same sample. Samples are judged from one sample
+  period after the breakers opened (or after the opening limit, 200 ms / 5 s from the
+  command, if they did not): a measure needs that long to show the opening.
 - 5.3: a sample not received, or received with invalid quality, counts as zero (so P0
   is 0 when its sample is missing, and the site cannot pass the formula). An invalid
   sample during the shedding is also the failure "measure unavailable"; a silence is
@@ -131,7 +131,10 @@ def judge_site(site: ShedSite, evidence: SiteEvidence, now: float, sample_period
     failures: list[Failure] = []
     end = e.release_at if e.release_at is not None else now
     origin = e.command_at if e.command_at is not None else e.start
-    judged_from = origin + site.opening_limit + sample_period
+    opened_at, opening_time = _breakers(site, e, origin, end, failures)
+    # The measure must show the opening one sample period after it; without an opening,
+    # after the opening limit.
+    judged_from = (opened_at if opened_at is not None else origin + site.opening_limit) + sample_period
 
     before = e.before
     p0 = before.pi if before is not None else 0.0
@@ -167,7 +170,6 @@ def judge_site(site: ShedSite, evidence: SiteEvidence, now: float, sample_period
             failures.append(Failure(Reason.LOAD_NOT_ZEROED, f"load measure {s.loads:.1f} kW > {zero:.1f} kW", s.at))
             break
 
-    opening_time = _breakers(site, e, origin, end, failures)
     _lock(e, end, judged_from, failures)
 
     if e.grid is not None:
@@ -194,8 +196,10 @@ def _silences(samples: Sequence[Sample], start: float, end: float, failures: lis
             return
 
 
-def _breakers(site: ShedSite, e: SiteEvidence, origin: float, end: float, failures: list[Failure]) -> float | None:
-    """Opening (every breaker OFF: 5.1.5's cumulative breaker), its time, reclosing."""
+def _breakers(site: ShedSite, e: SiteEvidence, origin: float, end: float,
+              failures: list[Failure]) -> tuple[float | None, float | None]:  # fmt: skip
+    """Opening (every breaker OFF: 5.1.5's cumulative breaker): when, how long after the
+    command; reclosing."""
     opened: list[float] = []
     for ioa, changes in sorted(e.breakers.items()):
         changes = [c for c in changes if c.received <= end]
@@ -212,13 +216,15 @@ def _breakers(site: ShedSite, e: SiteEvidence, origin: float, end: float, failur
         if reclosed is not None:
             failures.append(Failure(Reason.RECLOSED_EARLY, f"breaker {ioa} closed before the release",
                                     reclosed.received))  # fmt: skip
-    if not opened or len(opened) < len(e.breakers) or e.command_at is None:
-        return None
+    if not opened or len(opened) < len(e.breakers):
+        return None, None
+    if e.command_at is None:
+        return max(opened), None
     opening = max(opened) - e.command_at
     if opening > site.opening_limit:
         failures.append(Failure(Reason.BREAKER_LATE, f"opened {opening * 1000:.0f} ms after the command "
                                 f"(limit {site.opening_limit * 1000:.0f} ms)", max(opened)))  # fmt: skip
-    return opening
+    return max(opened), opening
 
 
 def _lock(e: SiteEvidence, end: float, judged_from: float, failures: list[Failure]) -> None:

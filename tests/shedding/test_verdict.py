@@ -4,7 +4,8 @@ The site of every test: contractual power 1000 kW (5 % tolerance: 50 kW), interr
 power 400 kW (a load reads zeroed up to 2 %: 8 kW), instantaneous (opening within 200 ms).
 At the command (t = 1000 s) the site draws P0 = 900 kW, of which Pd = 400 kW on the
 interruptible loads: every judged Pi must stay <= 900 - 400 + 50 = 550 kW. Samples come
-every 4 s; they are judged from 1000 + 0.2 + 4 = 1004.2 s, i.e. from the one at 1008 s.
+every 4 s; they are judged from one period after the opening (tagged 1000.15 s): from
+1004.15 s, i.e. from the one at 1008 s.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_a_clean_shedding_passes_with_p0_pd_and_the_band_computed() -> None:
     assert v.passed and v.final and v.failures == ()
     assert (v.p0, v.pd, v.limit_kw) == (900.0, 400.0, 550.0)
     assert v.opening_time == pytest.approx(0.150)
-    assert v.judged_from == pytest.approx(1004.2)
+    assert v.judged_from == pytest.approx(1004.15)
 
 
 def test_power_above_band_when_a_load_is_reconnected() -> None:
@@ -73,7 +74,7 @@ def test_power_above_band_when_a_load_is_reconnected() -> None:
 
 
 def test_samples_before_the_opening_limit_plus_one_period_are_not_judged() -> None:
-    # At 1004 s (before 1004.2) the site still draws 900 kW: not held against it.
+    # At 1004 s (before 1004.15) the site still draws 900 kW: not held against it.
     assert judge(evidence()).passed
 
 
@@ -110,7 +111,7 @@ def test_breaker_late_over_200_ms_instantaneous_and_5_s_emergency() -> None:
     # Tagged 250 ms after the command: late for an instantaneous site.
     v = judge(evidence(breakers={2001: [Change(T0 + 0.26, T0 + 0.250, False)]}))
     assert v.reasons == (Reason.BREAKER_LATE,) and v.opening_time == pytest.approx(0.25)
-    # An emergency site has 5 s: 4.9 s passes, 5.1 s does not (judged from 1009 s).
+    # An emergency site has 5 s: 4.9 s passes, 5.1 s does not (judged from 1008.9 / 1009.1 s).
     late_ok = evidence(breakers={2001: [Change(T0 + 4.91, T0 + 4.9, False)]}, release_at=T0 + 12)
     assert judge(late_ok, EMERGENCY).passed
     too_late = evidence(breakers={2001: [Change(T0 + 5.11, T0 + 5.1, False)]})
