@@ -4,7 +4,7 @@ metrics. Started by `ShedFeeder` (tap.py) with the configuration on stdin, then 
 Tasks: the reader (frames -> monitor), the ticker (closes 4-second slots, writes the
 record in one transaction per TICK), the trip poller (the kernel's multicast forwarding
 counters, read-only: no socket joins a group) and the daily pruning. Runs at a lower
-priority than the relay, as the MQTT mirror does.
+priority than the relay (tap.CHILD), as the MQTT mirror does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ log = logging.getLogger("shedding")
 
 TICK = 0.25  # seconds between slot checks and record writes
 TRIP_POLL = 0.05  # seconds between reads of the kernel's multicast counters
-NICE = 10
 
 
 def trip_counters(groups: set[str]) -> dict[str, int]:
@@ -137,7 +136,7 @@ async def _main() -> None:
 
 
 def main() -> None:
-    os.nice(NICE)
+    """Run by `tap.CHILD`, which lowers the priority first (as the MQTT mirror's child)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s shedding-monitor: %(message)s")
     try:
         trio.run(_main)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 FEED_PERIOD = 0.05  # seconds: time stamps are taken at the tap, so this delay costs nothing
 RESTART_DELAY = 1.0
 HEAD = struct.Struct(">Id B")
+# The child lowers its priority before importing anything: its start-up (imports of
+# prometheus_client, sqlite3, the decoder) must not take the CPU from the relay either.
+CHILD = "import os; os.nice(10); from concentrator.shedding.process import main; main()"
 DROPPED = "!"  # site name of the frame that reports ASDUs the tap dropped (not a valid site name)
 
 
@@ -88,9 +91,7 @@ class ShedFeeder:
             await trio.sleep(RESTART_DELAY)
 
     async def _child(self) -> None:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "concentrator.shedding.process"], stdin=subprocess.PIPE
-        )
+        process = await trio.lowlevel.open_process([sys.executable, "-c", CHILD], stdin=subprocess.PIPE)
         assert process.stdin is not None
         try:
             await process.stdin.send_all(config_frame(self.config))

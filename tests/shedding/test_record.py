@@ -14,7 +14,7 @@ from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.monitor import SampleRow
 from concentrator.shedding.record import DAY, ShedRecord, integrity
-from concentrator.shedding.tap import config_frame, encode
+from concentrator.shedding.tap import CHILD, config_frame, encode
 from concentrator.shedding.verdict import Sample
 from concentrator.sim.points import breaker_command, double_point, float_measurements, release_command
 from tests.helpers import free_port
@@ -69,8 +69,7 @@ SITE = ShedSite("a", (101,), False, POINTS, 1000, 400)
 
 def monitor_process(db: Path) -> subprocess.Popen[bytes]:
     config = SheddingConfig(str(db), 60, Endpoint("127.0.0.1", free_port()), 0.2, 1000, (SITE,))
-    process = subprocess.Popen([sys.executable, "-m", "concentrator.shedding.process"], stdin=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert process.stdin is not None
     process.stdin.write(config_frame(config))
     process.stdin.flush()
