@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sqlite3
 import struct
 import time
 
@@ -115,7 +116,12 @@ async def _main() -> None:
 
     (length,) = struct.unpack(">I", await read_exactly(4))
     config: SheddingConfig = pickle.loads(await read_exactly(length))  # noqa: S301 (our parent's pipe)
-    service = MonitorService(config)
+    try:
+        service = MonitorService(config)
+    except sqlite3.Error as exc:
+        log.error("cannot open the record %s: %s (its directory must exist and be writable by this user)",
+                  config.database, exc)  # fmt: skip
+        raise SystemExit(2) from None
     from monitoring.exporter import serve
 
     server = serve([service.metrics], config.metrics_listen)
@@ -140,7 +146,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s shedding-monitor: %(message)s")
     try:
         trio.run(_main)
-    except (SystemExit, KeyboardInterrupt):
+    except KeyboardInterrupt:
         pass
     except BaseExceptionGroup as group:
         if not group.subgroup(SystemExit):

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FEED_PERIOD = 0.05  # seconds: time stamps are taken at the tap, so this delay costs nothing
 RESTART_DELAY = 1.0
+RESTART_MAX = 60.0
 HEAD = struct.Struct(">Id B")
 # The child lowers its priority before importing anything: its start-up (imports of
 # prometheus_client, sqlite3, the decoder) must not take the CPU from the relay either.
@@ -82,13 +83,20 @@ class ShedFeeder:
         self.restarts = 0
 
     async def run(self) -> None:
+        delay = RESTART_DELAY
         while True:
+            started = trio.current_time()
             try:
                 await self._child()
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("shedding monitor process: %s; restarting in %.1f s", exc, RESTART_DELAY)
+                log.warning("shedding monitor process: %s; restarting", exc)
             self.restarts += 1
-            await trio.sleep(RESTART_DELAY)
+            # A child that cannot start (e.g. no writable record directory) is retried
+            # less and less often; one that ran for a while is restarted soon.
+            if trio.current_time() - started > RESTART_MAX:
+                delay = RESTART_DELAY
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
 
     async def _child(self) -> None:
         process = await trio.lowlevel.open_process([sys.executable, "-c", CHILD], stdin=subprocess.PIPE)

@@ -117,3 +117,10 @@ def test_the_monitor_process_killed_and_restarted_continues_the_record(tmp_path:
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_record_that_cannot_be_opened_is_named_and_the_monitor_exits(tmp_path: Path) -> None:
+    config = SheddingConfig(str(tmp_path / "missing" / "r.sqlite"), 60, Endpoint("127.0.0.1", 0), 4.0, 100, (SITE,))
+    run = subprocess.run([sys.executable, "-c", CHILD], input=config_frame(config), capture_output=True, timeout=60)
+    assert run.returncode == 2
+    assert f"cannot open the record {tmp_path / 'missing' / 'r.sqlite'}" in run.stderr.decode()
