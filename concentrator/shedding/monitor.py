@@ -228,10 +228,7 @@ class SheddingMonitor:
             locked_at_start=state.lock is not None and bool(state.lock.state),
             grid=None if site.points.grid_connection is None else [],
         )
-        for ioa, change in state.breakers.items():  # the opening that started it, if it did
-            if change.received >= start - site.opening_limit and change.state is False:
-                evidence.breakers[ioa].append(change)
-        event.sites[name] = evidence
+        event.sites[name] = evidence  # an opening that started it is appended by _signal
         self._records.append(EventRow(event.event_id, event.start, None, event.trigger, tuple(event.sites)))
 
     def _release(self, name: str, at: float) -> None:

@@ -81,3 +81,17 @@ def test_a_breaker_opening_alone_starts_an_event_without_a_command_time() -> Non
     assert m.event is not None and m.event.sites["a"].command_at is None
     assert m.event.start == T + 0.1  # the UPDC's time tag
 
+
+
+def test_a_trip_polled_after_the_opening_gives_the_command_time_afterwards() -> None:
+    # The breaker's OFF (tagged T + 0.03) arrives before the 50 ms poll sees the trip counter
+    # rise at T + 0.05: the event starts at the opening, the poll fills in the command time,
+    # and the opening reads -20 ms (a trip's opening time is bounded by the poll interval).
+    m = SheddingMonitor(CONFIG, T - 3)
+    m.site_asdu("b", double_point(102, 2001, False, T + 0.03), T + 0.032)
+    m.trip("239.1.1.1", T + 0.05)
+    evidence = m.event.sites["b"]
+    assert evidence.command_at == T + 0.05 and evidence.start == T + 0.03
+    assert len(evidence.breakers[2001]) == 1
+    m.tick(T + 8)
+    assert abs(m.last_verdicts["b"].opening_time - (-0.02)) < 1e-6
