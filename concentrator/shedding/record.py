@@ -101,7 +101,10 @@ class ShedRecord:
 
     def write(self, records: Iterable[Record]) -> int:
         """Everything in one transaction; returns the number of rows written."""
-        samples, changes, events, verdicts = [], [], [], []
+        samples: list[tuple[object, ...]] = []
+        changes: list[tuple[object, ...]] = []
+        events: list[tuple[object, ...]] = []
+        verdicts: list[tuple[object, ...]] = []
         for r in records:
             if isinstance(r, SampleRow):
                 s = r.sample
@@ -145,7 +148,8 @@ class ShedRecord:
         deleted = 0
         for site_id in list(self._site_ids.values()):
             with self.db:
-                deleted += self.db.execute("DELETE FROM samples WHERE site = ? AND at_ms < ?", (site_id, cutoff)).rowcount
+                deleted += self.db.execute("DELETE FROM samples WHERE site = ? AND at_ms < ?",
+                                           (site_id, cutoff)).rowcount  # fmt: skip
                 deleted += self.db.execute("DELETE FROM changes WHERE site = ? AND received_ms < ?",
                                            (site_id, cutoff)).rowcount  # fmt: skip
         with self.db:

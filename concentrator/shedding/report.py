@@ -158,8 +158,10 @@ def svg_plot(start: float, end: float, points: Sequence[tuple[float, float]], ba
              "fill='none' stroke='#888'/>"]  # fmt: skip
     for k in range(5):  # y grid and labels
         v = y0 + (y1 - y0) * k / 4
-        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{sy(v):.1f}' y2='{sy(v):.1f}' stroke='#eee'/>"
-                     f"<text x='{left - 4}' y='{sy(v) + 4:.1f}' font-size='10' text-anchor='end'>{v:.0f}</text>")
+        parts.append(
+            f"<line x1='{left}' x2='{width - right}' y1='{sy(v):.1f}' y2='{sy(v):.1f}' stroke='#eee'/>"
+            f"<text x='{left - 4}' y='{sy(v) + 4:.1f}' font-size='10' text-anchor='end'>{v:.0f}</text>"
+        )
     for k in range(6):  # x labels: seconds from the start
         t = x0 + (x1 - x0) * k / 5
         parts.append(f"<text x='{sx(t):.1f}' y='{height - 12}' font-size='10' text-anchor='middle'>"

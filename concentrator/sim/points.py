@@ -82,7 +82,8 @@ def float_measurements(ca: int, values: list[tuple[int, float]], unix: float, *,
 def double_point(ca: int, ioa: int, closed: bool | None, unix: float, *, invalid: bool = False) -> bytes:
     """M_DP_TB_1, spontaneous: ON (2) closed, OFF (1) open, None indeterminate (3)."""
     dpi = 3 if closed is None else 2 if closed else 1
-    return _asdu(TYPE_M_DP_TB_1, COT_SPONTANEOUS, ca, [_ioa(ioa) + bytes((dpi | (0x80 if invalid else 0),)) + cp56(unix)])
+    diq = dpi | (0x80 if invalid else 0)
+    return _asdu(TYPE_M_DP_TB_1, COT_SPONTANEOUS, ca, [_ioa(ioa) + bytes((diq,)) + cp56(unix)])
 
 
 def single_point(ca: int, ioa: int, on: bool, unix: float, *, invalid: bool = False) -> bytes:

@@ -1,4 +1,5 @@
 """The `shedding:` section: parsed into the point map, refused with file, key and expectation."""
+
 from __future__ import annotations
 
 import copy
@@ -21,11 +22,24 @@ BASE: dict[str, Any] = {
     ],
     "shedding": {
         "database": "/tmp/x.sqlite",
-        "points": {"total_power": 1001, "loads": [1002], "breakers": [2001], "breaker_command": 3001,
-                   "release_command": 3002, "lock": 2002},
-        "sites": {"a": {"contractual_kw": 1000, "interruptible_kw": 400},
-                  "b": {"contractual_kw": 2000, "interruptible_kw": 900, "points": {"loads": [1002, 1003]},
-                        "trip_group": "239.1.2.3", "generation": True}},
+        "points": {
+            "total_power": 1001,
+            "loads": [1002],
+            "breakers": [2001],
+            "breaker_command": 3001,
+            "release_command": 3002,
+            "lock": 2002,
+        },
+        "sites": {
+            "a": {"contractual_kw": 1000, "interruptible_kw": 400},
+            "b": {
+                "contractual_kw": 2000,
+                "interruptible_kw": 900,
+                "points": {"loads": [1002, 1003]},
+                "trip_group": "239.1.2.3",
+                "generation": True,
+            },
+        },
     },
 }
 
@@ -51,14 +65,20 @@ def test_defaults_merge_with_each_site_points() -> None:
 @pytest.mark.parametrize(
     ("change", "key", "expected"),
     [
-        (lambda s: s["sites"].update(c={"contractual_kw": 1, "interruptible_kw": 1}), "shedding.sites.c",
-         "the name of a site in sites:"),
+        (
+            lambda s: s["sites"].update(c={"contractual_kw": 1, "interruptible_kw": 1}),
+            "shedding.sites.c",
+            "the name of a site in sites:",
+        ),
         (lambda s: s["sites"]["a"].pop("contractual_kw"), "shedding.sites.a.contractual_kw", "contractual power"),
         (lambda s: s["sites"]["a"].update(contractual_kw=0), "shedding.sites.a.contractual_kw", "above 0"),
         (lambda s: s["points"].pop("total_power"), "shedding.sites.a.points.total_power", "shedding.points"),
         (lambda s: s["points"].update(loads=[]), "shedding.points.loads", "non-empty list"),
-        (lambda s: s["sites"]["b"]["points"].update(loads=[2**24]), "shedding.sites.b.points.loads[0]",
-         "information object address"),
+        (
+            lambda s: s["sites"]["b"]["points"].update(loads=[2**24]),
+            "shedding.sites.b.points.loads[0]",
+            "information object address",
+        ),
         (lambda s: s["points"].update(lock=1001), "shedding.sites.a.points", "a different information object"),
         (lambda s: s["sites"]["b"].update(trip_group="10.0.0.1"), "shedding.sites.b.trip_group", "multicast"),
         (lambda s: s.update(retention_days=30), "shedding.retention_days", "from 60"),
@@ -82,7 +102,8 @@ def test_check_config_refuses_a_bad_point_map(tmp_path: Path) -> None:
     data["shedding"]["points"]["breakers"] = "2001"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    run = subprocess.run([sys.executable, "-m", "concentrator", "check-config", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "concentrator", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 2
     assert f"{path}: shedding.points.breakers: expected a non-empty list" in run.stderr

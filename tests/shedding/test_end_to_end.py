@@ -1,6 +1,7 @@
 """End to end: 12 simulated UPDCs (own codec) through the real relay to a BMI; 4 sites shed,
 one of them misbehaving; the monitor process records and judges; `concentrator shedding
 report` names exactly that site and reason, the other three pass."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,6 +1,7 @@
 """The monitor's metrics: values from a scrape, and a real Prometheus scraping them with the
 alert rules loaded: the non-compliance alert fires for the failing site only, and every
 shedding panel of the dashboard returns data."""
+
 from __future__ import annotations
 
 import time

@@ -1,8 +1,9 @@
 """The monitor's core over synthetic ASDUs (sans-I/O: times passed in)."""
+
 from __future__ import annotations
 
-from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.config import Endpoint
+from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.monitor import AggregateRow, EventRow, SampleRow, SheddingMonitor, VerdictRow
 from concentrator.shedding.verdict import Reason
 from concentrator.sim.points import (
@@ -14,7 +15,10 @@ from concentrator.sim.points import (
 )
 
 POINTS = SitePoints(1001, (1002,), (2001,), 3001, 3002, lock=2002)
-SITES = (ShedSite("a", (101,), True, POINTS, 1000, 400), ShedSite("b", (102,), False, POINTS, 1000, 400, trip_group="239.1.1.1"))
+SITES = (
+    ShedSite("a", (101,), True, POINTS, 1000, 400),
+    ShedSite("b", (102,), False, POINTS, 1000, 400, trip_group="239.1.1.1"),
+)
 CONFIG = SheddingConfig("unused", 60, Endpoint("127.0.0.1", 0), 4.0, 1000, SITES)
 T = 1_800_000_000.0  # a multiple of 4 s
 
@@ -33,7 +37,8 @@ def shed(m: SheddingMonitor, misbehave: str = "") -> None:
     m.site_asdu("a", single_point(101, 2002, True, opened + 0.01), opened + 0.012)
     for k in range(1, 4):
         t = T + 4 * k - 1
-        samples(m, 101, "a", t, 620 if misbehave == "reconnect" and k == 3 else 505, 0, invalid=misbehave == "iv" and k == 2)
+        total = 620 if misbehave == "reconnect" and k == 3 else 505
+        samples(m, 101, "a", t, total, 0, invalid=misbehave == "iv" and k == 2)
         samples(m, 102, "b", t, 900, 400)
     m.bmi_asdu(release_command(101), T + 12.5)
 
@@ -80,7 +85,6 @@ def test_a_breaker_opening_alone_starts_an_event_without_a_command_time() -> Non
     m.site_asdu("a", double_point(101, 2001, False, T + 0.1), T + 0.102)
     assert m.event is not None and m.event.sites["a"].command_at is None
     assert m.event.start == T + 0.1  # the UPDC's time tag
-
 
 
 def test_a_trip_polled_after_the_opening_gives_the_command_time_afterwards() -> None:

@@ -1,5 +1,6 @@
 """The SQLite record: kill -9 mid-write leaves a consistent file, a restart continues it,
 pruning keeps the retention, and the monitor process carries on after a restart."""
+
 from __future__ import annotations
 
 import os

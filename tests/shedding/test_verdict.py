@@ -7,6 +7,7 @@ interruptible loads: every judged Pi must stay <= 900 - 400 + 50 = 550 kW. Sampl
 every 4 s; they are judged from one period after the opening (tagged 1000.15 s): from
 1004.15 s, i.e. from the one at 1008 s.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
