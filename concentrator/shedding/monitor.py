@@ -29,8 +29,13 @@ from .verdict import Change, Sample, SiteEvidence, SiteVerdict, judge_aggregate,
 C_SC_NA_1, C_DC_NA_1, C_SC_TA_1, C_DC_TA_1 = 45, 46, 58, 59
 _COMMAND_TYPES = {C_SC_NA_1: False, C_DC_NA_1: True, C_SC_TA_1: False, C_DC_TA_1: True}  # -> is double
 COT_ACTIVATION = 6
-COT_INTERROGATED = 20
+COT_INTERROGATED = 20  # station interrogation; 21-36 are the group interrogations
+COT_INTERROGATED_LAST = 36
 MAX_AGE_PERIODS = 1.5  # a slot takes the latest sample received within 1.5 periods
+# A breaker that opens with no shedding command or trip seen within this many seconds was
+# opened by the holder (or by a trip path not configured): not a shedding, not judged.
+UNCOMMANDED_AFTER = 10.0
+UNCOMMANDED = "breaker opened without a shedding command"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +148,8 @@ class SheddingMonitor:
             if kind is None:
                 continue
             tagged = _tag_seconds(obj)
-            if tagged is not None and decoded.header.cause != COT_INTERROGATED:
+            interrogated = COT_INTERROGATED <= decoded.header.cause <= COT_INTERROGATED_LAST
+            if tagged is not None and not interrogated:
                 state.skew = at - tagged
                 if self.event is not None and site in self.event.sites:
                     self.event.sites[site].skews.append(state.skew)
@@ -153,7 +159,7 @@ class SheddingMonitor:
             elif kind == "load":
                 state.loads[obj.address] = Value(float(obj.value), valid, at)
             else:
-                self._signal(state, kind, obj, Change(at, tagged, _state(obj), valid))
+                self._signal(state, kind, obj, Change(at, tagged, _state(obj), valid), not interrogated)
 
     def bmi_asdu(self, asdu: bytes, at: float) -> None:
         self.tick(at)
@@ -181,13 +187,15 @@ class SheddingMonitor:
             self.next_slot += self.period
 
     # ------------------------------------------------------------------ events
-    def _signal(self, state: SiteState, kind: str, obj: InformationObject, change: Change) -> None:
+    def _signal(self, state: SiteState, kind: str, obj: InformationObject, change: Change, spontaneous: bool) -> None:
         name = state.site.name
         self._records.append(ChangeRow(name, obj.address, kind, change))
         if kind == "breaker":
             was = state.breakers.get(obj.address)
             state.breakers[obj.address] = change
-            if change.valid and change.state is False and (was is None or was.state is not False):
+            # An opening reported as it happens; an interrogation answer is a state, not a change.
+            opened = change.valid and change.state is False and (was is None or was.state is not False)
+            if opened and spontaneous:
                 self._shed(name, change.at, None, "breaker")
         elif kind == "lock":
             state.lock = change
@@ -282,8 +290,13 @@ class SheddingMonitor:
                 evidence = event.sites[name]
                 if evidence.release_at is None and at > evidence.start:
                     evidence.samples.append(sample)
-        if event is not None:
+        if event is None:
+            return
+        if any(e.command_at is not None for e in event.sites.values()):
             self._judge(event, at)
+        elif at - event.start > UNCOMMANDED_AFTER:
+            self._records.append(EventRow(event.event_id, event.start, at, UNCOMMANDED, tuple(event.sites)))
+            self.event = None
 
     # ------------------------------------------------------------------ metrics
     def credited(self) -> dict[str, tuple[float, float | None]]:

@@ -99,3 +99,24 @@ def test_a_trip_polled_after_the_opening_gives_the_command_time_afterwards() -> 
     assert len(evidence.breakers[2001]) == 1
     m.tick(T + 8)
     assert abs(m.last_verdicts["b"].opening_time - (-0.02)) < 1e-6
+
+
+def test_an_open_breaker_in_an_interrogation_answer_starts_nothing() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    answer = bytearray(double_point(101, 2001, False, T))
+    answer[2] = 20  # cause: interrogated by station
+    m.site_asdu("a", bytes(answer), T + 0.01)
+    assert m.event is None and m.sites["a"].breakers[2001].state is False
+
+
+def test_an_opening_without_a_command_is_closed_unjudged_and_the_next_shedding_is_new() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    m.site_asdu("a", double_point(101, 2001, False, T + 0.1), T + 0.102)
+    m.tick(T + 8)
+    assert m.event is not None and not m.last_verdicts  # not judged while no command is seen
+    m.tick(T + 12)  # 10 s after the opening with no command: the holder opened it
+    assert m.event is None
+    closed = [r for r in m.take_records() if isinstance(r, EventRow)][-1]
+    assert closed.end == T + 12 and closed.trigger == "breaker opened without a shedding command"
+    m.bmi_asdu(breaker_command(102, False), T + 20)
+    assert m.event is not None and m.event.event_id == 2 and list(m.event.sites) == ["b"]
