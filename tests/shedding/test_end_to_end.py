@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from concentrator.config import parse_config
 from concentrator.relay import Relay
@@ -18,6 +20,18 @@ from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command
 from concentrator.sim.shedding_site import Misbehaviour, SheddingSite
 from tests.helpers import free_port
+
+
+def scrape(url: str) -> dict[str, dict[str, float]]:
+    """{metric: {site label or "": value}} from a real scrape."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[sample.labels.get("site", "")] = sample.value
+    return found
+
 
 PERIOD = 0.5  # seconds per sample (annex: 4 s), so that the test takes seconds
 SHED = (102, 105, 108, 111)
@@ -62,6 +76,13 @@ async def play(tmp_path: Path, misbehave: str) -> None:
         if misbehave == "invalid":
             sims[BAD].misbehaviour.invalid_quality = True
         await trio.sleep(2.5)
+        # Live, from the monitor process's own metrics port: who is shed, who fails now.
+        listen = relay.config.shedding.metrics_listen
+        live = await trio.to_thread.run_sync(scrape, f"http://{listen.host}:{listen.port}/metrics")
+        shed_names = {f"site-{ca - 100:02d}" for ca in SHED}
+        assert {s for s, v in live["concentrator_shedding_site_in_event"].items() if v == 1} == shed_names
+        assert {s for s, v in live["concentrator_shedding_site_compliant"].items() if v == 0} == {"site-08"}
+        assert live["concentrator_shedding_event_in_progress"] == {"": 1.0}
         for ca in SHED:
             bmi.send(release_command(ca, select=True))
             bmi.send(release_command(ca))
