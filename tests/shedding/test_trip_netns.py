@@ -26,6 +26,14 @@ SITES = (ShedSite("tripped", (101,), True, POINTS, 1000, 400, trip_group=GROUP),
          ShedSite("other", (102,), True, POINTS, 1000, 400, trip_group="239.192.99.1"))  # fmt: skip
 
 
+def sampled(db: Path) -> bool:
+    try:
+        with sqlite3.connect(db) as c:
+            return bool(c.execute("SELECT count(*) FROM samples").fetchone()[0])
+    except sqlite3.OperationalError:  # the monitor is creating the schema
+        return False
+
+
 def events(db: Path) -> list[tuple[str, list[str]]]:
     try:
         with sqlite3.connect(db) as c:
@@ -45,7 +53,7 @@ def test_a_forwarded_trip_starts_a_shedding_of_the_sites_of_its_group(lab: Lab, 
         monitor.stdin.write(config_frame(config))
         monitor.stdin.flush()
         deadline = time.monotonic() + 10
-        while not db.exists() or not sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0]:
+        while not db.exists() or not sampled(db):
             assert monitor.poll() is None and time.monotonic() < deadline, (
                 monitor.stderr.read() if monitor.stderr else ""
             )
