@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `netd` and its options to the link manager.
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
+    commands.add_parser("shedding", help="shedding compliance: `shedding report --config FILE [--since 7d] "
+                        "[--event ID] [--html DIR]`")  # fmt: skip
     commands.add_parser(
         "trip-path", help="show the kernel's multicast trip path per group (installed, interfaces, counters); --json"
     )
@@ -181,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         from netconfig.tripreport import main as trip_main
 
         return trip_main(argv[1:])
+    if argv[:1] == ["shedding"]:
+        # Reads the monitor's record only (concentrator/shedding/report.py).
+        from .shedding.report import main as report_main
+
+        if argv[1:2] != ["report"]:
+            print("usage: concentrator shedding report (--config FILE | --db FILE) [--since 7d] [--event ID] "
+                  "[--html DIR]", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            return report_main(argv[2:])
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -43,6 +43,7 @@ from concentrator.configbase import (
 )
 from concentrator.iec104.link import LinkParams
 from concentrator.mirror.config import MqttConfig, parse_mqtt
+from concentrator.shedding.config import SheddingConfig, parse_shedding
 from netconfig.config import NetworkConfig, parse_network
 from netconfig.multicast import MulticastConfig, parse_multicast
 
@@ -114,6 +115,7 @@ class Config:
     network: NetworkConfig | None = None  # the link manager's section, if present
     multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
     mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
+    shedding: SheddingConfig | None = None  # the shedding compliance monitor (concentrator/shedding), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -126,10 +128,12 @@ class Config:
 
     def listeners(self) -> list[tuple[str, Endpoint]]:
         """Every address the appliance's processes listen on, with its key: the relay's
-        uplink and metrics, the link manager's metrics."""
+        uplink and metrics, the link manager's metrics, the shedding monitor's metrics."""
         found = [("uplink.listen", self.uplink.listen), ("metrics.listen", self.metrics.listen)]
         if self.network is not None and self.network.metrics_listen is not None:
             found.append(("network.metrics_listen", self.network.metrics_listen))
+        if self.shedding is not None:
+            found.append(("shedding.metrics_listen", self.shedding.metrics_listen))
         return found
 
 
@@ -156,7 +160,19 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     mqtt = None
     if top.get("mqtt", MISSING) is not MISSING:
         mqtt = parse_mqtt(top["mqtt"], file, {site.name for site in sections["sites"]})
-    return Config(file=file, sha256=sha256, mtime=mtime, network=net, multicast=multicast, mqtt=mqtt, **sections)
+    shedding = None
+    if top.get("shedding", MISSING) is not MISSING:
+        shedding = parse_shedding(top["shedding"], file, sections["sites"])
+    return Config(
+        file=file,
+        sha256=sha256,
+        mtime=mtime,
+        network=net,
+        multicast=multicast,
+        mqtt=mqtt,
+        shedding=shedding,
+        **sections,
+    )
 
 
 # --------------------------------------------------------------------------- sections
@@ -252,7 +268,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network", "multicast", "mqtt")
+_OWN_SECTIONS = ("network", "multicast", "mqtt", "shedding")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 
