@@ -327,12 +327,11 @@ class TripPath:
 
     def _verify(self) -> list[PathStatus]:
         """Compare the kernel with what we want; metrics follow the kernel."""
-        status = path_status(self.cfg, read_kernel())
-        wanted = {(r.source, r.group): r for r in wanted_routes(self.cfg, self.active_path())}
+        status = path_status(self.cfg, read_kernel(), self.active_path())
         by_group: dict[str, bool] = {}
         for st in status:
-            want = wanted[(st.source, st.group)]
-            good = st.installed and st.inbound == want.inbound and set(st.outbound) == set(want.outbound)
+            good = (st.installed and st.inbound == st.expected_inbound
+                    and set(st.outbound) == set(st.expected_outbound))
             group = str(st.group)
             by_group[group] = by_group.get(group, True) and good
             if st.installed and st.inbound is not None:

@@ -103,7 +103,7 @@ def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trip
         stream.stop()
     # Forwarded by the kernel: its counters saw every datagram, none on the wrong interface.
     entries = path_status_in(lab)
-    assert entries[0].packets == 60 and entries[0].wrong_if == 0, entries
+    assert entries[0].forwarded == 60 and entries[0].wrong_if == 0, entries
     metrics = lab.netd_metrics()
     assert f'concentrator_trip_path_installed{{group="{GROUP}"}} 1.0' in metrics
     # The operators' and certifiers' view: same facts, from the kernel, with the relay dead.
@@ -116,31 +116,38 @@ def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trip
     assert path["members_on_this_host"] == []
     text = trip_path_command(lab)
     assert f"group {GROUP} (UDP {PORT}) from 10.0.1.1: forwarded by the kernel, in on up0 (uplink primary)" in text
-    assert "60 packets forwarded, 0 arrived on another interface" in text
+    assert "60 packets forwarded, 0 arrived on another interface (0 since the last check)" in text
     assert "no socket on this host is a member of the group" in text
 
 
-def trip_path_command(lab: Lab, *extra: str) -> Any:
-    """`concentrator trip-path` run inside the concentrator's namespace."""
+def trip_path_command(lab: Lab, *extra: str, expect: int = 0) -> Any:
+    """`concentrator trip-path` run inside the concentrator's namespace; its exit status
+    must be `expect` (0 OK, 1 NOT OK)."""
     conf = os.path.join(lab.workdir, "netd-conc.yaml")
     done = subprocess.run(["ip", "netns", "exec", lab.ns("conc"), sys.executable, "-m", "concentrator",
-                           "trip-path", "--config", conf, *extra], capture_output=True, text=True, timeout=30,
+                           "trip-path", "--config", conf, "--state", lab.state_file("conc"), *extra],
+                          capture_output=True, text=True, timeout=30,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert done.returncode in (0, 1), done.stderr
-    return json.loads(done.stdout) if extra else done.stdout
+    assert done.returncode == expect, done.stdout + done.stderr
+    return json.loads(done.stdout) if "--json" in extra else done.stdout
 
 
 def path_status_in(lab: Lab) -> list[Any]:
+    """The kernel's entries as netd's view of the paths in use wants them."""
     from netconfig.multicast import parse_mr_cache, parse_vifs
+    from netconfig.netd import load_sections
 
     def read(name: str) -> str:
         return run(["ip", "netns", "exec", lab.ns("conc"), "cat", f"/proc/net/{name}"]).stdout
 
-    from netconfig.netd import load_sections
-    conf = os.path.join(lab.workdir, "netd-conc.yaml")
-    _, mc = load_sections(conf)
+    cfg, mc = load_sections(os.path.join(lab.workdir, "netd-conc.yaml"))
     assert mc is not None
-    return path_status(mc, parse_mr_cache(read("ip_mr_cache"), parse_vifs(read("ip_mr_vif"))))
+    links = lab.netd_state("conc")["links"]
+    active = {}
+    for link in cfg.links:
+        used = link.primary.interface if links[link.name]["active"] == "primary" else link.backup.interface
+        active[link.primary.interface] = active[link.backup.interface] = used
+    return path_status(mc, parse_mr_cache(read("ip_mr_cache"), parse_vifs(read("ip_mr_vif"))), active)
 
 
 def test_after_an_uplink_switch_trips_on_the_backup_are_delivered(lab: Lab, trips: TripTraffic) -> None:
@@ -211,3 +218,48 @@ def test_strict_rp_filter_on_the_uplinks_is_made_loose() -> None:
             value = run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-n", f"net.ipv4.conf.{ifname}.rp_filter"])
             assert value.stdout.strip() == "2"
         assert_identical(trips, trips.send(5))
+
+
+def kill_netd(lab: Lab) -> None:
+    netd = next(proc for label, proc, _log in lab.procs if label == "netd-conc" and proc.poll() is None)
+    netd._stopped = True  # type: ignore[attr-defined]  # killed on purpose
+    netd.kill()
+    netd.wait(5.0)
+
+
+def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraffic) -> None:
+    """Found 1: netd dead, the uplink primary fails, the BMI sends on the backup: no
+    site gets anything, and the diagnostic must say so (it said OK, 500 forwarded)."""
+    assert_identical(trips, trips.send(5))
+    trip_path_command(lab)
+    kill_netd(lab)
+    lab.link_down("uplink", "primary")
+    lab.wait_active("uplink", "backup", roles=("bmi",))
+    sent = trips.send(20, path="backup")
+    time.sleep(0.5)
+    for site in lab.sites:
+        assert not {s["sha256"] for s in sent} & {r["sha256"] for r in trips.received(site)}, "delivered?"
+    doc = trip_path_command(lab, "--json", expect=1)
+    assert not doc["ok"] and not doc["netd"]["running"]
+    [path] = doc["paths"]
+    # Judged against the kernel's routes: the uplink is routed over up1 now.
+    assert (path["ok"], path["inbound"], path["expected_inbound"]) == (False, "up0", "up1")
+    # Forwarded packets are the 5 delivered before, not the 20 that arrived on up1.
+    assert (path["packets_forwarded"], path["wrong_interface"]) == (5, 20), path
+    text = trip_path_command(lab, expect=1)
+    assert "netd: NOT RUNNING" in text and "but the uplink path in use is up1" in text
+    assert text.endswith("trip path: NOT OK\n")
+
+
+def test_trips_on_the_other_uplink_since_the_last_check_are_not_ok(lab: Lab, trips: TripTraffic) -> None:
+    """The BMI's side switched and ours did not: the trips it sends on the backup are
+    dropped as wrong-interface arrivals. NOT OK at the next check, OK again after it."""
+    assert_identical(trips, trips.send(5))
+    trip_path_command(lab)
+    trips.send(3, path="backup")
+    wait_for(lambda: path_status_in(lab)[0].wrong_if == 3, 5.0, "3 wrong-interface arrivals")
+    [path] = trip_path_command(lab, "--json", expect=1)["paths"]
+    assert (path["wrong_interface_since_last_check"], path["packets_forwarded"], path["ok"]) == (3, 5, False)
+    assert path["problems"] == ["3 trips arrived on another interface than up0 since the last check and were dropped"]
+    [path] = trip_path_command(lab, "--json")["paths"]
+    assert (path["wrong_interface"], path["wrong_interface_since_last_check"], path["ok"]) == (3, 0, True)

@@ -125,13 +125,39 @@ def test_kernel_tables_are_read_as_proc_prints_them() -> None:
         "239.192.10.1", "10.0.1.1", "up0", 50, 3400, 2, ("s1p", "s2p"))
 
 
-def test_status_per_source_and_group() -> None:
+ACTIVE = {"up0": "up0", "up1": "up0", "s1p": "s1p", "s1b": "s1p", "s2p": "s2p", "s2b": "s2p"}
+
+
+def test_status_judges_the_paths_in_use_and_counts_forwarded_packets() -> None:
     mc = parse_multicast(GOOD, FILE)
-    status = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)))
-    first, second = status
-    assert first.installed and first.ok and first.to_json()["packets_forwarded"] == 50
+    first, second = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, None)
+    # The kernel's 50 include the 2 wrong-interface arrivals; with no earlier check,
+    # those 2 count as new: NOT OK.
+    assert first.installed and first.forwarded == 48 and first.wrong_if_new == 2 and not first.ok
     assert not second.installed and not second.ok  # 10.0.1.2 has no entry
     assert first.to_json()["wrong_interface"] == 2 and first.to_json()["outbound"] == ["s1p", "s2p"]
+    # The same counts at the next check: nothing new, OK.
+    [again, _] = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE,
+                             {(first.source, first.group): ("up0", 2)})
+    assert again.ok and again.problems == []
+    # A lower count than last time is a new entry: all of it is new.
+    [fresh, _] = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE,
+                             {(first.source, first.group): ("up0", 5)})
+    assert fresh.wrong_if_new == 2 and not fresh.ok
+
+
+def test_status_is_not_ok_when_the_entry_does_not_follow_the_paths_in_use() -> None:
+    mc = parse_multicast(GOOD, FILE)
+    last = {(IPv4Address("10.0.1.1"), IPv4Address("239.192.10.1")): ("up0", 2)}
+    entries = parse_mr_cache(CACHE, parse_vifs(VIF))
+    # The uplink is routed over up1 (netd dead, primary down): the entry on up0 drops every trip.
+    [st, _] = path_status(mc, entries, {**ACTIVE, "up0": "up1", "up1": "up1"}, last)
+    assert not st.ok and st.expected_inbound == "up1"
+    assert st.problems == ["in on up0, but the uplink path in use is up1: trips arriving on up1 are dropped"]
+    # Site 1 moved to its backup: its copy still goes to the dead primary.
+    [st, _] = path_status(mc, entries, {**ACTIVE, "s1p": "s1b", "s1b": "s1b"}, last)
+    assert not st.ok and st.expected_outbound == ("s1b", "s2p")
+    assert st.problems[0] == "not sent on s1b (path in use of a member site)"
 
 
 def test_registered_in_the_appliance_file(tmp_path: Path) -> None:
