@@ -148,6 +148,7 @@ class Lab:
         workdir: str | None = None,
         start_netd: bool = True,
         trip_groups: list[tuple[str, int]] | None = None,
+        trip_lists: str = "both",
     ) -> None:
         if not 1 <= n_sites <= 250:
             raise ValueError("n_sites must be 1..250")
@@ -168,6 +169,11 @@ class Lab:
         # Multicast trip groups (group, UDP port) the concentrator's netd forwards from
         # the BMI (source: its service address, over either uplink) to every site.
         self.trip_groups = list(trip_groups or [])
+        # "both": the multicast lists name both paths of every link; "primary": only the
+        # primaries (netd must fill in the backups itself).
+        if trip_lists not in ("both", "primary"):
+            raise ValueError(trip_lists)
+        self.trip_lists = trip_lists
         self.prefix = f"{BASE}{os.getpid()}x{next(_counter)}-"
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=self.prefix)
@@ -322,12 +328,14 @@ class Lab:
     def _multicast_config(self) -> dict[str, Any]:
         if not self.trip_groups:
             return {}
-        outbound = [v.conc_if for s in self.sites for v in (s.primary, s.backup)]
+        paths = ("primary",) if self.trip_lists == "primary" else ("primary", "backup")
+        inbound = [self.uplink.path(p).conc_if for p in paths]
+        outbound = [s.path(p).conc_if for s in self.sites for p in paths]
         return {"multicast": {
             "smcroute": self.smcroute_files(),
             "groups": [
                 {"group": group, "port": port, "sources": [BMI_SERVICE],
-                 "inbound": [self.uplink.primary.conc_if, self.uplink.backup.conc_if], "outbound": outbound}
+                 "inbound": inbound, "outbound": outbound}
                 for group, port in self.trip_groups
             ],
         }}

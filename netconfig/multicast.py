@@ -108,6 +108,15 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
     if not isinstance(groups_raw, list) or not groups_raw:
         raise p.error("multicast.groups", "a non-empty list of trip groups", groups_raw)
     groups = tuple(_group(p, g, f"multicast.groups[{i}]") for i, g in enumerate(groups_raw))
+    if network is not None and network.uplink is not None:
+        uplink_ifs = {network.uplink.primary.interface, network.uplink.backup.interface}
+        for i, g in enumerate(groups):
+            for j, name in enumerate(g.inbound):
+                if name not in uplink_ifs:
+                    raise p.error(f"multicast.groups[{i}].inbound[{j}]",
+                                  f"an uplink interface ({', '.join(sorted(uplink_ifs))})", name)
+    if network is not None:
+        groups = tuple(_both_paths(g, network) for g in groups)
 
     seen: dict[IPv4Address, int] = {}
     for i, g in enumerate(groups):
@@ -127,13 +136,6 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
     if len(cfg.interfaces) > MAXVIFS:
         raise p.error("multicast.groups", f"at most {MAXVIFS} interfaces in all (the kernel's VIF limit)",
                       len(cfg.interfaces))
-    if network is not None and network.uplink is not None:
-        uplink_ifs = {network.uplink.primary.interface, network.uplink.backup.interface}
-        for i, g in enumerate(groups):
-            for j, name in enumerate(g.inbound):
-                if name not in uplink_ifs:
-                    raise p.error(f"multicast.groups[{i}].inbound[{j}]",
-                                  f"an uplink interface ({', '.join(sorted(uplink_ifs))})", name)
     return cfg
 
 
@@ -156,6 +158,26 @@ def _group(p: Any, raw: object, key: str) -> GroupConfig:
     inbound = _ifnames(p, m["inbound"], f"{key}.inbound", "a non-empty list of uplink interfaces")
     outbound = _ifnames(p, m["outbound"], f"{key}.outbound", "a non-empty list of site interfaces")
     return GroupConfig(group, port, srcs, inbound, outbound)
+
+
+def _both_paths(g: GroupConfig, network: NetworkConfig) -> GroupConfig:
+    """Only listed interfaces become VIFs, but the path in use replaces a listed path
+    of a protected link: a list naming one path of a link would send nothing once the
+    link switched. So each link's other path is added beside the one listed."""
+    other = {}
+    for link in network.links:
+        other[link.primary.interface] = link.backup.interface
+        other[link.backup.interface] = link.primary.interface
+
+    def complete(names: tuple[str, ...]) -> tuple[str, ...]:
+        out: dict[str, None] = {}
+        for name in names:
+            out.setdefault(name)
+            if name in other:
+                out.setdefault(other[name])
+        return tuple(out)
+
+    return GroupConfig(g.group, g.port, g.sources, complete(g.inbound), complete(g.outbound))
 
 
 def _list(p: Any, raw: object, key: str, expected: str) -> list[Any]:

@@ -423,7 +423,13 @@ def load_sections(path: str) -> tuple[NetworkConfig, MulticastConfig | None]:
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)
     network = parse_network(doc.get("network", MISSING), path)
-    return network, parse_multicast_section(doc, path, network)
+    try:
+        multicast = parse_multicast_section(doc, path, network)
+    except ConfigError as exc:
+        # A multicast problem must never disable link failover: run without the trip path.
+        log.error("trip path disabled, link failover runs: %s", exc)
+        multicast = None
+    return network, multicast
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -263,3 +263,25 @@ def test_trips_on_the_other_uplink_since_the_last_check_are_not_ok(lab: Lab, tri
     assert path["problems"] == ["3 trips arrived on another interface than up0 since the last check and were dropped"]
     [path] = trip_path_command(lab, "--json")["paths"]
     assert (path["wrong_interface"], path["wrong_interface_since_last_check"], path["ok"]) == (3, 0, True)
+
+
+def test_lists_naming_only_the_primaries_still_follow_every_switch() -> None:
+    """Found 2: `inbound: [up0]`, `outbound: [s1p, s2p]`: once a link switched, the
+    path in use was no VIF and that site (or, for the uplink, every site) got nothing."""
+    require_root()
+    require_tool("smcrouted", "smcroute")
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_lists="primary") as lab:
+        trips = TripTraffic(lab, GROUP, PORT)
+        trips.start()
+        wait_for(lambda: trip_state(lab).get("installed", {}).get(GROUP) is True, 10.0, "trip path installed")
+        lab.link_down("site1", "primary")
+        lab.wait_active("site1", "backup")
+        wait_for(lambda: path_status_in(lab)[0].outbound == ("s1b", "s2p"), 5.0, "site1's copy on s1b")
+        assert_identical(trips, trips.send(10))
+        assert {r["iface"] for r in trips.received(lab.sites[0])} == {"p1"}
+        lab.link_down("uplink", "primary")
+        lab.wait_active("uplink", "backup")
+        wait_for(lambda: path_status_in(lab)[0].inbound == "up1", 5.0, "trip route re-pointed to up1")
+        assert_identical(trips, trips.send(10, path="backup"))
+        [path] = trip_path_command(lab, "--json")["paths"]
+        assert (path["inbound"], path["outbound"], path["ok"]) == ("up1", ["s1b", "s2p"], True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from concentrator.config import ConfigError, load_config
 from netconfig.config import parse_network
@@ -173,3 +174,22 @@ def test_registered_in_the_appliance_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == "multicast.groups[0].inbound[1]"
+
+
+def test_each_protected_link_gets_both_paths_whatever_the_lists_name() -> None:
+    raw = copy.deepcopy(GOOD)
+    raw["groups"][0].update(inbound=["up1"], outbound=["s1p", "s2b"])
+    [g] = parse_multicast(raw, FILE, parse_network(NETWORK, FILE)).groups
+    assert (g.inbound, g.outbound) == (("up1", "up0"), ("s1p", "s1b", "s2b", "s2p"))
+
+
+def test_a_bad_multicast_section_leaves_netd_its_network(tmp_path: Path, caplog: Any) -> None:
+    from netconfig.netd import load_sections
+
+    raw = copy.deepcopy(GOOD)
+    raw["groups"][0]["group"] = "10.0.0.1"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"network": NETWORK, "multicast": raw}))
+    network, multicast = load_sections(str(path))
+    assert multicast is None and [link.name for link in network.links] == ["uplink", "site1", "site2"]
+    assert "trip path disabled, link failover runs" in caplog.text and "multicast.groups[0].group" in caplog.text
