@@ -343,12 +343,22 @@ class Lab:
     def state_file(self, role: str) -> str:
         return os.path.join(self.workdir, f"netd-{role}.json")
 
-    def _start_netd(self, role: str) -> None:
+    def _start_netd(self, role: str, config: dict[str, Any] | None = None,
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `role`'s netd with its configuration (`config` in place of the lab's)."""
         conf = os.path.join(self.workdir, f"netd-{role}.yaml")
         with open(conf, "w") as f:
-            yaml.safe_dump(self.netd_config(role), f)
-        self.spawn(role, f"netd-{role}", [sys.executable, "-m", "netconfig.netd",
-                                          "--config", conf, "--state", self.state_file(role)])
+            yaml.safe_dump(config if config is not None else self.netd_config(role), f)
+        return self.spawn(role, f"netd-{role}", [sys.executable, "-m", "netconfig.netd",
+                                                 "--config", conf, "--state", self.state_file(role)], env=env)
+
+    def kill_netd(self, role: str = "conc") -> None:
+        """SIGKILL `role`'s netd (a crash: no cleanup of its own)."""
+        for label, proc, _log in self.procs:
+            if label == f"netd-{role}" and proc.poll() is None:
+                proc._stopped = True  # type: ignore[attr-defined]  # killed on purpose
+                proc.kill()
+                proc.wait(5.0)
 
     def netd_state(self, role: str = "conc") -> dict[str, Any]:
         try:

@@ -82,3 +82,36 @@ class LinkMonitor:
                 changed = _state(msg)
                 if changed is not None:
                     yield changed
+
+
+RTMGRP_IPV4_MROUTE = 0x20  # RTNLGRP_IPV4_MROUTE (6) as a group bit
+_ENOBUFS = 105
+
+
+class MrouteMonitor:
+    """Changes of the kernel's multicast forwarding cache (RTNLGRP_IPV4_MROUTE): the
+    kernel sends RTM_NEWROUTE / RTM_DELROUTE (family RTNL_FAMILY_IPMR) whenever an
+    entry is added or deleted in this namespace. The messages are not decoded: each
+    one only means "look at the table again" (the caller reads /proc)."""
+
+    def __init__(self) -> None:
+        self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._raw.bind((0, RTMGRP_IPV4_MROUTE))
+        self._raw.setblocking(False)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    async def changed(self) -> None:
+        """Return once the table changed (or messages were lost: ENOBUFS, which also
+        means it changed), having read every message already queued."""
+        await trio.lowlevel.wait_readable(self._raw)
+        while True:
+            try:
+                self._raw.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != _ENOBUFS:
+                    raise

@@ -11,8 +11,11 @@ part, so trip messages keep flowing with the relay stopped, crashed or overloade
   puts the path back by itself within milliseconds; netd rewrites it on every change.
 - On an uplink switch each (S,G) is re-pointed with `smcroutectl add <new-in> S G
   <outs>`: the kernel keeps one entry per (S,G) with one inbound interface.
-- A check every `VERIFY_INTERVAL` reads /proc/net/ip_mr_cache: the metrics say
-  whether the kernel really forwards each group, and a missing entry is added again.
+- Every change of the kernel's table is reported over netlink (RTNLGRP_IPV4_MROUTE):
+  netd then reads /proc/net/ip_mr_cache; the metrics say whether the kernel really
+  forwards each group, and a missing or altered entry is set again at once.
+- A daemon adopted from an earlier netd is reloaded when its interfaces or routes
+  differ from the configuration.
 - Nothing here joins a group: static forwarding needs no membership.
 """
 from __future__ import annotations
@@ -42,12 +45,22 @@ from .multicast import (
     smcroute_conf,
     wanted_routes,
 )
+from .netlink import MrouteMonitor
 
 log = logging.getLogger("netd.trip")
 
-VERIFY_INTERVAL = 0.5      # seconds between checks of the kernel's table
+RECHECK_INTERVAL = 5.0     # seconds between checks of the kernel's table when it reports no change
 START_TIMEOUT = 5.0        # smcrouted must answer on its socket within this
 RESTART_BACKOFF = 0.5      # after 3 exits within 2 s, wait this long before the next start
+
+
+def read_vifs(proc: str = "/proc/net") -> dict[int, str]:
+    """The kernel's multicast interfaces (VIF number -> name) in this namespace."""
+    try:
+        with open(f"{proc}/ip_mr_vif") as f:
+            return parse_vifs(f.read())
+    except FileNotFoundError:
+        return {}
 
 
 def read_kernel(proc: str = "/proc/net") -> list[KernelEntry]:
@@ -193,7 +206,7 @@ class TripPath:
                     continue
                 pid = proc.pid
             self.state.smcrouted_pid = pid
-            if await self._wait_ready(proc):
+            if await self._wait_ready(proc) and (proc is not None or await self._adopt(pid)):
                 self._daemon_up = True
                 # A new daemon knows only its file: its rules are the file's routes.
                 self._applied = {(r.source, r.group): r for r in self._conf_routes}
@@ -213,6 +226,40 @@ class TripPath:
             exits = [t for t in exits if now - t < 2.0] + [now]
             if len(exits) >= 3:  # failing at start: do not spin
                 await trio.sleep(RESTART_BACKOFF)
+
+    def _kernel_matches_file(self) -> bool:
+        """The kernel has exactly our interfaces as VIFs and the file's routes."""
+        if set(read_vifs().values()) != set(self.cfg.interfaces):
+            return False
+        kernel = {(e.source, e.group): e for e in read_kernel()}
+        for r in self._conf_routes:
+            e = kernel.get((r.source, r.group))
+            if e is None or e.inbound != r.inbound or set(e.outbound) != set(r.outbound):
+                return False
+        return True
+
+    async def _adopt(self, pid: int) -> bool:
+        """A daemon left by an earlier netd may run another configuration (a site was
+        added, a path changed while no netd ran): make it load ours. `reload` re-reads
+        the file (interfaces and routes) without dropping the kernel socket; if that
+        does not do it, stop it (the supervisor starts one of ours)."""
+        if self._kernel_matches_file():
+            return True
+        log.warning("smcrouted pid=%d has other interfaces or routes than the configuration (VIFs %s, wanted %s): "
+                    "reloading it", pid, ",".join(sorted(read_vifs().values())), ",".join(sorted(self.cfg.interfaces)))
+        await self._ctl("reload")
+        deadline = trio.current_time() + START_TIMEOUT
+        while trio.current_time() < deadline:
+            if self._kernel_matches_file():
+                log.info("smcrouted pid=%d reloaded with the configured interfaces and routes", pid)
+                return True
+            await trio.sleep(0.01)
+        log.error("smcrouted pid=%d did not take the configuration on reload: stopping it", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        return False
 
     async def _start(self) -> subprocess.Popen[bytes]:
         self._write_conf(wanted_routes(self.cfg, self.active_path()))
@@ -346,11 +393,19 @@ class TripPath:
         return status
 
     async def _verify_loop(self) -> None:
-        while True:
-            await trio.sleep(VERIFY_INTERVAL)
-            self._verify()
-            if self._force:
-                self._dirty.set()
+        # The kernel tells us of every change of its table (an entry deleted by
+        # anyone, smcrouted's restart, an interface gone): check at once. The
+        # periodic check is only a safety net.
+        monitor = MrouteMonitor()
+        try:
+            while True:
+                with trio.move_on_after(RECHECK_INTERVAL):
+                    await monitor.changed()
+                self._verify()
+                if self._force:
+                    self._dirty.set()
+        finally:
+            monitor.close()
 
 
 async def _wait_exit(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
