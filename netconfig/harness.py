@@ -149,6 +149,7 @@ class Lab:
         start_netd: bool = True,
         trip_groups: list[tuple[str, int]] | None = None,
         trip_lists: str = "both",
+        trip_engine: str = "auto",
     ) -> None:
         if not 1 <= n_sites <= 250:
             raise ValueError("n_sites must be 1..250")
@@ -174,6 +175,7 @@ class Lab:
         if trip_lists not in ("both", "primary"):
             raise ValueError(trip_lists)
         self.trip_lists = trip_lists
+        self.trip_engine = trip_engine  # multicast.engine: auto, smcroute or nftables
         self.prefix = f"{BASE}{os.getpid()}x{next(_counter)}-"
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=self.prefix)
@@ -332,6 +334,7 @@ class Lab:
         inbound = [self.uplink.path(p).conc_if for p in paths]
         outbound = [s.path(p).conc_if for s in self.sites for p in paths]
         return {"multicast": {
+            "engine": self.trip_engine,
             "smcroute": self.smcroute_files(),
             "groups": [
                 {"group": group, "port": port, "sources": [BMI_SERVICE],

@@ -62,10 +62,16 @@ class GroupConfig:
     outbound: tuple[str, ...]
 
 
+SMCROUTE, NFTABLES = "smcroute", "nftables"
+
+
 @dataclass(frozen=True, slots=True)
 class MulticastConfig:
     groups: tuple[GroupConfig, ...]
     smcroute: SmcrouteFiles = field(default_factory=SmcrouteFiles)
+    # How the kernel copies trips: the multicast routing table through smcrouted (up
+    # to MAXVIFS interfaces), or nftables `dup` at the uplinks' ingress (no limit).
+    engine: str = SMCROUTE
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -79,7 +85,8 @@ class MulticastConfig:
 
 # ---------------------------------------------------------------------- parsing
 
-_TOP_KEYS = {"groups", "smcroute"}
+_TOP_KEYS = {"groups", "smcroute", "engine"}
+_ENGINES = ("auto", SMCROUTE, NFTABLES)
 _GROUP_KEYS = {"group", "port", "sources", "inbound", "outbound"}
 _FILES_KEYS = {"config_file", "socket", "pid_file"}
 
@@ -132,10 +139,16 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
             if name in inbound_all:
                 raise p.error(f"multicast.groups[{i}].outbound[{j}]", "an interface that is not inbound for any group",
                               name)
-    cfg = MulticastConfig(groups, files)
-    if len(cfg.interfaces) > MAXVIFS:
-        raise p.error("multicast.groups", f"at most {MAXVIFS} interfaces in all (the kernel's VIF limit)",
-                      len(cfg.interfaces))
+    engine = m.get("engine", "auto")
+    if engine not in _ENGINES:
+        raise p.error("multicast.engine", " or ".join(_ENGINES), engine)
+    count = len(MulticastConfig(groups).interfaces)
+    if engine == "auto":
+        engine = SMCROUTE if count <= MAXVIFS else NFTABLES
+    elif engine == SMCROUTE and count > MAXVIFS:
+        raise p.error("multicast.groups", f"at most {MAXVIFS} interfaces in all with engine smcroute (the kernel's "
+                      "VIF limit; engine auto or nftables has none)", count)
+    cfg = MulticastConfig(groups, files, engine)
     return cfg
 
 
@@ -254,6 +267,109 @@ def smcroute_conf(cfg: MulticastConfig, routes: list[MRoute]) -> str:
         for r in routes
     ]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- nftables engine
+
+NFT_TABLE = "concentrator_trip"  # table netdev concentrator_trip
+
+
+def nft_chain(cfg: MulticastConfig, source: IPv4Address, group: IPv4Address) -> str:
+    """The chain that copies one (S,G) (stable: its place in the configuration)."""
+    i = 0
+    for g in cfg.groups:
+        for s in g.sources:
+            if (s, g.group) == (source, group):
+                return f"sg{i}"
+            i += 1
+    raise KeyError((source, group))
+
+
+def nft_inbound_rule(route: MRoute, active: bool, chain: str) -> str:
+    """On an uplink's ingress: the path in use jumps to the copies; the other counts
+    the trip as a wrong-interface arrival and drops it (as the multicast routing table
+    does: one inbound interface per (S,G), re-pointed on a switch)."""
+    match = f"ip saddr {route.source} ip daddr {route.group}"
+    if active:
+        return f'{match} counter jump {chain} comment "{route.source} {route.group} in"'
+    return f'{match} counter drop comment "{route.source} {route.group} wrong"'
+
+
+def nft_copy_rule(ifname: str) -> str:
+    return f'counter dup to "{ifname}" comment "out"'
+
+
+def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
+    """The whole table, loaded in one transaction (replacing any earlier one).
+
+    A netdev ingress chain on each uplink interface; per (S,G) a chain with one `dup`
+    per site path in use, then `drop` (the concentrator itself never takes a trip).
+    `dup` in netdev clones the frame as received and transmits it on the site's
+    interface: destination MAC the group's, IP header untouched (TTL too). The site
+    interfaces need no multicast routing and there is no limit of interfaces."""
+    inbound = dict.fromkeys(n for g in cfg.groups for n in g.inbound)
+    lines = [f"table netdev {NFT_TABLE} {{}}", f"delete table netdev {NFT_TABLE}", f"table netdev {NFT_TABLE} {{"]
+    for ifname in inbound:
+        lines += [f"  chain in_{ifname} {{",
+                  f'    type filter hook ingress device "{ifname}" priority 0; policy accept;']
+        for r in routes:
+            lines.append("    " + nft_inbound_rule(r, r.inbound == ifname, nft_chain(cfg, r.source, r.group)))
+        lines.append("  }")
+    for r in routes:
+        lines.append(f"  chain {nft_chain(cfg, r.source, r.group)} {{")
+        lines += ["    " + nft_copy_rule(name) for name in r.outbound]
+        lines += ['    counter drop comment "end"', "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class NftRule:
+    chain: str
+    handle: int
+    comment: str
+    packets: int
+    target: str | None          # jump target, or the dup device
+
+
+def parse_nft(doc: Mapping[str, Any]) -> list[NftRule]:
+    """`nft -j list table netdev concentrator_trip`: our rules with handles and counts."""
+    rules = []
+    for item in doc.get("nftables", []):
+        rule = item.get("rule")
+        if rule is None:
+            continue
+        packets, target = 0, None
+        for expr in rule.get("expr", []):
+            if "counter" in expr:
+                packets = int(expr["counter"]["packets"])
+            elif "jump" in expr:
+                target = expr["jump"]["target"]
+            elif "dup" in expr:
+                target = expr["dup"]["dev"] if "dev" in expr["dup"] else expr["dup"]["addr"]
+        rules.append(NftRule(rule["chain"], int(rule["handle"]), rule.get("comment", ""), packets, target))
+    return rules
+
+
+def nft_entries(cfg: MulticastConfig, rules: list[NftRule]) -> list[KernelEntry]:
+    """Our nftables rules seen as the kernel's multicast table sees an (S,G), so that
+    both engines are judged alike (path_status): inbound = the uplink whose chain
+    jumps to the copies, outbound = the copy rules' devices, packets = every arrival,
+    wrong_if = arrivals counted and dropped on the other uplinks."""
+    entries = []
+    for g in cfg.groups:
+        for s in g.sources:
+            chain = nft_chain(cfg, s, g.group)
+            inbound, packets, wrong = None, 0, 0
+            for r in rules:
+                if r.comment == f"{s} {g.group} in" and r.target == chain:
+                    inbound, packets = r.chain.removeprefix("in_"), packets + r.packets
+                elif r.comment == f"{s} {g.group} wrong":
+                    packets, wrong = packets + r.packets, wrong + r.packets
+            outbound = tuple(r.target for r in rules if r.chain == chain and r.comment == "out" and r.target)
+            if inbound is not None or outbound:
+                entries.append(KernelEntry(g.group, s, inbound, packets, 0, wrong, outbound))
+    return entries
 
 
 # ---------------------------------------------------------------------- kernel tables

@@ -44,11 +44,12 @@ from .failover import (
     Role,
     Switched,
 )
-from .multicast import MulticastConfig, parse_multicast_section
+from .multicast import SMCROUTE, MulticastConfig, parse_multicast_section
 from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
 from .sdnotify import notify, watchdog_period
+from .tripnft import NftTripPath
 from .trippath import TripPath, TripState
 
 log = logging.getLogger("netd")
@@ -330,7 +331,7 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
         initial = await trio.to_thread.run_sync(current_links)
         controllers: list[LinkController] = []
         by_ifname: dict[str, tuple[LinkController, Role]] = {}
-        trip: TripPath | None = None
+        trip: TripPath | NftTripPath | None = None
 
         def changed() -> None:
             writer.write()
@@ -363,7 +364,8 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
         if multicast is not None:
             if stats.trip is None:
                 stats.trip = TripState()
-            trip = TripPath(multicast, stats.trip, active_paths, writer.write)
+            engine = TripPath if multicast.engine == SMCROUTE else NftTripPath
+            trip = engine(multicast, stats.trip, active_paths, writer.write)
 
         async def probe(ctl: LinkController, role: Role) -> None:
             path = ctl.path(role)

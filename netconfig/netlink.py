@@ -84,21 +84,32 @@ class LinkMonitor:
                     yield changed
 
 
-RTMGRP_IPV4_MROUTE = 0x20  # RTNLGRP_IPV4_MROUTE (6) as a group bit
+RTMGRP_IPV4_MROUTE = 0x20                 # RTNLGRP_IPV4_MROUTE (6) as a group bit
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES_BIT = 1 << (7 - 1)       # NFNLGRP_NFTABLES (7): every nftables change
 _ENOBUFS = 105
 
 
-class MrouteMonitor:
-    """Changes of the kernel's multicast forwarding cache (RTNLGRP_IPV4_MROUTE): the
-    kernel sends RTM_NEWROUTE / RTM_DELROUTE (family RTNL_FAMILY_IPMR) whenever an
-    entry is added or deleted in this namespace. The messages are not decoded: each
-    one only means "look at the table again" (the caller reads /proc)."""
+class ChangeMonitor:
+    """Kernel change notifications on one netlink multicast group, in this namespace:
+    the multicast forwarding cache (`mroute()`: RTM_NEWROUTE / RTM_DELROUTE of family
+    RTNL_FAMILY_IPMR whenever an entry is added or deleted) or nftables (`nftables()`:
+    every ruleset change). The messages are not decoded: each only means "read the
+    table again"."""
 
-    def __init__(self) -> None:
-        self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    def __init__(self, protocol: int, groups: int) -> None:
+        self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._raw.bind((0, RTMGRP_IPV4_MROUTE))
+        self._raw.bind((0, groups))
         self._raw.setblocking(False)
+
+    @classmethod
+    def mroute(cls) -> ChangeMonitor:
+        return cls(socket.NETLINK_ROUTE, RTMGRP_IPV4_MROUTE)
+
+    @classmethod
+    def nftables(cls) -> ChangeMonitor:
+        return cls(NETLINK_NETFILTER, NFNLGRP_NFTABLES_BIT)
 
     def close(self) -> None:
         self._raw.close()

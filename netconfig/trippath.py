@@ -45,7 +45,7 @@ from .multicast import (
     smcroute_conf,
     wanted_routes,
 )
-from .netlink import MrouteMonitor
+from .netlink import ChangeMonitor
 
 log = logging.getLogger("netd.trip")
 
@@ -110,6 +110,27 @@ class TripState:
             "smcrouted_pid": self.smcrouted_pid, "smcrouted_restarts": self.smcrouted_restarts,
             "inbound": dict(self.inbound), "last_repoint_seconds": self.last_repoint_seconds,
         }
+
+
+def record(state: TripState, status: list[PathStatus], on_change: Callable[[], None]) -> list[PathStatus]:
+    """Put what the kernel does into the state (installed per group, inbound in use);
+    returns the (S,G) that are not as wanted (forwarding exactly over the paths in use)."""
+    bad = []
+    by_group: dict[str, bool] = {}
+    for st in status:
+        good = (st.installed and st.inbound == st.expected_inbound
+                and set(st.outbound) == set(st.expected_outbound))
+        group = str(st.group)
+        by_group[group] = by_group.get(group, True) and good
+        if st.installed and st.inbound is not None:
+            state.inbound[group] = st.inbound
+        if not good:
+            bad.append(st)
+    changed = by_group != state.stats.installed
+    state.stats.installed.update(by_group)
+    if changed:
+        on_change()
+    return bad
 
 
 def set_rp_filter(interfaces: tuple[str, ...]) -> None:
@@ -375,28 +396,17 @@ class TripPath:
     def _verify(self) -> list[PathStatus]:
         """Compare the kernel with what we want; metrics follow the kernel."""
         status = path_status(self.cfg, read_kernel(), self.active_path())
-        by_group: dict[str, bool] = {}
-        for st in status:
-            good = (st.installed and st.inbound == st.expected_inbound
-                    and set(st.outbound) == set(st.expected_outbound))
-            group = str(st.group)
-            by_group[group] = by_group.get(group, True) and good
-            if st.installed and st.inbound is not None:
-                self.state.inbound[group] = st.inbound
-            if not good and self._daemon_up:
+        for st in record(self.state, status, self._on_change):
+            if self._daemon_up:
                 # Not what we asked for (entry lost, or changed behind our back): ask again.
                 self._force.add((st.source, st.group))
-        changed = by_group != self.state.stats.installed
-        self.state.stats.installed.update(by_group)
-        if changed:
-            self._on_change()
         return status
 
     async def _verify_loop(self) -> None:
         # The kernel tells us of every change of its table (an entry deleted by
         # anyone, smcrouted's restart, an interface gone): check at once. The
         # periodic check is only a safety net.
-        monitor = MrouteMonitor()
+        monitor = ChangeMonitor.mroute()
         try:
             while True:
                 with trio.move_on_after(RECHECK_INTERVAL):

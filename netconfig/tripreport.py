@@ -32,8 +32,18 @@ from typing import Any
 from concentrator.config import ConfigError
 
 from .config import NetworkConfig
-from .multicast import MulticastConfig, counters, load_multicast, parse_counters, path_status
+from .multicast import (
+    NFT_TABLE,
+    SMCROUTE,
+    MulticastConfig,
+    counters,
+    load_multicast,
+    nft_entries,
+    parse_counters,
+    path_status,
+)
 from .routes import paths_in_use
+from .tripnft import read_rules_sync
 from .trippath import read_igmp_memberships, read_kernel
 
 DEFAULT_STATE = "/run/concentrator/netd.json"
@@ -50,13 +60,16 @@ def _alive(pid: object, comm: str | None = None) -> bool:
 
 
 def _daemon(mc: MulticastConfig) -> dict[str, Any]:
+    if mc.engine != SMCROUTE:  # copies made by nftables: no daemon involved
+        return {"engine": mc.engine, "pid": None, "running": True, "pid_file": None}
     try:
         with open(mc.smcroute.pid_file) as f:
             pid: int | None = int(f.read().strip())
     except (OSError, ValueError):
         pid = None
     running = _alive(pid, "smcrouted")
-    return {"pid": pid if running else None, "running": running, "pid_file": mc.smcroute.pid_file}
+    return {"engine": mc.engine, "pid": pid if running else None, "running": running,
+            "pid_file": mc.smcroute.pid_file}
 
 
 def _netd(network: NetworkConfig | None, state_file: str, in_use: dict[str, str | None]) -> dict[str, Any]:
@@ -109,7 +122,8 @@ def _write_last(path: str, doc: dict[str, Any]) -> None:
 
 def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, last_file: str) -> dict[str, Any]:
     in_use = paths_in_use(network.links) if network is not None else {}
-    status = path_status(mc, read_kernel(), in_use, _read_last(last_file))
+    entries = read_kernel() if mc.engine == SMCROUTE else nft_entries(mc, read_rules_sync() or [])
+    status = path_status(mc, entries, in_use, _read_last(last_file))
     _write_last(last_file, counters(status))
     joined = read_igmp_memberships()
     ports = {g.group: g.port for g in mc.groups}
@@ -129,8 +143,11 @@ def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, 
 def plain(doc: dict[str, Any]) -> str:
     lines = []
     d = doc["smcrouted"]
-    lines.append(f"smcrouted: running, pid {d['pid']}" if d["running"]
-                 else f"smcrouted: NOT RUNNING (no live process in {d['pid_file']}): the kernel forwards no trip group")
+    if d.get("engine", SMCROUTE) != SMCROUTE:
+        lines.append(f"copies made by nftables (table netdev {NFT_TABLE}), no daemon involved")
+    else:
+        lines.append(f"smcrouted: running, pid {d['pid']}" if d["running"] else
+                     f"smcrouted: NOT RUNNING (no live process in {d['pid_file']}): the kernel forwards no trip group")
     n = doc["netd"]
     lines.append(f"netd: running, pid {n['pid']}" if n["running"]
                  else f"netd: NOT RUNNING (no live process in {n['state_file']}): nothing re-points the trip "

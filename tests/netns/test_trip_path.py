@@ -29,11 +29,17 @@ GROUP, PORT = "239.192.10.1", 30104
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """Two sites; the engine is smcroute (the multicast routing table) unless the test
+    is parametrized with `engine` (nftables: the copies made past 15 sites)."""
     require_root()
     require_tool("smcrouted", "smcroute")
-    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)]) as lab:
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)],
+             trip_engine=getattr(request, "param", "smcroute")) as lab:
         yield lab
+
+
+both_engines = pytest.mark.parametrize("lab", ["smcroute", "nftables"], indirect=True)
 
 
 @pytest.fixture
@@ -78,6 +84,7 @@ def assert_nobody_joined(lab: Lab) -> None:
     assert group_hex(GROUP) not in text and GROUP not in text, text
 
 
+@both_engines
 def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trips: TripTraffic) -> None:
     stream = Iec104Stream(lab, rate=200.0)
     try:
@@ -134,7 +141,7 @@ def trip_path_command(lab: Lab, *extra: str, expect: int = 0) -> Any:
 
 def path_status_in(lab: Lab) -> list[Any]:
     """The kernel's entries as netd's view of the paths in use wants them."""
-    from netconfig.multicast import parse_mr_cache, parse_vifs
+    from netconfig.multicast import NFT_TABLE, SMCROUTE, nft_entries, parse_mr_cache, parse_nft, parse_vifs
     from netconfig.netd import load_sections
 
     def read(name: str) -> str:
@@ -142,14 +149,20 @@ def path_status_in(lab: Lab) -> list[Any]:
 
     cfg, mc = load_sections(os.path.join(lab.workdir, "netd-conc.yaml"))
     assert mc is not None
+    if mc.engine == SMCROUTE:
+        entries = parse_mr_cache(read("ip_mr_cache"), parse_vifs(read("ip_mr_vif")))
+    else:
+        listed = run(["ip", "netns", "exec", lab.ns("conc"), "nft", "-j", "list", "table", "netdev", NFT_TABLE])
+        entries = nft_entries(mc, parse_nft(json.loads(listed.stdout)))
     links = lab.netd_state("conc")["links"]
     active = {}
     for link in cfg.links:
         used = link.primary.interface if links[link.name]["active"] == "primary" else link.backup.interface
         active[link.primary.interface] = active[link.backup.interface] = used
-    return path_status(mc, parse_mr_cache(read("ip_mr_cache"), parse_vifs(read("ip_mr_vif"))), active)
+    return path_status(mc, entries, active)
 
 
+@both_engines
 def test_after_an_uplink_switch_trips_on_the_backup_are_delivered(lab: Lab, trips: TripTraffic) -> None:
     assert_identical(trips, trips.send(5, path="primary"))
     lab.link_down("uplink", "primary")
@@ -217,6 +230,7 @@ def test_strict_rp_filter_on_the_uplinks_is_made_loose() -> None:
         assert_identical(trips, trips.send(5))
 
 
+@both_engines
 def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraffic) -> None:
     """Found 1: netd dead, the uplink primary fails, the BMI sends on the backup: no
     site gets anything, and the diagnostic must say so (it said OK, 500 forwarded)."""
@@ -241,6 +255,7 @@ def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraf
     assert text.endswith("trip path: NOT OK\n")
 
 
+@both_engines
 def test_trips_on_the_other_uplink_since_the_last_check_are_not_ok(lab: Lab, trips: TripTraffic) -> None:
     """The BMI's side switched and ours did not: the trips it sends on the backup are
     dropped as wrong-interface arrivals. NOT OK at the next check, OK again after it."""

@@ -75,8 +75,9 @@ def test_good_section() -> None:
     (lambda d: d["groups"][0].update(outbound=["a/b"]), "multicast.groups[0].outbound[0]", "a Linux interface name"),
     (lambda d: d["groups"].append(dict(d["groups"][0])), "multicast.groups[1].group", "a group not already in"),
     (lambda d: d.update(smcroute={"socket": "rel.sock"}), "multicast.smcroute.socket", "an absolute path"),
-    (lambda d: d["groups"][0].update(outbound=[f"x{i}" for i in range(31)]), "multicast.groups",
-     "at most 32 interfaces"),
+    (lambda d: (d.update(engine="smcroute"), d["groups"][0].update(outbound=[f"x{i}" for i in range(31)])),
+     "multicast.groups", "at most 32 interfaces in all with engine smcroute"),
+    (lambda d: d.update(engine="tc"), "multicast.engine", "auto or smcroute or nftables"),
 ])
 def test_errors_name_the_key(mutate: Any, key: str, expected: str) -> None:
     err = error(mutate)
