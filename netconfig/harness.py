@@ -708,15 +708,22 @@ class TripTraffic:
     def received_file(self, site: LabLink) -> str:
         return os.path.join(self.lab.workdir, f"trip-recv-{site.name}-{self.group}.jsonl")
 
-    def start(self, timeout: float = 10.0) -> None:
-        for site in self.lab.sites:
-            self.lab.spawn(site.peer, f"trip-recv-{site.name}", [
-                sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", self.group,
-                "--port", str(self.port), "--ifaces", f"{site.primary.peer_if},{site.backup.peer_if}",
-                "--out", self.received_file(site)])
-        for site in self.lab.sites:
-            wait_for(lambda: "receiver: ready" in self.lab._log_tail(f"trip-recv-{site.name}")()
-                     or bool(self.lab.assert_running()), timeout, f"trip receiver in {site.name}")
+    def start(self, timeout: float = 30.0, unicast_port: int | None = None) -> None:
+        """One receiver process for every site (its sockets in the sites' namespaces);
+        with `unicast_port` it also logs unicast datagrams to each site's service address."""
+        spec = [{"netns": self.lab.ns(site.peer), "ifaces": f"{site.primary.peer_if},{site.backup.peer_if}",
+                 "out": self.received_file(site),
+                 **({"unicast": f"{site.peer_service}:{unicast_port}"} if unicast_port else {})}
+                for site in self.lab.sites]
+        spec_file = os.path.join(self.lab.workdir, f"trip-recv-{self.group}.json")
+        with open(spec_file, "w") as f:
+            json.dump(spec, f)
+        label = f"trip-recv-{self.group}"
+        self.lab.spawn(self.lab.sites[0].peer, label, [
+            sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", self.group,
+            "--port", str(self.port), "--spec", spec_file])
+        wait_for(lambda: "receiver: ready" in self.lab._log_tail(label)() or bool(self.lab.assert_running()),
+                 timeout, "trip receiver")
 
     def send(self, count: int, path: str = "primary", timeout: float = 30.0) -> list[dict[str, Any]]:
         """Send `count` datagrams out of the BMI's end of the uplink's `path`; returns them."""
