@@ -333,8 +333,9 @@ class Lab:
         paths = ("primary",) if self.trip_lists == "primary" else ("primary", "backup")
         inbound = [self.uplink.path(p).conc_if for p in paths]
         outbound = [s.path(p).conc_if for s in self.sites for p in paths]
+        engine = {} if self.trip_engine == "auto" else {"engine": self.trip_engine}  # auto: the default
         return {"multicast": {
-            "engine": self.trip_engine,
+            **engine,
             "smcroute": self.smcroute_files(),
             "groups": [
                 {"group": group, "port": port, "sources": [BMI_SERVICE],
