@@ -51,6 +51,7 @@ log = logging.getLogger("netd.trip")
 
 RECHECK_INTERVAL = 5.0     # seconds between checks of the kernel's table when it reports no change
 START_TIMEOUT = 5.0        # smcrouted must answer on its socket within this
+CTL_TIMEOUT = 2.0          # one smcroutectl command
 RESTART_BACKOFF = 0.5      # after 3 exits within 2 s, wait this long before the next start
 
 
@@ -310,12 +311,19 @@ class TripPath:
 
     async def _ctl(self, *args: str, quiet: bool = False, stdin: str | None = None) -> str | None:
         """One smcroutectl command on our daemon's socket; its output, or None."""
+        done = None
         try:
-            done = await trio.run_process([self.smcroutectl, "-u", self.files.socket, *args],
-                                          stdin=stdin.encode() if stdin is not None else b"",
-                                          capture_stdout=True, capture_stderr=True, check=False)
+            # A daemon that does not answer must not hold up the re-points (the
+            # caller tries again); the process is killed on the timeout.
+            with trio.move_on_after(CTL_TIMEOUT):
+                done = await trio.run_process([self.smcroutectl, "-u", self.files.socket, *args],
+                                              stdin=stdin.encode() if stdin is not None else b"",
+                                              capture_stdout=True, capture_stderr=True, check=False)
         except OSError as exc:  # smcroutectl missing: report, never take netd down
             log.error("smcroutectl: %s", exc)
+            return None
+        if done is None:
+            log.error("smcroutectl %s: no answer within %.0f s", " ".join(args), CTL_TIMEOUT)
             return None
         if done.returncode != 0:
             if not quiet:
