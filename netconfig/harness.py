@@ -378,7 +378,11 @@ class Lab:
         return run(["ip", "netns", "exec", self.ns(role), sys.executable, "-c", fetch]).stdout
 
     def wait_netd_ready(self, role: str, timeout: float = 15.0) -> None:
-        wait_for(lambda: self.assert_running() or self.netd_state(role).get("ready") is True, timeout,
+        """Until the netd started last in `role` says it is ready (not the state file an
+        earlier one left: `ip netns exec` execs, so the pid is the process's)."""
+        pid = [proc.pid for label, proc, _log in self.procs if label == f"netd-{role}"][-1]
+        wait_for(lambda: self.assert_running() or (self.netd_state(role).get("ready") is True
+                                                   and self.netd_state(role).get("pid") == pid), timeout,
                  f"netd in {role} ready", self._log_tail(f"netd-{role}"))
 
     def active(self, link: str, role: str = "conc") -> str | None:

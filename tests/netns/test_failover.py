@@ -216,11 +216,14 @@ def test_a_restarted_netd_keeps_the_backup_until_the_primary_answers(lab: Lab) -
         return lab.ip("conc", "route", "get", "10.0.1.1").stdout.split(" dev ")[1].split()[0]
 
     assert lab.active("uplink") == "backup" and route() == "up1"
-    time.sleep(10 * lab.probe_interval)  # many probes into the broken primary
+    end = time.monotonic() + 10 * lab.probe_interval  # many probes into the broken primary
+    while time.monotonic() < end:
+        assert route() == "up1", lab._log_tail("netd-conc")()
     state = lab.netd_state("conc")["links"]["uplink"]
-    assert (state["active"], state["switches_total"], state["healthy"]) == (
-        "backup", 0, {"primary": False, "backup": True}), lab._log_tail("netd-conc")()
-    assert route() == "up1"
+    assert (state["active"], state["healthy"]["primary"]) == ("backup", False), lab._log_tail("netd-conc")()
+    # Traffic never went to the primary (on a loaded machine a late probe may mark
+    # the backup down and up again: that is not a move to the primary).
+    assert not [s for s in state["recent_switches"] if "primary" in (s["frm"], s["to"])], state["recent_switches"]
     # Repaired: the primary answers again; traffic stays until the hold time (60 s here).
     lab.silent_restore("uplink", "primary")
     wait_for(lambda: lab.netd_state("conc")["links"]["uplink"]["healthy"]["primary"], 5.0, "primary healthy")
