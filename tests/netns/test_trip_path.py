@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from netconfig.harness import Iec104Stream, Lab, TripTraffic, run, wait_for
-from netconfig.multicast import path_status
+from netconfig.multicast import NFT_TABLE, path_status
 from tests.conftest import require_root, require_tool
 
 pytestmark = pytest.mark.netns
@@ -141,7 +141,7 @@ def trip_path_command(lab: Lab, *extra: str, expect: int = 0) -> Any:
 
 def path_status_in(lab: Lab) -> list[Any]:
     """The kernel's entries as netd's view of the paths in use wants them."""
-    from netconfig.multicast import NFT_TABLE, SMCROUTE, nft_entries, parse_mr_cache, parse_nft, parse_vifs
+    from netconfig.multicast import SMCROUTE, nft_entries, parse_mr_cache, parse_nft, parse_vifs
     from netconfig.netd import load_sections
 
     def read(name: str) -> str:
@@ -237,6 +237,7 @@ def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraf
     assert_identical(trips, trips.send(5))
     trip_path_command(lab)
     lab.kill_netd()
+    assert_identical(trips, trips.send(5))  # netd dead: the kernel forwards as before
     lab.link_down("uplink", "primary")
     lab.wait_active("uplink", "backup", roles=("bmi",))
     sent = trips.send(20, path="backup")
@@ -248,8 +249,8 @@ def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraf
     [path] = doc["paths"]
     # Judged against the kernel's routes: the uplink is routed over up1 now.
     assert (path["ok"], path["inbound"], path["expected_inbound"]) == (False, "up0", "up1")
-    # Forwarded packets are the 5 delivered before, not the 20 that arrived on up1.
-    assert (path["packets_forwarded"], path["wrong_interface"]) == (5, 20), path
+    # Forwarded packets are the 10 delivered before, not the 20 that arrived on up1.
+    assert (path["packets_forwarded"], path["wrong_interface"]) == (10, 20), path
     text = trip_path_command(lab, expect=1)
     assert "netd: NOT RUNNING" in text and "but the uplink path in use is up1" in text
     assert text.endswith("trip path: NOT OK\n")
@@ -356,3 +357,15 @@ print(' '.join(f'{{t:.4f}}' for t in times))
         assert len(times) == 8 and max(times) < 0.1, times
         print("restored after (s):", times)
         assert path_status_in(lab)[0].ok
+
+
+@pytest.mark.parametrize("lab", ["nftables"], indirect=True)
+def test_the_nftables_table_deleted_or_emptied_is_loaded_again_at_once(lab: Lab, trips: TripTraffic) -> None:
+    """The nftables engine hears of every ruleset change (NFNLGRP_NFTABLES) and loads
+    its table again when it is not as wanted."""
+    assert_identical(trips, trips.send(5))
+    for damage in (["delete", "table", "netdev", NFT_TABLE], ["flush", "chain", "netdev", NFT_TABLE, "sg0"]):
+        run(["ip", "netns", "exec", lab.ns("conc"), "nft", *damage])
+        waited = wait_for(lambda: path_status_in(lab)[0].ok, 5.0, f"table repaired after {damage[0]}")
+        assert waited < 1.0, waited
+        assert_identical(trips, trips.send(5))
