@@ -264,3 +264,20 @@ def test_netd_tells_systemd_it_is_ready_and_pings_its_watchdog_from_its_loop() -
 
 def _netd_pid(lab: Lab) -> int:
     return int(lab.netd_state("conc")["pid"])
+
+
+def test_a_bad_multicast_section_leaves_link_failover_running() -> None:
+    """Issue 12: a multicast problem (there: a 16th site) made the whole file invalid
+    for netd, which then protected no link at all."""
+    with Lab(n_sites=1, hold_time=60.0, trip_groups=[("239.192.10.1", 30104)], start_netd=False) as lab:
+        for role in lab.netd_roles:
+            config = lab.netd_config(role)
+            if role == "conc":
+                config["multicast"]["groups"][0]["group"] = "10.9.9.9"  # not a multicast group
+            lab._start_netd(role, config)
+        for role in lab.netd_roles:
+            lab.wait_netd_ready(role)
+        assert "trip path disabled, link failover runs" in lab._log_tail("netd-conc")()
+        assert "trip" not in lab.netd_state("conc")
+        lab.link_down("uplink", "primary")
+        lab.wait_active("uplink", "backup")
