@@ -162,6 +162,7 @@ class NftTripPath:
             if before.inbound != route.inbound:
                 self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
                 self.state.last_repoint_seconds = took
+                self._on_change()  # the state file counts it now, not at the next refresh
             log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s->%s ms=%.1f", group,
                         route.source, before.inbound, route.inbound, ",".join(before.outbound),
                         ",".join(route.outbound), took * 1000)

@@ -394,6 +394,7 @@ class TripPath:
         if before is not None and before.inbound != route.inbound:
             self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
             self.state.last_repoint_seconds = took
+            self._on_change()  # the state file counts it now, not at the next refresh
             log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s ms=%.1f", group,
                         route.source, before.inbound, route.inbound, ",".join(route.outbound), took * 1000)
         else:
