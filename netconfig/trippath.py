@@ -231,7 +231,10 @@ class TripPath:
             if await self._wait_ready(proc) and (proc is not None or await self._adopt(pid)):
                 self._daemon_up = True
                 # A new daemon knows only its file: its rules are the file's routes.
+                # What was found missing before it started is not missing from it (the
+                # next check finds it if it is): no needless remove + add.
                 self._applied = {(r.source, r.group): r for r in self._conf_routes}
+                self._force.clear()
                 self._dirty.set()
             started = time.monotonic()
             await _wait_exit(pid, proc)
