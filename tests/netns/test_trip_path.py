@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -327,10 +328,11 @@ def test_a_restarted_netd_makes_the_running_smcrouted_load_a_new_site() -> None:
 
 def test_a_deleted_forwarding_entry_is_back_at_once() -> None:
     """Found 5: netd polled the kernel's table every 0.5 s, so a deleted entry stayed
-    deleted up to 0.5 s. It now hears of the change over netlink. Eight deletions at
-    random moments (a fixed spacing could fall in step with a poll); every one must be
-    repaired within 0.1 s (the repair itself takes a few milliseconds; the old code
-    took 0.05-0.5 s, on average 0.25 s)."""
+    deleted up to 0.5 s. It now hears of the change over netlink. Twelve deletions at
+    random moments (a fixed spacing could fall in step with a poll): the median repair
+    must take under 0.05 s (it takes a few milliseconds; with the poll it was about
+    0.25 s, and under 0.05 s one time in ten), and none over a second (the median,
+    not the maximum: on a loaded machine one repair may wait for the CPU)."""
     require_root()
     require_tool("smcrouted", "smcroute")
     with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)]) as lab:
@@ -341,7 +343,7 @@ def entry():
     with open('/proc/net/ip_mr_cache') as f:
         return [l.split() for l in f.read().splitlines()[1:] if len(l.split()) > 6]
 times = []
-for _ in range(8):
+for _ in range(12):
     subprocess.run(['smcroutectl', '-u', {lab.smcroute_files()['socket']!r}, 'remove', 'up0', '10.0.1.1',
                     {GROUP!r}], check=True, capture_output=True)
     t0 = time.monotonic()
@@ -357,7 +359,7 @@ print(' '.join(f'{{t:.4f}}' for t in times))
         done = run(["ip", "netns", "exec", lab.ns("conc"), sys.executable, "-c", script], check=False)
         assert done.returncode == 0, done.stderr + lab._log_tail("netd-conc")()
         times = [float(t) for t in done.stdout.split()]
-        assert len(times) == 8 and max(times) < 0.1, times
+        assert len(times) == 12 and statistics.median(times) < 0.05 and max(times) < 1.0, times
         print("restored after (s):", times)
         assert path_status_in(lab)[0].ok
 
