@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `netd` and its options to the link manager.
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
+    commands.add_parser("ha", help="run the HA supervisor of one appliance of a pair (keepalived, relay); ha --help")
+    commands.add_parser("ha-status", help="this appliance's HA role, from its supervisor; --json")
     commands.add_parser(
         "trip-path", help="show the kernel's multicast trip path per group (installed, interfaces, counters); --json"
     )
@@ -112,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         from netconfig.tripreport import main as trip_main
 
         return trip_main(argv[1:])
+    if argv[:1] in (["ha"], ["ha-status"]):
+        # The HA supervisor owns the role and starts the relay (netconfig/ha.py, docs/ha.md).
+        from netconfig.ha import main as ha_main, status_main
+
+        return (ha_main if argv[0] == "ha" else status_main)(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

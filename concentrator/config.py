@@ -28,6 +28,7 @@ from concentrator.iec104.link import LinkParams
 if TYPE_CHECKING:
     from concentrator.mirror.config import MqttConfig
     from netconfig.config import NetworkConfig
+    from netconfig.ha_config import HaConfig
     from netconfig.multicast import MulticastConfig
 
 __all__ = [
@@ -147,6 +148,7 @@ class Config:
     network: NetworkConfig | None = None  # the link manager's section, if present
     multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
     mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
+    ha: HaConfig | None = None  # a redundant pair under keepalived (netconfig/ha_config.py), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -200,7 +202,11 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     mqtt = None
     if top.get("mqtt", MISSING) is not MISSING:
         mqtt = _parse_mqtt(top["mqtt"], file, [site.name for site in sections["sites"]])
-    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, mqtt=mqtt, **sections)
+    ha = None
+    if top.get("ha", MISSING) is not MISSING:
+        ha = _parse_ha(top["ha"], file, sections["uplink"])
+    return Config(file=file, sha256=sha256, mtime=mtime, network=network, multicast=multicast, mqtt=mqtt, ha=ha,
+                  **sections)
 
 
 def _parse_network(value: object, file: str) -> NetworkConfig:
@@ -223,6 +229,15 @@ def _parse_mqtt(value: object, file: str, sites: list[str]) -> MqttConfig:
     from concentrator.mirror.config import parse_mqtt
 
     return parse_mqtt(value, file, sites)
+
+
+def _parse_ha(value: object, file: str, uplink: UplinkConfig) -> HaConfig:
+    # The HA supervisor owns its section (netconfig/ha_config.py).
+    from netconfig.ha_config import check_against_relay, parse_ha
+
+    ha = parse_ha(value, file)
+    check_against_relay(ha, uplink.listen.host, file)
+    return ha
 
 
 def listen_endpoint(value: object, file: str, key: str) -> Endpoint:
@@ -385,7 +400,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network", "multicast", "mqtt")
+_OWN_SECTIONS = ("network", "multicast", "mqtt", "ha")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 

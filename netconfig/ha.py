@@ -1,0 +1,402 @@
+"""The HA supervisor: `concentrator ha --config FILE`, one per appliance of a pair.
+
+The one process that owns "am I the active appliance" (docs/ha.md):
+
+- it writes keepalived's configuration from the `ha:` section and runs keepalived as
+  its child (VRRP only, its own pid files); keepalived writes each state change of the
+  sync group to a FIFO that only this process reads;
+- on MASTER it asks the peer, on both sides, whether the peer's relay is active (the
+  fence check); if not, it starts the relay (`concentrator relay`, same file), which
+  listens on the uplink's virtual address and connects to the sites from the sites'
+  virtual address, so a relay on an appliance without them can do neither;
+- on BACKUP, FAULT or STOP it stops the relay at once (SIGTERM, SIGKILL after 1 s);
+- if the peer answers "active" (VRRP lost on both paths while both are alive), it does
+  not start the relay and writes the track file that puts keepalived in FAULT, which
+  releases the virtual addresses, until the peer is no longer active;
+- it answers a read-only status line on `ha.status_port` (what the peer's fence check
+  and `concentrator ha-status` read) and serves its metrics on `ha.metrics_listen`.
+
+Its children get SIGTERM if it dies (PR_SET_PDEATHSIG): keepalived then releases the
+addresses and sends a priority-0 advert (the peer takes over at once), and no relay
+outlives the process that decided it may run.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import trio
+
+from concentrator.config import Config, ConfigError, load_config
+
+from .ha_config import HaConfig
+from .ha_keepalived import command, render, track_file_path
+
+log = logging.getLogger("ha")
+
+STOP_GRACE = 1.0          # SIGTERM, then SIGKILL after this many seconds
+FENCE_TIMEOUT = 0.25      # per side; the peer answers in a millisecond when alive
+FENCE_POLL = 0.5          # while fenced: how often to ask whether the peer stopped
+RELAY_RESTART = 0.5       # an active appliance restarts a relay that exited by itself
+
+
+@dataclass
+class HaState:
+    """What the supervisor knows; the status line, ha-status and the metrics read it."""
+
+    node: str
+    role: str = "standby"             # standby | active | fenced | fault
+    vrrp: str = "INIT"                # the sync group's last state from keepalived
+    transitions: dict[str, int] = field(default_factory=dict)  # role -> times entered
+    last_takeover_seconds: float | None = None  # MASTER notified -> relay listening
+    relay_pid: int | None = None
+    relay_starts: int = 0
+    relay_exits: int = 0              # exits while active (crashes), restarted
+    fenced: int = 0                   # promotions refused because the peer was active
+    keepalived_up: bool = False
+    since: float = field(default_factory=time.time)
+
+    def enter(self, role: str) -> None:
+        if role != self.role:
+            self.role = role
+            self.since = time.time()
+            self.transitions[role] = self.transitions.get(role, 0) + 1
+            log.warning("role %s (vrrp %s)", role, self.vrrp)
+
+    def line(self) -> bytes:
+        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM when the supervisor dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """A child process started from the trio thread (PDEATHSIG follows the thread that
+    forked, and trio's worker threads come and go)."""
+
+    def __init__(self, argv: list[str], label: str) -> None:
+        self.label = label
+        self.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def wait(self) -> int:
+        # Polled: several tasks may wait (the runner and a stop), 10 ms is cheap enough.
+        while (code := self.proc.poll()) is None:
+            await trio.sleep(0.01)
+        return code
+
+    async def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_GRACE):
+                await self.wait()
+            if self.proc.poll() is None:
+                log.warning("%s did not stop in %.1f s: SIGKILL", self.label, STOP_GRACE)
+                self.proc.kill()
+                await self.wait()
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether a socket listens on host:port here (read from /proc: no connection made)."""
+    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
+
+
+async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -> dict[str, Any] | None:
+    """The peer's status line, or None if it does not answer in time."""
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(address, port)
+        except OSError:
+            return None
+        async with stream:
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 4096:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+        try:
+            status = json.loads(data)
+        except ValueError:
+            return None
+        return status if isinstance(status, dict) else None
+    return None
+
+
+class Supervisor:
+    def __init__(self, config: Config, state_file: str | None = None) -> None:
+        assert config.ha is not None
+        self.config = config
+        self.ha: HaConfig = config.ha
+        self.state = HaState(self.ha.node)
+        self.state_file = state_file
+        self.relay: Child | None = None
+        self._generation = 0  # bumped by every state keepalived reports
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ start
+
+    def prepare(self) -> None:
+        """Generated keepalived.conf, a cleared fence, the FIFO, and no virtual address
+        left behind by a keepalived that was killed (it cannot release them then)."""
+        k = self.ha.keepalived
+        for path in (k.config_file, k.notify_fifo, k.pid_file):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(k.config_file, "w") as f:
+            f.write(render(self.ha))
+        self._fence(False)
+        if os.path.exists(k.notify_fifo):
+            os.unlink(k.notify_fifo)
+        os.mkfifo(k.notify_fifo, 0o600)
+        for side in self.ha.sides:
+            subprocess.run(["ip", "addr", "del", str(side.virtual_address), "dev", side.interface],
+                           capture_output=True, check=False)
+
+    def _fence(self, on: bool) -> None:
+        with open(track_file_path(self.ha), "w") as f:
+            f.write("1\n" if on else "0\n")
+
+    def publish(self) -> None:
+        if self.state_file is not None:
+            tmp = self.state_file + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(self.state.line())
+            os.replace(tmp, self.state_file)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        self.prepare()
+        fifo = os.open(self.ha.keepalived.notify_fifo, os.O_RDWR | os.O_NONBLOCK)  # never EOF
+        self.publish()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_status)
+            keepalived = Child(command(self.ha), "keepalived")
+            self.state.keepalived_up = True
+            log.info("keepalived started (pid %d), config %s", keepalived.pid, self.ha.keepalived.config_file)
+            nursery.start_soon(self._watch_keepalived, keepalived, nursery.cancel_scope)
+            try:
+                await self._follow(trio.lowlevel.FdStream(fifo))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop_relay()
+                    await keepalived.stop()  # SIGTERM: it releases the addresses
+                    self.state.keepalived_up = False
+                    self.publish()
+
+    async def _watch_keepalived(self, keepalived: Child, scope: trio.CancelScope) -> None:
+        code = await keepalived.wait()
+        log.error("keepalived exited with %d: stopping (the peer takes over)", code)
+        self.state.keepalived_up = False
+        scope.cancel()
+
+    # ------------------------------------------------------------------ keepalived's states
+
+    async def _follow(self, fifo: trio.lowlevel.FdStream) -> None:
+        buffer = b""
+        async with trio.open_nursery() as nursery:
+            while True:
+                chunk = await fifo.receive_some(4096)
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    words = line.decode(errors="replace").split()
+                    # 'GROUP "concentrator" MASTER 0'; INSTANCE lines are logged only.
+                    log.info("keepalived: %s", " ".join(words))
+                    if len(words) >= 3 and words[0] == "GROUP":
+                        await self._vrrp(words[2], nursery)
+
+    async def _vrrp(self, vrrp: str, nursery: trio.Nursery) -> None:
+        self.state.vrrp = vrrp
+        self._generation += 1
+        if vrrp == "MASTER":
+            nursery.start_soon(self._promote, self._generation, time.monotonic())
+        else:
+            await self._stop_relay()
+            if self.state.role != "fenced":  # the fence itself puts keepalived in FAULT
+                self.state.enter("fault" if vrrp == "FAULT" else "standby")
+        self.publish()
+
+    async def _promote(self, generation: int, promoted_at: float) -> None:
+        peer = await self._peer_active()
+        if generation != self._generation:
+            return  # demoted meanwhile
+        if peer is None:
+            await self._run_relay(generation, promoted_at)
+            return
+        log.error("VRRP says master but the peer's relay is active (answered on %s): fenced", peer)
+        self.state.fenced += 1
+        self.state.enter("fenced")
+        self._fence(True)
+        self.publish()
+        while await self._peer_active() is not None:
+            await trio.sleep(FENCE_POLL)
+        log.warning("the peer is no longer active: fence lifted")
+        self.state.enter("standby")
+        self._fence(False)
+        self.publish()
+
+    async def _peer_active(self) -> str | None:
+        """The side on which the peer says its relay is active, or None."""
+        answers: dict[str, dict[str, Any] | None] = {}
+
+        async def ask(side: str, address: str) -> None:
+            answers[side] = await peer_status(address, self.ha.status_port)
+
+        async with trio.open_nursery() as nursery:
+            for side in self.ha.sides:
+                nursery.start_soon(ask, side.name, str(side.peer))
+        for side, status in answers.items():
+            if status is not None and status.get("role") == "active":
+                return side
+        return None
+
+    # ------------------------------------------------------------------ the relay
+
+    async def _run_relay(self, generation: int, promoted_at: float) -> None:
+        """Run the relay while this promotion lasts; restart it if it exits by itself."""
+        listen = self.config.uplink.listen
+        first = True
+        while generation == self._generation:
+            relay = Child([sys.executable, "-m", "concentrator", "relay", "--config", self.config.file], "relay")
+            self.relay = relay
+            self.state.relay_pid = relay.pid
+            self.state.relay_starts += 1
+            self.state.enter("active")
+            self.publish()
+            log.info("relay started (pid %d)", relay.pid)
+            async with trio.open_nursery() as nursery:
+                if first:
+                    nursery.start_soon(self._measure_takeover, listen.host, listen.port, promoted_at, relay)
+                    first = False
+                code = await relay.wait()
+                nursery.cancel_scope.cancel()
+            if self.relay is not relay:
+                return  # stopped by a demotion
+            self.relay = None
+            self.state.relay_pid = None
+            self.state.relay_exits += 1
+            log.error("relay exited by itself with %d: restarting in %.1f s", code, RELAY_RESTART)
+            await trio.sleep(RELAY_RESTART)
+
+    async def _measure_takeover(self, host: str, port: int, promoted_at: float, relay: Child) -> None:
+        while not listening(host, port):
+            await trio.sleep(0.005)
+        if self.relay is relay:
+            self.state.last_takeover_seconds = time.monotonic() - promoted_at
+            log.warning("relay listening on %s:%d, %.3f s after MASTER", host, port, self.state.last_takeover_seconds)
+            self.publish()
+
+    async def _stop_relay(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            await relay.stop()
+            log.warning("relay stopped (pid %d)", relay.pid)
+            self.state.relay_pid = None
+
+    # ------------------------------------------------------------------ status
+
+    async def _serve_status(self) -> None:
+        async def answer(stream: trio.SocketStream) -> None:
+            # Read-only: the line is written, nothing read is acted upon.
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(self.state.line())
+                except trio.BrokenResourceError:
+                    pass
+            await trio.aclose_forcefully(stream)
+
+        await trio.serve_tcp(answer, self.ha.status_port, host="0.0.0.0")
+
+
+def load(path: str) -> Config:
+    config = load_config(path)
+    if config.ha is None:
+        raise ConfigError(config.file, "ha", "an ha: section (concentrator ha runs one appliance of a pair)")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="concentrator ha", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="the appliance's YAML file (with an ha: section)")
+    ap.add_argument("--state", help="also write the status line to this file on every change")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S")
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    supervisor = Supervisor(config, args.state)
+    from monitoring.exporter import serve
+
+    from .ha_metrics import HaCollector
+
+    assert config.ha is not None
+    try:
+        serve([HaCollector(supervisor.state)], config.ha.metrics_listen)
+    except OSError as exc:
+        log.error("metrics not served on %s: %s", config.ha.metrics_listen, exc)
+
+    async def _main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(supervisor.run)
+                async for signum in stop:
+                    log.info("stopping on signal %d: relay stopped, keepalived releases the addresses", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(_main)
+    return 0
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    """`concentrator ha-status --config FILE [--json]`: this appliance's role, from its supervisor."""
+    ap = argparse.ArgumentParser(prog="concentrator ha-status", description=status_main.__doc__)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    assert config.ha is not None
+    status = trio.run(peer_status, "127.0.0.1", config.ha.status_port, 2.0)
+    if status is None:
+        print(f"no HA supervisor answers on port {config.ha.status_port} (is `concentrator ha` running?)",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    takeover = status.get("last_takeover_seconds")
+    print(f"node {status['node']}: {status['role']} (vrrp {status['vrrp']}) since "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['since']))}")
+    print(f"  transitions {status['transitions']}, fenced {status['fenced']}, "
+          f"last takeover {'-' if takeover is None else f'{takeover:.3f} s'}")
+    print(f"  relay pid {status['relay_pid'] or '-'}, starts {status['relay_starts']}, "
+          f"crashes {status['relay_exits']}; keepalived {'up' if status['keepalived_up'] else 'DOWN'}")
+    return 0 if status["role"] in ("active", "standby") else 1
