@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -32,16 +33,29 @@ def _relay(args: argparse.Namespace) -> int:
             metrics = serve_relay(relay.stats, config)
         except OSError as exc:
             log.error("metrics not served: %s", exc)
-            await relay.run()
+            if await _started(args.start_fd):
+                await relay.run()
             return
         log.info("metrics on %s", metrics.url)
         try:
-            await relay.run()
+            if await _started(args.start_fd):
+                await relay.run()
         finally:
             metrics.close()
 
     trio.run(_until_signal, run)
     return 0
+
+
+async def _started(fd: int | None) -> bool:
+    """With --start-fd (an HA pair, netconfig/ha.py): wait, loaded and with no socket
+    toward the BMI or the sites, until the supervisor writes one byte; end of file (the
+    supervisor died) means never start."""
+    if fd is None:
+        return True
+    log.info("standing by until the HA supervisor starts this relay")
+    await trio.lowlevel.wait_readable(fd)
+    return os.read(fd, 1) != b""
 
 
 async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
@@ -78,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay = commands.add_parser("relay", help="run the IEC 104 relay")
     relay.add_argument("--config", required=True, help="YAML configuration file")
+    relay.add_argument("--start-fd", type=int, help=argparse.SUPPRESS)  # set by `concentrator ha`
     relay.set_defaults(run=_relay)
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit")

@@ -87,9 +87,9 @@ class Child:
     """A child process started from the trio thread (PDEATHSIG follows the thread that
     forked, and trio's worker threads come and go)."""
 
-    def __init__(self, argv: list[str], label: str) -> None:
+    def __init__(self, argv: list[str], label: str, pass_fds: tuple[int, ...] = ()) -> None:
         self.label = label
-        self.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, pass_fds=pass_fds)
 
     @property
     def pid(self) -> int:
@@ -148,7 +148,8 @@ class Supervisor:
         self.ha: HaConfig = config.ha
         self.state = HaState(self.ha.node)
         self.state_file = state_file
-        self.relay: Child | None = None
+        self.relay: Child | None = None  # loaded and waiting while standby, running while active
+        self._go = -1                    # the write end of the relay's start pipe
         self._generation = 0  # bumped by every state keepalived reports
         self._changed = trio.Event()
 
@@ -188,11 +189,14 @@ class Supervisor:
         fifo = os.open(self.ha.keepalived.notify_fifo, os.O_RDWR | os.O_NONBLOCK)  # never EOF
         self.publish()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._serve_status)
             keepalived = Child(command(self.ha), "keepalived")
             self.state.keepalived_up = True
             log.info("keepalived started (pid %d), config %s", keepalived.pid, self.ha.keepalived.config_file)
             nursery.start_soon(self._watch_keepalived, keepalived, nursery.cancel_scope)
+            self._spawn_relay()
+            nursery.start_soon(self._keep_relay)
             try:
                 await self._follow(trio.lowlevel.FdStream(fifo))
             finally:
@@ -230,7 +234,9 @@ class Supervisor:
         if vrrp == "MASTER":
             nursery.start_soon(self._promote, self._generation, time.monotonic())
         else:
-            await self._stop_relay()
+            if self.state.role == "active":
+                await self._stop_relay()
+                self._spawn_relay()
             if self.state.role != "fenced":  # the fence itself puts keepalived in FAULT
                 self.state.enter("fault" if vrrp == "FAULT" else "standby")
         self.publish()
@@ -240,7 +246,7 @@ class Supervisor:
         if generation != self._generation:
             return  # demoted meanwhile
         if peer is None:
-            await self._run_relay(generation, promoted_at)
+            self._start_relay(promoted_at)
             return
         log.error("VRRP says master but the peer's relay is active (answered on %s): fenced", peer)
         self.state.fenced += 1
@@ -271,43 +277,60 @@ class Supervisor:
 
     # ------------------------------------------------------------------ the relay
 
-    async def _run_relay(self, generation: int, promoted_at: float) -> None:
-        """Run the relay while this promotion lasts; restart it if it exits by itself."""
-        listen = self.config.uplink.listen
-        first = True
-        while generation == self._generation:
-            relay = Child([sys.executable, "-m", "concentrator", "relay", "--config", self.config.file], "relay")
-            self.relay = relay
-            self.state.relay_pid = relay.pid
-            self.state.relay_starts += 1
-            self.state.enter("active")
-            self.publish()
-            log.info("relay started (pid %d)", relay.pid)
-            async with trio.open_nursery() as nursery:
-                if first:
-                    nursery.start_soon(self._measure_takeover, listen.host, listen.port, promoted_at, relay)
-                    first = False
-                code = await relay.wait()
-                nursery.cancel_scope.cancel()
+    def _spawn_relay(self) -> None:
+        """A relay loaded and waiting for its start byte: promotion then costs
+        milliseconds, not an interpreter start (about 1-3 s on a loaded small machine)."""
+        read, self._go = os.pipe()
+        argv = [sys.executable, "-m", "concentrator", "relay", "--config", self.config.file, "--start-fd", str(read)]
+        self.relay = Child(argv, "relay", pass_fds=(read,))
+        os.close(read)
+        self.state.relay_pid = self.relay.pid
+        self.publish()
+
+    def _start_relay(self, promoted_at: float) -> None:
+        assert self.relay is not None
+        os.write(self._go, b"1")
+        self.state.relay_starts += 1
+        self.state.enter("active")
+        self.publish()
+        log.info("relay started (pid %d)", self.relay.pid)
+        self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
+
+    async def _keep_relay(self) -> None:
+        """A relay that exits by itself is replaced (and started again if active)."""
+        while True:
+            relay = self.relay
+            if relay is None:
+                await trio.sleep(0.05)
+                continue
+            code = await relay.wait()
             if self.relay is not relay:
-                return  # stopped by a demotion
+                continue  # stopped on purpose
             self.relay = None
+            os.close(self._go)
             self.state.relay_pid = None
             self.state.relay_exits += 1
-            log.error("relay exited by itself with %d: restarting in %.1f s", code, RELAY_RESTART)
+            log.error("relay exited by itself with %d (%s): replaced in %.1f s", code, self.state.role, RELAY_RESTART)
             await trio.sleep(RELAY_RESTART)
+            if self.relay is None:
+                self._spawn_relay()
+                if self.state.role == "active":
+                    os.write(self._go, b"1")
+                    self.state.relay_starts += 1
 
-    async def _measure_takeover(self, host: str, port: int, promoted_at: float, relay: Child) -> None:
-        while not listening(host, port):
+    async def _measure_takeover(self, promoted_at: float, relay: Child) -> None:
+        listen = self.config.uplink.listen
+        while self.relay is relay and not listening(listen.host, listen.port):
             await trio.sleep(0.005)
         if self.relay is relay:
             self.state.last_takeover_seconds = time.monotonic() - promoted_at
-            log.warning("relay listening on %s:%d, %.3f s after MASTER", host, port, self.state.last_takeover_seconds)
+            log.warning("relay listening on %s, %.3f s after MASTER", listen, self.state.last_takeover_seconds)
             self.publish()
 
     async def _stop_relay(self) -> None:
         relay, self.relay = self.relay, None
         if relay is not None:
+            os.close(self._go)
             await relay.stop()
             log.warning("relay stopped (pid %d)", relay.pid)
             self.state.relay_pid = None

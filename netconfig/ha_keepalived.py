@@ -93,6 +93,6 @@ def command(ha: HaConfig) -> list[str]:
     keepalived per appliance, or per namespace in the lab)."""
     k = ha.keepalived
     return [
-        "keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp",
+        "keepalived", "--dont-fork", "--log-console", "--vrrp",
         "--use-file", k.config_file, "--pid", k.pid_file, "--vrrp_pid", k.vrrp_pid_file,
     ]
