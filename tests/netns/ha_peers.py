@@ -4,7 +4,7 @@ Many UPDCs in one process (the machine is small): each a `QueueingStation` (keep
 was not confirmed and sends it again on the next started connection, as lib60870 does)
 listening on its own address, producing numbered counters (M_IT_NA_1, CA 100 + i) at
 `--rate` per second. Every connection opened, started and closed is one JSON line in
-`--log` with the station's own count of open and started connections at that moment:
+`--log` with the station's own count of open connections at that moment:
 the UPDCs' view of how many relays talk to them.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ class LoggedStation(QueueingStation):
         super().__init__(100 + index)
         self.index = index
         self.log = log
-        self.started: set[LinkSession] = set()
+        self.open = 0  # connections accepted and not yet closed (counted here, before any await)
 
     def _write(self, event: str, stream: trio.SocketStream | None = None) -> None:
         peer = None
@@ -40,20 +40,19 @@ class LoggedStation(QueueingStation):
             except OSError:
                 peer = None
         self.log.write(json.dumps({"t": time.monotonic(), "site": self.index, "event": event, "peer": peer,
-                                   "open": len(self._sessions), "started": len(self.started)}) + "\n")
+                                   "open": self.open}) + "\n")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        self.open += 1
         self._write("open", stream)
         try:
             await super()._handle(stream)
         finally:
-            self.started = {s for s in self.started if s in self._sessions}
-            self._write("close", stream)
+            self.open -= 1
+            self._write("close")
 
     def _on_event(self, session: LinkSession, event: Event) -> None:
         if isinstance(event, DataTransferStarted):
-            # Ed. 2: a STARTDT on another connection deactivates the old one.
-            self.started = {session}
             self._write("start")
         super()._on_event(session, event)
 
