@@ -46,7 +46,12 @@ log = logging.getLogger("ha")
 
 STOP_GRACE = 1.0          # SIGTERM, then SIGKILL after this many seconds
 FENCE_TIMEOUT = 0.25      # per side; the peer answers in a millisecond when alive
-FENCE_POLL = 0.5          # while fenced: how often to ask whether the peer stopped
+FENCE_POLL = 0.2          # while not active: how often to ask whether the peer's relay is
+HANDOVER = STOP_GRACE + 0.5  # on MASTER, how long a preempted peer may take to stop its relay
+RELEASE_MISSES = 2        # unanswered rounds before a held standby is released (one slow
+                          # answer on a loaded machine must not release it)
+DOWN = {"role": "down"}   # connection refused: the peer's host is up, its supervisor is not,
+                          # and its relay cannot run without it (PR_SET_PDEATHSIG)
 RELAY_RESTART = 0.5       # an active appliance restarts a relay that exited by itself
 
 
@@ -55,8 +60,10 @@ class HaState:
     """What the supervisor knows; the status line, ha-status and the metrics read it."""
 
     node: str
+    priority: int = 0
     role: str = "standby"             # standby | active | fenced | fault
     vrrp: str = "INIT"                # the sync group's last state from keepalived
+    held: bool = False                # kept out of VRRP (keepalived FAULT): the peer is active
     transitions: dict[str, int] = field(default_factory=dict)  # role -> times entered
     last_takeover_seconds: float | None = None  # MASTER notified -> relay listening
     relay_pid: int | None = None
@@ -112,6 +119,21 @@ class Child:
                 await self.wait()
 
 
+def _stale(pid_file: str) -> bool:
+    """A pid file left by a keepalived that was killed: its process is gone, or a zombie
+    nobody reaped (keepalived would take a zombie for itself running and refuse to start)."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return os.path.exists(pid_file)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def listening(host: str, port: int) -> bool:
     """Whether a socket listens on host:port here (read from /proc: no connection made)."""
     want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
@@ -120,25 +142,36 @@ def listening(host: str, port: int) -> bool:
 
 
 async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -> dict[str, Any] | None:
-    """The peer's status line, or None if it does not answer in time."""
+    """The peer's status line; DOWN if refused; None if it does not answer in time (or
+    leaves mid-way)."""
+    data = b""
     with trio.move_on_after(timeout):
+        sock = trio.socket.socket()
         try:
-            stream = await trio.open_tcp_stream(address, port)
+            await sock.connect((address, port))
+        except ConnectionRefusedError:
+            sock.close()
+            return DOWN
         except OSError:
+            sock.close()
             return None
-        async with stream:
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 4096:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    break
-                data += chunk
+        stream = trio.SocketStream(sock)
         try:
-            status = json.loads(data)
-        except ValueError:
+            async with stream:
+                while not data.endswith(b"\n") and len(data) < 4096:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        except (OSError, trio.BrokenResourceError):
             return None
-        return status if isinstance(status, dict) else None
-    return None
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        status = json.loads(data)
+    except ValueError:
+        return None
+    return status if isinstance(status, dict) else None
 
 
 class Supervisor:
@@ -146,7 +179,7 @@ class Supervisor:
         assert config.ha is not None
         self.config = config
         self.ha: HaConfig = config.ha
-        self.state = HaState(self.ha.node)
+        self.state = HaState(self.ha.node, self.ha.priority)
         self.state_file = state_file
         self.relay: Child | None = None  # loaded and waiting while standby, running while active
         self._go = -1                    # the write end of the relay's start pipe
@@ -167,6 +200,9 @@ class Supervisor:
         if os.path.exists(k.notify_fifo):
             os.unlink(k.notify_fifo)
         os.mkfifo(k.notify_fifo, 0o600)
+        for pid_file in (k.pid_file, k.vrrp_pid_file):
+            if _stale(pid_file):
+                os.unlink(pid_file)
         for side in self.ha.sides:
             subprocess.run(["ip", "addr", "del", str(side.virtual_address), "dev", side.interface],
                            capture_output=True, check=False)
@@ -197,6 +233,7 @@ class Supervisor:
             nursery.start_soon(self._watch_keepalived, keepalived, nursery.cancel_scope)
             self._spawn_relay()
             nursery.start_soon(self._keep_relay)
+            nursery.start_soon(self._hold)
             try:
                 await self._follow(trio.lowlevel.FdStream(fifo))
             finally:
@@ -233,47 +270,87 @@ class Supervisor:
         self._generation += 1
         if vrrp == "MASTER":
             nursery.start_soon(self._promote, self._generation, time.monotonic())
-        else:
-            if self.state.role == "active":
-                await self._stop_relay()
-                self._spawn_relay()
-            if self.state.role != "fenced":  # the fence itself puts keepalived in FAULT
-                self.state.enter("fault" if vrrp == "FAULT" else "standby")
+        elif self.state.role == "active":
+            await self._stop_relay()
+            self._spawn_relay()
+            self.state.enter("standby")
+        self._settle()
+        self.publish()
+
+    def _settle(self) -> None:
+        """The role of an appliance that is not active: FAULT that the hold caused is
+        the normal standby; any other FAULT (an interface down) is a fault."""
+        if self.state.role not in ("active", "fenced"):
+            self.state.enter("fault" if self.state.vrrp == "FAULT" and not self.state.held else "standby")
+
+    async def _hold(self) -> None:
+        """While not active: keep keepalived in FAULT (no virtual address, no gratuitous
+        ARP) as long as the peer says its relay is active, unless the fail-back policy
+        lets this appliance take the role back. The first guard against two relays; it
+        does not depend on VRRP reaching the peer (docs/ha.md)."""
+        silent = 0
+        while True:
+            if self.state.role in ("standby", "fault"):
+                peer, sure = await self._peer_active()
+                silent = 0 if peer is not None or sure else silent + 1
+                may_preempt = self.ha.preempt_delay is not None and peer is not None \
+                    and self.ha.priority > int(peer.get("priority", 255))
+                held = peer is not None and not may_preempt
+                if not held and self.state.held and silent and silent < RELEASE_MISSES:
+                    held = True  # silence once may be a slow answer: ask again first
+                if held != self.state.held and self.state.role in ("standby", "fault"):
+                    log.info("%s: the peer's relay is %s", "held" if held else "released",
+                             "active" if peer is not None else "not active" if sure else "not answering")
+                    self.state.held = held
+                    self._fence(held)
+                    if held:
+                        self._settle()
+                    else:  # keepalived leaves FAULT in a moment; if not, it is a fault of its own
+                        self._nursery.start_soon(self._settle_later)
+                    self.publish()
+            await trio.sleep(FENCE_POLL)
+
+    async def _settle_later(self) -> None:
+        await trio.sleep(0.5)
+        self._settle()
         self.publish()
 
     async def _promote(self, generation: int, promoted_at: float) -> None:
-        peer = await self._peer_active()
+        # A preempted peer stops its relay within STOP_GRACE: wait for it that long.
+        while (peer := (await self._peer_active())[0]) is not None and time.monotonic() < promoted_at + HANDOVER:
+            await trio.sleep(0.05)
         if generation != self._generation:
             return  # demoted meanwhile
         if peer is None:
             self._start_relay(promoted_at)
             return
-        log.error("VRRP says master but the peer's relay is active (answered on %s): fenced", peer)
+        log.error("VRRP says master but the peer's relay is still active after %.1f s: fenced", HANDOVER)
         self.state.fenced += 1
         self.state.enter("fenced")
         self._fence(True)
         self.publish()
-        while await self._peer_active() is not None:
+        while (await self._peer_active())[0] is not None:
             await trio.sleep(FENCE_POLL)
         log.warning("the peer is no longer active: fence lifted")
         self.state.enter("standby")
+        self.state.held = False
         self._fence(False)
+        self._settle()
         self.publish()
 
-    async def _peer_active(self) -> str | None:
-        """The side on which the peer says its relay is active, or None."""
-        answers: dict[str, dict[str, Any] | None] = {}
+    async def _peer_active(self) -> tuple[dict[str, Any] | None, bool]:
+        """Asked on both sides at once: the peer's status if it says its relay is active,
+        and whether the answer is sure (a side answered or refused) or only silence."""
+        answers: list[dict[str, Any] | None] = []
 
-        async def ask(side: str, address: str) -> None:
-            answers[side] = await peer_status(address, self.ha.status_port)
+        async def ask(address: str) -> None:
+            answers.append(await peer_status(address, self.ha.status_port))
 
         async with trio.open_nursery() as nursery:
             for side in self.ha.sides:
-                nursery.start_soon(ask, side.name, str(side.peer))
-        for side, status in answers.items():
-            if status is not None and status.get("role") == "active":
-                return side
-        return None
+                nursery.start_soon(ask, str(side.peer))
+        active = next((status for status in answers if status is not None and status.get("role") == "active"), None)
+        return active, any(status is not None for status in answers)
 
     # ------------------------------------------------------------------ the relay
 

@@ -43,8 +43,8 @@ def render(ha: HaConfig) -> str:
         "",
         "track_file concentrator_fence {",
         f'    file "{track_file_path(ha)}"',
-        "    weight 0",  # non-zero content: FAULT (addresses released)
-        "    init_file 0 overwrite",
+        "    weight 0",  # non-zero content: FAULT (addresses released). No init_file: the
+                         # supervisor writes it before keepalived starts, and may set it at once.
         "}",
         "",
         f"vrrp_sync_group {GROUP} {{",

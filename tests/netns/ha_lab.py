@@ -163,6 +163,8 @@ class HaLab:
     def start_node(self, node: str) -> None:
         """smcrouted (the trip path, independent of the role) and the HA supervisor."""
         d = os.path.join(self.workdir, node)
+        if os.path.exists(self.state_file(node)):  # left by a killed supervisor
+            os.unlink(self.state_file(node))
         self.spawn(node, f"smcrouted-{node}", ["smcrouted", "-n", "-N", "-f", os.path.join(d, "smcroute.conf"),
                                                "-u", os.path.join(d, "smcroute.sock"),
                                                "-P", os.path.join(d, "smcroute.pid")])
@@ -310,25 +312,25 @@ def per_site(rows: list[tuple[int, int, int, float]]) -> dict[int, list[tuple[in
 
 
 def check_stream(arrivals: list[tuple[int, int, float]]) -> dict[str, int]:
-    """Loss, order and duplicates of one site's counters at the BMI: `missing` sequence
-    numbers below the highest received, `out_of_order` arrivals within one connection,
-    `duplicates` (received twice: sent again after a takeover), and the longest run of
-    duplicates (bounded by what the BMI had not confirmed when the master went)."""
+    """Loss, order and duplicates of one site's counters at the BMI, in arrival order:
+    `missing` sequence numbers below the highest received; `out_of_order` new numbers
+    that are not the next one (order kept means each new number is the next); and
+    `duplicates`, numbers received again (sent again by the UPDC after a takeover or a
+    reconnection), with the longest run of them."""
     seen: set[int] = set()
     duplicates = out_of_order = longest = run_len = 0
-    last: dict[int, int] = {}
-    for conn, seq, _at in arrivals:
-        if conn in last and seq <= last[conn]:
-            out_of_order += 1
-        last[conn] = seq
+    top = -1
+    for _conn, seq, _at in arrivals:
         if seq in seen:
             duplicates += 1
             run_len += 1
             longest = max(longest, run_len)
-        else:
-            run_len = 0
+            continue
+        run_len = 0
+        if seq != top + 1:
+            out_of_order += 1
         seen.add(seq)
-    top = max(seen, default=-1)
+        top = max(top, seq)
     return {"received": len(seen), "missing": top + 1 - len(seen), "out_of_order": out_of_order,
             "duplicates": duplicates, "longest_duplicate_run": longest}
 
