@@ -485,7 +485,7 @@ def status_main(argv: list[str] | None = None) -> int:
         return 2
     assert config.ha is not None
     status = trio.run(peer_status, "127.0.0.1", config.ha.status_port, 2.0)
-    if status is None:
+    if status is None or status is DOWN:
         print(f"no HA supervisor answers on port {config.ha.status_port} (is `concentrator ha` running?)",
               file=sys.stderr)
         return 1

@@ -186,6 +186,15 @@ class HaLab:
         return wait_for(lambda: self.role(node) == role, timeout, f"{node} {role}",
                         lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
 
+    def metrics(self, node: str) -> str:
+        """The HA supervisor's Prometheus exposition, fetched inside the appliance."""
+        fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9107/metrics', timeout=5).read().decode())"
+        return self.exec(node, sys.executable, "-c", fetch).stdout
+
+    def ha_status(self, node: str) -> subprocess.CompletedProcess[str]:
+        return self.exec(node, sys.executable, "-m", "concentrator", "ha-status", "--config", self.config_file(node),
+                         check=False)
+
     def kill_node(self, node: str) -> None:
         """Every process of the appliance, at once, with SIGKILL (its kernel stays: the
         addresses keepalived had added stay too, as after a crash of the software)."""

@@ -10,6 +10,7 @@ bench/HA.md.
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -79,6 +80,15 @@ def test_master_killed_backup_takes_over_nothing_lost_trips_keep_flowing(pair: H
     assert gap < CEILING, gap
     _assert_nothing_lost(lab)
     assert lab.state("b")["last_takeover_seconds"] is not None
+    metrics = lab.metrics("b")
+    assert 'concentrator_ha_active{node="conc-b"} 1.0' in metrics
+    assert 'concentrator_ha_role{node="conc-b",role="active"} 1.0' in metrics
+    assert 'concentrator_ha_transitions_total{node="conc-b",role="active"} 1.0' in metrics
+    assert re.search(r'^concentrator_ha_last_takeover_seconds\{node="conc-b"\} [0-9.e-]+$', metrics, re.M)
+    status = lab.ha_status("b")
+    assert status.returncode == 0 and "node conc-b: active (vrrp MASTER)" in status.stdout, status
+    status = lab.ha_status("a")  # nothing runs there any more: says so, and fails
+    assert status.returncode == 1 and "no HA supervisor answers" in status.stderr, status
     # The UPDCs' side: never two connections open at once to one station.
     events = lab.station_events()
     assert events and max(e["open"] for e in events) == 1, [e for e in events if e["open"] > 1][:3]
