@@ -48,12 +48,13 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 async def _started(fd: int | None) -> bool:
-    """With --start-fd (an HA pair, netconfig/ha.py): wait, loaded and with no socket
-    toward the BMI or the sites, until the supervisor writes one byte; end of file (the
-    supervisor died) means never start."""
+    """With --start-fd (an HA pair, netconfig/ha.py): say "loaded" (one byte) and wait,
+    with no socket toward the BMI or the sites, until the supervisor writes one byte;
+    end of file (the supervisor died) means never start."""
     if fd is None:
         return True
     log.info("standing by until the HA supervisor starts this relay")
+    os.write(fd, b"r")
     await trio.lowlevel.wait_readable(fd)
     return os.read(fd, 1) != b""
 

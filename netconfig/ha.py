@@ -67,6 +67,7 @@ class HaState:
     transitions: dict[str, int] = field(default_factory=dict)  # role -> times entered
     last_takeover_seconds: float | None = None  # MASTER notified -> relay listening
     relay_pid: int | None = None
+    relay_ready: bool = False         # a relay is loaded (standing by, or running)
     relay_starts: int = 0
     relay_exits: int = 0              # exits while active (crashes), restarted
     fenced: int = 0                   # promotions refused because the peer was active
@@ -182,7 +183,7 @@ class Supervisor:
         self.state = HaState(self.ha.node, self.ha.priority)
         self.state_file = state_file
         self.relay: Child | None = None  # loaded and waiting while standby, running while active
-        self._go = -1                    # the write end of the relay's start pipe
+        self._control: socket.socket | None = None  # our end of the relay's --start-fd
         self._generation = 0  # bumped by every state keepalived reports
         self._changed = trio.Event()
 
@@ -356,22 +357,44 @@ class Supervisor:
 
     def _spawn_relay(self) -> None:
         """A relay loaded and waiting for its start byte: promotion then costs
-        milliseconds, not an interpreter start (about 1-3 s on a loaded small machine)."""
-        read, self._go = os.pipe()
-        argv = [sys.executable, "-m", "concentrator", "relay", "--config", self.config.file, "--start-fd", str(read)]
-        self.relay = Child(argv, "relay", pass_fds=(read,))
-        os.close(read)
+        milliseconds, not an interpreter start (1-3 s on a loaded small machine). It says
+        when it is loaded; until then this appliance is not a ready backup."""
+        ours, theirs = socket.socketpair()
+        argv = [sys.executable, "-m", "concentrator", "relay", "--config", self.config.file,
+                "--start-fd", str(theirs.fileno())]
+        self.relay = Child(argv, "relay", pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self._control = ours
         self.state.relay_pid = self.relay.pid
+        self.state.relay_ready = False
         self.publish()
+        self._nursery.start_soon(self._await_ready, self.relay, ours)
+
+    async def _await_ready(self, relay: Child, control: socket.socket) -> None:
+        try:
+            await trio.lowlevel.wait_readable(control)
+        except trio.ClosedResourceError:
+            return  # stopped before it was loaded
+        if self.relay is relay and control.recv(1) == b"r":
+            self.state.relay_ready = True
+            log.info("relay loaded (pid %d)", relay.pid)
+            self.publish()
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            trio.lowlevel.notify_closing(self._control)
+            self._control.close()
+            self._control = None
 
     def _start_relay(self, promoted_at: float) -> None:
-        assert self.relay is not None
-        os.write(self._go, b"1")
-        self.state.relay_starts += 1
         self.state.enter("active")
+        if self.relay is not None and self._control is not None:
+            self._control.send(b"1")
+            self.state.relay_starts += 1
+            log.info("relay started (pid %d)%s", self.relay.pid, "" if self.state.relay_ready else ", still loading")
+            self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
+        # else the relay exited a moment ago: _keep_relay starts its replacement (active)
         self.publish()
-        log.info("relay started (pid %d)", self.relay.pid)
-        self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
 
     async def _keep_relay(self) -> None:
         """A relay that exits by itself is replaced (and started again if active)."""
@@ -384,15 +407,16 @@ class Supervisor:
             if self.relay is not relay:
                 continue  # stopped on purpose
             self.relay = None
-            os.close(self._go)
+            self._close_control()
             self.state.relay_pid = None
+            self.state.relay_ready = False
             self.state.relay_exits += 1
             log.error("relay exited by itself with %d (%s): replaced in %.1f s", code, self.state.role, RELAY_RESTART)
             await trio.sleep(RELAY_RESTART)
             if self.relay is None:
                 self._spawn_relay()
-                if self.state.role == "active":
-                    os.write(self._go, b"1")
+                if self.state.role == "active" and self._control is not None:
+                    self._control.send(b"1")
                     self.state.relay_starts += 1
 
     async def _measure_takeover(self, promoted_at: float, relay: Child) -> None:
@@ -407,7 +431,8 @@ class Supervisor:
     async def _stop_relay(self) -> None:
         relay, self.relay = self.relay, None
         if relay is not None:
-            os.close(self._go)
+            self._close_control()
+            self.state.relay_ready = False
             await relay.stop()
             log.warning("relay stopped (pid %d)", relay.pid)
             self.state.relay_pid = None
@@ -497,6 +522,7 @@ def status_main(argv: list[str] | None = None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['since']))}")
     print(f"  transitions {status['transitions']}, fenced {status['fenced']}, "
           f"last takeover {'-' if takeover is None else f'{takeover:.3f} s'}")
-    print(f"  relay pid {status['relay_pid'] or '-'}, starts {status['relay_starts']}, "
+    print(f"  relay pid {status['relay_pid'] or '-'} ({'loaded' if status['relay_ready'] else 'NOT loaded'}), "
+          f"starts {status['relay_starts']}, "
           f"crashes {status['relay_exits']}; keepalived {'up' if status['keepalived_up'] else 'DOWN'}")
     return 0 if status["role"] in ("active", "standby") else 1

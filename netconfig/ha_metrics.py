@@ -10,6 +10,8 @@
                                                       was active (VRRP lost on both paths)
     concentrator_ha_relay_crashes_total{node}         relay exits while active (restarted)
     concentrator_ha_keepalived_up{node}               1 while keepalived runs
+    concentrator_ha_relay_ready{node}                 1 while a relay is loaded (standing
+                                                      by for a promotion, or running)
 
 The VRRP detection before MASTER (3 adverts + skew) is not in the takeover figure;
 docs/ha.md gives both. Alert rules: monitoring/alerts.yml (group concentrator-ha).
@@ -66,3 +68,5 @@ class HaCollector(Collector):
                                        labels=["node"]), node, s.relay_exits)
         yield _one(GaugeMetricFamily(f"{PREFIX}keepalived_up", "1 while keepalived runs.", labels=["node"]),
                    node, 1 if s.keepalived_up else 0)
+        yield _one(GaugeMetricFamily(f"{PREFIX}relay_ready", "1 while a relay is loaded (standing by or running).",
+                                     labels=["node"]), node, 1 if s.relay_ready else 0)

@@ -182,6 +182,11 @@ class HaLab:
     def role(self, node: str) -> str | None:
         return self.state(node).get("role")
 
+    def wait_ready_backup(self, node: str, timeout: float = 30.0) -> float:
+        """Until `node` is standby with its relay loaded: a backup that can take over at once."""
+        return wait_for(lambda: self.role(node) == "standby" and self.state(node).get("relay_ready") is True,
+                        timeout, f"{node} a ready backup", lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
+
     def wait_role(self, node: str, role: str, timeout: float = 20.0) -> float:
         return wait_for(lambda: self.role(node) == role, timeout, f"{node} {role}",
                         lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")

@@ -31,7 +31,7 @@ def _pair(lab: HaLab) -> None:
     lab.start_node("a")
     lab.wait_role("a", "active")
     lab.start_node("b")
-    lab.wait_role("b", "standby")
+    lab.wait_ready_backup("b")
     lab.start_traffic()
 
 
