@@ -60,11 +60,17 @@ async def _started(fd: int | None) -> bool:
 
 
 async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
-    """Run until SIGTERM (a service manager or container stop) or SIGINT, then stop
-    cleanly: connections are closed and every UPDC keeps what the BMI did not confirm."""
+    """Run until SIGTERM (a service manager or container stop) or SIGINT, or until `run`
+    returns (a standby relay told never to start), then stop cleanly: connections are
+    closed and every UPDC keeps what the BMI did not confirm."""
+
+    async def run_then_stop() -> None:
+        await run()
+        nursery.cancel_scope.cancel()
+
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            nursery.start_soon(run)
+            nursery.start_soon(run_then_stop)
             async for signum in signals:
                 log.info("%s received: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

@@ -273,12 +273,17 @@ class HaLab:
         return sum(1 for line in self.log("bmi").splitlines() if line.startswith("master: connection ")
                    and line.rstrip()[-1].isdigit())
 
-    def start_trips(self, count: int, interval: float) -> subprocess.Popen[bytes]:
-        """Trip datagrams from the BMI, one every `interval` s, in the background."""
-        return self.spawn("bmi", "trip-send", [
+    def start_trips(self, count: int, interval: float, lead: int = 25) -> subprocess.Popen[bytes]:
+        """Trip datagrams from the BMI, one every `interval` s, in the background; returns
+        once `lead` of them are sent (scapy takes seconds to load on a busy machine).
+        Sequence numbers continue from earlier calls."""
+        first = len(self.trips()[0])
+        proc = self.spawn("bmi", "trip-send", [
             sys.executable, "-m", "netconfig.trip_peers", "send", "--group", TRIP_GROUP, "--port", str(TRIP_PORT),
             "--src", BMI_IP, "--iface", "eth0", "--count", str(count), "--interval", str(interval),
-            "--out", os.path.join(self.workdir, "trip-sent.jsonl")])
+            "--first", str(first), "--out", os.path.join(self.workdir, "trip-sent.jsonl")])
+        wait_for(lambda: len(self.trips()[0]) >= first + lead, 60, f"{lead} trips sent", lambda: self.log("trip-send"))
+        return proc
 
     def start_trip_receiver(self) -> None:
         self.spawn("sites", "trip-recv", [sys.executable, "-m", "netconfig.trip_peers", "receive", "--group",
