@@ -68,9 +68,10 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
         "trips_sent": len(sent),
         "trips_lost": len(seqs - {r["seq"] for r in got}),
         "trip_copies": len(got),
-        "trip_largest_gap_s": max((b - a for a, b in zip(first, first[1:])), default=0) / 1e9,
+        "trip_largest_gap_s": max((b - a for a, b in zip(first, first[1:], strict=False)), default=0) / 1e9,
         # The sender's own largest gap (scapy, one frame at a time on a loaded machine): the baseline.
-        "trip_send_largest_gap_s": max((b["t_ns"] - a["t_ns"] for a, b in zip(sent, sent[1:])), default=0) / 1e9,
+        "trip_send_largest_gap_s":
+            max((b["t_ns"] - a["t_ns"] for a, b in zip(sent, sent[1:], strict=False)), default=0) / 1e9,
     }
     # The failed appliance comes back as the backup.
     if fault == "kill":

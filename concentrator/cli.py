@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return trip_main(argv[1:])
     if argv[:1] in (["ha"], ["ha-status"]):
         # The HA supervisor owns the role and starts the relay (netconfig/ha.py, docs/ha.md).
-        from netconfig.ha import main as ha_main, status_main
+        from netconfig import ha
 
-        return (ha_main if argv[0] == "ha" else status_main)(argv[1:])
+        return (ha.main if argv[0] == "ha" else ha.status_main)(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -185,7 +185,8 @@ class HaLab:
     def wait_ready_backup(self, node: str, timeout: float = 30.0) -> float:
         """Until `node` is standby with its relay loaded: a backup that can take over at once."""
         return wait_for(lambda: self.role(node) == "standby" and self.state(node).get("relay_ready") is True,
-                        timeout, f"{node} a ready backup", lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
+                        timeout, f"{node} a ready backup",
+                        lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
 
     def wait_role(self, node: str, role: str, timeout: float = 20.0) -> float:
         return wait_for(lambda: self.role(node) == role, timeout, f"{node} {role}",
@@ -193,7 +194,8 @@ class HaLab:
 
     def metrics(self, node: str) -> str:
         """The HA supervisor's Prometheus exposition, fetched inside the appliance."""
-        fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9107/metrics', timeout=5).read().decode())"
+        url = "http://127.0.0.1:9107/metrics"
+        fetch = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
         return self.exec(node, sys.executable, "-c", fetch).stdout
 
     def ha_status(self, node: str) -> subprocess.CompletedProcess[str]:
@@ -360,4 +362,4 @@ def outage(rows: list[tuple[int, int, int, float]], fault: float, window: float 
     times = sorted(at for _c, _ca, _s, at in rows if fault - 1.0 <= at <= fault + window)
     if not any(t <= fault for t in times) or not any(t > fault for t in times):
         raise ValueError("no data on one side of the fault")
-    return max(b - a for a, b in zip(times, times[1:]))
+    return max(b - a for a, b in zip(times, times[1:], strict=False))

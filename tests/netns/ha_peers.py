@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import IO
 
@@ -36,7 +37,8 @@ class LoggedStation(QueueingStation):
         peer = None
         if stream is not None:
             try:
-                peer = "%s:%d" % stream.socket.getpeername()[:2]
+                host, port = stream.socket.getpeername()[:2]
+                peer = f"{host}:{port}"
             except OSError:
                 peer = None
         self.log.write(json.dumps({"t": time.monotonic(), "site": self.index, "event": event, "peer": peer,
@@ -69,7 +71,7 @@ async def run(first: str, count: int, port: int, rate: float, log_path: str) -> 
         made = 0
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(_stop_on, signals, nursery.cancel_scope)
-            while True:
+            while True:  # cancelled by _stop_on
                 due = int((trio.current_time() - start) * rate) + 1
                 while made < due:
                     for st in stations:
@@ -78,7 +80,7 @@ async def run(first: str, count: int, port: int, rate: float, log_path: str) -> 
                 await trio.sleep(0.005)
 
 
-async def _stop_on(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:  # type: ignore[type-arg]
+async def _stop_on(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for _ in signals:
         scope.cancel()
         return
