@@ -185,7 +185,8 @@ class Supervisor:
         self.relay: Child | None = None  # loaded and waiting while standby, running while active
         self._control: socket.socket | None = None  # our end of the relay's --start-fd
         self._generation = 0  # bumped by every state keepalived reports
-        self._changed = trio.Event()
+        self._nursery: trio.Nursery  # set by run()
+        self.failed = False  # keepalived exited by itself: the service manager should restart us
 
     # ------------------------------------------------------------------ start
 
@@ -218,8 +219,6 @@ class Supervisor:
             with open(tmp, "wb") as f:
                 f.write(self.state.line())
             os.replace(tmp, self.state_file)
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def run(self) -> None:
         self.prepare()
@@ -248,6 +247,7 @@ class Supervisor:
         code = await keepalived.wait()
         log.error("keepalived exited with %d: stopping (the peer takes over)", code)
         self.state.keepalived_up = False
+        self.failed = True
         scope.cancel()
 
     # ------------------------------------------------------------------ keepalived's states
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
 
     trio.run(_main)
-    return 0
+    return 1 if supervisor.failed else 0
 
 
 def status_main(argv: list[str] | None = None) -> int:

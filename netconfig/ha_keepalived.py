@@ -90,9 +90,10 @@ def _instance(ha: HaConfig, side: HaSide) -> list[str]:
 
 def command(ha: HaConfig) -> list[str]:
     """keepalived in the foreground, VRRP only, with this appliance's own pid files (one
-    keepalived per appliance, or per namespace in the lab)."""
+    keepalived per appliance, or per namespace in the lab). It logs to syslog (it logs
+    every gratuitous ARP refresh); the supervisor logs every state change it reports."""
     k = ha.keepalived
     return [
-        "keepalived", "--dont-fork", "--log-console", "--vrrp",
+        "keepalived", "--dont-fork", "--vrrp",
         "--use-file", k.config_file, "--pid", k.pid_file, "--vrrp_pid", k.vrrp_pid_file,
     ]

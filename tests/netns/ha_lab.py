@@ -363,3 +363,23 @@ def outage(rows: list[tuple[int, int, int, float]], fault: float, window: float 
     if not any(t <= fault for t in times) or not any(t > fault for t in times):
         raise ValueError("no data on one side of the fault")
     return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def stale_overlaps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The UPDCs' side of "never two relays connected to one UPDC", from the stations'
+    log: connections that brought something after another connection to the same
+    station had opened (empty when fine). A connection may stay open after a newer one
+    opened only if its relay is gone: a master that dies without sending FIN leaves it
+    open until the station sends on it, and it brings nothing more."""
+    opened_at: dict[tuple[int, int], float] = {}
+    bad = []
+    for e in events:
+        key = (e["site"], e.get("conn", 0))
+        if e["event"] == "open":
+            opened_at[key] = e["t"]
+        elif e["event"] == "close":
+            start = opened_at.pop(key)
+            later = [t for (site, _), t in opened_at.items() if site == e["site"] and t > start]
+            if later and e["last_rx"] is not None and e["last_rx"] >= min(later):
+                bad.append(e)
+    return bad

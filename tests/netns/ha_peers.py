@@ -4,8 +4,10 @@ Many UPDCs in one process (the machine is small): each a `QueueingStation` (keep
 was not confirmed and sends it again on the next started connection, as lib60870 does)
 listening on its own address, producing numbered counters (M_IT_NA_1, CA 100 + i) at
 `--rate` per second. Every connection opened, started and closed is one JSON line in
-`--log` with the station's own count of open connections at that moment:
-the UPDCs' view of how many relays talk to them.
+`--log` with the station's own count of open connections at that moment and, on close,
+when that connection last brought anything (a frame the station's link reported): the
+UPDCs' view of how many relays talk to them. A master that dies without closing leaves
+a connection open here until the station sends on it; that one brings nothing more.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ class LoggedStation(QueueingStation):
         self.index = index
         self.log = log
         self.open = 0  # connections accepted and not yet closed (counted here, before any await)
+        self.last_rx: dict[trio.abc.Stream, float] = {}  # per connection: its last event from the peer
 
-    def _write(self, event: str, stream: trio.SocketStream | None = None) -> None:
+    def _write(self, event: str, stream: trio.SocketStream | None = None, **extra: object) -> None:
         peer = None
         if stream is not None:
             try:
@@ -42,18 +45,19 @@ class LoggedStation(QueueingStation):
             except OSError:
                 peer = None
         self.log.write(json.dumps({"t": time.monotonic(), "site": self.index, "event": event, "peer": peer,
-                                   "open": self.open}) + "\n")
+                                   "open": self.open, **extra}) + "\n")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.open += 1
-        self._write("open", stream)
+        self._write("open", stream, conn=id(stream))
         try:
             await super()._handle(stream)
         finally:
             self.open -= 1
-            self._write("close")
+            self._write("close", conn=id(stream), last_rx=self.last_rx.pop(stream, None))
 
     def _on_event(self, session: LinkSession, event: Event) -> None:
+        self.last_rx[session.stream] = time.monotonic()
         if isinstance(event, DataTransferStarted):
             self._write("start")
         super()._on_event(session, event)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import require_tool
-from tests.netns.ha_lab import PORT, HaLab, check_stream, outage, per_site, run, wait_for
+from tests.netns.ha_lab import PORT, HaLab, check_stream, outage, per_site, run, stale_overlaps, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -88,9 +88,8 @@ def test_master_killed_backup_takes_over_nothing_lost_trips_keep_flowing(pair: H
     assert status.returncode == 0 and "node conc-b: active (vrrp MASTER)" in status.stdout, status
     status = lab.ha_status("a")  # nothing runs there any more: says so, and fails
     assert status.returncode == 1 and "no HA supervisor answers" in status.stderr, status
-    # The UPDCs' side: never two connections open at once to one station.
-    events = lab.station_events()
-    assert events and max(e["open"] for e in events) == 1, [e for e in events if e["open"] > 1][:3]
+    assert lab.station_events()
+    assert stale_overlaps(lab.station_events()) == []  # the UPDCs' side: one live connection each
 
     # Trips: forwarded by both appliances' kernels all the time, so killing one loses none.
     sent, received = lab.trips()
