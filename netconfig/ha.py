@@ -27,6 +27,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -472,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.config)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if shutil.which("keepalived") is None:
+        print("keepalived not found on PATH: apt-get install keepalived", file=sys.stderr)
         return 2
     supervisor = Supervisor(config, args.state)
     from monitoring.exporter import serve
