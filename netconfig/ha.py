@@ -42,6 +42,7 @@ from concentrator.config import Config, ConfigError, load_config
 
 from .ha_config import HaConfig
 from .ha_keepalived import command, render, track_file_path
+from .ha_tcp import connected_peers, listening, nudge
 
 log = logging.getLogger("ha")
 
@@ -49,6 +50,9 @@ STOP_GRACE = 1.0          # SIGTERM, then SIGKILL after this many seconds
 FENCE_TIMEOUT = 0.25      # per side; the peer answers in a millisecond when alive
 FENCE_POLL = 0.2          # while not active: how often to ask whether the peer's relay is
 HANDOVER = STOP_GRACE + 0.5  # on MASTER, how long a preempted peer may take to stop its relay
+NUDGES = (0.0, 0.5, 1.0, 2.0)  # after a promotion: when to nudge the BMI's stale connections
+                          # (the BMI answers at most one unacceptable segment per 0.5 s, and
+                          # only once its ARP entry points here)
 RELEASE_MISSES = 2        # unanswered rounds before a held standby is released (one slow
                           # answer on a loaded machine must not release it)
 DOWN = {"role": "down"}   # connection refused: the peer's host is up, its supervisor is not,
@@ -69,6 +73,7 @@ class HaState:
     last_takeover_seconds: float | None = None  # MASTER notified -> relay listening
     relay_pid: int | None = None
     relay_ready: bool = False         # a relay is loaded (standing by, or running)
+    bmi_connections: list[str] = field(default_factory=list)  # "ip:port" of the BMI's, while active
     relay_starts: int = 0
     relay_exits: int = 0              # exits while active (crashes), restarted
     fenced: int = 0                   # promotions refused because the peer was active
@@ -136,13 +141,6 @@ def _stale(pid_file: str) -> bool:
         return True
 
 
-def listening(host: str, port: int) -> bool:
-    """Whether a socket listens on host:port here (read from /proc: no connection made)."""
-    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
-    with open("/proc/net/tcp") as f:
-        return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
-
-
 async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -> dict[str, Any] | None:
     """The peer's status line; DOWN if refused; None if it does not answer in time (or
     leaves mid-way)."""
@@ -188,6 +186,7 @@ class Supervisor:
         self._generation = 0  # bumped by every state keepalived reports
         self._nursery: trio.Nursery  # set by run()
         self.failed = False  # keepalived exited by itself: the service manager should restart us
+        self._peer_bmi: list[str] = []  # the BMI's connections to the peer, last seen while it was active
 
     # ------------------------------------------------------------------ start
 
@@ -294,6 +293,8 @@ class Supervisor:
         while True:
             if self.state.role in ("standby", "fault"):
                 peer, sure = await self._peer_active()
+                if peer is not None:
+                    self._peer_bmi = [str(c) for c in peer.get("bmi_connections", [])]
                 silent = 0 if peer is not None or sure else silent + 1
                 may_preempt = self.ha.preempt_delay is not None and peer is not None \
                     and self.ha.priority > int(peer.get("priority", 255))
@@ -394,6 +395,7 @@ class Supervisor:
             self.state.relay_starts += 1
             log.info("relay started (pid %d)%s", self.relay.pid, "" if self.state.relay_ready else ", still loading")
             self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
+            self._nursery.start_soon(self._nudge_bmi, list(self._peer_bmi))
         # else the relay exited a moment ago: _keep_relay starts its replacement (active)
         self.publish()
 
@@ -420,6 +422,26 @@ class Supervisor:
                     self._control.send(b"1")
                     self.state.relay_starts += 1
 
+    async def _nudge_bmi(self, stale: list[str]) -> None:
+        """Make the BMI drop its connections to the old master now rather than at its t2
+        or t3 (netconfig/ha_tcp.py). Harmless if they are gone already."""
+        listen = self.config.uplink.listen
+        if not stale:
+            return
+        start = trio.current_time()
+        for at in NUDGES:
+            await trio.sleep_until(start + at)
+            connected = connected_peers(listen.host, listen.port)
+            if self.state.role != "active" or len(connected) >= len(stale):
+                return  # demoted, or the BMI is back with as many connections as it had
+            remaining = [c for c in stale if c not in connected]
+            try:
+                sent = nudge((listen.host, listen.port), remaining)
+            except OSError as exc:
+                log.warning("cannot nudge the BMI's stale connections: %s", exc)
+                return
+            log.info("nudged %d stale BMI connection(s) of the old master: %s", sent, ", ".join(remaining))
+
     async def _measure_takeover(self, promoted_at: float, relay: Child) -> None:
         listen = self.config.uplink.listen
         while self.relay is relay and not listening(listen.host, listen.port):
@@ -443,6 +465,9 @@ class Supervisor:
     async def _serve_status(self) -> None:
         async def answer(stream: trio.SocketStream) -> None:
             # Read-only: the line is written, nothing read is acted upon.
+            if self.state.role == "active":  # for the peer's nudge after a takeover
+                listen = self.config.uplink.listen
+                self.state.bmi_connections = connected_peers(listen.host, listen.port)
             with trio.move_on_after(1):
                 try:
                     await stream.send_all(self.state.line())
