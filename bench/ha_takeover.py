@@ -36,6 +36,8 @@ TRIPS, TRIP_INTERVAL = 150, 0.02
 
 def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
     backup = "b" if active == "a" else "a"
+    if lab.role(active) != "active" or lab.role(backup) != "standby":
+        raise RuntimeError(f"expected {active} active and {backup} standby: {lab.state(active)} {lab.state(backup)}")
     rows_before = len(lab.rows())
     dups_before = {ca: check_stream(arrivals)["duplicates"] for ca, arrivals in per_site(lab.rows()).items()}
     sender = lab.start_trips(TRIPS, TRIP_INTERVAL)  # returns with 25 sent (0.5 s) before the fault
