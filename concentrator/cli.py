@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import sys
@@ -36,11 +37,13 @@ def _relay(args: argparse.Namespace) -> int:
             metrics = serve_relay(relay.stats, config)
         except OSError as exc:
             log.error("metrics not served: %s", exc)
-            await relay.run()
+            if await _started(args.start_fd):
+                await relay.run()
             return
         log.info("metrics on %s", metrics.url)
         try:
-            await relay.run()
+            if await _started(args.start_fd):
+                await relay.run()
         finally:
             metrics.close()
 
@@ -48,12 +51,30 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _started(fd: int | None) -> bool:
+    """With --start-fd (an HA pair, concentrator/ha.py): say "loaded" (one byte) and wait,
+    with no socket toward the BMI or the sites, until the supervisor writes one byte;
+    end of file (the supervisor died) means never start."""
+    if fd is None:
+        return True
+    log.info("standing by until the HA supervisor starts this relay")
+    os.write(fd, b"r")
+    await trio.lowlevel.wait_readable(fd)
+    return os.read(fd, 1) != b""
+
+
 async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
-    """Run until SIGTERM (a service manager or container stop) or SIGINT, then stop
-    cleanly: connections are closed and every UPDC keeps what the BMI did not confirm."""
+    """Run until SIGTERM (a service manager or container stop) or SIGINT, or until `run`
+    returns (a standby relay told never to start), then stop cleanly: connections are
+    closed and every UPDC keeps what the BMI did not confirm."""
+
+    async def run_then_stop() -> None:
+        await run()
+        nursery.cancel_scope.cancel()
+
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            nursery.start_soon(run)
+            nursery.start_soon(run_then_stop)
             async for signum in signals:
                 log.info("%s received: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -80,7 +101,10 @@ def check_installed(config: Config) -> None:
 def check_listeners(config: Config) -> None:
     """Bind every address the appliance will listen on, all at once, then release them:
     a busy or foreign address fails here, with the reason, not when the relay starts.
-    Bound as the relay and the exporters bind (SO_REUSEADDR; IPv6 only for IPv6)."""
+    Bound as the relay and the exporters bind (SO_REUSEADDR; IPv6 only for IPv6). An HA
+    pair's virtual addresses are held by the active appliance only: there the port is
+    checked, not the address (IP_FREEBIND)."""
+    virtual = set() if config.ha is None else {str(config.ha.uplink.virtual_address.ip)}
     with contextlib.ExitStack() as held:
         for key, listen in config.listeners():
             family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
@@ -88,6 +112,8 @@ def check_listeners(config: Config) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if listen.host in virtual:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_FREEBIND, 1)
             try:
                 sock.bind((listen.host, listen.port))
                 sock.listen()  # two bound sockets may share a port; two listening ones may not
@@ -135,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay = commands.add_parser("relay", help="run the IEC 104 relay")
     relay.add_argument("--config", required=True, help="YAML configuration file")
+    relay.add_argument("--start-fd", type=int, help=argparse.SUPPRESS)  # set by `concentrator ha`
     relay.set_defaults(run=_relay)
 
     check = commands.add_parser(
@@ -165,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
     commands.add_parser("shedding", help="shedding compliance: `shedding report --config FILE [--since 7d] "
                         "[--event ID] [--html DIR]`")  # fmt: skip
+    commands.add_parser("ha", help="run the HA supervisor of one appliance of a pair (keepalived, relay); ha --help")
+    commands.add_parser("ha-status", help="this appliance's HA role, from its supervisor; --json")
     commands.add_parser(
         "trip-path", help="show the kernel's multicast trip path per group (installed, interfaces, counters); --json"
     )
@@ -196,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
+    if argv[:1] in (["ha"], ["ha-status"]):
+        # The HA supervisor owns the role and starts the relay (concentrator/ha.py, docs/ha.md).
+        from . import ha
+
+        return (ha.main if argv[0] == "ha" else ha.status_main)(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -45,6 +45,7 @@ from concentrator.iec104.link import LinkParams
 from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.shedding.config import SheddingConfig, parse_shedding
 from netconfig.config import NetworkConfig, parse_network
+from netconfig.ha_config import HaConfig, check_against_relay, parse_ha
 from netconfig.multicast import MulticastConfig, parse_multicast
 
 __all__ = [
@@ -116,6 +117,7 @@ class Config:
     multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
     mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
     shedding: SheddingConfig | None = None  # the shedding compliance monitor (concentrator/shedding), if present
+    ha: HaConfig | None = None  # a redundant pair under keepalived (netconfig/ha_config.py), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -128,12 +130,14 @@ class Config:
 
     def listeners(self) -> list[tuple[str, Endpoint]]:
         """Every address the appliance's processes listen on, with its key: the relay's
-        uplink and metrics, the link manager's metrics, the shedding monitor's metrics."""
+        uplink and metrics, the link manager's, the shedding monitor's and the HA supervisor's."""
         found = [("uplink.listen", self.uplink.listen), ("metrics.listen", self.metrics.listen)]
         if self.network is not None and self.network.metrics_listen is not None:
             found.append(("network.metrics_listen", self.network.metrics_listen))
         if self.shedding is not None:
             found.append(("shedding.metrics_listen", self.shedding.metrics_listen))
+        if self.ha is not None:
+            found.append(("ha.metrics_listen", self.ha.metrics_listen))
         return found
 
 
@@ -163,6 +167,10 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     shedding = None
     if top.get("shedding", MISSING) is not MISSING:
         shedding = parse_shedding(top["shedding"], file, sections["sites"])
+    ha = None
+    if top.get("ha", MISSING) is not MISSING:
+        ha = parse_ha(top["ha"], file)
+        check_against_relay(ha, sections["uplink"].listen.host, file)
     return Config(
         file=file,
         sha256=sha256,
@@ -171,6 +179,7 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
         multicast=multicast,
         mqtt=mqtt,
         shedding=shedding,
+        ha=ha,
         **sections,
     )
 
@@ -268,7 +277,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network", "multicast", "mqtt", "shedding")
+_OWN_SECTIONS = ("network", "multicast", "mqtt", "shedding", "ha")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 

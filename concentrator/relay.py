@@ -54,6 +54,9 @@ class Relay:
         self.uplinks: set[LinkSession] = set()
         self.active: LinkSession | None = None
         self.listen_port = 0
+        # In an HA pair the sites are reached from the sites' virtual address only: a relay
+        # on the appliance that does not hold it cannot connect (docs/ha.md).
+        self.source_address = None if config.ha is None else str(config.ha.sites.virtual_address.ip)
         # The MQTT mirror (config `mqtt:`): forward_up only appends to its bounded queue;
         # decoding and publishing run in the mirror's own task (concentrator/mirror).
         self.mirror_queue: MirrorQueue | None = None
@@ -250,7 +253,9 @@ class SiteLink:
         for endpoint in self.config.endpoints:
             try:
                 with trio.fail_after(self.config.params.t0):
-                    stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                    stream = await trio.open_tcp_stream(
+                        endpoint.host, endpoint.port, local_address=self.relay.source_address
+                    )
             except (OSError, trio.TooSlowError) as exc:
                 log.debug("site %s: %s unreachable: %r", self.config.name, endpoint, exc)
                 continue

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from concentrator.ha_state import HaState
 from concentrator.stats import RelayStats, SiteStats
+from monitoring.ha_metrics import HaCollector
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats
 from monitoring.relay_metrics import RelayMetrics
 from tests.conftest import require_tool
@@ -35,7 +37,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 22 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -83,7 +85,7 @@ def test_dashboard_has_one_row_per_concern_and_queries_in_every_panel() -> None:
 
 
 def exported_names() -> set[str]:
-    """Every sample name the relay's and the link manager's collectors produce."""
+    """Every sample name the relay's, the link manager's and the HA supervisor's collectors produce."""
     config = relay_config([2404])
     stats = RelayStats()
     stats.sites["site-01"] = SiteStats("site-01", (101,))
@@ -95,7 +97,8 @@ def exported_names() -> set[str]:
     relay = RelayMetrics(stats, config, lambda: 0.0)
     uplink = FakeLink(switches_by_reason={"probe-loss": 1})
     trip = TripPathStats({"239.192.0.1": True}, {"239.192.0.1": 1})
-    names = {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip))}
+    ha = HaCollector(HaState("conc-a", 150, last_takeover_seconds=0.05))
+    names = {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip), ha)}
     return names | shedding_names()
 
 

@@ -186,7 +186,8 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_unknown_top_level_key() -> None:
     err = error(lambda d: d.update(sitse=[]))
-    check(err, "sitse", "a key allowed in the top level (uplink, sites, metrics, network, multicast, mqtt, shedding)")
+    allowed = "uplink, sites, metrics, network, multicast, mqtt, shedding, ha"
+    check(err, "sitse", f"a key allowed in the top level ({allowed})")
 
 
 def test_unknown_uplink_key() -> None:
