@@ -72,7 +72,7 @@ class Relay:
                 # Decoding and publishing run in a process of their own (mirror/process.py).
                 from .mirror.process import MirrorProcess
 
-                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.mirror_queue.stats)
+                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats)
                 nursery.start_soon(mirror.run)
             task_status.started(self)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from concentrator.mirror.stats import MirrorStats
 from concentrator.stats import RelayStats, SiteStats
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats
 from monitoring.relay_metrics import RelayMetrics
@@ -83,7 +84,7 @@ def test_dashboard_has_one_row_per_concern_and_queries_in_every_panel() -> None:
 def exported_names() -> set[str]:
     """Every sample name the relay's and the link manager's collectors produce."""
     config = relay_config([2404])
-    stats = RelayStats()
+    stats = RelayStats(mirror=MirrorStats(last_error="x"))
     stats.sites["site-01"] = SiteStats("site-01", (101,))
     stats.sites["site-01"].last_test_round_trip = stats.uplink.last_test_round_trip = 0.001
     stats.sites["site-01"].endpoint = "127.0.0.1:2404"

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -94,7 +95,7 @@ class Broker:
     """mosquitto -c <conf> on 127.0.0.1:<port>; start() / stop() can be repeated on the
     same port (the outage test). Always stopped by close()."""
 
-    def __init__(self, mosquitto: str, mosquitto_passwd: str) -> None:
+    def __init__(self, mosquitto: str, mosquitto_passwd: str, extra_conf: str = "") -> None:
         # Not under pytest's tmp_path: its parents are 0700 and mosquitto, started as
         # root, drops to the `mosquitto` user, which must read these files.
         self.directory = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
@@ -116,11 +117,14 @@ class Broker:
 allow_anonymous false
 password_file {passwd}
 acl_file {acl}
-persistence false
+persistence true
+persistence_location {self.directory}/
 log_dest stderr
 log_type error
 log_type warning
 log_type notice
+log_type information
+{extra_conf}
 listener {self.port} 127.0.0.1
 cafile {self.pki.ca}
 certfile {server_cert}
@@ -130,6 +134,8 @@ use_identity_as_username false
 tls_version tlsv1.2
 """
         )
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "mosquitto")  # persistence: mosquitto writes its database here
         for path in self.directory.iterdir():
             os.chmod(path, 0o644)
             if os.geteuid() == 0:
@@ -155,9 +161,19 @@ tls_version tlsv1.2
                 time.sleep(0.02)
         raise RuntimeError(f"mosquitto not listening after {timeout} s: {self.log.read_text()}")
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker's kernel still accepts and buffers, the broker does nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a frozen broker cannot handle SIGTERM
             process.terminate()
             try:
                 process.wait(5)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -10,12 +10,26 @@ from .broker import Broker
 
 
 @pytest.fixture
-def broker() -> Iterator[Broker]:
+def make_broker() -> Iterator[Callable[..., Broker]]:
+    """Brokers with extra configuration lines (started; closed at the end of the test)."""
     mosquitto = require_tool("mosquitto", "mosquitto")
     mosquitto_passwd = require_tool("mosquitto_passwd", "mosquitto")
-    broker = Broker(mosquitto, mosquitto_passwd)
-    try:
+    brokers: list[Broker] = []
+
+    def make(extra_conf: str = "") -> Broker:
+        broker = Broker(mosquitto, mosquitto_passwd, extra_conf)
+        brokers.append(broker)
         broker.start()
-        yield broker
+        return broker
+
+    try:
+        yield make
     finally:
-        broker.close()
+        for broker in brokers:
+            broker.close()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    """Mosquitto with its defaults (20 QoS 1/2 messages in flight per client)."""
+    return make_broker()

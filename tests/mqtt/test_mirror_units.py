@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from concentrator.config import ConfigError, parse_config
 from concentrator.mirror.config import MqttConfig
-from concentrator.mirror.publisher import messages
+from concentrator.mirror.payload import messages
 from concentrator.mirror.queue import MirrorQueue
 from concentrator.mirror.stats import MirrorStats
 from concentrator.stats import RelayStats
@@ -141,8 +142,11 @@ def test_messages_topics_payloads_and_qos(files: dict[str, Any]):
 
 
 def test_mirror_metrics_are_exported():
-    stats = RelayStats(mirror=MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True))
-    text = RelayMetrics(stats, relay_config([2404]), lambda: 0.0).exposition().decode()
+    mirror = MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True, queue_length=4,
+                         child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
+                         lost={"disconnect/0": 9, "queue_full/0": 10}, oldest_unpublished=time.time() - 30,
+                         last_error="broker refused x: Not authorized")  # fmt: skip
+    text = RelayMetrics(RelayStats(mirror=mirror), relay_config([2404]), lambda: 0.0).exposition().decode()
     samples = {
         (s.name, tuple(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
     }
@@ -150,5 +154,17 @@ def test_mirror_metrics_are_exported():
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "0"),))] == 5
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "2"),))] == 2
     assert samples[("concentrator_mirror_dropped_asdus_total", ())] == 3
+    assert samples[("concentrator_mirror_queue_length", (("side", "relay"),))] == 4
+    assert samples[("concentrator_mirror_queue_length", (("side", "child"),))] == 6
+    assert samples[("concentrator_mirror_in_flight_messages", ())] == 7
+    assert samples[("concentrator_mirror_refused_messages_total", (("reason", "Not authorized"),))] == 8
+    assert samples[("concentrator_mirror_refused_messages_total", (("reason", "Quota exceeded"),))] == 0
+    assert samples[("concentrator_mirror_lost_messages_total", (("qos", "0"), ("reason", "disconnect")))] == 9
+    assert samples[("concentrator_mirror_lost_messages_total", (("qos", "0"), ("reason", "queue_full")))] == 10
+    assert samples[("concentrator_mirror_lost_messages_total", (("qos", "2"), ("reason", "shutdown")))] == 0
+    assert 29 < samples[("concentrator_mirror_oldest_unpublished_age_seconds", ())] < 40
+    assert samples[("concentrator_mirror_last_error_info", (("error", "broker refused x: Not authorized"),))] == 1
+    idle = RelayMetrics(RelayStats(mirror=MirrorStats()), relay_config([2404]), lambda: 0.0).exposition().decode()
+    assert "concentrator_mirror_oldest_unpublished_age_seconds 0.0" in idle and "last_error" not in idle
     without = RelayMetrics(RelayStats(), relay_config([2404]), lambda: 0.0).exposition().decode()
     assert "mirror" not in without

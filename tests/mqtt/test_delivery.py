@@ -1,0 +1,60 @@
+"""What the mirror delivers, and what it says about what it could not: the child process
+(`MirrorProcess`, as the relay runs it) fed directly, a real Mosquitto, real viewers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from concentrator.mirror.config import parse_mqtt
+from concentrator.mirror.process import MirrorProcess
+from concentrator.mirror.queue import MirrorQueue
+from concentrator.mirror.stats import MirrorStats
+from concentrator.stats import RelayStats
+from tests.helpers import wait_for
+
+from .broker import PREFIX, Broker
+from .clients import Subscriber
+from .test_mirror import mqtt_section
+
+CP56 = bytes.fromhex("0bc40604160b1a")  # 2026-11-22 04:06:50.187, UTC
+
+
+def single_point_event(ioa: int, on: bool = True) -> bytes:
+    """M_SP_TB_1, spontaneous, CA 101: one QoS 2 message."""
+    return bytes((30, 1, 3, 0, 101, 0)) + ioa.to_bytes(3, "little") + bytes((int(on),)) + CP56
+
+
+@asynccontextmanager
+async def mirror_process(broker: Broker, **extra: Any) -> AsyncIterator[tuple[MirrorQueue, MirrorStats]]:
+    config = parse_mqtt(mqtt_section(broker, **extra), "<test>", ["site-01", "site-02"])
+    relay_stats = RelayStats(mirror=MirrorStats())
+    assert relay_stats.mirror is not None
+    queue = MirrorQueue(config.queue_limit, relay_stats.mirror, frozenset(config.critical))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(MirrorProcess(config, queue, relay_stats).run)
+        yield queue, relay_stats.mirror
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_of_1000_qos2_events_is_delivered_exactly_once(broker: Broker):
+    """Mosquitto's default: 20 QoS 1/2 messages in flight per client; it discards the
+    rest. The mirror must keep to the Receive Maximum it announces."""
+    with Subscriber(broker, "viewer", f"{PREFIX}/#") as viewer:
+        async with mirror_process(broker) as (queue, stats):
+            await wait_for(lambda: stats.connected, 20, "the mirror connected")
+            now = trio.current_time()
+            for ioa in range(1, 1001):
+                queue.push(single_point_event(ioa), "site-01", now)
+            await wait_for(lambda: stats.published_qos2 == 1000, 60, "1,000 QoS 2 messages completed")
+            await wait_for(lambda: len(viewer.data()) >= 1000, 10, "1,000 messages at the viewer")
+            # Completed means delivered to the broker; a duplicate would already be on
+            # its way to the viewer now. Wait for any such to arrive.
+            await trio.sleep(1.0)
+            assert stats.refused == {} and stats.lost == {} and stats.in_flight == 0
+        got = viewer.data()
+    assert sorted(m.payload["ioaddress"] for m in got) == list(range(1, 1001))  # each exactly once
+    assert {m.qos for m in got} == {2}
