@@ -9,8 +9,10 @@ read, PUBCOMP or a refusal read, connection lost) and it keeps `MirrorStats` hon
 - QoS 0: the protocol confirms nothing. A message counts as published once the broker
   answered a PINGREQ queued after it: the broker reads a connection in order, so it
   has processed the message by then. What the connection had not confirmed when it
-  broke counts as lost at disconnect: an upper bound (a broker that read a message and
-  died before answering the next PINGREQ may have delivered it), never an undercount.
+  broke counts as lost at disconnect. That is exact when the broker stops or the
+  connection breaks between packets it reads; a broker that read a message but not the
+  PINGREQ behind it, or a connection we gave up on while the broker was frozen with our
+  data in its socket buffer (it reads it when it wakes), makes it an upper bound.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ class Ledger:
         self.qos2[mid] = pending
 
     def wants_fence(self) -> bool:
-        """True when QoS 0 messages wait for a confirmation and no PINGREQ is in flight."""
-        return not self._fences and self._qos0_handed > self._qos0_settled
+        """True when QoS 0 messages were handed over after the last PINGREQ. One follows
+        every batch, so that a broker that reads a message also reads the PINGREQ behind
+        it (a broker that stops between the two would make the count an upper bound)."""
+        last = self._fences[-1] if self._fences else self._qos0_settled
+        return self._qos0_handed > last
 
     def pingreq_queued(self) -> None:
         self._fences.append(self._qos0_handed)

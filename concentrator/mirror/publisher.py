@@ -337,6 +337,8 @@ class MqttMirror:
             log.error("MQTT broker lost a QoS 2 message with its session (restart without persistence?)")
             return
         pending = self.ledger.refused(mid, text)
+        if pending is None:  # a status message (QoS 1): its refusal counts too
+            self.stats.refused[text] = self.stats.refused.get(text, 0) + 1
         topic = pending.topic if pending is not None else self._status_mids.pop(mid, "a status topic")
         # Logged once per topic and reason (counted every time): an ACL that denies a
         # prefix must not flood the log.

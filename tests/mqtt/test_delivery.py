@@ -58,3 +58,25 @@ async def test_a_burst_of_1000_qos2_events_is_delivered_exactly_once(broker: Bro
         got = viewer.data()
     assert sorted(m.payload["ioaddress"] for m in got) == list(range(1, 1001))  # each exactly once
     assert {m.qos for m in got} == {2}
+
+
+async def test_messages_the_acl_denies_are_counted_and_logged_never_published(make_broker, capfd):  # type: ignore[no-untyped-def]
+    """A prefix the ACL does not let the concentrator write: MQTT 5 PUBREC says "Not
+    authorized"; paho alone would send PUBREL and report success."""
+    broker = make_broker("log_type debug")
+    with Subscriber(broker, "viewer", "holder/#") as viewer:
+        async with mirror_process(broker, prefix="holder/elsewhere") as (queue, stats):
+            await wait_for(lambda: stats.connected, 20, "the mirror connected")
+            now = trio.current_time()
+            for ioa in range(1, 21):
+                queue.push(single_point_event(ioa), "site-01", now)
+            # 20 events and the mirror's own retained status "online" (QoS 1)
+            await wait_for(lambda: sum(stats.refused.values()) == 21, 20, "21 refusals")
+            assert stats.published == 0 and stats.in_flight == 0 and stats.lost == {}
+            assert stats.refused == {"Not authorized": 21}
+            assert stats.last_error.endswith("Not authorized")
+        assert viewer.received() == []
+    log = capfd.readouterr().err
+    for ioa in range(1, 21):
+        assert f"refused a message on holder/elsewhere/north/site-01/101/{ioa}: Not authorized" in log
+    assert "Denied PUBLISH from concentrator-test" in broker.log.read_text()  # the broker's side of it
