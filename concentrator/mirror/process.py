@@ -98,8 +98,9 @@ class MirrorProcess:
         while True:
             try:
                 await self._child(wall_offset)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("MQTT mirror process: %s; restarting in %.1f s", exc, RESTART_DELAY)
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                reasons = "; ".join(str(exc) for exc in group.exceptions)
+                log.warning("MQTT mirror process: %s; restarting in %.1f s", reasons, RESTART_DELAY)
             self.stats.connected = False
             self.restarts += 1
             await trio.sleep(RESTART_DELAY)
