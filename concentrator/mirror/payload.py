@@ -39,11 +39,14 @@ def iso(epoch: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def messages(config: MqttConfig, asdu: bytes, site: str, received: str) -> tuple[list[tuple[str, bytes, int]], bool]:
+def messages(
+    config: MqttConfig, asdu: bytes, site: str, received: float
+) -> tuple[list[tuple[str, bytes, int]], bool]:
     """(topic, JSON payload, QoS) per information object, and whether decoding failed
-    (then one QoS 2 message carries the raw ASDU: command confirmations and any type the
-    decoder does not know are still mirrored)."""
+    (then one QoS 2 message carries the raw ASDU: any type the decoder does not know is
+    still mirrored). `received`: when the relay read the ASDU (Unix time)."""
     header = AsduHeader.parse(asdu)
+    received_at = datetime.datetime.fromtimestamp(received, datetime.UTC)
     common: dict[str, Any] = {
         "site": site,
         "area": config.area(site),
@@ -53,7 +56,7 @@ def messages(config: MqttConfig, asdu: bytes, site: str, received: str) -> tuple
         "negative": header.negative,
         "test": header.test,
         "originator": header.originator,
-        "received": received,
+        "received": iso(received),
     }
     try:
         decoded: DecodedAsdu = decode_asdu(asdu)
@@ -61,27 +64,27 @@ def messages(config: MqttConfig, asdu: bytes, site: str, received: str) -> tuple
         ioa = int.from_bytes(asdu[6:9], "little") if len(asdu) >= 9 else 0
         payload = {**common, "ioaddress": ioa, "value": None, "asdu": asdu.hex()}
         return [(topic(config, site, header.common_address, ioa), _json(payload), 2)], True
+    zone = config.time_zone(site)
     out = []
     for obj in decoded.objects:
         quality = obj.quality
-        time_tag = obj.time
+        tag = obj.time
         payload = {
             **common,
             "type": decoded.type_name,
             "ioaddress": obj.address,
             "value": obj.value,
-            "quality": None
-            if quality is None
-            else {
-                "raw": quality.raw,
-                "iv": quality.iv,
-                "nt": quality.nt,
-                "sb": quality.sb,
-                "bl": quality.bl,
-                "ov": quality.ov,
+            # Only the quality bits; a bit the type does not have reads false.
+            "quality": None if quality is None else {
+                "raw": quality.raw, "iv": quality.iv, "nt": quality.nt, "sb": quality.sb, "bl": quality.bl,
+                "ov": quality.ov, "ei": quality.ei,
             },  # fmt: skip
-            "timetag": None if time_tag is None else time_tag.isoformat(),
-            "timetag_invalid": None if time_tag is None else time_tag.invalid,
+            # CP56Time2a in the site's zone (SU bit honoured), CP24Time2a resolved
+            # against `received`; the octets as sent are kept as well.
+            "timetag": None if tag is None else tag.isoformat(zone, received_at),
+            "timetag_invalid": None if tag is None else tag.invalid,
+            "timetag_summer": None if tag is None or tag.year is None else tag.summer,
+            "timetag_raw": None if tag is None else tag.raw.hex(),
         }
         if obj.extra:
             payload.update(obj.extra)

@@ -504,7 +504,7 @@ class MqttMirror:
                 await queue.wait()
                 continue
             try:
-                out, failed = messages(self.config, entry.asdu, entry.site, iso(entry.received_at))
+                out, failed = messages(self.config, entry.asdu, entry.site, entry.received_at)
             except Exception:  # never let one odd ASDU stop the mirror
                 log.exception("mirror: cannot encode an ASDU of type %d from %s", entry.asdu[0], entry.site)
                 self.stats.decode_errors += 1

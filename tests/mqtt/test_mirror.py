@@ -111,7 +111,7 @@ async def test_measurements_at_qos0_and_a_breaker_change_at_qos2(updcs: list[Upd
     ]
     assert matches, f"no ASDU sent by site-01 has the time tag {p['timetag']}"
     assert p["value"] == matches[0].value and p["quality"]["raw"] == matches[0].quality.raw
-    assert p["quality"] == {"raw": 0, "iv": False, "nt": False, "sb": False, "bl": False, "ov": False}
+    assert p["quality"] == {"raw": 0, "iv": False, "nt": False, "sb": False, "bl": False, "ov": False, "ei": False}
     assert p["timetag_invalid"] is False and p["common_address"] == FIRST_CA and p["received"].endswith("Z")
     assert any(m.payload["ioaddress"] == IOA_TOTAL_POWER for m in got)
     assert all(m.qos == 0 for m in got if m.payload["type_id"] == M_ME_TF_1)

@@ -3,6 +3,7 @@ configuration section, topics/payloads/QoS, and the exported metrics."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import struct
 import time
@@ -24,7 +25,8 @@ from tests.helpers import relay_config
 CP56 = bytes.fromhex("0bc40604160b1a")
 MEASUREMENT = bytes((36, 1, 3, 0, 101, 0)) + (1001).to_bytes(3, "little") + struct.pack("<f", 5.5) + b"\x00" + CP56
 BREAKER = bytes((31, 1, 3, 0, 101, 0)) + (2001).to_bytes(3, "little") + b"\x01" + CP56
-COMMAND_CON = bytes.fromhex("2e0107006500b90b0081")  # C_DC_NA_1 activation confirmation
+COMMAND_CON = bytes.fromhex("2e0107006500b90b0081")  # C_DC_NA_1 activation confirmation, select OFF
+PARAMETER = bytes((110, 1, 20, 0, 101, 0)) + (4001).to_bytes(3, "little") + b"\x00\x40\x01"  # P_ME_NA_1
 
 
 def test_queue_drops_oldest_cyclic_measurements_first():
@@ -123,22 +125,52 @@ def test_credentials_file_without_password_is_refused_without_echoing_it(files: 
     assert "only-a-secret-line" not in str(error.value)
 
 
+RECEIVED = datetime.datetime(2026, 11, 22, 4, 0, tzinfo=datetime.UTC).timestamp()
+
+
 def test_messages_topics_payloads_and_qos(files: dict[str, Any]):
     mqtt = config_with({**files, "areas": {"site-01": "north"}})
-    [(topic, payload, qos)], failed = messages(mqtt, MEASUREMENT, "site-01", "2026-11-22T04:00:00.000000Z")
+    [(topic, payload, qos)], failed = messages(mqtt, MEASUREMENT, "site-01", RECEIVED)
     body = json.loads(payload)
     assert (topic, qos, failed) == ("holder/concentrator/north/site-01/101/1001", 0, False)
     assert body["value"] == 5.5 and body["ioaddress"] == 1001 and body["type"] == "M_ME_TF_1"
     assert body["timetag"] == "2026-11-22T04:06:50.187Z" and body["timetag_invalid"] is False
-    assert body["quality"]["raw"] == 0 and body["cause"] == 3 and body["common_address"] == 101
+    assert body["timetag_raw"] == CP56.hex() and body["timetag_summer"] is False
+    assert body["quality"] == {"raw": 0, "iv": False, "nt": False, "sb": False, "bl": False, "ov": False,
+                               "ei": False}  # fmt: skip
+    assert body["cause"] == 3 and body["common_address"] == 101
     assert body["received"] == "2026-11-22T04:00:00.000000Z" and body["site"] == "site-01"
-    [(topic, payload, qos)], _ = messages(mqtt, BREAKER, "site-02", "t")
-    assert (topic, qos, json.loads(payload)["value"]) == ("holder/concentrator/default/site-02/101/2001", 2, 1)
-    # A command confirmation is not decoded, but mirrored raw at QoS 2.
-    [(topic, payload, qos)], failed = messages(mqtt, COMMAND_CON, "site-01", "t")
-    assert failed and qos == 2 and json.loads(payload)["asdu"] == COMMAND_CON.hex() and topic.endswith("/101/3001")
+    [(topic, payload, qos)], _ = messages(mqtt, BREAKER, "site-02", RECEIVED)
+    breaker = json.loads(payload)
+    assert (topic, qos, breaker["value"]) == ("holder/concentrator/default/site-02/101/2001", 2, 1)
+    assert breaker["quality"]["raw"] == 0  # DPI 1 (OFF) is the value, not quality
+    # A command confirmation: decoded, at QoS 2, with its qualifier.
+    [(topic, payload, qos)], failed = messages(mqtt, COMMAND_CON, "site-01", RECEIVED)
+    confirmation = json.loads(payload)
+    assert not failed and qos == 2 and topic.endswith("/101/3001")
+    assert confirmation["type"] == "C_DC_NA_1" and confirmation["cause"] == 7 and confirmation["value"] == 1
+    assert confirmation["select"] is True and confirmation["quality"] is None and confirmation["timetag"] is None
+    # Raw only for what the decoder does not know.
+    [(_, payload, qos)], failed = messages(mqtt, PARAMETER, "site-01", RECEIVED)
+    assert failed and qos == 2 and json.loads(payload)["asdu"] == PARAMETER.hex()
     critical = config_with({**files, "critical": {"site-01": [1001]}})
-    assert messages(critical, MEASUREMENT, "site-01", "t")[0][0][2] == 2
+    assert messages(critical, MEASUREMENT, "site-01", RECEIVED)[0][0][2] == 2
+
+
+def test_time_tags_in_the_site_zone(files: dict[str, Any]):
+    """A site whose clock runs on Italian time, summer time bit set in the hour that repeats."""
+    mqtt = config_with({**files, "time_zones": {"site-01": "Europe/Rome"}})
+    tag = bytes((0, 0, 30, 0x80 | 2, 25, 10, 26))  # 2026-10-25 02:30:00.000, SU set
+    frame = bytes((30, 1, 3, 0, 101, 0)) + (2002).to_bytes(3, "little") + b"\x01" + tag
+    [(_, payload, _)], _ = messages(mqtt, frame, "site-01", RECEIVED)
+    body = json.loads(payload)
+    assert body["timetag"] == "2026-10-25T02:30:00.000+02:00" and body["timetag_summer"] is True
+    assert body["timetag_raw"] == tag.hex()
+    [(_, payload, _)], _ = messages(mqtt, frame, "site-02", RECEIVED)  # site-02: UTC, the default
+    assert json.loads(payload)["timetag"] == "2026-10-25T02:30:00.000Z"
+    with pytest.raises(ConfigError) as error:
+        config_with({**files, "time_zones": {"site-01": "Mars/Olympus"}})
+    assert error.value.key == "mqtt.time_zones.site-01"
 
 
 def test_mirror_metrics_are_exported():

@@ -55,7 +55,7 @@ def expected(relay: Relay, bmi: BmiSimulator) -> Counter[int]:
     site_of = {ca: s.config.name for s in relay.sites for ca in s.config.common_addresses}
     counts: Counter[int] = Counter()
     for asdu in bmi.received_asdus():
-        out, _ = messages(relay.config.mqtt, asdu, site_of[AsduHeader.parse(asdu).common_address], "")
+        out, _ = messages(relay.config.mqtt, asdu, site_of[AsduHeader.parse(asdu).common_address], 0.0)
         counts.update(qos for _, _, qos in out)
     return counts
 
