@@ -58,6 +58,10 @@ async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    if config.mqtt is not None and config.mqtt.tls_dates:  # (the relay starts anyway, and logs them)
+        for problem in config.mqtt.tls_dates:
+            print(f"{config.file}: {problem}", file=sys.stderr)
+        return 1
     cas = sum(len(site.common_addresses) for site in config.sites)
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
     return 0

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from concentrator.config import MISSING, ConfigError, Endpoint
 
+from .tlsfiles import check_tls_files
+
 _KEYS = ("broker", "client_id", "tls", "credentials_file", "prefix", "default_area", "areas", "critical",
          "time_zones", "queue_limit", "keepalive")  # fmt: skip
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
@@ -55,6 +57,8 @@ class MqttConfig:
     areas: dict[str, str]
     critical: dict[str, frozenset[int]]
     time_zones: dict[str, str] = field(default_factory=dict)  # site -> IANA zone name
+    # Certificates not valid now (tlsfiles.py): check-config fails, the relay logs them.
+    tls_dates: tuple[str, ...] = ()
     queue_limit: int = 10_000
     keepalive: int = 30
 
@@ -117,6 +121,11 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
 
     tls_map = mapping(m.get("tls", MISSING), "mqtt.tls", _TLS_KEYS)
     tls = TlsFiles(*(readable_file(tls_map.get(k, MISSING), f"mqtt.tls.{k}") for k in _TLS_KEYS))
+    tls_dates: list[str] = []
+    for problem in check_tls_files(tls.ca_file, tls.cert_file, tls.key_file, datetime.datetime.now(datetime.UTC)):
+        if not problem.dated:
+            raise fail(f"mqtt.tls.{problem.key}", problem.expected, problem.got)
+        tls_dates.append(f"mqtt.tls.{problem.key}: expected {problem.expected}, got {problem.got}")
 
     credentials_file = readable_file(m.get("credentials_file", MISSING), "mqtt.credentials_file")
     with open(credentials_file, encoding="utf-8") as f:
@@ -173,6 +182,7 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
         areas=areas,
         critical=critical,
         time_zones=time_zones,
+        tls_dates=tuple(tls_dates),
         queue_limit=integer(m.get("queue_limit", 10_000), "mqtt.queue_limit", 1, 10_000_000),
         keepalive=integer(m.get("keepalive", 30), "mqtt.keepalive", 5, 3600),
     )

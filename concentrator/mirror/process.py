@@ -94,6 +94,8 @@ class MirrorProcess:
         self.restarts = 0
 
     async def run(self) -> None:
+        for problem in self.config.tls_dates:
+            log.error("MQTT mirror: %s (the broker will refuse the connection)", problem)
         wall_offset = time.time() - trio.current_time()
         while True:
             try:

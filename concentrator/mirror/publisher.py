@@ -97,7 +97,9 @@ def _connack_problem(reason: ReasonCode) -> str:
     if reason.value in (0x86, 0x8C):  # bad user name or password, bad authentication method
         return f"refused: bad credentials ({text}): check credentials_file"
     if reason.value == 0x87:
-        return f"refused: not authorised ({text}): the broker does not let this user or client id connect"
+        # Mosquitto 2.0 answers a wrong password with this too.
+        return (f"refused: not authorised ({text}): wrong username or password (check credentials_file), "
+                "or the broker does not let this user or client id connect")  # fmt: skip
     if reason.value == 0x85:
         return f"refused: client identifier not valid ({text})"
     return f"refused ({text}, reason code {reason.value:#04x})"
@@ -241,8 +243,8 @@ class MqttMirror:
         if not self._connack_ok:
             self.stats.connect_failures += 1
         cause = self.client.socket_error if self.client is not None else None
-        if isinstance(exc, MqttUnavailable) and cause is not None:
-            text = f"{exc}: {describe(cause)}"  # paho said "connection lost"; the socket says why
+        if isinstance(exc, MqttUnavailable) and cause is not None and self._connack is None:
+            text = describe(cause)  # paho says only "connection lost"; the socket says why
         else:
             text = describe(exc)
         self.stats.last_error = text
@@ -412,6 +414,8 @@ class MqttMirror:
             await self._publisher()
 
     def _check(self, rc: MQTTErrorCode) -> None:
+        if self._connack is not None and self._connack.is_failure:
+            raise MqttUnavailable(_connack_problem(self._connack))  # (paho then reports a disconnection too)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._lost is not None:
             raise MqttUnavailable(self._lost or f"connection lost ({rc.name})")
 

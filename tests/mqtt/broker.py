@@ -66,16 +66,19 @@ class Pki:
         self.ca = self.directory / "ca.crt"
         self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool = False) -> tuple[Path, Path]:
+    def issue(
+        self, name: str, *, server: bool = False, not_after: datetime.datetime | None = None
+    ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
+        not_after = not_after or self._not_after
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
             .issuer_name(self._ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(self._not_before)
-            .not_valid_after(self._not_after)
+            .not_valid_before(min(self._not_before, not_after - datetime.timedelta(days=1)))
+            .not_valid_after(not_after)
         )
         if server:
             builder = builder.add_extension(

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from concentrator.mirror.config import parse_mqtt
+from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.mirror.process import MirrorProcess
 from concentrator.mirror.queue import MirrorQueue
 from concentrator.mirror.stats import MirrorStats
@@ -29,8 +29,14 @@ def single_point_event(ioa: int, on: bool = True) -> bytes:
 
 
 @asynccontextmanager
-async def mirror_process(broker: Broker, **extra: Any) -> AsyncIterator[tuple[MirrorQueue, MirrorStats]]:
+async def mirror_process(
+    broker: Broker, *, change: Callable[[MqttConfig], MqttConfig] | None = None, **extra: Any
+) -> AsyncIterator[tuple[MirrorQueue, MirrorStats]]:
+    """The mirror process as the relay runs it; `change` alters the parsed configuration
+    (to get past the configuration's own checks, for the broker to refuse)."""
     config = parse_mqtt(mqtt_section(broker, **extra), "<test>", ["site-01", "site-02"])
+    if change is not None:
+        config = change(config)
     relay_stats = RelayStats(mirror=MirrorStats())
     assert relay_stats.mirror is not None
     queue = MirrorQueue(config.queue_limit, relay_stats.mirror, frozenset(config.critical))

@@ -22,6 +22,8 @@ from concentrator.stats import RelayStats
 from monitoring.relay_metrics import RelayMetrics
 from tests.helpers import relay_config
 
+from .broker import Pki
+
 CP56 = bytes.fromhex("0bc40604160b1a")
 MEASUREMENT = bytes((36, 1, 3, 0, 101, 0)) + (1001).to_bytes(3, "little") + struct.pack("<f", 5.5) + b"\x00" + CP56
 BREAKER = bytes((31, 1, 3, 0, 101, 0)) + (2001).to_bytes(3, "little") + b"\x01" + CP56
@@ -61,16 +63,15 @@ def test_measurements_of_a_site_with_critical_points_are_kept_like_events():
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Any]:
-    for name in ("ca.crt", "c.crt", "c.key"):
-        (tmp_path / name).write_text("x")
+    pki = Pki(tmp_path)
+    cert, key = pki.issue("c")
     (tmp_path / "cred").write_text("concentrator:s3cret\n")
     return {
         "broker": "127.0.0.1:8883",
-        "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert_file": str(tmp_path / "c.crt"),
-                "key_file": str(tmp_path / "c.key")},
+        "tls": {"ca_file": str(pki.ca), "cert_file": str(cert), "key_file": str(key)},
         "credentials_file": str(tmp_path / "cred"),
         "prefix": "holder/concentrator",
-    }  # fmt: skip
+    }
 
 
 def config_with(mqtt: dict[str, Any]) -> MqttConfig:
