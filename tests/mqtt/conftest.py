@@ -16,8 +16,8 @@ def make_broker() -> Iterator[Callable[..., Broker]]:
     mosquitto_passwd = require_tool("mosquitto_passwd", "mosquitto")
     brokers: list[Broker] = []
 
-    def make(extra_conf: str = "") -> Broker:
-        broker = Broker(mosquitto, mosquitto_passwd, extra_conf)
+    def make(extra_conf: str = "", *, shipped: bool = False) -> Broker:
+        broker = Broker(mosquitto, mosquitto_passwd, extra_conf, shipped=shipped)
         brokers.append(broker)
         broker.start()
         return broker
