@@ -373,8 +373,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         for label, site, *_ in sites
         for direction, observed in (("up", site.latency_up), ("down", site.latency_down))
     ])  # fmt: skip
-    family("site_ack_delay_seconds", "histogram",
-           "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).")
+    family(
+        "site_ack_delay_seconds",
+        "histogram",
+        "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).",
+    )
     histogram("site_ack_delay_seconds", [(label, site.ack_delay) for label, site, *_ in sites])
     family("site_ack_delay_max_seconds", "gauge", "Longest BMI acknowledgement delay since the relay started.")
     for label, site, *_ in sites:
@@ -391,8 +394,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
            "operator (annex A40 5.3).")  # fmt: skip
     for label, site, *_ in sites:
         add(f"{PREFIX}site_invalid_measured_values_total{{{label}}} {site.invalid_measured_values}\n")
-    family("site_malformed_measurement_asdus_total", "counter",
-           "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).")
+    family(
+        "site_malformed_measurement_asdus_total",
+        "counter",
+        "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).",
+    )
     for label, site, *_ in sites:
         add(f"{PREFIX}site_malformed_measurement_asdus_total{{{label}}} {site.malformed_measurements}\n")
     family("site_seconds_since_last_measurement", "gauge",

@@ -259,9 +259,7 @@ class TimeTag:
             candidate -= datetime.timedelta(hours=1)  # from the hour before
         return candidate
 
-    def isoformat(
-        self, zone: datetime.tzinfo = UTC, received: datetime.datetime | None = None
-    ) -> str | None:
+    def isoformat(self, zone: datetime.tzinfo = UTC, received: datetime.datetime | None = None) -> str | None:
         """ISO 8601 with the zone's offset ("Z" for UTC), milliseconds."""
         moment = self.datetime(zone, received)
         return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -39,9 +39,7 @@ def iso(epoch: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def messages(
-    config: MqttConfig, asdu: bytes, site: str, received: float
-) -> tuple[list[tuple[str, bytes, int]], bool]:
+def messages(config: MqttConfig, asdu: bytes, site: str, received: float) -> tuple[list[tuple[str, bytes, int]], bool]:
     """(topic, JSON payload, QoS) per information object, and whether decoding failed
     (then one QoS 2 message carries the raw ASDU: any type the decoder does not know is
     still mirrored). `received`: when the relay read the ASDU (Unix time)."""
@@ -75,9 +73,16 @@ def messages(
             "ioaddress": obj.address,
             "value": obj.value,
             # Only the quality bits; a bit the type does not have reads false.
-            "quality": None if quality is None else {
-                "raw": quality.raw, "iv": quality.iv, "nt": quality.nt, "sb": quality.sb, "bl": quality.bl,
-                "ov": quality.ov, "ei": quality.ei,
+            "quality": None
+            if quality is None
+            else {
+                "raw": quality.raw,
+                "iv": quality.iv,
+                "nt": quality.nt,
+                "sb": quality.sb,
+                "bl": quality.bl,
+                "ov": quality.ov,
+                "ei": quality.ei,
             },  # fmt: skip
             # CP56Time2a in the site's zone (SU bit honoured), CP24Time2a resolved
             # against `received`; the octets as sent are kept as well.

@@ -210,8 +210,12 @@ class _ChildLink:
 
     def _update_staleness(self) -> None:
         relay_oldest = self.owner.queue.oldest()
-        times = [t for t in (self.child_oldest, self.in_pipe[0][1] if self.in_pipe else None,
-                             None if relay_oldest is None else relay_oldest + self.wall_offset) if t is not None]  # fmt: skip
+        candidates = (
+            self.child_oldest,
+            self.in_pipe[0][1] if self.in_pipe else None,
+            None if relay_oldest is None else relay_oldest + self.wall_offset,
+        )
+        times = [t for t in candidates if t is not None]
         self.owner.stats.oldest_unpublished = min(times) if times else None
 
 

@@ -395,7 +395,7 @@ class MqttMirror:
                 while self._connack is None:
                     await self._wait_progress()
             if wait.cancelled_caught:
-                raise MqttUnavailable("no CONNACK within %.0f s" % CONNACK_TIMEOUT)
+                raise MqttUnavailable(f"no CONNACK within {CONNACK_TIMEOUT:.0f} s")
             assert self._connack is not None
             if self._connack.is_failure:
                 raise MqttUnavailable(_connack_problem(self._connack))
@@ -537,4 +537,3 @@ class MqttMirror:
                 sock.close()
             except OSError:
                 pass
-

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from concentrator.mirror.config import MqttConfig, TlsFiles
+from concentrator.mirror.config import MqttConfig
 from tests.helpers import wait_for
 
 from .broker import Broker, Pki
@@ -47,7 +47,9 @@ async def test_wrong_password(broker: Broker, capfd: pytest.CaptureFixture[str])
 async def test_broker_certificate_not_trusted(broker: Broker, capfd: pytest.CaptureFixture[str], tmp_path: Path):
     other = Pki(tmp_path)
     err = await attempts(broker, capfd, lambda c: tls(c, ca_file=other.ca))
-    assert re.search(r"TLS: the broker.s certificate failed verification: (certificate signature failure|unable to get local issuer)", err), err
+    # (the other CA has the same name as the broker's: OpenSSL then finds a bad signature)
+    verify = r"TLS: the broker.s certificate failed verification: (certificate signature failure|unable to get local)"
+    assert re.search(verify, err), err
 
 
 async def test_our_certificate_refused_by_the_broker(broker: Broker, capfd: pytest.CaptureFixture[str],
@@ -77,8 +79,8 @@ async def test_connected_retry_delays_and_disconnect(broker: Broker, capfd: pyte
     err = capfd.readouterr().err
     assert "MQTT mirror connected to 127.0.0.1:" in err and "receive maximum 20" in err
     # Each "retrying in N s" is followed by the next attempt N s later (log timestamps).
-    stamps = [(datetime.datetime.strptime(m[0], "%Y-%m-%d %H:%M:%S,%f"), float(m[1]))
-              for m in re.findall(r"^(\S+ \S+) WARNING mqtt-mirror: .*; retrying in ([\d.]+) s$", err, re.M)]  # fmt: skip
+    retrying = re.findall(r"^(\S+ \S+) WARNING mqtt-mirror: .*; retrying in ([\d.]+) s$", err, re.M)
+    stamps = [(datetime.datetime.strptime(at, "%Y-%m-%d %H:%M:%S,%f"), float(delay)) for at, delay in retrying]
     assert [delay for _, delay in stamps[:3]] == [0.5, 1.0, 2.0], err  # after a good session: soon, then back off
     for (at, delay), (next_at, _) in zip(stamps, stamps[1:], strict=False):
         assert delay - 0.05 <= (next_at - at).total_seconds() <= delay + 0.6, (at, delay, next_at)

@@ -4,7 +4,7 @@ an ACL: 2 simulated UPDCs (c104), the relay, a simulated BMI, and subscribers.""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
@@ -25,15 +25,6 @@ from .clients import Subscriber, try_connect, wait_until
 
 FIRST_CA = 101
 M_DP_TB_1, M_ME_TF_1 = 31, 36
-
-
-@pytest.fixture
-def updcs() -> Iterator[list[UpdcSimulator]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(UpdcSimulator(f"site-{n + 1:02d}", FIRST_CA + n, sample_period=0.1, seed=n))
-            for n in range(2)
-        ]
 
 
 def mqtt_section(broker: Broker, **extra: Any) -> dict[str, Any]:

@@ -22,8 +22,6 @@ from concentrator.stats import RelayStats
 from monitoring.relay_metrics import RelayMetrics
 from tests.helpers import relay_config
 
-from .broker import Pki
-
 CP56 = bytes.fromhex("0bc40604160b1a")
 MEASUREMENT = bytes((36, 1, 3, 0, 101, 0)) + (1001).to_bytes(3, "little") + struct.pack("<f", 5.5) + b"\x00" + CP56
 BREAKER = bytes((31, 1, 3, 0, 101, 0)) + (2001).to_bytes(3, "little") + b"\x01" + CP56
@@ -59,19 +57,6 @@ def test_measurements_of_a_site_with_critical_points_are_kept_like_events():
     queue.push(MEASUREMENT, "plain", 2.0)
     queue.push(MEASUREMENT, "crit", 3.0)
     assert [(e.site, e.received_at) for e in (queue.pop(), queue.pop())] == [("crit", 1.0), ("crit", 3.0)]
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Any]:
-    pki = Pki(tmp_path)
-    cert, key = pki.issue("c")
-    (tmp_path / "cred").write_text("concentrator:s3cret\n")
-    return {
-        "broker": "127.0.0.1:8883",
-        "tls": {"ca_file": str(pki.ca), "cert_file": str(cert), "key_file": str(key)},
-        "credentials_file": str(tmp_path / "cred"),
-        "prefix": "holder/concentrator",
-    }
 
 
 def config_with(mqtt: dict[str, Any]) -> MqttConfig:

@@ -22,7 +22,7 @@ from tests.helpers import wait_for
 
 from .broker import PREFIX, Broker
 from .clients import Subscriber
-from .test_mirror import running, updcs  # noqa: F401 (fixture)
+from .test_mirror import running
 
 # The viewer's session keeps QoS 0 messages too while it reconnects after the restart
 # (without this, what the broker routes in that second is not queued for it).

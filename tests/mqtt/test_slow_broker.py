@@ -5,12 +5,12 @@ ConcentratorMirrorStale."""
 from __future__ import annotations
 
 import struct
-from functools import partial
 from pathlib import Path
 
 import trio
 
 from concentrator.config import Endpoint
+from concentrator.mirror.queue import MirrorQueue
 from concentrator.stats import RelayStats
 from monitoring.exporter import serve_relay
 from tests.helpers import relay_config, wait_for
@@ -54,46 +54,44 @@ def measurement(ioa: int, value: float) -> bytes:
     return bytes((36, 1, 1, 0, 101, 0)) + ioa.to_bytes(3, "little") + struct.pack("<f", value) + b"\x00" + CP56
 
 
+STALENESS = "concentrator_mirror_oldest_unpublished_age_seconds"
+
+
+async def sites(queue: MirrorQueue) -> None:
+    """10 measurements a second: about 4 kB/s to publish."""
+    n = 0
+    while True:
+        n += 1
+        queue.push(measurement(1000 + n % 16, float(n)), "site-01", trio.current_time())
+        await trio.sleep(0.1)
+
+
 async def test_a_slow_broker_link_shows_as_staleness_and_the_alert_fires(broker: Broker, tmp_path: Path):
     async with trio.open_nursery() as nursery:
         proxy_port = await nursery.start(slow_link, broker.port)
         # The mirror reaches the broker only through the slow link.
-        broker_port, broker.port = broker.port, proxy_port
-        try:
-            async with mirror_process(broker, keepalive=60) as (queue, stats):
-                broker.port = broker_port
-                # The relay's own exporter process, over the live statistics.
-                exporter = serve_relay(RelayStats(mirror=stats), relay_config([2404]), Endpoint("127.0.0.1", 0))
-                try:
-                    with prometheus(tmp_path, {"concentrator": exporter.port}) as prom:
-                        await prom.ready()
-                        await wait_for(lambda: stats.connected, 30, "the mirror connected through the slow link")
-
-                        async def sites() -> None:  # 10 measurements a second: about 4 kB/s to publish
-                            n = 0
-                            while True:
-                                n += 1
-                                queue.push(measurement(1000 + n % 16, float(n)), "site-01", trio.current_time())
-                                await trio.sleep(0.1)
-
-                        nursery.start_soon(sites)
-                        await prom.wait("concentrator_mirror_oldest_unpublished_age_seconds", lambda v: v.get("", 0) > 10,
-                                        "staleness above 10 s", timeout=60)  # fmt: skip
-                        output = ""
-                        with trio.move_on_after(60):
-                            while not firing(output, "ConcentratorMirrorStale"):
-                                output = await trio.to_thread.run_sync(prom.promtool_query, "ALERTS")
-                                await trio.sleep(0.5)
-                        assert firing(output, "ConcentratorMirrorStale"), output
-                        # Slow is not broken: connected, publishing, nothing refused or lost.
-                        assert stats.connected and stats.published_qos0 > 0
-                        assert stats.refused == {} and stats.lost == {}
-                        print(f"\nstaleness {prom.values('concentrator_mirror_oldest_unpublished_age_seconds')}, "
-                              f"published {stats.published_qos0}, queued {stats.queue_length} + {stats.child_queue_length}, "
-                              f"in flight {stats.in_flight}")  # fmt: skip
-                finally:
-                    exporter.close()
-        finally:
-            broker.port = broker_port
-            nursery.cancel_scope.cancel()
-
+        async with mirror_process(broker, broker=f"127.0.0.1:{proxy_port}", keepalive=60) as (queue, stats):
+            # The relay's own exporter process, over the live statistics.
+            exporter = serve_relay(RelayStats(mirror=stats), relay_config([2404]), Endpoint("127.0.0.1", 0))
+            try:
+                with prometheus(tmp_path, {"concentrator": exporter.port}) as prom:
+                    await prom.ready()
+                    await wait_for(lambda: stats.connected, 30, "the mirror connected through the slow link")
+                    nursery.start_soon(sites, queue)
+                    await prom.wait(STALENESS, lambda v: v.get("", 0) > 10, "staleness above 10 s", timeout=60)
+                    output = ""
+                    with trio.move_on_after(60):
+                        while not firing(output, "ConcentratorMirrorStale"):
+                            output = await trio.to_thread.run_sync(prom.promtool_query, "ALERTS")
+                            await trio.sleep(0.5)
+                    assert firing(output, "ConcentratorMirrorStale"), output
+                    # Slow is not broken: connected, publishing, nothing refused or lost.
+                    assert stats.connected and stats.published_qos0 > 0
+                    assert stats.refused == {} and stats.lost == {}
+                    print(
+                        f"\nstaleness {prom.values(STALENESS)}, published {stats.published_qos0}, queued "
+                        f"{stats.queue_length} + {stats.child_queue_length}, in flight {stats.in_flight}"
+                    )
+            finally:
+                exporter.close()
+        nursery.cancel_scope.cancel()

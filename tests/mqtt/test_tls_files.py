@@ -17,26 +17,26 @@ from concentrator.config import ConfigError
 from tests.helpers import free_port
 
 from .broker import Pki
-from .test_mirror_units import config_with, files  # noqa: F401 (fixture)
+from .test_mirror_units import config_with
 
 ROOT = Path(__file__).parents[2]
 
 
-def with_tls(files: dict[str, Any], **change: str) -> dict[str, Any]:  # noqa: F811
+def with_tls(files: dict[str, Any], **change: str) -> dict[str, Any]:
     return {**files, "tls": {**files["tls"], **change}}
 
 
-def refused(files: dict[str, Any]) -> ConfigError:  # noqa: F811
+def refused(files: dict[str, Any]) -> ConfigError:
     with pytest.raises(ConfigError) as error:
         config_with(files)
     return error.value
 
 
-def test_good_files_pass(files: dict[str, Any]):  # noqa: F811
+def test_good_files_pass(files: dict[str, Any]):
     assert config_with(files).tls_dates == ()
 
 
-def test_a_garbage_certificate_is_refused(files: dict[str, Any], tmp_path: Path):  # noqa: F811
+def test_a_garbage_certificate_is_refused(files: dict[str, Any], tmp_path: Path):
     garbage = tmp_path / "garbage.crt"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
     error = refused(with_tls(files, cert_file=str(garbage)))
@@ -45,13 +45,13 @@ def test_a_garbage_certificate_is_refused(files: dict[str, Any], tmp_path: Path)
     assert error.key == "mqtt.tls.key_file" and "unreadable" in str(error.got)
 
 
-def test_a_key_that_is_not_the_certificates_is_refused(files: dict[str, Any], tmp_path: Path):  # noqa: F811
+def test_a_key_that_is_not_the_certificates_is_refused(files: dict[str, Any], tmp_path: Path):
     _, other_key = Pki(tmp_path).issue("other")
     error = refused(with_tls(files, key_file=str(other_key)))
     assert error.key == "mqtt.tls.key_file" and "does not match" in str(error.got)
 
 
-def test_a_certificate_of_another_ca_is_refused(files: dict[str, Any], tmp_path: Path):  # noqa: F811
+def test_a_certificate_of_another_ca_is_refused(files: dict[str, Any], tmp_path: Path):
     (tmp_path / "elsewhere").mkdir()
     cert, key = Pki(tmp_path / "elsewhere").issue("stranger")
     error = refused(with_tls(files, cert_file=str(cert), key_file=str(key)))
@@ -63,7 +63,8 @@ def test_a_certificate_of_another_ca_is_refused(files: dict[str, Any], tmp_path:
 
 
 def test_an_expired_certificate_fails_check_config_and_is_logged_by_the_relay(
-    files: dict[str, Any], tmp_path: Path  # noqa: F811
+    files: dict[str, Any],
+    tmp_path: Path,
 ):
     (tmp_path / "old").mkdir()
     pki = Pki(tmp_path / "old")
