@@ -29,6 +29,7 @@ from .iec104.link import (
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
 from .session import LinkSession, set_nodelay
+from .shedding.tap import ShedFeeder, ShedTap
 from .stats import RelayStats, SiteStats
 from .uplink_queue import UplinkQueue, releases
 
@@ -59,6 +60,10 @@ class Relay:
         if config.mqtt is not None:
             self.stats.mirror = MirrorStats()
             self.mirror_queue = MirrorQueue(config.mqtt.queue_limit, self.stats.mirror, frozenset(config.mqtt.critical))
+        # Observers of copies (tap interface: up(site, asdu, now), down(asdu, now); O(1) each).
+        self.taps: list[ShedTap] = []
+        if config.shedding is not None:
+            self.taps.append(ShedTap(frozenset(s.name for s in config.shedding.sites), config.shedding.queue_limit))
 
     async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.uplink.listen
@@ -74,6 +79,8 @@ class Relay:
 
                 mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats)
                 nursery.start_soon(mirror.run)
+            if config_shedding := self.config.shedding:  # the compliance monitor's own process
+                nursery.start_soon(ShedFeeder(config_shedding, self.taps[0]).run)
             task_status.started(self)
 
     # ------------------------------------------------------------------ uplink side
@@ -165,6 +172,8 @@ class Relay:
         self._pump_uplink()
         if self.mirror_queue is not None:  # after the uplink got it: the mirror never delays it
             self.mirror_queue.push(asdu, origin.site.config.name, now)
+        for tap in self.taps:
+            tap.up(origin.site.config.name, asdu, now)
 
     def _pump_uplink(self) -> None:
         active = self.active
@@ -191,6 +200,8 @@ class Relay:
             session.close(f"malformed ASDU from the BMI: {exc}")
             return
         self.stats.uplink.asdus_down += 1
+        for tap in self.taps:
+            tap.down(asdu, trio.current_time())
         if ca == BROADCAST_CA:
             now = trio.current_time()
             for site in self.sites:

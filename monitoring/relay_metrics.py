@@ -34,9 +34,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from concentrator.config import Config, SiteConfig
-from concentrator.stats import SITE_STATES, Histogram, RelayStats
+from concentrator.stats import SITE_STATES, RelayStats
 
-PREFIX = "concentrator_"
+from .primitives import PREFIX, Histogram, histogram_buckets
+
 # MQTT 5 PUBREC/PUBACK failure reasons, exported at 0 until seen (so increase() works).
 MIRROR_REFUSAL_REASONS = ("Not authorized", "Quota exceeded", "Topic name invalid", "Payload format invalid",
                           "Packet identifier in use", "Implementation specific error", "Unspecified error")  # fmt: skip
@@ -51,22 +52,6 @@ def package_version() -> str:
         return version("iec104-concentrator")
     except PackageNotFoundError:
         return "unknown"
-
-
-def histogram_buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative buckets ending with +Inf, and the sum, from a stats.Histogram.
-
-    The counts are copied first (one C-level list copy) so the buckets agree with each
-    other; the count Prometheus shows is the +Inf bucket, so it agrees with them too.
-    """
-    counts = list(histogram.counts)
-    total = histogram.total
-    buckets: list[tuple[str, float]] = []
-    cumulative = 0
-    for bound, count in zip((*histogram.bounds, math.inf), counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
-    return buckets, total
 
 
 class RelayMetrics:

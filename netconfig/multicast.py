@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.config import MISSING, ConfigError
+from concentrator.configbase import MISSING, ConfigError, read_yaml, repeated
 
-from .config import NetworkConfig
+from .config import NetworkConfig, _Parser, parse_network
 
 MAXVIFS = 32  # the kernel's limit of multicast virtual interfaces per table
 _LINK_LOCAL = IPv4Network("224.0.0.0/24")  # never forwarded by a multicast router
@@ -89,8 +89,6 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
 
     With `network` given, inbound interfaces must be paths of the uplink: the trip
     path has to follow the uplink's failover."""
-    from .config import _Parser  # the shared checks (mapping, ipv4, interface names)
-
     p = _Parser(file)
     m = p.mapping(raw, "multicast", _TOP_KEYS, {"groups"})
     files = SmcrouteFiles()
@@ -148,10 +146,11 @@ def _group(p: Any, raw: object, key: str) -> GroupConfig:
         raise p.error(f"{key}.port", "a UDP port from 1 to 65535", port)
     sources = _list(p, m["sources"], f"{key}.sources", "a non-empty list of the BMI's source addresses")
     srcs = tuple(p.ipv4(s, f"{key}.sources[{i}]") for i, s in enumerate(sources))
+    again = repeated(srcs)
     for i, s in enumerate(srcs):
         if s.is_multicast or s.is_unspecified or s.is_loopback:
             raise p.error(f"{key}.sources[{i}]", "a unicast source address", str(s))
-        if s in srcs[:i]:
+        if i == again:
             raise p.error(f"{key}.sources[{i}]", "a source listed once", str(s))
     inbound = _ifnames(p, m["inbound"], f"{key}.inbound", "a non-empty list of uplink interfaces")
     outbound = _ifnames(p, m["outbound"], f"{key}.outbound", "a non-empty list of site interfaces")
@@ -166,9 +165,9 @@ def _list(p: Any, raw: object, key: str, expected: str) -> list[Any]:
 
 def _ifnames(p: Any, raw: object, key: str, expected: str) -> tuple[str, ...]:
     names = tuple(p.interface(v, f"{key}[{i}]") for i, v in enumerate(_list(p, raw, key, expected)))
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise p.error(f"{key}[{i}]", "an interface listed once", name)
+    again = repeated(names)
+    if again is not None:
+        raise p.error(f"{key}[{again}]", "an interface listed once", names[again])
     return names
 
 
@@ -329,10 +328,6 @@ def path_status(cfg: MulticastConfig, entries: list[KernelEntry]) -> list[PathSt
 
 def load_multicast(path: str) -> tuple[MulticastConfig | None, NetworkConfig | None]:
     """Read the file's `multicast:` (and `network:`, which it must agree with)."""
-    from concentrator.config import read_yaml
-
-    from .config import parse_network
-
     doc, _, _ = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)

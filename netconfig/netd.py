@@ -28,10 +28,9 @@ from typing import Any
 
 import trio
 
-from concentrator.config import MISSING, ConfigError, read_yaml
-from concentrator.stats import Histogram
-from monitoring.exporter import serve
+from concentrator.configbase import MISSING, ConfigError, read_yaml
 from monitoring.linkmanager import LinkManagerCollector, outage_histogram
+from monitoring.primitives import Histogram, serve
 
 from .config import LinkConfig, NetworkConfig, PathConfig, parse_network
 from .failover import (

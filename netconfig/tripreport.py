@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from concentrator.config import ConfigError
+from concentrator.configbase import ConfigError
 
 from .config import NetworkConfig
 from .multicast import MulticastConfig, PathStatus, load_multicast, path_status

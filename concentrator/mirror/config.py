@@ -1,7 +1,7 @@
 """The `mqtt:` section of the configuration: where and how the mirror publishes.
 
     mqtt:
-      broker: "mqtt.example.net:8883"       # TLS only (section 6.4)
+      broker: "mqtt.example.net:8883"       # TLS only (section 6.4); IPv6 as "[2001:db8::1]:8883"
       client_id: concentrator-01
       tls: {ca_file: ..., cert_file: ..., key_file: ...}   # broker's CA, our X.509 pair
       credentials_file: /etc/concentrator/mqtt.cred        # one line "username:password"
@@ -13,7 +13,7 @@
       queue_limit: 10000                    # ASDUs waiting for the broker at most
       keepalive: 30
 
-Parsed by concentrator/config.py like `network:` (lazy import, errors name file and key).
+Assembled into the whole file's `Config` by concentrator/config.py; errors name file and key.
 Secrets stay in their own file (mode 0600 recommended), so the YAML can be shared.
 """
 
@@ -26,15 +26,12 @@ import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from concentrator.config import MISSING, ConfigError, Endpoint
-
-from .tlsfiles import check_tls_files
+from concentrator.configbase import MISSING, ConfigError, Endpoint, endpoint, in_file, integer, mapping
 
 _KEYS = ("broker", "client_id", "tls", "credentials_file", "prefix", "default_area", "areas", "critical",
          "time_zones", "queue_limit", "keepalive")  # fmt: skip
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
 _LEVEL = re.compile(r"[A-Za-z0-9_.-]+")  # one topic level: no wildcards, no '/', no '$'
-_HOST = re.compile(r"[A-Za-z0-9.-]+")
 
 
 @dataclass(frozen=True)
@@ -75,16 +72,13 @@ class MqttConfig:
 
 
 def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
+    with in_file(file):  # the shared value checks raise Invalid, which knows no file
+        return _parse_mqtt(value, file, sites)
+
+
+def _parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
     def fail(key: str, expected: str, got: object = MISSING) -> ConfigError:
         return ConfigError(file, key, expected, got)
-
-    def mapping(v: object, key: str, allowed: tuple[str, ...]) -> dict[str, object]:
-        if not isinstance(v, dict):
-            raise fail(key, f"a mapping with keys {', '.join(allowed)}", v)
-        for k in v:
-            if k not in allowed:
-                raise fail(f"{key}.{k}", f"a key allowed in {key} ({', '.join(allowed)})", k)
-        return v
 
     def readable_file(v: object, key: str) -> str:
         if v is MISSING:
@@ -98,11 +92,6 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
             raise fail(key, "one topic level of letters, digits, '_', '.', '-'", v)
         return v
 
-    def integer(v: object, key: str, low: int, high: int) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-            raise fail(key, f"an integer from {low} to {high}", v)
-        return v
-
     def site_name(v: object, key: str) -> str:
         if v not in sites:
             raise fail(key, "the name of a site in sites", v)
@@ -111,18 +100,20 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
 
     m = mapping(value, "mqtt", _KEYS)
 
-    broker_value = m.get("broker", MISSING)
-    host, _, port = broker_value.rpartition(":") if isinstance(broker_value, str) else ("", "", "")
-    if not _HOST.fullmatch(host or "-") or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise fail("mqtt.broker", '"host:port" of the broker (TLS), as "mqtt.example.net:8883"', broker_value)
-    broker = Endpoint(host, int(port))
+    broker = endpoint(m.get("broker", MISSING), "mqtt.broker", ip_only=False)
 
     client_id = level(m.get("client_id", "concentrator"), "mqtt.client_id")
 
     tls_map = mapping(m.get("tls", MISSING), "mqtt.tls", _TLS_KEYS)
     tls = TlsFiles(*(readable_file(tls_map.get(k, MISSING), f"mqtt.tls.{k}") for k in _TLS_KEYS))
     tls_dates: list[str] = []
-    for problem in check_tls_files(tls.ca_file, tls.cert_file, tls.key_file, datetime.datetime.now(datetime.UTC)):
+    try:
+        from .tlsfiles import check_tls_files
+    except ImportError:  # no cryptography (the mqtt extra): check-config names what to install
+        problems = []
+    else:
+        problems = check_tls_files(tls.ca_file, tls.cert_file, tls.key_file, datetime.datetime.now(datetime.UTC))
+    for problem in problems:
         if not problem.dated:
             raise fail(f"mqtt.tls.{problem.key}", problem.expected, problem.got)
         tls_dates.append(f"mqtt.tls.{problem.key}: expected {problem.expected}, got {problem.got}")

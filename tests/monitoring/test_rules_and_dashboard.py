@@ -19,11 +19,13 @@ from monitoring.relay_metrics import RelayMetrics
 from tests.conftest import require_tool
 from tests.helpers import relay_config
 from tests.monitoring.test_metrics import FakeLink, FakeManager, scrape
+from tests.shedding.test_metrics import shedding_names
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "dashboard.json"
-ROWS = ["Sites", "Latency", "Uplink and failover", "Data quality", "Trip path and configuration"]
+ROWS = ["Sites", "Latency", "Uplink and failover", "Data quality", "Trip path and configuration",
+        "Shedding compliance"]
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +36,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 16 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -94,7 +96,8 @@ def exported_names() -> set[str]:
     relay = RelayMetrics(stats, config, lambda: 0.0)
     uplink = FakeLink(switches_by_reason={"probe-loss": 1})
     trip = TripPathStats({"239.192.0.1": True}, {"239.192.0.1": 1})
-    return {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip))}
+    names = {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip))}
+    return names | shedding_names()
 
 
 @pytest.mark.parametrize("source", ["dashboard.json", "alerts.yml"])
