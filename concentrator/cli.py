@@ -80,7 +80,8 @@ def check_installed(config: Config) -> None:
     for module, package in (("paho", "paho-mqtt"), ("cryptography", "cryptography")):
         if config.mqtt is not None and importlib.util.find_spec(module) is None:
             install = "pip install 'iec104-concentrator[mqtt]'"
-            raise ConfigError(config.file, "mqtt", f"{package} installed for the MQTT mirror ({install})", "not installed")
+            expected = f"{package} installed for the MQTT mirror ({install})"
+            raise ConfigError(config.file, "mqtt", expected, "not installed")
 
 
 def check_listeners(config: Config) -> None:
