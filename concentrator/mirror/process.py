@@ -277,9 +277,12 @@ async def _child_main() -> None:
         await stdout.send_all(json.dumps(snapshot).encode() + b"\n")
 
     async def reporter() -> None:
-        while True:
-            await report()
-            await trio.sleep(STATUS_PERIOD)
+        try:
+            while True:
+                await report()
+                await trio.sleep(STATUS_PERIOD)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            mirror.stopping.set()  # the relay is gone
 
     async def signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received_signals:
@@ -294,7 +297,10 @@ async def _child_main() -> None:
         mirror.ledger.abandon()
         queue.abandon()
         with trio.move_on_after(1.0):
-            await report()
+            try:
+                await report()  # the last counters, if the relay still listens
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
         nursery.cancel_scope.cancel()
 
 
