@@ -30,10 +30,11 @@ def single_point_event(ioa: int, on: bool = True) -> bytes:
 
 @asynccontextmanager
 async def mirror_process(
-    broker: Broker, *, change: Callable[[MqttConfig], MqttConfig] | None = None, **extra: Any
+    broker: Broker, /, *, change: Callable[[MqttConfig], MqttConfig] | None = None, **extra: Any
 ) -> AsyncIterator[tuple[MirrorQueue, MirrorStats]]:
-    """The mirror process as the relay runs it; `change` alters the parsed configuration
-    (to get past the configuration's own checks, for the broker to refuse)."""
+    """The mirror process as the relay runs it; `extra` are keys of the `mqtt:` section
+    (`broker` too); `change` alters the parsed configuration (to get past the
+    configuration's own checks, for the broker to refuse)."""
     config = parse_mqtt(mqtt_section(broker, **extra), "<test>", ["site-01", "site-02"])
     if change is not None:
         config = change(config)

@@ -27,7 +27,7 @@ FIRST_CA = 101
 M_DP_TB_1, M_ME_TF_1 = 31, 36
 
 
-def mqtt_section(broker: Broker, **extra: Any) -> dict[str, Any]:
+def mqtt_section(broker: Broker, /, **extra: Any) -> dict[str, Any]:
     cert, key = broker.client_files("concentrator")
     credentials = broker.directory / "concentrator.cred"
     credentials.write_text(f"concentrator:{PASSWORDS['concentrator']}\n")
