@@ -44,7 +44,10 @@ from enum import Enum
 from .asdu import HEADER_LENGTH, AsduError, AsduHeader
 
 IOA_LENGTH = 3
-UTC = datetime.UTC  # (TimeTag has a method named datetime)
+# TimeTag has a method named datetime: inside the class, these names are unambiguous.
+UTC = datetime.UTC
+Zone = datetime.tzinfo
+Moment = datetime.datetime
 
 
 class ValueKind(Enum):
@@ -228,8 +231,8 @@ class TimeTag:
     raw: bytes = b""
 
     def datetime(
-        self, zone: datetime.tzinfo = UTC, received: datetime.datetime | None = None
-    ) -> datetime.datetime | None:
+        self, zone: Zone = UTC, received: Moment | None = None
+    ) -> Moment | None:
         """The time tag as an aware datetime. CP56Time2a: the site's local time in `zone`;
         in the hour that repeats when summer time ends, the SU bit picks the first
         (summer) or the second occurrence. CP24Time2a: the latest such minute and
@@ -249,7 +252,7 @@ class TimeTag:
             return first if self.summer else second
         return first
 
-    def _resolve(self, zone: datetime.tzinfo, received: datetime.datetime) -> datetime.datetime | None:
+    def _resolve(self, zone: Zone, received: Moment) -> Moment | None:
         if self.milliseconds > 59999 or self.minute > 59:
             return None
         local = received.astimezone(zone)
@@ -259,7 +262,7 @@ class TimeTag:
             candidate -= datetime.timedelta(hours=1)  # from the hour before
         return candidate
 
-    def isoformat(self, zone: datetime.tzinfo = UTC, received: datetime.datetime | None = None) -> str | None:
+    def isoformat(self, zone: Zone = UTC, received: Moment | None = None) -> str | None:
         """ISO 8601 with the zone's offset ("Z" for UTC), milliseconds."""
         moment = self.datetime(zone, received)
         return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
