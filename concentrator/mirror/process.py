@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 STATUS_PERIOD = 0.2
 BATCH = 256  # ASDUs per write at most
 RESTART_DELAY = 1.0
-STOP_TIMEOUT = 3.0
+STOP_TIMEOUT = 5.0  # for the child's goodbye to the broker, at a low CPU priority
 _HEAD = struct.Struct(">IdBB")  # length of the rest, time (wall clock), kind, site name length
 KIND_ASDU, KIND_STATUS = 0, 1
 # Copied from the child as they are; `dropped` and `lost` add to the relay queue's own.
