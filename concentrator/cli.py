@@ -86,16 +86,23 @@ def _check_config(args: argparse.Namespace) -> int:
     check_installed(config)
     if args.bind:
         check_listeners(config)
+    if config.mqtt is not None and config.mqtt.tls_dates:  # (the relay starts anyway, and logs them)
+        for problem in config.mqtt.tls_dates:
+            print(f"{config.file}: {problem}", file=sys.stderr)
+        return 1
     cas = sum(len(site.common_addresses) for site in config.sites)
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
     return 0
 
 
 def check_installed(config: Config) -> None:
-    """The optional packages the configuration needs: the mirror (`mqtt:`) needs paho-mqtt."""
-    if config.mqtt is not None and importlib.util.find_spec("paho") is None:
-        install = "pip install 'iec104-concentrator[mqtt]'"
-        raise ConfigError(config.file, "mqtt", f"paho-mqtt installed for the MQTT mirror ({install})", "not installed")
+    """The optional packages the configuration needs: the mirror (`mqtt:`) needs paho-mqtt
+    and cryptography."""
+    for module, package in (("paho", "paho-mqtt"), ("cryptography", "cryptography")):
+        if config.mqtt is not None and importlib.util.find_spec(module) is None:
+            install = "pip install 'iec104-concentrator[mqtt]'"
+            expected = f"{package} installed for the MQTT mirror ({install})"
+            raise ConfigError(config.file, "mqtt", expected, "not installed")
 
 
 def check_listeners(config: Config) -> None:

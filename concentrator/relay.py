@@ -80,7 +80,7 @@ class Relay:
                 # Decoding and publishing run in a process of their own (mirror/process.py).
                 from .mirror.process import MirrorProcess
 
-                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.mirror_queue.stats)
+                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats)
                 nursery.start_soon(mirror.run)
             if config_shedding := self.config.shedding:  # the compliance monitor's own process
                 nursery.start_soon(ShedFeeder(config_shedding, self.taps[0]).run)

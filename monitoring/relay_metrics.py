@@ -38,6 +38,12 @@ from concentrator.stats import SITE_STATES, RelayStats
 
 from .primitives import PREFIX, Histogram, histogram_buckets
 
+# MQTT 5 PUBREC/PUBACK failure reasons, exported at 0 until seen (so increase() works).
+MIRROR_REFUSAL_REASONS = ("Not authorized", "Quota exceeded", "Topic name invalid", "Payload format invalid",
+                          "Packet identifier in use", "Implementation specific error", "Unspecified error")  # fmt: skip
+MIRROR_LOSS_KEYS = ("queue_full/0", "queue_full/2", "disconnect/0", "shutdown/0", "shutdown/2",
+                    "broker_session/2")  # fmt: skip
+
 
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -117,27 +123,65 @@ class RelayMetrics:
             value=1 if mirror.connected else 0,
         )  # fmt: skip
         published = CounterMetricFamily(
-            f"{PREFIX}mirror_published_messages", "MQTT messages published (QoS 0 written, QoS 2 completed).",
+            f"{PREFIX}mirror_published_messages",
+            "MQTT messages the broker confirmed: QoS 2 at PUBCOMP, QoS 0 by answering a later PINGREQ.",
             labels=["qos"],
         )  # fmt: skip
         published.add_metric(["0"], mirror.published_qos0)
         published.add_metric(["2"], mirror.published_qos2)
         yield published
+        refused = CounterMetricFamily(
+            f"{PREFIX}mirror_refused_messages", "Messages the broker refused (MQTT 5 reason code), e.g. the ACL.",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, count in {**dict.fromkeys(MIRROR_REFUSAL_REASONS, 0), **mirror.refused}.items():
+            refused.add_metric([reason], count)
+        yield refused
+        lost = CounterMetricFamily(
+            f"{PREFIX}mirror_lost_messages",
+            "Messages that never reached the broker: queue_full (dropped unsent), disconnect (QoS 0 not confirmed "
+            "when the connection broke: an upper bound), shutdown, broker_session (the broker lost its session).",
+            labels=["reason", "qos"],
+        )  # fmt: skip
+        counts = {key: 0 for key in MIRROR_LOSS_KEYS} | mirror.lost
+        for key, count in counts.items():
+            reason, _, qos = key.partition("/")
+            lost.add_metric([reason, qos], count)
+        yield lost
         for name, doc, value in (
             ("mirror_queued_asdus", "Site ASDUs handed to the mirror by the relay.", mirror.queued),
-            ("mirror_dropped_asdus", "ASDUs dropped from the full mirror queue (oldest cyclic measurements first).",
+            ("mirror_dropped_asdus", "ASDUs dropped from a full mirror queue (oldest cyclic measurements first).",
              mirror.dropped),
-            ("mirror_dropped_in_flight_messages", "Messages lost with a broken broker connection before completion.",
-             mirror.dropped_in_flight),
             ("mirror_decode_errors", "ASDUs the decoder refused (mirrored raw).", mirror.decode_errors),
             ("mirror_broker_connects", "Connections to the broker accepted.", mirror.connects),
             ("mirror_broker_connect_failures", "Attempts to connect to the broker that failed.",
              mirror.connect_failures),
         ):  # fmt: skip
             yield CounterMetricFamily(f"{PREFIX}{name}", doc, value=value)
+        queue = GaugeMetricFamily(
+            f"{PREFIX}mirror_queue_length", "ASDUs waiting: in the relay's queue, in the mirror process's queue.",
+            labels=["side"],
+        )  # fmt: skip
+        queue.add_metric(["relay"], mirror.queue_length)
+        queue.add_metric(["child"], mirror.child_queue_length)
+        yield queue
         yield GaugeMetricFamily(
-            f"{PREFIX}mirror_queue_length", "ASDUs waiting for the broker.", value=mirror.queue_length
-        )
+            f"{PREFIX}mirror_in_flight_messages", "Messages handed to the broker connection, not yet confirmed.",
+            value=mirror.in_flight,
+        )  # fmt: skip
+        oldest = mirror.oldest_unpublished
+        yield GaugeMetricFamily(
+            f"{PREFIX}mirror_oldest_unpublished_age_seconds",
+            "Age of the oldest site ASDU not yet published (0 when all are): how stale MQTT viewers are.",
+            value=0.0 if oldest is None else max(0.0, time.time() - oldest),
+        )  # fmt: skip
+        if mirror.last_error:
+            error = GaugeMetricFamily(
+                f"{PREFIX}mirror_last_error_info", "The mirror's last error (connection, refusal), as a label.",
+                labels=["error"],
+            )  # fmt: skip
+            error.add_metric([mirror.last_error[:200]], 1)
+            yield error
 
     # ------------------------------------------------------------------ uplink
     def _uplink(self) -> Iterator[Metric]:
@@ -314,8 +358,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         for label, site, *_ in sites
         for direction, observed in (("up", site.latency_up), ("down", site.latency_down))
     ])  # fmt: skip
-    family("site_ack_delay_seconds", "histogram",
-           "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).")
+    family(
+        "site_ack_delay_seconds",
+        "histogram",
+        "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).",
+    )
     histogram("site_ack_delay_seconds", [(label, site.ack_delay) for label, site, *_ in sites])
     family("site_ack_delay_max_seconds", "gauge", "Longest BMI acknowledgement delay since the relay started.")
     for label, site, *_ in sites:
@@ -332,8 +379,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
            "operator (annex A40 5.3).")  # fmt: skip
     for label, site, *_ in sites:
         add(f"{PREFIX}site_invalid_measured_values_total{{{label}}} {site.invalid_measured_values}\n")
-    family("site_malformed_measurement_asdus_total", "counter",
-           "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).")
+    family(
+        "site_malformed_measurement_asdus_total",
+        "counter",
+        "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).",
+    )
     for label, site, *_ in sites:
         add(f"{PREFIX}site_malformed_measurement_asdus_total{{{label}}} {site.malformed_measurements}\n")
     family("site_seconds_since_last_measurement", "gauge",

@@ -9,6 +9,7 @@
       default_area: default
       areas: {site-01: north}               # site name -> area
       critical: {site-01: [1001]}           # measurements published at QoS 2
+      time_zones: {site-01: Europe/Rome}    # zone of the site's CP56Time2a tags (default UTC)
       queue_limit: 10000                    # ASDUs waiting for the broker at most
       keepalive: 30
 
@@ -18,15 +19,17 @@ Secrets stay in their own file (mode 0600 recommended), so the YAML can be share
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
+import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from concentrator.configbase import MISSING, ConfigError, Endpoint, endpoint, in_file, integer, mapping
 
 _KEYS = ("broker", "client_id", "tls", "credentials_file", "prefix", "default_area", "areas", "critical",
-         "queue_limit", "keepalive")  # fmt: skip
+         "time_zones", "queue_limit", "keepalive")  # fmt: skip
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
 _LEVEL = re.compile(r"[A-Za-z0-9_.-]+")  # one topic level: no wildcards, no '/', no '$'
 
@@ -50,11 +53,18 @@ class MqttConfig:
     default_area: str
     areas: dict[str, str]
     critical: dict[str, frozenset[int]]
+    time_zones: dict[str, str] = field(default_factory=dict)  # site -> IANA zone name
+    # Certificates not valid now (tlsfiles.py): check-config fails, the relay logs them.
+    tls_dates: tuple[str, ...] = ()
     queue_limit: int = 10_000
     keepalive: int = 30
 
     def area(self, site: str) -> str:
         return self.areas.get(site, self.default_area)
+
+    def time_zone(self, site: str) -> datetime.tzinfo:
+        name = self.time_zones.get(site)
+        return datetime.UTC if name is None else zoneinfo.ZoneInfo(name)
 
     def is_critical(self, site: str, ioa: int) -> bool:
         points = self.critical.get(site)
@@ -96,6 +106,17 @@ def _parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
 
     tls_map = mapping(m.get("tls", MISSING), "mqtt.tls", _TLS_KEYS)
     tls = TlsFiles(*(readable_file(tls_map.get(k, MISSING), f"mqtt.tls.{k}") for k in _TLS_KEYS))
+    tls_dates: list[str] = []
+    try:
+        from .tlsfiles import check_tls_files
+    except ImportError:  # no cryptography (the mqtt extra): check-config names what to install
+        problems = []
+    else:
+        problems = check_tls_files(tls.ca_file, tls.cert_file, tls.key_file, datetime.datetime.now(datetime.UTC))
+    for problem in problems:
+        if not problem.dated:
+            raise fail(f"mqtt.tls.{problem.key}", problem.expected, problem.got)
+        tls_dates.append(f"mqtt.tls.{problem.key}: expected {problem.expected}, got {problem.got}")
 
     credentials_file = readable_file(m.get("credentials_file", MISSING), "mqtt.credentials_file")
     with open(credentials_file, encoding="utf-8") as f:
@@ -128,6 +149,18 @@ def _parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
             raise fail(f"mqtt.critical.{k}", "a non-empty list of IOAs", v)
         critical[site] = frozenset(integer(x, f"mqtt.critical.{k}[{i}]", 0, 0xFFFFFF) for i, x in enumerate(v))
 
+    zones_value = m.get("time_zones", {})
+    if not isinstance(zones_value, dict):
+        raise fail("mqtt.time_zones", "a mapping of site name to an IANA time zone", zones_value)
+    time_zones = {}
+    for k, v in zones_value.items():
+        site = site_name(k, f"mqtt.time_zones.{k}")
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+            raise fail(f"mqtt.time_zones.{k}", 'an IANA time zone name, as "Europe/Rome" or "UTC"', v) from None
+        time_zones[site] = v
+
     return MqttConfig(
         broker=broker,
         client_id=client_id,
@@ -139,6 +172,8 @@ def _parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
         default_area=default_area,
         areas=areas,
         critical=critical,
+        time_zones=time_zones,
+        tls_dates=tuple(tls_dates),
         queue_limit=integer(m.get("queue_limit", 10_000), "mqtt.queue_limit", 1, 10_000_000),
         keepalive=integer(m.get("keepalive", 30), "mqtt.keepalive", 5, 3600),
     )

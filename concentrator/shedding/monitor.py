@@ -154,10 +154,14 @@ class SheddingMonitor:
                 if self.event is not None and site in self.event.sites:
                     self.event.sites[site].skews.append(state.skew)
             valid = obj.quality is None or not obj.quality.iv
-            if kind == "total":
-                state.total = [*state.total[-1:], Value(float(obj.value), valid, at)]
-            elif kind == "load":
-                state.loads[obj.address] = Value(float(obj.value), valid, at)
+            if kind in ("total", "load"):
+                if not isinstance(obj.value, float | int):
+                    continue  # not a measured value (the decoder also reads commands, whose value may be None)
+                sample = Value(float(obj.value), valid, at)
+                if kind == "total":
+                    state.total = [*state.total[-1:], sample]
+                else:
+                    state.loads[obj.address] = sample
             else:
                 self._signal(state, kind, obj, Change(at, tagged, _state(obj), valid), not interrogated)
 

@@ -18,6 +18,7 @@ import yaml
 from concentrator.cli import check_installed, check_listeners, main
 from concentrator.config import ConfigError, load_config
 from tests.helpers import free_port
+from tests.mqtt.broker import Pki
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "conf" / "concentrator.yaml"
@@ -151,13 +152,13 @@ def test_a_mirror_without_paho_is_named_with_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # paho-mqtt is installed here (the tests need it): its absence is simulated.
-    for name in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / name).write_text("not read by the configuration check\n")
+    pki = Pki(tmp_path)  # the configuration check reads the certificates
+    cert, key = pki.issue("concentrator")
     (tmp_path / "mqtt.cred").write_text("concentrator:s3cret\n")
     doc = document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
     doc["mqtt"] = {
         "broker": "[2001:db8::1]:8883",
-        "tls": {name: str(tmp_path / f"{name.partition('_')[0]}.pem") for name in ("ca_file", "cert_file", "key_file")},
+        "tls": {"ca_file": str(pki.ca), "cert_file": str(cert), "key_file": str(key)},
         "credentials_file": str(tmp_path / "mqtt.cred"),
         "prefix": "holder/concentrator",
     }

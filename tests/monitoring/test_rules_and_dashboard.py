@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from concentrator.ha_state import HaState
+from concentrator.mirror.stats import MirrorStats
 from concentrator.stats import RelayStats, SiteStats
 from monitoring.ha_metrics import HaCollector
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats
@@ -37,7 +38,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 22 rules found" in result.stdout
+    assert "SUCCESS: 24 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -87,7 +88,7 @@ def test_dashboard_has_one_row_per_concern_and_queries_in_every_panel() -> None:
 def exported_names() -> set[str]:
     """Every sample name the relay's, the link manager's and the HA supervisor's collectors produce."""
     config = relay_config([2404])
-    stats = RelayStats()
+    stats = RelayStats(mirror=MirrorStats(last_error="x"))
     stats.sites["site-01"] = SiteStats("site-01", (101,))
     stats.sites["site-01"].last_test_round_trip = stats.uplink.last_test_round_trip = 0.001
     stats.sites["site-01"].endpoint = "127.0.0.1:2404"
