@@ -69,7 +69,9 @@ def _ip(*args: str) -> None:
 def switch_links(network: Any, state_file: str, wait: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
     """For each protected link on a healthy primary with a healthy backup: primary down,
     wait for netd's switch, primary up, wait for it to be healthy (and back, with
-    automatic fail-back). The outage is netd's own figure; `seen_after` is ours."""
+    automatic fail-back). `seen_after_seconds`, from our `ip link set down` to netd's
+    state file showing the switch, bounds the outage from above; netd's own figure is
+    kept beside it."""
     results = []
     for link in network.links:
         state = (read_state(state_file) or {}).get("links", {}).get(link.name)
@@ -89,6 +91,9 @@ def switch_links(network: Any, state_file: str, wait: Callable[[float], None] = 
         if switch is None:
             row["error"] = "netd did not switch within 15 s"
             continue
+        # netd's outage counts from the last moment the path was known good to its decision
+        # (0 for a carrier event); `seen_after` adds the route change and the state file:
+        # the bound the verdict uses.
         row.update(switch=switch, outage_seconds=switch["outage_seconds"])
         hold = getattr(network, "hold_time", 10.0)
         back = _wait_switch(state_file, link.name, count + 1, hold + 15.0, wait,

@@ -34,8 +34,10 @@ async def bmi(target: str, cas: list[int], period: float) -> None:
                 print("bmi: started", flush=True)
                 n = 0
                 while True:
-                    master.send(interrogation(cas[n % len(cas)]))
-                    n += 1
+                    assert master.session is not None
+                    if master.session.link.can_send:  # else the relay is not confirming: skip a turn
+                        master.send(interrogation(cas[n % len(cas)]))
+                        n += 1
                     await trio.sleep(period)
         except (OSError, trio.BrokenResourceError) as exc:
             print(f"bmi: {exc!r}", flush=True)

@@ -81,6 +81,7 @@ class Appliance:
         finally:
             stop.set()
             sender.join()
+        assert os.path.exists(os.path.join(out, "evidence.json")), text
         with open(os.path.join(out, "evidence.json")) as f:
             return proc.returncode, json.load(f), text
 
@@ -123,7 +124,8 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
     # Every protected link switched live, each outage measured by netd.
     live = {row["link"]: row for row in fail["live"]}
     assert set(live) == {"uplink", "site1", "site2"}
-    assert all(0 < row["outage_seconds"] < 20 for row in live.values()), live
+    assert all(0 < row["seen_after_seconds"] < 20 and row["outage_seconds"] is not None
+               and row["switch"]["reason"] == "carrier-down" for row in live.values()), live
     html = open(os.path.join(lab.workdir, "dossier", "index.html")).read()
     assert html.count('class="PASS"') >= 5 and 'class="FAIL"' not in html and "<svg" in html
 
