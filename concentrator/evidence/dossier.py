@@ -58,20 +58,37 @@ class Dossier:
 
 
 def capture_interfaces(config: Config) -> list[str]:
-    """The uplink's and every site's paths (network: section); without it, every
-    interface of this host that is up (loopback included: a lab or a demo)."""
+    """Every interface the IEC 104 and trip traffic can take: the paths of the network:
+    section, the trip groups' interfaces, and the interface the kernel routes each site
+    endpoint and each allowed BMI address through now (`ip route get`, read-only)."""
+    names: list[str] = []
     if config.network is not None:
-        names = [p.interface for link in config.network.links for p in (link.primary, link.backup)]
-        return [n for n in dict.fromkeys(names) if os.path.exists(f"/sys/class/net/{n}")]
-    up = []
-    for name in sorted(os.listdir("/sys/class/net")):
-        try:
-            with open(f"/sys/class/net/{name}/flags") as f:
-                if int(f.read(), 16) & 0x1:
-                    up.append(name)
-        except (OSError, ValueError):
-            continue
-    return up
+        names += [p.interface for link in config.network.links for p in (link.primary, link.backup)]
+    if config.multicast is not None:
+        names += list(config.multicast.interfaces)
+    targets = [e.host for s in config.sites for e in s.endpoints]
+    targets += [str(p.network_address) for p in config.uplink.allowed_peers]
+    for host in dict.fromkeys(targets):
+        for address in _resolve(host):
+            names += _route_dev(address)
+    return [n for n in dict.fromkeys(names) if os.path.exists(f"/sys/class/net/{n}")]
+
+
+def _resolve(host: str) -> list[str]:
+    import socket
+
+    try:
+        return sorted({i[4][0] for i in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+    except OSError:
+        return []
+
+
+def _route_dev(address: str) -> list[str]:
+    try:
+        done = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True, timeout=5)
+        return [r["dev"] for r in json.loads(done.stdout or "[]") if "dev" in r]
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
 
 
 # ---------------------------------------------------------------------- section 1

@@ -279,7 +279,7 @@ def render(d: Dossier) -> str:
                     raw=True)
     files = "".join(f'<li><a href="{esc(rel)}">{esc(rel)}</a>: {esc(label)}</li>' for label, rel in d.files.items())
     renderers = {1: _spec, 2: _identity, 3: _trips, 4: _failover}
-    body = "".join(f'<section class="{"first" if i == 0 else ""}">{renderers[s.number](s)}</section>'
+    body = "".join(f'<section id="s{s.number}" class="{"first" if i == 0 else ""}">{renderers[s.number](s)}</section>'
                    for i, s in enumerate(d.sections))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Concentrator evidence {esc(d.generated)}"
             f"</title><style>{CSS}</style></head><body>"

@@ -5,90 +5,20 @@ patched to alter one byte or to route a command to a second site, or a socket th
 a trip group, turns exactly the right section to FAIL, with the bytes shown."""
 from __future__ import annotations
 
-import json
 import os
-import socket
-import struct
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
-from netconfig.harness import CONC_SERVICE, Iec104Stream, Lab, TripTraffic, run, wait_for
+from netconfig.harness import Lab, wait_for
 from tests.conftest import require_root, require_tool
+from tests.netns.appliance import Appliance
 
 pytestmark = pytest.mark.netns
 
 GROUP, PORT = "239.192.10.7", 30107
-DURATION = 4.0
-
-
-class Appliance:
-    """The lab as an installed appliance: one configuration file for relay, netd's view
-    and the evidence command (relay_config + netd's sections)."""
-
-    def __init__(self, lab: Lab, patch: str | None = None, rate: float = 50.0) -> None:
-        self.lab, self.patch, self.rate = lab, patch, rate
-        self.config = os.path.join(lab.workdir, "concentrator.yaml")
-        self.trips = TripTraffic(lab, GROUP, PORT)
-
-    def start(self) -> None:
-        lab = self.lab
-        doc = {**Iec104Stream(lab).relay_config(), **lab.netd_config("conc")}
-        with open(self.config, "w") as f:
-            yaml.safe_dump(doc, f)
-        py = [sys.executable, "-m"]
-        for i, site in enumerate(lab.sites, start=1):
-            lab.spawn(site.peer, f"station-{site.name}", [*py, "netconfig.harness_peers", "station", "--listen",
-                                                         f"{site.peer_service}:2404", "--ca", str(100 + i),
-                                                         "--rate", str(self.rate)])
-        for site in lab.sites:
-            wait_for(lambda: listening(lab, site.peer, 2404), 15, f"station {site.name}")
-        relay = [*py, "tests.netns.evidence_peers", "relay", "--config", self.config]
-        self.relay = lab.spawn("conc", "relay", relay + (["--patch", self.patch] if self.patch else []))
-        wait_for(lambda: lab.assert_running() or listening(lab, "conc", 2404), 15, "relay listening")
-        cas = ",".join([*(str(100 + i) for i in range(1, len(lab.sites) + 1)), "65535", "999"])
-        lab.spawn("bmi", "bmi", [*py, "tests.netns.evidence_peers", "bmi", "--target", f"{CONC_SERVICE}:2404",
-                                 "--cas", cas, "--period", "0.1"])
-        wait_for(lambda: lab.assert_running() or "bmi: started" in lab._log_tail("bmi")(), 15, "BMI started")
-        self.trips.start()
-        wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True, 10,
-                 "trip path installed")
-        time.sleep(1.0)  # every site started and flowing
-
-    def evidence(self, *extra: str, duration: float = DURATION) -> tuple[int, dict[str, Any], str]:
-        out = os.path.join(self.lab.workdir, "dossier")
-        argv = ["ip", "netns", "exec", self.lab.ns("conc"), sys.executable, "-m", "concentrator", "evidence",
-                "--config", self.config, "--out", out, "--duration", str(duration),
-                "--netd-state", self.lab.state_file("conc"), *extra]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # Trip datagrams from the BMI for as long as the capture runs.
-        stop = threading.Event()
-
-        def send() -> None:
-            while not stop.is_set() and proc.poll() is None:
-                self.trips.send(10)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        try:
-            text, _ = proc.communicate(timeout=240)
-        finally:
-            stop.set()
-            sender.join()
-        assert os.path.exists(os.path.join(out, "evidence.json")), text
-        with open(os.path.join(out, "evidence.json")) as f:
-            return proc.returncode, json.load(f), text
-
-
-def listening(lab: Lab, role: str, port: int) -> bool:
-    out = run(["ip", "netns", "exec", lab.ns(role), "ss", "-Hltn", f"sport = :{port}"], check=False).stdout
-    return bool(out.strip())
 
 
 def verdicts(doc: dict[str, Any]) -> dict[int, str]:
@@ -104,7 +34,7 @@ def lab() -> Iterator[Lab]:
 
 
 def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
-    app = Appliance(lab)
+    app = Appliance(lab, GROUP, PORT)
     app.start()
     code, doc, text = app.evidence("--lab", duration=6.0)
     assert verdicts(doc) == {1: "PASS", 2: "PASS", 3: "PASS", 4: "PASS"}, text
@@ -131,7 +61,7 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
 
 
 def test_a_relay_that_alters_one_byte_fails_section_2_with_the_bytes(lab: Lab) -> None:
-    app = Appliance(lab, patch="alter")
+    app = Appliance(lab, GROUP, PORT, patch="alter")
     app.start()
     code, doc, text = app.evidence()
     assert code == 1
@@ -146,7 +76,7 @@ def test_a_relay_that_alters_one_byte_fails_section_2_with_the_bytes(lab: Lab) -
 
 
 def test_a_relay_that_routes_a_command_to_a_second_site_fails_section_2(lab: Lab) -> None:
-    app = Appliance(lab, patch="misroute")
+    app = Appliance(lab, GROUP, PORT, patch="misroute")
     app.start()
     code, doc, text = app.evidence()
     assert code == 1
@@ -159,7 +89,7 @@ def test_a_relay_that_routes_a_command_to_a_second_site_fails_section_2(lab: Lab
 
 
 def test_a_socket_that_joins_a_trip_group_fails_section_3(lab: Lab) -> None:
-    app = Appliance(lab)
+    app = Appliance(lab, GROUP, PORT)
     app.start()
     joiner = lab.spawn("conc", "joiner", [sys.executable, "-c", JOIN, GROUP, "up0"])
     wait_for(lambda: lab.assert_running() or "joined" in lab._log_tail("joiner")(), 10, "socket joined")

@@ -1,0 +1,49 @@
+"""The dossier of a 12-site appliance (the demo's size) in the namespace lab, rendered by
+headless Chromium into its PDF, whose pages poppler turns into PNG files kept in pytest's
+tmp_path for a person to look at."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from netconfig.harness import Lab
+from tests.conftest import require_root, require_tool
+from tests.netns.appliance import Appliance
+
+pytestmark = pytest.mark.netns
+
+GROUP, PORT = "239.192.10.8", 30108
+SITES = 12
+
+
+def test_twelve_site_dossier_is_all_pass_and_renders(tmp_path) -> None:
+    require_root()
+    require_tool("smcrouted", "smcroute")
+    require_tool("chromium", "chromium")
+    # Sites on two relay endpoints each (no netd per site): 14 namespaces stay light on 2 cores.
+    with Lab(n_sites=SITES, site_paths="endpoints", hold_time=1.0, trip_groups=[(GROUP, PORT)]) as lab:
+        app = Appliance(lab, GROUP, PORT, rate=10.0)
+        app.start()
+        code, doc, text = app.evidence()
+        assert [s["verdict"] for s in doc["sections"]] == ["PASS"] * 4, text
+        assert code == 0
+        out = os.path.join(lab.workdir, "dossier")
+        sites = doc["sections"][1]["facts"]["match"]["sites"]
+        assert len(sites) == SITES and all(c["forwarded"] > 0 and c["commands_delivered"] > 0
+                                           for c in sites.values()), sites
+        with open(os.path.join(out, "dossier.pdf"), "rb") as f:
+            assert f.read(5) == b"%PDF-"
+        html = open(os.path.join(out, "index.html")).read()
+        assert all(f">site{i}<" in html for i in range(1, SITES + 1))
+        # The pages as printed: Chromium made the PDF, poppler draws its pages.
+        pdftoppm = require_tool("pdftoppm", "poppler-utils")
+        subprocess.run([pdftoppm, "-png", "-r", "90", os.path.join(out, "dossier.pdf"), str(tmp_path / "page")],
+                       check=True, capture_output=True, timeout=120)
+        pages = sorted(tmp_path.glob("page-*.png"))
+        assert len(pages) >= 4  # at least one per section
+        for png in pages:
+            data = png.read_bytes()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, png
+        print(f"screenshots in {tmp_path}")
