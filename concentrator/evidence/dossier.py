@@ -27,7 +27,7 @@ from .capture import Capture
 from .history import history_path, read_history
 from .match import Classifier, Hop, match
 from .streams import Datagram, Reassembler, Segment, parse_frame
-from .trips import concentrator_processes, forwarded_datagrams, judge, kernel_snapshot
+from .trips import concentrator_processes, forwarded_datagrams, ip_maddr, judge, kernel_snapshot
 
 OPERATOR_TOLERANCE = labmod.OPERATOR_TOLERANCE
 
@@ -262,14 +262,14 @@ def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any,
 
 
 def trips_section(config: Config, before: dict[str, Any], after: dict[str, Any], netd_state: dict[str, Any] | None,
-                  datagrams: list[Datagram], stopped: dict[str, Any] | None) -> Section:
+                  datagrams: list[Datagram], stopped: dict[str, Any] | None, maddr: str) -> Section:
     mc = config.multicast
     if mc is None:
         return Section(3, "Non-interposition in trip messages",
                        "The configuration has trip groups (multicast:) and the kernel forwards each of them.", False,
                        {}, ["no multicast: section: no trip group is configured, nothing can be shown"])
     forwarded = forwarded_datagrams(mc, datagrams)
-    facts = judge(mc, config.network, netd_state, before, after, concentrator_processes(), forwarded)
+    facts = judge(mc, config.network, netd_state, before, after, concentrator_processes(), forwarded, maddr)
     findings = list(facts["findings"])
     criterion = ("For every (source, group): the kernel has a forwarding entry whose inbound interface is the "
                  "uplink's active path and whose outbound interfaces are the sites' active paths (netd's state), "
@@ -361,6 +361,9 @@ def build(config_file: str, out: str, duration: float, netd_state_file: str | No
     finally:
         result = capture.stop()
     after = kernel_snapshot(mc) if mc is not None else {}
+    maddr = ip_maddr()
+    with open(os.path.join(out, "ip-maddr.txt"), "w") as f:
+        f.write(maddr)
     streams, hops, datagrams = decode(config, result.packets)
     live = None
     if run_lab and config.network is not None and netd_state_file is not None:
@@ -369,7 +372,7 @@ def build(config_file: str, out: str, duration: float, netd_state_file: str | No
     sections = [
         specification(config, state_now),
         identity_section(config, result, streams, hops),
-        trips_section(config, before, after, state_now, datagrams, stopped),
+        trips_section(config, before, after, state_now, datagrams, stopped, maddr),
         failover_section(config, state_now, netd_state_file, live),
     ]
     dossier = Dossier(config, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -383,6 +386,7 @@ def build(config_file: str, out: str, duration: float, netd_state_file: str | No
         "sections": [{"number": s.number, "title": s.title, "verdict": s.verdict, "criterion": s.criterion,
                       "findings": s.findings, "facts": s.facts} for s in sections]})
     dossier.files["all facts and verdicts (JSON)"] = "evidence.json"
+    dossier.files["multicast memberships of every interface (ip maddr show)"] = "ip-maddr.txt"
     _write_json(out, "matches.json", sections[1].facts["match"])
     dossier.files["matching of the ASDUs (JSON)"] = "matches.json"
     shutil.copyfile(config.file, os.path.join(out, "configuration.yaml"))

@@ -169,8 +169,10 @@ def _identity(s: Section) -> str:
     f = s.facts
     m = f.get("match", {})
     parts = [_section_head(s)]
+    drops = {k: v for k, v in f.get("kernel_drops", {}).items() if v}
     parts.append(f"<p>Captured on {esc(', '.join(f.get('interfaces', [])))}: {f.get('segments', 0)} TCP segments, "
-                 f"{f.get('apdus', 0)} I-frames; kernel drops {esc(f.get('kernel_drops'))}; "
+                 f"{f.get('apdus', 0)} I-frames, {sum(f.get('pcap_bytes', {}).values())} bytes of pcap; "
+                 f"frames dropped by the kernel: {esc(drops) if drops else 'none'}; "
                  f"{f.get('connections_joined_mid_stream', 0)} connection directions began before the capture.</p>")
     parts.append(table(["uplink ASDUs", "from the BMI", "BMI broadcast", "BMI unknown CA", "cause-46 answers",
                         "before the capture", "in flight at the end", "exceptions"],
@@ -224,7 +226,11 @@ def _trips(s: Section) -> str:
                      f"{esc(st['forwarded_while_stopped'])}; {f.get('trips_in_while_stopped', 0)} trip datagrams "
                      "captured coming in during the stop.</p>")
     parts.append("<h3>Group memberships and sockets</h3>")
-    parts.append(f"<p>/proc/net/igmp groups by interface: {esc(f['igmp'])}</p><pre>{esc(f['ip_maddr'])}</pre>")
+    parts.append(f"<p>/proc/net/igmp, groups joined on this host by interface: {esc(f['igmp'])}.</p>")
+    lines = f["ip_maddr_trip_lines"]
+    parts.append("<p><code>ip maddr show</code> (whole output in ip-maddr.txt): "
+                 + (f"trip groups joined: <code>{esc('; '.join(lines))}</code>" if lines else "no trip group appears")
+                 + ".</p>")
     parts.append(table(["process", "pid", "command", "UDP/raw/packet sockets"],
                        [[p["role"], p["pid"], p["cmdline"],
                          "; ".join(f"{x['kind']} {x['local']}:{x['port']}" for x in p["sockets"]) or "none"]

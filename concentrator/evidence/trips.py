@@ -192,10 +192,9 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def judge(mc: MulticastConfig, network: Any, netd_state: dict[str, Any] | None,
           before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
-          procs: list[Proc], forwarded: dict[str, Any]) -> dict[str, Any]:
-    """Section 3's facts and verdict."""
+          procs: list[Proc], forwarded: dict[str, Any], maddr: str) -> dict[str, Any]:
+    """Section 3's facts and verdict; `maddr` is `ip maddr show` (kept whole beside the report)."""
     joined = read_igmp_memberships()
-    maddr = ip_maddr()
     active = active_interfaces(netd_state, network)
     wanted = {f"{r.source}>{r.group}": r for r in wanted_routes(mc, active)}
     findings: list[str] = []
@@ -231,5 +230,9 @@ def judge(mc: MulticastConfig, network: Any, netd_state: dict[str, Any] | None,
         if g["not_forwarded"]:
             findings.append(f"group {group}: {g['not_forwarded']} of {g['in']} captured trip datagrams did not "
                             "leave on any outbound interface unchanged")
-    return {"paths": rows, "igmp": joined, "ip_maddr": maddr, "processes": [vars(p) for p in procs],
+    groups = {str(g.group) for g in mc.groups}
+    trip_lines = [line.strip() for line in maddr.splitlines() if any(g in line.split() for g in groups)]
+    for line in trip_lines:
+        findings.append(f"ip maddr shows a trip group joined: {line}")
+    return {"paths": rows, "igmp": joined, "ip_maddr_trip_lines": trip_lines, "processes": [vars(p) for p in procs],
             "forwarded": forwarded, "findings": findings, "active_interfaces": active}

@@ -13,9 +13,17 @@ from typing import Any
 
 import yaml
 
-from netconfig.harness import CONC_SERVICE, Iec104Stream, Lab, TripTraffic, run, wait_for
+from netconfig.harness import BMI_SERVICE, CONC_SERVICE, Iec104Stream, Lab, TripTraffic, run, wait_for
 
 DURATION = 4.0
+UNICAST = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+for i in range(10):
+    s.sendto(b"unicast baseline %d" % i, (sys.argv[2], 30199))
+    time.sleep(0.01)
+"""
 
 
 class Appliance:
@@ -48,6 +56,10 @@ class Appliance:
                                  "--cas", cas, "--period", "0.1"])
         wait_for(lambda: lab.assert_running() or "bmi: started" in lab._log_tail("bmi")(), 15, "BMI started")
         self.trips.start()
+        # The BMI reaches the sites' addresses through the concentrator, routed by its
+        # kernel: the unicast baseline of the trips' added latency.
+        lab.ip("bmi", "route", "add", "10.1.0.0/16", "via", lab.uplink.primary.conc_ip, "src", BMI_SERVICE)
+        run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(self.group) is True, 10,
                  "trip path installed")
         time.sleep(1.0)  # every site started and flowing
@@ -64,6 +76,9 @@ class Appliance:
         def send() -> None:
             while not stop.is_set() and proc.poll() is None:
                 self.trips.send(10)
+                # Unicast through the same kernel, to a site: the baseline of the added latency.
+                run(["ip", "netns", "exec", self.lab.ns("bmi"), sys.executable, "-c", UNICAST,
+                     BMI_SERVICE, self.lab.sites[0].peer_service], check=False)
 
         sender = threading.Thread(target=send)
         sender.start()

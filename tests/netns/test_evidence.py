@@ -51,6 +51,9 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
     assert sum(trips["relay_stopped"]["forwarded_while_stopped"].values()) > 0
     [group] = trips["forwarded"]["groups"].values()
     assert group["in"] > 0 and group["not_forwarded"] == 0 and set(group["copies"]) == {"s1p", "s2p"}
+    delay = trips["forwarded"]["delay"]
+    assert delay["multicast"]["count"] > 0 and delay["unicast"]["count"] > 0
+    assert trips["forwarded"]["added_median_us"] is not None
     # Every protected link switched live, each outage measured by netd.
     live = {row["link"]: row for row in fail["live"]}
     assert set(live) == {"uplink", "site1", "site2"}
