@@ -103,7 +103,7 @@ class Capture:
                     pass
             except BlockingIOError:
                 pass
-        for name, sock, _lo in self._socks.values():
+        for _name, sock, _lo in self._socks.values():
             sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
         self._result.started = time.time()
         self._thread = threading.Thread(target=self._run, name="evidence-capture", daemon=True)

@@ -78,7 +78,7 @@ def _resolve(host: str) -> list[str]:
     import socket
 
     try:
-        return sorted({i[4][0] for i in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+        return sorted({str(i[4][0]) for i in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
     except OSError:
         return []
 
@@ -145,7 +145,7 @@ def specification(config: Config, netd_state: dict[str, Any] | None) -> Section:
                         "it runs another configuration")
     facts: dict[str, Any] = {
         "file": os.path.abspath(config.file), "sha256": config.sha256,
-        "modified": datetime.datetime.fromtimestamp(config.mtime, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "modified": datetime.datetime.fromtimestamp(config.mtime, datetime.UTC).isoformat(timespec="seconds"),
         "relay_reports_sha256": reported, "history": history, "history_file": history_path(config.file),
         "versions": versions(),
         "uplink": {"listen": str(config.uplink.listen), "allowed_peers": [str(p) for p in config.uplink.allowed_peers],
@@ -375,7 +375,7 @@ def build(config_file: str, out: str, duration: float, netd_state_file: str | No
         trips_section(config, before, after, state_now, datagrams, stopped, maddr),
         failover_section(config, state_now, netd_state_file, live),
     ]
-    dossier = Dossier(config, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    dossier = Dossier(config, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                       f"concentrator evidence --config {config_file} --out {out} --duration {duration:g}"
                       + (f" --netd-state {netd_state_file}" if netd_state_file else "") + (" --lab" if run_lab else ""),
                       sections, duration)

@@ -58,11 +58,11 @@ def record_accepted(config: Config, command: str) -> None:
         return
     entry = {
         "sha256": config.sha256,
-        "accepted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "accepted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "user": _user(),
         "command": command,
         "file": os.path.abspath(config.file),
-        "mtime": datetime.datetime.fromtimestamp(config.mtime, datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mtime": datetime.datetime.fromtimestamp(config.mtime, datetime.UTC).isoformat(timespec="seconds"),
     }
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -20,7 +20,6 @@ that a site sent before the capture began, and ASDUs still in flight in the last
 """
 from __future__ import annotations
 
-import bisect
 import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ def _norm(address: str) -> str:
 def _addresses(host: str) -> list[str]:
     """A site endpoint's addresses (a host name is resolved once, read-only)."""
     try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
     except OSError:
         return [host]
 
@@ -178,7 +177,8 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
             counts = result.sites[name]
             counts.commands_for_site += 1
             lst = down_lists.get(name, [])
-            cand = [i for i in down_index.get(name, {}).get(b.asdu, []) if i not in used[name] and lst[i].t >= b.t - 0.001]
+            cand = [i for i in down_index.get(name, {}).get(b.asdu, [])
+                    if i not in used[name] and lst[i].t >= b.t - 0.001]
             if cand:
                 used[name].add(cand[0])
                 counts.commands_delivered += 1

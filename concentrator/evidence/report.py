@@ -114,11 +114,12 @@ def _spec(s: Section) -> str:
     f = s.facts
     parts = [_section_head(s), "<h3>Topology</h3>", topology_svg(f), "<h3>IEC 104 links</h3>"]
     up = f["uplink"]["params"]
-    rows = [["uplink (to the BMI)", f["uplink"]["listen"], "-", "-", *[up[k] for k in ("k", "w", "t0", "t1", "t2", "t3")]]]
+    keys = ("k", "w", "t0", "t1", "t2", "t3")
+    rows = [["uplink (to the BMI)", f["uplink"]["listen"], "-", "-", *[up[k] for k in keys]]]
     for site in f["sites"]:
         p = site["params"]
         rows.append([site["name"], " / ".join(site["endpoints"]), ", ".join(map(str, site["common_addresses"])),
-                     site["interruptibility"], *[p[k] for k in ("k", "w", "t0", "t1", "t2", "t3")]])
+                     site["interruptibility"], *[p[k] for k in keys]])
     parts.append(table(["link", "endpoints (primary / backup)", "CA", "interruptibility", "k", "w", "t0 s", "t1 s",
                         "t2 s", "t3 s"], rows))
     parts.append("<p>Byte identity: each ASDU leaves as it arrived; only the APCI is rebuilt per TCP connection. "
@@ -217,8 +218,8 @@ def _trips(s: Section) -> str:
     parts.append(table(["kernel forwarding time (in to out, captured here)", "count", "p50 µs", "p99 µs", "max µs"],
                        [[k, v.get("count"), _us(v.get("p50_us")), _us(v.get("p99_us")), _us(v.get("max_us"))]
                         for k, v in d.items()]))
-    parts.append(f"<p>Added latency of multicast over unicast (median): "
-                 f"{'not measured (no forwarded unicast datagram captured)' if added is None else f'{added:.1f} µs'}.</p>")
+    added_text = "not measured (no forwarded unicast datagram captured)" if added is None else f"{added:.1f} µs"
+    parts.append(f"<p>Added latency of multicast over unicast (median): {added_text}.</p>")
     if "relay_stopped" in f:
         st = f["relay_stopped"]
         parts.append(f"<p>--lab: relay pid(s) {esc(st['pids'])} stopped (SIGSTOP) for {st['to'] - st['from']:.1f} s "
@@ -275,7 +276,7 @@ def _ms(seconds: float | None) -> str:
 def _when(t: float) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def render(d: Dossier) -> str:

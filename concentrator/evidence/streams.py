@@ -10,6 +10,7 @@ be decoded (a gap the capture missed, a framing error) is reported, never guesse
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from concentrator.iec104.apci import I_KIND, FrameReader, FramingError
@@ -128,7 +129,7 @@ def _after(a: int, b: int) -> int:
 class Reassembler:
     """Feed segments in capture order; `finish()` gives the APDUs and what went wrong."""
 
-    def __init__(self, wanted: callable) -> None:  # type: ignore[valid-type]
+    def __init__(self, wanted: Callable[[Flow], bool]) -> None:
         self._wanted = wanted
         self._dirs: dict[Flow, _Direction] = {}
         self._conn_of: dict[tuple[Flow, int], int] = {}

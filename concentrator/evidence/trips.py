@@ -100,7 +100,7 @@ def _hexaddr(word: str) -> str:
 
 def process_sockets(pid: int) -> list[dict[str, Any]]:
     table = _socket_table()
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

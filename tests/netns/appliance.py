@@ -47,7 +47,7 @@ class Appliance:
                                                          f"{listen}:2404", "--ca", str(100 + i),
                                                          "--rate", str(self.rate)])
         for site in lab.sites:
-            wait_for(lambda: listening(lab, site.peer, 2404), 15, f"station {site.name}")
+            wait_for(lambda peer=site.peer: listening(lab, peer, 2404), 15, f"station {site.name}")
         relay = [*py, "tests.netns.evidence_peers", "relay", "--config", self.config]
         self.relay = lab.spawn("conc", "relay", relay + (["--patch", self.patch] if self.patch else []))
         wait_for(lambda: lab.assert_running() or listening(lab, "conc", 2404), 15, "relay listening")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import trio
 
@@ -29,7 +30,7 @@ async def bmi(target: str, cas: list[int], period: float) -> None:
         master = CodecMaster()
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(lambda task_status: master.run(host, int(port), task_status=task_status))
+                await nursery.start(partial(master.run, host, int(port)))
                 await master.started.wait()
                 print("bmi: started", flush=True)
                 n = 0
