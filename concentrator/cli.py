@@ -1,4 +1,4 @@
-"""The `concentrator` command: relay, check-config, demo, netd, trip-path."""
+"""The `concentrator` command: relay, check-config, demo, netd, trip-path, evidence."""
 
 from __future__ import annotations
 

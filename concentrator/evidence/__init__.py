@@ -51,6 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         for finding in s.findings[:10]:
             print(f"   {finding}")
     print(f"dossier: {index}" + (f" ({problem})" if problem else f" and {os.path.join(args.out, 'dossier.pdf')}"))
-    print(f"run time {dossier.run_seconds:.1f} s, capture "
+    print(f"run time {dossier.run_seconds:.1f} s (CPU {dossier.cpu_seconds:.1f} s) before the PDF, capture "
           f"{sum(dossier.sections[1].facts.get('pcap_bytes', {}).values())} bytes")
     return 0 if all(s.passed for s in dossier.sections) else 1

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -54,6 +55,7 @@ class Dossier:
     sections: list[Section]
     duration: float
     run_seconds: float = 0.0
+    cpu_seconds: float = 0.0                               # this process, capture and analysis
     files: dict[str, str] = field(default_factory=dict)   # label -> path relative to the output dir
 
 
@@ -397,6 +399,8 @@ def build(config_file: str, out: str, duration: float, netd_state_file: str | No
                 f.write(f"{hashlib.sha256(g.read()).hexdigest()}  {rel}\n")
     dossier.files["SHA-256 of the files above"] = "SHA256SUMS"
     dossier.run_seconds = time.monotonic() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    dossier.cpu_seconds = usage.ru_utime + usage.ru_stime
     return dossier
 
 

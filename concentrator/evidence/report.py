@@ -293,7 +293,7 @@ def render(d: Dossier) -> str:
             f"<h1>IEC 104 concentrator: evidence for annex A40 section 5.10 "
             f'<span class="{overall}">{overall}</span></h1>'
             f"<p>Generated {esc(d.generated)} on {esc(os.uname().nodename)} in {d.run_seconds:.1f} s "
-            f"(capture {d.duration:g} s). Re-run: <code>{esc(d.command)}</code></p>"
+            f"(capture {d.duration:g} s, {d.cpu_seconds:.1f} s of CPU). Re-run: <code>{esc(d.command)}</code></p>"
             f"{summary}<p>Raw evidence beside this page:</p><ul>{files}</ul>{body}</body></html>")
 
 
