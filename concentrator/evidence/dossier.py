@@ -117,6 +117,14 @@ def _command_version(argv: list[str]) -> str:
         return "not installed"
 
 
+def _source_commit() -> str:
+    """The git commit of the running source tree, when it is a checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return "not a git checkout"
+    return _command_version(["git", "-C", root, "describe", "--always", "--dirty"])
+
+
 def versions() -> dict[str, str]:
     def dist(name: str) -> str:
         try:
@@ -125,8 +133,7 @@ def versions() -> dict[str, str]:
             return "not installed"
 
     return {
-        "concentrator": dist("iec104-concentrator") if dist("iec104-concentrator") != "not installed"
-        else dist("concentrator"),
+        "concentrator": dist("iec104-concentrator"), "source": _source_commit(),
         "python": platform.python_version(), "trio": dist("trio"), "PyYAML": dist("PyYAML"),
         "pyroute2": dist("pyroute2"), "kernel": f"{platform.system()} {platform.release()}",
         "smcroute": _command_version(["smcrouted", "-v"]), "iproute2": _command_version(["ip", "-V"]),

@@ -80,7 +80,7 @@ def _addresses(host: str) -> list[str]:
 
 
 @dataclass
-class Exception_:
+class Mismatch:
     rule: str
     what: str
     t: float
@@ -115,7 +115,7 @@ class MatchResult:
     negative_answers: int = 0        # cause-46 answers the concentrator originated
     before_capture: int = 0          # uplink/site ASDUs whose origin preceded the capture
     in_flight: int = 0               # BMI ASDUs of the last seconds not delivered yet
-    exceptions: list[Exception_] = field(default_factory=list)
+    exceptions: list[Mismatch] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if k not in ("sites", "exceptions")}
@@ -146,7 +146,7 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
             down_lists[hop.site].append(a)  # type: ignore[index]
 
     def exc(rule: str, what: str, a: Apdu, hop: str, expected: bytes | None = None) -> None:
-        result.exceptions.append(Exception_(rule, what, a.t, hop, a.asdu.hex(" "),
+        result.exceptions.append(Mismatch(rule, what, a.t, hop, a.asdu.hex(" "),
                                             expected.hex(" ") if expected is not None else None,
                                             _diff(a.asdu, expected) if expected is not None else []))
 

@@ -208,9 +208,6 @@ class Reassembler:
             missing = min(_after(s, d.next_seq) for s in d.pending)  # type: ignore[arg-type]
             self.out.problems.append(StreamProblem(
                 d.flow, f"{missing} octets never captured (a gap): {len(d.pending)} later segments not decoded"))
-        if d.reader.buffered and not d.failed:
-            # An APDU cut by the end of the capture is not an error; by a gap it is (above).
-            pass
         if d.skipped and not d.aligned:
             self.out.problems.append(StreamProblem(d.flow, f"no APDU boundary found in {d.skipped} octets"))
 

@@ -7,8 +7,10 @@ moment to show that trips keep flowing.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import statistics
+import struct
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -90,9 +92,6 @@ def _socket_table() -> dict[int, dict[str, Any]]:
 
 
 def _hexaddr(word: str) -> str:
-    import ipaddress
-    import struct
-
     if len(word) == 8:
         return str(ipaddress.IPv4Address(struct.pack("=I", int(word, 16))))
     return str(ipaddress.IPv6Address(b"".join(struct.pack("=I", int(word[i:i + 8], 16)) for i in range(0, 32, 8))))
