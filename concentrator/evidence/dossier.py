@@ -57,6 +57,7 @@ class Dossier:
     run_seconds: float = 0.0
     cpu_seconds: float = 0.0                               # this process, capture and analysis
     files: dict[str, str] = field(default_factory=dict)   # label -> path relative to the output dir
+    captures: list[str] = field(default_factory=list)     # the pcap files among them
 
 
 def capture_interfaces(config: Config) -> list[str]:
@@ -102,7 +103,7 @@ def _relay_reports(config: Config) -> str | None:
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
     url = f"http://{host if ':' not in host else f'[{host}]'}:{listen.port}/metrics"
     try:
-        text = urllib.request.urlopen(url, timeout=3).read().decode(errors="replace")
+        text = urllib.request.urlopen(url, timeout=10).read().decode(errors="replace")
     except OSError:
         return None
     found = re.search(r'concentrator_config_info\{[^}]*sha256="([0-9a-f]{64})"', text)
@@ -390,6 +391,7 @@ def build(config_file: str, out: str, duration: float, netd_state_file: str | No
                       sections, duration)
     for name, path in result.files.items():
         dossier.files[f"capture on {name}"] = os.path.relpath(path, out)
+    dossier.captures = sorted(os.path.relpath(path, out) for path in result.files.values())
     _write_json(out, "evidence.json", {
         "generated": dossier.generated, "command": dossier.command, "config_sha256": config.sha256,
         "sections": [{"number": s.number, "title": s.title, "verdict": s.verdict, "criterion": s.criterion,

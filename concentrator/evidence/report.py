@@ -284,7 +284,10 @@ def render(d: Dossier) -> str:
     summary = table(["section", "verdict"], [[f"{s.number}. {esc(s.title)}", f'<span class="{s.verdict}">{s.verdict}'
                                                                                "</span>"] for s in d.sections],
                     raw=True)
-    files = "".join(f'<li><a href="{esc(rel)}">{esc(rel)}</a>: {esc(label)}</li>' for label, rel in d.files.items())
+    pcaps = ", ".join(f'<a href="{esc(rel)}">{esc(os.path.basename(rel))}</a>' for rel in d.captures)
+    files = f"<li>capture/ (one pcap per interface): {pcaps}</li>" + "".join(
+        f'<li><a href="{esc(rel)}">{esc(rel)}</a>: {esc(label)}</li>' for label, rel in d.files.items()
+        if rel not in d.captures)
     renderers = {1: _spec, 2: _identity, 3: _trips, 4: _failover}
     body = "".join(f'<section id="s{s.number}" class="{"first" if i == 0 else ""}">{renderers[s.number](s)}</section>'
                    for i, s in enumerate(d.sections))

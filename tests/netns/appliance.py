@@ -58,7 +58,10 @@ class Appliance:
         self.trips.start()
         # The BMI reaches the sites' addresses through the concentrator, routed by its
         # kernel: the unicast baseline of the trips' added latency.
-        lab.ip("bmi", "route", "add", "10.1.0.0/16", "via", lab.uplink.primary.conc_ip, "src", BMI_SERVICE)
+        site = lab.sites[0]
+        self.unicast_target = site.peer_service if lab.site_paths == "netd" else site.primary.peer_ip
+        lab.ip("bmi", "route", "add", f"{self.unicast_target}/32", "via", lab.uplink.primary.conc_ip,
+               "src", BMI_SERVICE)
         run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(self.group) is True, 10,
                  "trip path installed")
@@ -78,7 +81,7 @@ class Appliance:
                 self.trips.send(10)
                 # Unicast through the same kernel, to a site: the baseline of the added latency.
                 run(["ip", "netns", "exec", self.lab.ns("bmi"), sys.executable, "-c", UNICAST,
-                     BMI_SERVICE, self.lab.sites[0].peer_service], check=False)
+                     BMI_SERVICE, self.unicast_target], check=False)
 
         sender = threading.Thread(target=send)
         sender.start()
