@@ -158,7 +158,9 @@ def forwarded_datagrams(mc: MulticastConfig, datagrams: list[Datagram]) -> dict[
         elif not d.outgoing and d.ifname in inbound:
             ins[key].append(d)
     per_group: dict[str, dict[str, Any]] = {}
-    delays: dict[str, list[float]] = {"multicast": [], "unicast": []}
+    # Per copy (what each site sees: the kernel clones one copy per outbound interface in
+    # turn, so later copies leave later) and the first copy of each datagram.
+    delays: dict[str, list[float]] = {"multicast": [], "multicast first copy": [], "unicast": []}
     for key, arrived in ins.items():
         first = arrived[0]
         copies = outs.get(key, [])
@@ -170,6 +172,8 @@ def forwarded_datagrams(mc: MulticastConfig, datagrams: list[Datagram]) -> dict[
             for c in copies:
                 g["copies"][c.ifname] += 1
                 delays["multicast"].append(c.t - first.t)
+            if copies:
+                delays["multicast first copy"].append(min(c.t for c in copies) - first.t)
         elif copies:
             delays["unicast"].extend(c.t - first.t for c in copies)
     for g in per_group.values():

@@ -33,6 +33,8 @@ def test_twelve_site_dossier_is_all_pass_and_renders(tmp_path) -> None:
         sites = doc["sections"][1]["facts"]["match"]["sites"]
         assert len(sites) == SITES and all(c["forwarded"] > 0 and c["commands_delivered"] > 0
                                            for c in sites.values()), sites
+        forwarded = doc["sections"][2]["facts"]["forwarded"]
+        assert forwarded["delay"]["unicast"]["count"] > 0 and forwarded["added_median_us"] is not None
         with open(os.path.join(out, "dossier.pdf"), "rb") as f:
             assert f.read(5) == b"%PDF-"
         html = open(os.path.join(out, "index.html")).read()
