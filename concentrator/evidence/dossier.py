@@ -164,8 +164,7 @@ def specification(config: Config, netd_state: dict[str, Any] | None) -> Section:
                    "endpoints": [str(e) for e in s.endpoints], "interruptibility": s.interruptibility,
                    "params": asdict(s.params)} for s in config.sites],
         "metrics": str(config.metrics.listen),
-        "mqtt": None if config.mqtt is None else {"broker": str(getattr(config.mqtt, "broker", "")),
-                                                  "prefix": getattr(config.mqtt, "prefix", "")},
+        "mqtt": None if config.mqtt is None else {"broker": str(config.mqtt.broker), "prefix": config.mqtt.prefix},
         "network": _network_json(config.network),
         "multicast": None if config.multicast is None else [
             {"group": str(g.group), "port": g.port, "sources": [str(s) for s in g.sources],

@@ -23,7 +23,8 @@ def test_twelve_site_dossier_is_all_pass_and_renders(tmp_path) -> None:
     require_tool("smcrouted", "smcroute")
     require_tool("chromium", "chromium")
     # Sites on two relay endpoints each (no netd per site): 14 namespaces stay light on 2 cores.
-    with Lab(n_sites=SITES, site_paths="endpoints", hold_time=1.0, trip_groups=[(GROUP, PORT)]) as lab:
+    with Lab(n_sites=SITES, site_paths="endpoints", hold_time=1.0, probe_interval=0.2, probe_misses=5,
+             trip_groups=[(GROUP, PORT)]) as lab:
         app = Appliance(lab, GROUP, PORT, rate=10.0)
         app.start()
         code, doc, text = app.evidence()
