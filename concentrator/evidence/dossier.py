@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -249,7 +250,9 @@ def decode(config: Config, packets: list[Any]) -> tuple[Any, dict[Any, Hop], lis
 
 def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any, Hop]) -> Section:
     result = match(config, streams.apdus, hops, capture.started, capture.ended)
-    findings = [f"{e.rule}: {e.what}" for e in result.exceptions]
+    # One line per kind of exception (each one, with its bytes, is in the table and matches.json).
+    kinds = Counter(f"{e.rule}: {e.what}" for e in result.exceptions)
+    findings = [f"{n} × {text}" if n > 1 else text for text, n in kinds.items()]
     drops = {k: v for k, v in capture.kernel_drops.items() if v}
     if drops:
         findings.append(f"the kernel dropped captured frames ({drops}): the capture is incomplete")
