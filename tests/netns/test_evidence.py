@@ -6,6 +6,7 @@ a trip group, turns exactly the right section to FAIL, with the bytes shown."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -61,6 +62,13 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
     assert set(live) == {"uplink", "site1", "site2"}
     assert all(0 < row["seen_after_seconds"] < 20 and row["outage_seconds"] is not None
                and row["switch"]["reason"] == "carrier-down" for row in live.values()), live
+    # tshark, an independent decoder, reads the uplink's pcap and finds the ASDUs we counted.
+    tshark = require_tool("tshark", "tshark")
+    rows = subprocess.run([tshark, "-r", os.path.join(lab.workdir, "dossier", "capture", "up0.pcap"),
+                           "-d", "tcp.port==2404,iec60870_104", "-Y", "tcp.srcport == 2404 && iec60870_asdu",
+                           "-T", "fields", "-e", "iec60870_asdu.addr", "-E", "occurrence=a", "-E", "aggregator=;"],
+                          check=True, capture_output=True, text=True).stdout.split()
+    assert sum(len(row.split(";")) for row in rows) == m["up"]
     html = open(os.path.join(lab.workdir, "dossier", "index.html")).read()
     assert html.count('class="PASS"') >= 5 and 'class="FAIL"' not in html and "<svg" in html
 
