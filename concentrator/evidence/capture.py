@@ -43,6 +43,7 @@ class CaptureResult:
     files: dict[str, str] = field(default_factory=dict)        # interface -> pcap path
     kernel_drops: dict[str, int] = field(default_factory=dict)  # interface -> frames the kernel dropped
     sizes: dict[str, int] = field(default_factory=dict)         # interface -> pcap bytes
+    truncated_at: float | None = None  # when the byte limit stopped the capture early
 
 
 class CaptureError(RuntimeError):
@@ -75,9 +76,11 @@ def _open(ifname: str) -> socket.socket:
 class Capture:
     """`start()`, then `stop()` returns every frame seen on `interfaces` in between."""
 
-    def __init__(self, interfaces: list[str], out_dir: str) -> None:
+    def __init__(self, interfaces: list[str], out_dir: str, max_bytes: int = 512 << 20) -> None:
         self.interfaces = interfaces
         self.out_dir = out_dir
+        # Frames are kept in memory for the analysis: bounded, and a capture cut short says so.
+        self.max_bytes = max_bytes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._result = CaptureResult()
@@ -119,7 +122,8 @@ class Capture:
                 self._result.files[name] = path
             packets = self._result.packets
             fds = list(self._socks)
-            while not self._stop.is_set():
+            kept = 0
+            while not self._stop.is_set() and self._result.truncated_at is None:
                 ready, _, _ = select.select(fds, [], [], 0.05)
                 for fd in ready:
                     name, sock, loopback = self._socks[fd]
@@ -138,6 +142,10 @@ class Capture:
                             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                                 sec, nsec = struct.unpack("=qq", value[:16])
                                 t_ns = sec * 1_000_000_000 + nsec
+                        kept += len(data)
+                        if kept > self.max_bytes:
+                            self._result.truncated_at = t_ns / 1e9
+                            break
                         packets.append(Packet(t_ns / 1e9, name, outgoing, data))
                         files[name].write(struct.pack("<IIII", t_ns // 1_000_000_000, t_ns % 1_000_000_000,
                                                       len(data), len(data)) + data)

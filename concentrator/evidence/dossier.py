@@ -249,17 +249,22 @@ def decode(config: Config, packets: list[Any]) -> tuple[Any, dict[Any, Hop], lis
 
 
 def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any, Hop]) -> Section:
-    result = match(config, streams.apdus, hops, capture.started, capture.ended)
+    ended = capture.truncated_at if capture.truncated_at is not None else capture.ended
+    result = match(config, streams.apdus, hops, capture.started, ended)
     # One line per kind of exception (each one, with its bytes, is in the table and matches.json).
     kinds = Counter(f"{e.rule}: {e.what}" for e in result.exceptions)
     findings = [f"{n} × {text}" if n > 1 else text for text, n in kinds.items()]
     drops = {k: v for k, v in capture.kernel_drops.items() if v}
+    if capture.truncated_at is not None:
+        findings.append(f"the capture reached its limit of frames in memory "
+                        f"{capture.truncated_at - capture.started:.1f} s after its start: use a shorter --duration")
     if drops:
         findings.append(f"the kernel dropped captured frames ({drops}): the capture is incomplete")
     findings += [f"stream {p.flow}: {p.what}" for p in streams.problems]
     if result.up + result.bmi == 0:
         findings.append("no IEC 104 ASDU on the uplink during the capture: nothing was shown")
     facts = {"match": result.to_json(), "interfaces": sorted(capture.files), "kernel_drops": capture.kernel_drops,
+             "truncated_at": capture.truncated_at,
              "pcap_bytes": capture.sizes, "segments": streams.segments, "apdus": len(streams.apdus),
              "connections_joined_mid_stream": streams.joined_mid_stream,
              "stream_problems": [f"{p.flow}: {p.what}" for p in streams.problems],
@@ -352,6 +357,13 @@ def failover_section(config: Config, netd_state: dict[str, Any] | None, state_fi
 
 
 def build(config_file: str, out: str, duration: float, netd_state_file: str | None, run_lab: bool) -> Dossier:
+    if not run_lab:
+        return _build(config_file, out, duration, netd_state_file, run_lab)
+    with labmod.unwind_on_signals():
+        return _build(config_file, out, duration, netd_state_file, run_lab)
+
+
+def _build(config_file: str, out: str, duration: float, netd_state_file: str | None, run_lab: bool) -> Dossier:
     started = time.monotonic()
     config = load_config(config_file)
     os.makedirs(out, exist_ok=True)

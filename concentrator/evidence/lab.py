@@ -6,12 +6,13 @@ the operator's agreement, not for a running plant.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from netconfig.multicast import MulticastConfig
@@ -19,6 +20,22 @@ from netconfig.multicast import MulticastConfig
 from .trips import kernel_snapshot
 
 OPERATOR_TOLERANCE = 20.0  # seconds of outage annex A40 tolerates on a link
+
+
+@contextlib.contextmanager
+def unwind_on_signals() -> Iterator[None]:
+    """While a proof has the relay stopped or a link down, SIGTERM, SIGHUP and SIGINT
+    unwind (the `finally` blocks send SIGCONT and bring the link up) instead of killing
+    this process and leaving the appliance that way."""
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def read_state(path: str | None) -> dict[str, Any] | None:
