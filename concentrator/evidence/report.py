@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -28,10 +29,11 @@ def esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def table(head: list[str], rows: list[list[Any]], raw: bool = False) -> str:
-    cells = "".join(f"<th>{esc(h)}</th>" for h in head)
+def table(head: list[str] | None, rows: list[list[Any]], raw: bool = False) -> str:
+    """A table; `head` None for a list of (name, value) rows."""
+    cells = "" if head is None else "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{c if raw else esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{cells}</tr>{body}</table>"
+    return f"<table>{cells}{body}</table>"
 
 
 def topology_svg(facts: dict[str, Any]) -> str:
@@ -97,6 +99,12 @@ def topology_svg(facts: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _template(text: str) -> str:
+    """An alert's summary with Prometheus' templates shown as placeholders: <site>, <value>."""
+    text = re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", r"<\1>", text)
+    return re.sub(r"\{\{[^}]*\$value[^}]*\}\}", "<value>", text)
+
+
 def _hexdiff(asdu: str, offsets: list[int]) -> str:
     octets = asdu.split()
     return " ".join(f'<span class="diff">{o}</span>' if i in offsets else o for i, o in enumerate(octets))
@@ -137,7 +145,7 @@ def _spec(s: Section) -> str:
             [link["name"], f"{link['primary']['interface']} via {link['primary']['gateway']}",
              f"{link['backup']['interface']} via {link['backup']['gateway']}", ", ".join(link["destinations"]),
              netd.get(link["name"], {}).get("active", "?"), netd.get(link["name"], {}).get("switches_total", "?"),
-             netd.get(link["name"], {}).get("outage_seconds_last")]
+             _seconds(netd.get(link["name"], {}).get("outage_seconds_last"))]
             for link in net["links"]]))
     else:
         parts.append("<p>No network: section: no link manager protects the paths.</p>")
@@ -154,10 +162,13 @@ def _spec(s: Section) -> str:
     parts.append(f"<h3>Monitoring and alarms</h3><p>Relay metrics on {esc(f['metrics'])}"
                  + (f"; MQTT mirror to {esc(f['mqtt']['broker'])}" if f.get("mqtt") else "") + ".</p>")
     if f["alerts"]:
-        parts.append(table(["alert", "for", "summary"], [[a["alert"], a["for"], a["summary"]] for a in f["alerts"]]))
+        parts.append(table(["alert", "for", "summary"],
+                           [[a["alert"], a["for"], _template(a["summary"])] for a in f["alerts"]]))
     parts.append("<h3>Configuration and its history</h3>")
-    parts.append(table(["file", "SHA-256", "modified (UTC)", "running relay reports"],
-                       [[f["file"], f["sha256"], f["modified"], f["relay_reports_sha256"] or "no answer"]]))
+    reported = f["relay_reports_sha256"]
+    same = "the same" if reported == f["sha256"] else (reported or "no answer")
+    parts.append(table(None, [["file", f["file"]], ["SHA-256", f["sha256"]], ["modified (UTC)", f["modified"]],
+                                  ["the running relay reports", same]]))
     parts.append(f"<p>Accepted configurations ({esc(f['history_file'])}, append-only):</p>")
     parts.append(table(["accepted at (UTC)", "by", "command", "SHA-256"],
                        [[h.get("accepted_at"), h.get("user"), h.get("command"), h.get("sha256")]
@@ -237,6 +248,10 @@ def _trips(s: Section) -> str:
                          "; ".join(f"{x['kind']} {x['local']}:{x['port']}" for x in p["sockets"]) or "none"]
                         for p in f["processes"]]))
     return "".join(parts)
+
+
+def _seconds(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _us(v: float | None) -> str:
