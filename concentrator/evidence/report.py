@@ -275,10 +275,11 @@ def _failover(s: Section) -> str:
                      if rows else "<p>No switch recorded.</p>")
     if f.get("live") is not None:
         parts.append("<h3>--lab: live switch of each protected link</h3>")
-        parts.append(table(["link", "primary interface taken down", "reason", "outage ms (netd)",
-                            "switch seen after ms", "back on primary"],
+        parts.append(table(["link", "primary interface taken down", "reason", "outage ms (echo replies)",
+                            "echo target", "outage ms (netd)", "switch in netd's state after ms", "back on primary"],
                            [[r["link"], r["interface"], r.get("switch", {}).get("reason", r.get("skipped")
                                                                                   or r.get("error")),
+                             _ms(r.get("echo_outage_seconds")), r.get("echo_target", "-"),
                              _ms(r.get("outage_seconds")), _ms(r.get("seen_after_seconds")), r.get("back_on_primary")]
                             for r in f["live"]]))
     return "".join(parts)

@@ -108,6 +108,13 @@ def test_an_unhealthy_active_path_or_no_state_is_not_ok() -> None:
 
 def test_a_live_switch_that_did_not_happen_is_not_ok() -> None:
     live = [{"link": "uplink", "interface": "up0", "error": "netd did not switch within 15 s"},
-            {"link": "site1", "interface": "s1p", "seen_after_seconds": 0.05, "outage_seconds": 0.0}]
+            {"link": "site1", "interface": "s1p", "seen_after_seconds": 0.05, "outage_seconds": 0.0,
+             "echo_target": "10.1.1.1", "echo_outage_seconds": 0.04}]
     section = failover_section(config(), state(), "s.json", live)
     assert section.findings == ["--lab: uplink: netd did not switch within 15 s"]
+    live[1]["echo_outage_seconds"] = None
+    assert failover_section(config(), state(), "s.json", live).findings[1] == \
+        "--lab: site1: no echo reply from 10.1.1.1 after the switch"
+    live[1]["echo_outage_seconds"] = 25.0
+    assert failover_section(config(), state(), "s.json", live).findings[1] == \
+        "--lab: site1: 25.0 s without an echo reply from 10.1.1.1"
