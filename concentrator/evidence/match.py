@@ -102,6 +102,7 @@ class SiteCounts:
     in_flight_at_end: int = 0
     commands_for_site: int = 0       # BMI ASDUs addressed to this site (own CA or 65535)
     commands_delivered: int = 0
+    commands_site_unconnected: int = 0  # for it while no connection to it was seen at all
     to_site: int = 0                 # ASDUs the site received from the concentrator
 
 
@@ -131,6 +132,9 @@ def _diff(a: bytes, b: bytes) -> list[int]:
 def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: float, ended: float,
           grace: float = 2.0) -> MatchResult:
     result = MatchResult({s.name: SiteCounts() for s in config.sites})
+    # A site with no TCP segment in the whole capture was not connected: the relay holds
+    # its commands for at most t1 and drops them (counted), that is not a routing fault.
+    connected = {hop.site for hop in hops.values() if hop.site is not None}
     owner = {ca: s.name for s in config.sites for ca in s.common_addresses}
     by_kind: dict[str, list[Apdu]] = defaultdict(list)
     site_lists: dict[str, list[Apdu]] = defaultdict(list)
@@ -184,6 +188,8 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
                 counts.commands_delivered += 1
             elif b.t > ended - grace:
                 result.in_flight += 1
+            elif name not in connected:
+                counts.commands_site_unconnected += 1
             else:
                 exc("selectivity", f"BMI ASDU for CA {ca} never reached {name}", b, "bmi")
     for name, lst in down_lists.items():

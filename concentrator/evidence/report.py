@@ -192,9 +192,11 @@ def _identity(s: Section) -> str:
                          m.get("negative_answers"), m.get("before_capture"), m.get("in_flight"),
                          len(m.get("exceptions", []))]]))
     rows = [[name, c["from_site"], c["forwarded"], c["repeated_ed2"], c["not_on_uplink"], c["in_flight_at_end"],
-             c["commands_for_site"], c["commands_delivered"], c["to_site"]] for name, c in m.get("sites", {}).items()]
+             c["commands_for_site"], c["commands_delivered"], c["commands_site_unconnected"], c["to_site"]]
+            for name, c in m.get("sites", {}).items()]
     parts.append(table(["site", "ASDUs from the site", "equal on the uplink", "re-sent (Ed. 2)", "not on the uplink",
-                        "in flight at end", "BMI ASDUs for it", "delivered", "ASDUs it received"], rows))
+                        "in flight at end", "BMI ASDUs for it", "delivered", "while not connected",
+                        "ASDUs it received"], rows))
     exceptions = m.get("exceptions", [])
     if exceptions:
         parts.append("<h3>Exceptions, with their bytes</h3>")

@@ -84,6 +84,13 @@ def test_a_command_not_delivered_and_a_broadcast_missing_a_site_are_exceptions()
     assert e.rule == "selectivity" and "CA 65535 never reached s2" in e.what
 
 
+def test_a_command_for_a_site_with_no_connection_is_counted_not_judged() -> None:
+    hops = {flow: hop for flow, hop in HOPS.items() if hop.site != "s2"}
+    apdus = [Apdu(5.0, BMI, 1, interrogation(102))]
+    r = match(config(), apdus, hops, started=0.0, ended=20.0)
+    assert r.exceptions == [] and r.sites["s2"].commands_site_unconnected == 1
+
+
 def test_reordered_duplicated_and_fabricated_uplink_asdus_are_exceptions() -> None:
     a0, a1 = counter_asdu(101, 0), counter_asdu(101, 1)
     base = [(5.0, SITE1, a0), (5.01, SITE1, a1)]
