@@ -1,6 +1,7 @@
 """`concentrator evidence`: the approval dossier of annex A40 section 5.10, from the appliance itself.
 
     concentrator evidence --config FILE --out DIR [--duration S] [--netd-state FILE] [--lab]
+    concentrator evidence --recheck DIR
 
 Run as root on the concentrator (in its network namespace). Without `--lab` it only
 reads: the configuration, the kernel's tables, /proc, netd's state file, the relay's
@@ -21,13 +22,19 @@ from concentrator.config import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="concentrator evidence", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="the appliance's YAML file")
-    ap.add_argument("--out", required=True, help="directory for index.html, the PDF and the raw evidence")
+    ap.add_argument("--config", help="the appliance's YAML file")
+    ap.add_argument("--out", help="directory for index.html, the PDF and the raw evidence")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of capture (default 60)")
     ap.add_argument("--netd-state", help="netd's --state file (switch history, active paths)")
     ap.add_argument("--lab", action="store_true",
                     help="also run the active proofs: SIGSTOP the relay, take each primary link down and up")
+    ap.add_argument("--recheck", metavar="DIR",
+                    help="only redo section 2 from a dossier's pcap files and configuration, and compare")
     args = ap.parse_args(argv)
+    if args.recheck is not None:
+        return _recheck(args.recheck)
+    if args.config is None or args.out is None:
+        ap.error("--config and --out are required (or --recheck DIR)")
     if args.duration <= 0:
         ap.error("--duration must be positive")
     from .capture import CaptureError
@@ -54,3 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run time {dossier.run_seconds:.1f} s (CPU {dossier.cpu_seconds:.1f} s) before the PDF, capture "
           f"{sum(dossier.sections[1].facts.get('pcap_bytes', {}).values())} bytes")
     return 0 if all(s.passed for s in dossier.sections) else 1
+
+
+def _recheck(out: str) -> int:
+    from .recheck import RecheckError, recheck
+
+    try:
+        same, result = recheck(out)
+    except (RecheckError, ConfigError) as exc:
+        print(f"recheck: {exc}", file=sys.stderr)
+        return 2
+    verdict = "PASS" if not result["exceptions"] else "FAIL"
+    print(f"section 2 recomputed from {out}/capture: {verdict}, {result['up']} uplink ASDUs, "
+          f"{result['bmi']} BMI ASDUs, {len(result['exceptions'])} exceptions")
+    print("the same as matches.json" if same else "DIFFERENT from matches.json: the files were changed")
+    return 0 if same else 1

@@ -264,7 +264,8 @@ def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any,
     if result.up + result.bmi == 0:
         findings.append("no IEC 104 ASDU on the uplink during the capture: nothing was shown")
     facts = {"match": result.to_json(), "interfaces": sorted(capture.files), "kernel_drops": capture.kernel_drops,
-             "truncated_at": capture.truncated_at,
+             "truncated_at": capture.truncated_at, "capture_started": capture.started,
+             "capture_ended": capture.ended,
              "pcap_bytes": capture.sizes, "segments": streams.segments, "apdus": len(streams.apdus),
              "connections_joined_mid_stream": streams.joined_mid_stream,
              "stream_problems": [f"{p.flow}: {p.what}" for p in streams.problems],
