@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -17,12 +16,12 @@ from netconfig.harness import BMI_SERVICE, CONC_SERVICE, Iec104Stream, Lab, Trip
 
 DURATION = 4.0
 UNICAST = """
-import socket, sys, time
+import itertools, socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], 0))
-for i in range(10):
+for i in itertools.count():
     s.sendto(b"unicast baseline %d" % i, (sys.argv[2], 30199))
-    time.sleep(0.01)
+    time.sleep(0.02)
 """
 
 
@@ -72,27 +71,27 @@ class Appliance:
         argv = ["ip", "netns", "exec", self.lab.ns("conc"), sys.executable, "-m", "concentrator", "evidence",
                 "--config", self.config, "--out", out, "--duration", str(duration),
                 "--netd-state", self.lab.state_file("conc"), *extra]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # Trip datagrams from the BMI for as long as the capture runs.
-        stop = threading.Event()
-
-        def send() -> None:
-            while not stop.is_set() and proc.poll() is None:
-                self.trips.send(10)
-                # Unicast through the same kernel, to a site: the baseline of the added latency.
-                run(["ip", "netns", "exec", self.lab.ns("bmi"), sys.executable, "-c", UNICAST,
-                     BMI_SERVICE, self.unicast_target], check=False)
-
-        sender = threading.Thread(target=send)
-        sender.start()
+        # Trip datagrams (50/s) and unicast datagrams to a site (the baseline of the added
+        # latency) from the BMI, without a pause, for as long as the capture runs.
+        lab, py = self.lab, [sys.executable, "-m"]
+        count = str(int((duration + 30) * 50))  # scapy builds them all before the first leaves
+        senders = [
+            lab.spawn("bmi", "trip-sender", [*py, "netconfig.trip_peers", "send", "--group", self.group, "--port",
+                                             str(self.trips.port), "--src", BMI_SERVICE, "--iface",
+                                             lab.uplink.primary.peer_if, "--count", count, "--interval", "0.02",
+                                             "--out", self.trips.sent_file]),
+            lab.spawn("bmi", "unicast-sender", [sys.executable, "-c", UNICAST, BMI_SERVICE, self.unicast_target]),
+        ]
+        wait_for(lambda: lab.assert_running() or os.path.exists(self.trips.sent_file), 30, "trips being sent")
         try:
-            text, _ = proc.communicate(timeout=240)
+            done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
         finally:
-            stop.set()
-            sender.join()
+            for sender in senders:
+                lab.stop(sender)
+        text = done.stdout
         assert os.path.exists(os.path.join(out, "evidence.json")), text
         with open(os.path.join(out, "evidence.json")) as f:
-            return proc.returncode, json.load(f), text
+            return done.returncode, json.load(f), text
 
 
 def listening(lab: Lab, role: str, port: int) -> bool:

