@@ -12,7 +12,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from netconfig.multicast import MulticastConfig
+from netconfig.probe import echo_request
 
 from .trips import kernel_snapshot
 
@@ -114,7 +114,7 @@ class EchoTrain:
             while not self._stop.is_set():
                 seq = (seq + 1) & 0xFFFF
                 try:
-                    sock.sendto(_echo(self._ident, seq), (self.target, 0))
+                    sock.sendto(echo_request(self._ident, seq, b"concentrator evidence"), (self.target, 0))
                 except OSError:
                     pass  # no route for a moment: that is the outage being measured
                 deadline = time.monotonic() + self.interval
@@ -134,22 +134,6 @@ class EchoTrain:
             return None
         times = ([before[-1]] if before else []) + after
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
-
-
-def _echo(ident: int, seq: int) -> bytes:
-    body = b"concentrator evidence"
-    checksum = _checksum(struct.pack("!BBHHH", 8, 0, 0, ident, seq) + body)
-    return struct.pack("!BBHHH", 8, 0, checksum, ident, seq) + body
-
-
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def switch_links(network: Any, state_file: str, wait: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
