@@ -31,6 +31,8 @@ import sys
 import time
 from typing import Any
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -80,15 +82,16 @@ def _tx_stamp(s: socket.socket, timeout: float = 1.0) -> int | None:
 def sender(args: argparse.Namespace) -> int:
     s = _tx_socket(args.iface)
     s.setblocking(False)
-    targets = {"multicast": (GROUP, PORT), "unicast": (args.unicast, UNICAST_PORT)}
+    unicast = args.unicast.split(",")  # one site after the other
     period = 1.0 / args.rate
     with open(args.out, "w") as out:
         next_at = time.monotonic()
         for i in range(args.pairs * 2):
             kind = "multicast" if i % 2 == 0 else "unicast"
             seq = args.first + i
-            s.sendto(trip_payload(seq), targets[kind])
-            out.write(json.dumps({"seq": seq, "kind": kind, "tx_ns": _tx_stamp(s)}) + "\n")
+            target = unicast[(i // 2) % len(unicast)]
+            s.sendto(trip_payload(seq), (GROUP, PORT) if kind == "multicast" else (target, UNICAST_PORT))
+            out.write(json.dumps({"seq": seq, "kind": kind, "to": target, "tx_ns": _tx_stamp(s)}) + "\n")
             next_at += period / 2
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -125,6 +128,13 @@ def busy_jiffies() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def summary(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    return {"n": len(xs), "p50_us": round(statistics.median(xs), 2),
+            "p90_us": round(xs[int(0.9 * (len(xs) - 1))], 2), "p99_us": round(xs[int(0.99 * (len(xs) - 1))], 2),
+            "max_us": round(xs[-1], 2), "mean_us": round(statistics.fmean(xs), 2)}
+
+
 def measure(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: float, first: int,
             relay_pid: int | None) -> dict[str, Any]:
     sent_file = os.path.join(lab.workdir, f"sent-{label}.jsonl")
@@ -150,12 +160,6 @@ def measure(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: float, f
         lat[s["kind"]].append(us)
         if s["kind"] == "multicast" and seq + 1 in sent and sent[seq + 1]["tx_ns"] is not None:
             paired.append(us - (got[seq + 1]["t_ns"] - sent[seq + 1]["tx_ns"]) / 1000)
-
-    def summary(xs: list[float]) -> dict[str, float]:
-        xs = sorted(xs)
-        return {"n": len(xs), "p50_us": round(statistics.median(xs), 2),
-                "p90_us": round(xs[int(0.9 * (len(xs) - 1))], 2), "p99_us": round(xs[int(0.99 * (len(xs) - 1))], 2),
-                "max_us": round(xs[-1], 2), "mean_us": round(statistics.fmean(xs), 2)}
 
     result: dict[str, Any] = {
         "multicast": summary(lat["multicast"]), "unicast": summary(lat["unicast"]),
@@ -183,12 +187,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                "dev", lab.uplink.primary.peer_if)
         run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         trips = TripTraffic(lab, GROUP, PORT)
-        site = lab.sites[0]
-        lab.spawn(site.peer, "trip-recv-bench", [
-            sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", GROUP, "--port", str(PORT),
-            "--ifaces", f"{site.primary.peer_if},{site.backup.peer_if}",
-            "--unicast", f"{site_service(1)}:{UNICAST_PORT}", "--out", trips.received_file(site)])
-        wait_for(lambda: "receiver: ready" in lab._log_tail("trip-recv-bench")(), 10.0, "receiver")
+        trips.start(unicast_port=UNICAST_PORT)
         wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True, 10.0,
                  "trip path installed")
 
@@ -230,12 +229,107 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+# ---------------------------------------------------------------------- sites: 1, 15, 100
+
+# (sites, engine): the routing table (smcroute) where it fits, nftables past it; 15
+# sites with both to compare the engines at the same size.
+SCALE_PLAN = ((1, "auto"), (15, "auto"), (15, "nftables"), (100, "auto"))
+
+
+def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: float, first: int) -> dict[str, Any]:
+    """One multicast datagram reaches every site; the unicast one of each pair goes to
+    one site after the other. Multicast latency is taken over every (datagram, site)."""
+    sent_file = os.path.join(lab.workdir, f"sent-{label}.jsonl")
+    busy0, total0 = busy_jiffies()
+    targets = ",".join(site_service(i) for i in range(1, len(lab.sites) + 1))
+    run(["ip", "netns", "exec", lab.ns("bmi"), sys.executable, os.path.abspath(__file__), "sender",
+         "--iface", lab.uplink.primary.peer_if, "--unicast", targets, "--pairs", str(pairs),
+         "--rate", str(rate), "--first", str(first), "--out", sent_file])
+    busy1, total1 = busy_jiffies()
+    sent = {r["seq"]: r for r in _jsonl(sent_file)}
+    by_site = {f"10.1.{i}.1": site for i, site in enumerate(lab.sites, start=1)}
+    got: dict[str, dict[int, dict[str, Any]]] = {}
+    for site in lab.sites:
+        want = {q for q, r in sent.items() if r["kind"] == "multicast" or by_site[r["to"]] is site}
+        wait_for(lambda: want <= {r["seq"] for r in trips.received(site)}, 30.0, f"{label}: {site.name} received")
+        got[site.name] = {r["seq"]: r for r in trips.received(site) if r["seq"] in want}
+    multicast, unicast, paired, first_site, last_site = [], [], [], [], []
+    for seq, s in sent.items():
+        if s["tx_ns"] is None:
+            continue
+        if s["kind"] == "multicast":
+            for site in lab.sites:
+                us = (got[site.name][seq]["t_ns"] - s["tx_ns"]) / 1000
+                multicast.append(us)
+                if site is lab.sites[0]:
+                    first_site.append(us)
+                if site is lab.sites[-1]:
+                    last_site.append(us)
+            u = sent.get(seq + 1)
+            if u is not None and u["tx_ns"] is not None:
+                site = by_site[u["to"]]
+                uc = (got[site.name][seq + 1]["t_ns"] - u["tx_ns"]) / 1000
+                unicast.append(uc)
+                paired.append((got[site.name][seq]["t_ns"] - s["tx_ns"]) / 1000 - uc)
+    mc, uc = summary(multicast), summary(unicast)
+    result = {
+        "multicast_all_sites": mc, "multicast_first_site": summary(first_site),
+        "multicast_last_site": summary(last_site), "unicast": uc,
+        "added_p50_us": round(mc["p50_us"] - uc["p50_us"], 2), "added_p99_us": round(mc["p99_us"] - uc["p99_us"], 2),
+        "added_paired_p50_us": round(statistics.median(paired), 2),
+        "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
+    }
+    print(f"{label:22s} multicast p50 {mc['p50_us']:7.1f} p99 {mc['p99_us']:7.1f} (site 1 p50 "
+          f"{result['multicast_first_site']['p50_us']:.1f}, last site p50 {result['multicast_last_site']['p50_us']:.1f})"
+          f" | unicast p50 {uc['p50_us']:6.1f} p99 {uc['p99_us']:6.1f} | added p50 {result['added_p50_us']:+.1f}"
+          f" p99 {result['added_p99_us']:+.1f} paired {result['added_paired_p50_us']:+.1f}"
+          f" | machine busy {result['machine_busy_share']}", flush=True)
+    return result
+
+
+def bench_sites(args: argparse.Namespace) -> dict[str, Any]:
+    from netconfig.harness import Iec104Stream
+    from netconfig.netd import load_sections
+
+    results: dict[str, Any] = {"pairs": args.pairs, "rate_pairs_per_s": args.rate, "runs": []}
+    for n, engine in SCALE_PLAN:
+        with Lab(n_sites=n, hold_time=60.0, probe_interval=0.5, trip_groups=[(GROUP, PORT)], trip_engine=engine,
+                 start_netd=False) as lab:
+            for role in ("conc", "bmi"):  # sites need no return route for one-way datagrams
+                lab._start_netd(role)
+            for role in ("conc", "bmi"):
+                lab.wait_netd_ready(role, timeout=60.0)
+            _, mc = load_sections(os.path.join(lab.workdir, "netd-conc.yaml"))
+            assert mc is not None
+            wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True, 30.0,
+                     "trip path installed")
+            lab.ip("bmi", "route", "add", "10.1.0.0/16", "via", lab.uplink.primary.conc_ip,
+                   "dev", lab.uplink.primary.peer_if)
+            run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+            trips = TripTraffic(lab, GROUP, PORT)
+            trips.start(unicast_port=UNICAST_PORT)
+            conf = os.path.join(lab.workdir, "relay.yaml")
+            with open(conf, "w") as f:
+                yaml.safe_dump(Iec104Stream(lab).relay_config(), f)
+            lab.spawn("conc", "relay", [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay",
+                                        "--config", conf])
+            time.sleep(2.0)  # relay idle: started, its sites unreachable
+            first = 0
+            for rep in range(args.repeats):
+                label = f"{n}-sites-{mc.engine}-{rep}"
+                results["runs"].append({"sites": n, "engine": mc.engine, "repeat": rep, "relay": "idle",
+                                        **measure_sites(lab, trips, label, args.pairs, args.rate, first)})
+                first += 2 * args.pairs
+    results["kernel"] = os.uname().release
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd")
     s = sub.add_parser("sender", help="(internal) run in the BMI namespace")
     s.add_argument("--iface", required=True)
-    s.add_argument("--unicast", required=True)
+    s.add_argument("--unicast", required=True, help="site addresses, comma-separated: one after the other")
     s.add_argument("--pairs", type=int, required=True)
     s.add_argument("--rate", type=float, required=True)
     s.add_argument("--first", type=int, default=0)
@@ -245,14 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--load", default="--rate 2000 --site-k 100 --site-w 80 --commands 0",
                     help="load generator options (100 sites); the default offers more than the relay carries")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "trip-latency.json"))
+    ap.add_argument("--sites", action="store_true",
+                    help="instead: 1, 15 and 100 two-path sites, relay idle (bench/trip-sites.json)")
+    ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.cmd == "sender":
         return sender(args)
     from netconfig.harness import install_signal_cleanup
 
     install_signal_cleanup()
-    results = bench(args)
+    args.out = args.out or os.path.join(ROOT, "bench", "trip-sites.json" if args.sites else "trip-latency.json")
+    results = bench_sites(args) if args.sites else bench(args)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"written {args.out}")

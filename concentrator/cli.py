@@ -1,16 +1,21 @@
-"""The `concentrator` command: relay, check-config, demo, netd, trip-path."""
+"""The `concentrator` command: relay, check-config, health, demo, netd, trip-path, shedding, ha, evidence."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+from .evidence.history import record_accepted
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +24,9 @@ def _relay(args: argparse.Namespace) -> int:
     from .relay import Relay
 
     config = load_config(args.config)
+    check_installed(config)
     log.info("configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites))
+    record_accepted(config, "relay")
     relay = Relay(config)
 
     async def run() -> None:
@@ -32,11 +39,13 @@ def _relay(args: argparse.Namespace) -> int:
             metrics = serve_relay(relay.stats, config)
         except OSError as exc:
             log.error("metrics not served: %s", exc)
-            await relay.run()
+            if await _started(args.start_fd):
+                await relay.run()
             return
         log.info("metrics on %s", metrics.url)
         try:
-            await relay.run()
+            if await _started(args.start_fd):
+                await relay.run()
         finally:
             metrics.close()
 
@@ -44,12 +53,30 @@ def _relay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _started(fd: int | None) -> bool:
+    """With --start-fd (an HA pair, concentrator/ha.py): say "loaded" (one byte) and wait,
+    with no socket toward the BMI or the sites, until the supervisor writes one byte;
+    end of file (the supervisor died) means never start."""
+    if fd is None:
+        return True
+    log.info("standing by until the HA supervisor starts this relay")
+    os.write(fd, b"r")
+    await trio.lowlevel.wait_readable(fd)
+    return os.read(fd, 1) != b""
+
+
 async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
-    """Run until SIGTERM (a service manager or container stop) or SIGINT, then stop
-    cleanly: connections are closed and every UPDC keeps what the BMI did not confirm."""
+    """Run until SIGTERM (a service manager or container stop) or SIGINT, or until `run`
+    returns (a standby relay told never to start), then stop cleanly: connections are
+    closed and every UPDC keeps what the BMI did not confirm."""
+
+    async def run_then_stop() -> None:
+        await run()
+        nursery.cancel_scope.cancel()
+
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            nursery.start_soon(run)
+            nursery.start_soon(run_then_stop)
             async for signum in signals:
                 log.info("%s received: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -58,17 +85,83 @@ async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    check_installed(config)
+    if args.bind:
+        check_listeners(config)
+    if config.mqtt is not None and config.mqtt.tls_dates:  # (the relay starts anyway, and logs them)
+        for problem in config.mqtt.tls_dates:
+            print(f"{config.file}: {problem}", file=sys.stderr)
+        return 1
     cas = sum(len(site.common_addresses) for site in config.sites)
+    record_accepted(config, "check-config")
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
     return 0
 
 
+def check_installed(config: Config) -> None:
+    """The optional packages the configuration needs: the mirror (`mqtt:`) needs paho-mqtt
+    and cryptography."""
+    for module, package in (("paho", "paho-mqtt"), ("cryptography", "cryptography")):
+        if config.mqtt is not None and importlib.util.find_spec(module) is None:
+            install = "pip install 'iec104-concentrator[mqtt]'"
+            expected = f"{package} installed for the MQTT mirror ({install})"
+            raise ConfigError(config.file, "mqtt", expected, "not installed")
+
+
+def check_listeners(config: Config) -> None:
+    """Bind every address the appliance will listen on, all at once, then release them:
+    a busy or foreign address fails here, with the reason, not when the relay starts.
+    Bound as the relay and the exporters bind (SO_REUSEADDR; IPv6 only for IPv6). An HA
+    pair's virtual addresses are held by the active appliance only: there the port is
+    checked, not the address (IP_FREEBIND)."""
+    virtual = set() if config.ha is None else {str(config.ha.uplink.virtual_address.ip)}
+    with contextlib.ExitStack() as held:
+        for key, listen in config.listeners():
+            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+            sock = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if listen.host in virtual:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_FREEBIND, 1)
+            try:
+                sock.bind((listen.host, listen.port))
+                sock.listen()  # two bound sockets may share a port; two listening ones may not
+            except OSError as exc:
+                got = f"{listen}: {exc.strerror or exc}"
+                raise ConfigError(config.file, key, "an address and port this host can listen on now", got) from None
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Healthy (0) while a socket listens on the configured uplink port: the container's
+    health check. Read from /proc rather than by connecting: a connection from 127.0.0.1
+    would be refused by the allowlist and logged every time."""
+    port = load_config(args.config).uplink.listen.port
+    if listening(port):
+        return 0
+    print(f"nothing listens on port {port} (uplink.listen)", file=sys.stderr)
+    return 1
+
+
+def listening(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> bool:
+    """Whether a TCP socket of this network namespace listens on `port`."""
+    for table in tables:
+        with open(table, encoding="ascii") as rows:
+            next(rows)  # the header
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                if state == "0A" and int(local.rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                    return True
+    return False
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("c104") is None:
+        print("the demo's simulated sites and BMI need c104: pip install 'iec104-concentrator[demo]'", file=sys.stderr)
+        return 2
     from .demo import run_demo
 
     return run_demo(sites=args.sites, duration=args.duration, sample_period=args.sample_period)
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay = commands.add_parser("relay", help="run the IEC 104 relay")
     relay.add_argument("--config", required=True, help="YAML configuration file")
+    relay.add_argument("--start-fd", type=int, help=argparse.SUPPRESS)  # set by `concentrator ha`
     relay.set_defaults(run=_relay)
 
-    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file, check that its listen addresses are free here, and exit"
+    )
     check.add_argument("file")
+    check.add_argument(
+        "--no-bind",
+        dest="bind",
+        action="store_false",
+        help="do not bind the listen addresses (checking on another host)",
+    )
     check.set_defaults(run=_check_config)
+
+    health = commands.add_parser("health", help="exit 0 while the relay listens on the configured uplink port")
+    health.add_argument("--config", required=True, help="YAML configuration file")
+    health.set_defaults(run=_health)
 
     demo = commands.add_parser("demo", help="simulated sites, the relay and a simulated BMI on loopback")
     demo.add_argument("--sites", type=int, default=12, help="number of simulated UPDCs (default 12)")
@@ -94,8 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `netd` and its options to the link manager.
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
+    commands.add_parser("shedding", help="shedding compliance: `shedding report --config FILE [--since 7d] "
+                        "[--event ID] [--html DIR]`")  # fmt: skip
+    commands.add_parser("ha", help="run the HA supervisor of one appliance of a pair (keepalived, relay); ha --help")
+    commands.add_parser("ha-status", help="this appliance's HA role, from its supervisor; --json")
     commands.add_parser(
         "trip-path", help="show the kernel's multicast trip path per group (installed, interfaces, counters); --json"
+    )
+    commands.add_parser(
+        "evidence", help="the approval dossier (annex A40 5.10) from this appliance; evidence --help for its options"
     )
     return parser
 
@@ -112,6 +225,28 @@ def main(argv: list[str] | None = None) -> int:
         from netconfig.tripreport import main as trip_main
 
         return trip_main(argv[1:])
+    if argv[:1] == ["shedding"]:
+        # Reads the monitor's record only (concentrator/shedding/report.py).
+        from .shedding.report import main as report_main
+
+        if argv[1:2] != ["report"]:
+            print("usage: concentrator shedding report (--config FILE | --db FILE) [--since 7d] [--event ID] "
+                  "[--html DIR]", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            return report_main(argv[2:])
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    if argv[:1] in (["ha"], ["ha-status"]):
+        # The HA supervisor owns the role and starts the relay (concentrator/ha.py, docs/ha.md).
+        from . import ha
+
+        return (ha.main if argv[0] == "ha" else ha.status_main)(argv[1:])
+    if argv[:1] == ["evidence"]:
+        from .evidence import main as evidence_main
+
+        return evidence_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -27,6 +27,7 @@ from .iec104.errors import Cause
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
 from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
+from .shedding.tap import ShedFeeder, ShedTap
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class Relay:
         self._timer_at = math.inf
         self._timer_wake = trio.Event()
         self._log = LimitedLog()
+        # In an HA pair the sites are reached from the sites' virtual address only: a relay
+        # on the appliance that does not hold it cannot connect (docs/ha.md).
+        self.source_address = None if config.ha is None else str(config.ha.sites.virtual_address.ip)
         # The MQTT mirror (config `mqtt:`): a tap on the core; decoding and publishing
         # run in the mirror's own process (concentrator/mirror).
         self.mirror_queue: MirrorQueue | None = None
@@ -64,6 +68,11 @@ class Relay:
             self.stats.mirror = MirrorStats()
             self.mirror_queue = MirrorQueue(config.mqtt.queue_limit, self.stats.mirror, frozenset(config.mqtt.critical))
             self.core.add_tap(self.mirror_queue)
+        # The shedding compliance monitor's copies: another tap, fed to its own process.
+        self.shed_tap: ShedTap | None = None
+        if config.shedding is not None:
+            self.shed_tap = ShedTap(frozenset(s.name for s in config.shedding.sites), config.shedding.queue_limit)
+            self.core.add_tap(self.shed_tap)
 
     @property
     def sites(self) -> list[SiteState]:
@@ -92,8 +101,10 @@ class Relay:
             if self.config.mqtt is not None and self.mirror_queue is not None:
                 from .mirror.process import MirrorProcess
 
-                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.mirror_queue.stats)
+                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats)
                 nursery.start_soon(mirror.run)
+            if self.config.shedding is not None and self.shed_tap is not None:  # the monitor's own process
+                nursery.start_soon(ShedFeeder(self.config.shedding, self.shed_tap).run)
             task_status.started(self)
 
     # ------------------------------------------------------------------ actions
@@ -159,7 +170,7 @@ class Relay:
         for endpoint in site.config.endpoints:
             try:
                 with trio.fail_after(site.config.params.t0):
-                    stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                    stream = await trio.open_tcp_stream(endpoint.host, endpoint.port, local_address=self.source_address)
             except (OSError, trio.TooSlowError) as exc:
                 log.debug("site %s: %s unreachable: %r", site.name, endpoint, exc)
                 continue

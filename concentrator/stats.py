@@ -13,12 +13,12 @@ place where several fields must agree, the time in each state, is read through
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
 from concentrator.iec104.quality import MEASURED_VALUE_TYPES, MalformedMeasurement, count_invalid
 from concentrator.mirror.stats import MirrorStats
+from monitoring.primitives import Histogram
 
 # Relay latency buckets, seconds: 10 µs to 1 s.
 LATENCY_BUCKETS = (
@@ -33,25 +33,6 @@ ACK_DELAY_BUCKETS = (
 )  # fmt: skip
 
 SITE_STATES = ("disconnected", "connecting", "connected", "started")
-
-
-@dataclass
-class Histogram:
-    """Cumulative-on-read histogram: observe() is one bisect and two additions."""
-
-    bounds: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=list)  # one per bound, then +Inf
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
 
 
 @dataclass
@@ -72,8 +53,9 @@ class SiteStats:
     bytes_up_by_kind: Counter[tuple[int, int]] = field(default_factory=Counter)
     bytes_down_by_kind: Counter[tuple[int, int]] = field(default_factory=Counter)
     dropped_down: int = 0  # BMI ASDUs for this site while it was not connected
-    latency_up: Histogram = field(default_factory=Histogram)  # site frame read -> copy queued to the BMI
-    latency_down: Histogram = field(default_factory=Histogram)
+    # site frame read -> copy queued to the BMI, and the other way
+    latency_up: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    latency_down: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     last_latency_up: float | None = None
     last_ack_delay: float | None = None  # seconds from forwarding to the BMI's confirmation
     max_ack_delay: float = 0.0

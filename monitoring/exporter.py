@@ -1,5 +1,5 @@
-"""Serve metrics over HTTP, read-only: the relay's through a process of its own, other
-collectors (the link manager's) in daemon threads of the calling process.
+"""Serve the relay's metrics over HTTP, read-only, through a process of its own (other
+collectors, the link manager's, are served by monitoring.primitives.serve in daemon threads).
 
 prometheus_client's WSGI server runs each scrape on its own thread, so a scrape never
 runs on the relay's trio loop. But formatting holds the GIL, and in the relay's process
@@ -17,14 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable
 
 import trio
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-from prometheus_client.registry import Collector
 
 from concentrator.config import Config, Endpoint
 from concentrator.stats import RelayStats
@@ -45,43 +40,6 @@ def relay_clock() -> Callable[[], float]:
     """
     offset = trio.current_time() - time.perf_counter()
     return lambda: time.perf_counter() + offset
-
-
-@dataclass
-class MetricsServer:
-    server: WSGIServer
-    thread: Thread
-    registry: CollectorRegistry
-
-    @property
-    def host(self) -> str:
-        return str(self.server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-def serve(collectors: Iterable[Collector], listen: Endpoint, *, process: bool = True) -> MetricsServer:
-    """Start serving `collectors` (plus the process's CPU and memory) on `listen`.
-    Port 0 picks a free port; read it back from `.port`."""
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in collectors:
-        registry.register(collector)
-    if process:
-        ProcessCollector(registry=registry)
-    server, thread = start_http_server(listen.port, addr=listen.host, registry=registry)
-    return MetricsServer(server, thread, registry)
 
 
 class RelayExporter:

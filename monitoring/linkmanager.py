@@ -28,7 +28,7 @@ recovered).
 Wiring: the link manager passes its stats objects (netconfig.netd.NetdStats matches
 `LinkManagerView` once its LinkStats has an `outage` Histogram, observed with every
 failure-driven switch's outage) to `LinkManagerCollector` and serves it with
-monitoring.exporter.serve() on its own listen address.
+monitoring.primitives.serve() on its own listen address.
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from concentrator.stats import Histogram
-
-from .relay_metrics import PREFIX, histogram_buckets
+from .primitives import PREFIX, Histogram, histogram_buckets
 
 PATHS = ("primary", "backup")
 

@@ -36,9 +36,15 @@ from prometheus_client.registry import Collector
 
 from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
-from concentrator.stats import SITE_STATES, Histogram, RelayStats
+from concentrator.stats import SITE_STATES, RelayStats
 
-PREFIX = "concentrator_"
+from .primitives import PREFIX, Histogram, histogram_buckets
+
+# MQTT 5 PUBREC/PUBACK failure reasons, exported at 0 until seen (so increase() works).
+MIRROR_REFUSAL_REASONS = ("Not authorized", "Quota exceeded", "Topic name invalid", "Payload format invalid",
+                          "Packet identifier in use", "Implementation specific error", "Unspecified error")  # fmt: skip
+MIRROR_LOSS_KEYS = ("queue_full/0", "queue_full/2", "disconnect/0", "shutdown/0", "shutdown/2",
+                    "broker_session/2")  # fmt: skip
 
 
 def package_version() -> str:
@@ -48,22 +54,6 @@ def package_version() -> str:
         return version("iec104-concentrator")
     except PackageNotFoundError:
         return "unknown"
-
-
-def histogram_buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative buckets ending with +Inf, and the sum, from a stats.Histogram.
-
-    The counts are copied first (one C-level list copy) so the buckets agree with each
-    other; the count Prometheus shows is the +Inf bucket, so it agrees with them too.
-    """
-    counts = list(histogram.counts)
-    total = histogram.total
-    buckets: list[tuple[str, float]] = []
-    cumulative = 0
-    for bound, count in zip((*histogram.bounds, math.inf), counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
-    return buckets, total
 
 
 class RelayMetrics:
@@ -135,27 +125,65 @@ class RelayMetrics:
             value=1 if mirror.connected else 0,
         )  # fmt: skip
         published = CounterMetricFamily(
-            f"{PREFIX}mirror_published_messages", "MQTT messages published (QoS 0 written, QoS 2 completed).",
+            f"{PREFIX}mirror_published_messages",
+            "MQTT messages the broker confirmed: QoS 2 at PUBCOMP, QoS 0 by answering a later PINGREQ.",
             labels=["qos"],
         )  # fmt: skip
         published.add_metric(["0"], mirror.published_qos0)
         published.add_metric(["2"], mirror.published_qos2)
         yield published
+        refused = CounterMetricFamily(
+            f"{PREFIX}mirror_refused_messages", "Messages the broker refused (MQTT 5 reason code), e.g. the ACL.",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, count in {**dict.fromkeys(MIRROR_REFUSAL_REASONS, 0), **mirror.refused}.items():
+            refused.add_metric([reason], count)
+        yield refused
+        lost = CounterMetricFamily(
+            f"{PREFIX}mirror_lost_messages",
+            "Messages that never reached the broker: queue_full (dropped unsent), disconnect (QoS 0 not confirmed "
+            "when the connection broke: an upper bound), shutdown, broker_session (the broker lost its session).",
+            labels=["reason", "qos"],
+        )  # fmt: skip
+        counts = {key: 0 for key in MIRROR_LOSS_KEYS} | mirror.lost
+        for key, count in counts.items():
+            reason, _, qos = key.partition("/")
+            lost.add_metric([reason, qos], count)
+        yield lost
         for name, doc, value in (
             ("mirror_queued_asdus", "Site ASDUs handed to the mirror by the relay.", mirror.queued),
-            ("mirror_dropped_asdus", "ASDUs dropped from the full mirror queue (oldest cyclic measurements first).",
+            ("mirror_dropped_asdus", "ASDUs dropped from a full mirror queue (oldest cyclic measurements first).",
              mirror.dropped),
-            ("mirror_dropped_in_flight_messages", "Messages lost with a broken broker connection before completion.",
-             mirror.dropped_in_flight),
             ("mirror_decode_errors", "ASDUs the decoder refused (mirrored raw).", mirror.decode_errors),
             ("mirror_broker_connects", "Connections to the broker accepted.", mirror.connects),
             ("mirror_broker_connect_failures", "Attempts to connect to the broker that failed.",
              mirror.connect_failures),
         ):  # fmt: skip
             yield CounterMetricFamily(f"{PREFIX}{name}", doc, value=value)
+        queue = GaugeMetricFamily(
+            f"{PREFIX}mirror_queue_length", "ASDUs waiting: in the relay's queue, in the mirror process's queue.",
+            labels=["side"],
+        )  # fmt: skip
+        queue.add_metric(["relay"], mirror.queue_length)
+        queue.add_metric(["child"], mirror.child_queue_length)
+        yield queue
         yield GaugeMetricFamily(
-            f"{PREFIX}mirror_queue_length", "ASDUs waiting for the broker.", value=mirror.queue_length
-        )
+            f"{PREFIX}mirror_in_flight_messages", "Messages handed to the broker connection, not yet confirmed.",
+            value=mirror.in_flight,
+        )  # fmt: skip
+        oldest = mirror.oldest_unpublished
+        yield GaugeMetricFamily(
+            f"{PREFIX}mirror_oldest_unpublished_age_seconds",
+            "Age of the oldest site ASDU not yet published (0 when all are): how stale MQTT viewers are.",
+            value=0.0 if oldest is None else max(0.0, time.time() - oldest),
+        )  # fmt: skip
+        if mirror.last_error:
+            error = GaugeMetricFamily(
+                f"{PREFIX}mirror_last_error_info", "The mirror's last error (connection, refusal), as a label.",
+                labels=["error"],
+            )  # fmt: skip
+            error.add_metric([mirror.last_error[:200]], 1)
+            yield error
 
     # ------------------------------------------------------------------ uplink
     def _uplink(self) -> Iterator[Metric]:

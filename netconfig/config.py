@@ -18,18 +18,17 @@
           primary: {interface: s1a, gateway: 172.20.1.2}
           backup:  {interface: s1b, gateway: 172.21.1.2}
 
-Errors are `concentrator.config.ConfigError(file, key, expected, got)` with dotted key
+Errors are `concentrator.configbase.ConfigError(file, key, expected, got)` with dotted key
 paths such as `network.uplink.primary.interface` or `network.sites[2].name`.
 """
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.config import MISSING, ConfigError, Endpoint, listen_endpoint
+from concentrator.configbase import MISSING, ConfigError, Endpoint, endpoint, in_file, mapping, seconds
 
 from .failover import FailbackMode, FailoverParams
 
@@ -86,16 +85,8 @@ class _Parser:
         return ConfigError(self.file, key, expected, got)
 
     def mapping(self, raw: object, key: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise self.error(key, "a mapping", raw)
-        for name in raw:
-            if name not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(f"{key}.{name}", f"a key allowed in {key} ({known})", name)
-        for name in sorted(required):
-            if name not in raw:
-                raise self.error(f"{key}.{name}", "a value", MISSING)
-        return raw
+        with in_file(self.file):
+            return mapping(raw, key, allowed, required=required, expected="a mapping")
 
     def ipv4(self, raw: object, key: str) -> IPv4Address:
         if not isinstance(raw, str):
@@ -114,12 +105,12 @@ class _Parser:
             raise self.error(key, "an IPv4 prefix such as 10.0.1.0/24 (no host bits set)", raw) from None
 
     def seconds(self, raw: object, key: str, minimum: float, strict: bool) -> float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise self.error(key, "a number of seconds", raw)
-        if raw < minimum or (strict and raw == minimum):
+        with in_file(self.file):
+            value = seconds(raw, key)
+        if value < minimum or (strict and value == minimum):
             relation = "greater than" if strict else "at least"
             raise self.error(key, f"a number of seconds {relation} {minimum:g}", raw)
-        return float(raw)
+        return value
 
     def interface(self, raw: object, key: str) -> str:
         # Linux interface names: 1..15 bytes, no '/', no whitespace, not '.' or '..'.
@@ -159,6 +150,22 @@ class _Parser:
         if backup.interface == primary.interface:
             raise self.error(f"{key}.backup.interface", f"an interface other than the primary's ({primary.interface})", backup.interface)
         return LinkConfig(name or "uplink", dests, primary, backup)
+
+
+def _first_overlap(prefixes: list[IPv4Network]) -> tuple[int, int] | None:
+    """Indices (earlier, later) of two overlapping prefixes, or None; O(n log n).
+
+    Two prefixes overlap only if one contains the other. In order of first address, a
+    prefix overlaps an earlier one exactly when it starts before the furthest end so far,
+    and then the prefix reaching that end contains it."""
+    order = sorted(range(len(prefixes)), key=lambda i: (prefixes[i].network_address, -prefixes[i].prefixlen, i))
+    widest: int | None = None  # the prefix reaching furthest so far
+    for i in order:
+        if widest is not None and prefixes[i].network_address <= prefixes[widest].broadcast_address:
+            return min(i, widest), max(i, widest)
+        if widest is None or prefixes[i].broadcast_address > prefixes[widest].broadcast_address:
+            widest = i
+    return None
 
 
 def parse_network(raw: object, file: str) -> NetworkConfig:
@@ -207,7 +214,7 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
     # One owner per interface, destination and name: two links fighting over the
     # same route would undo each other's switches.
     seen_if: dict[str, str] = {}
-    seen_dest: dict[IPv4Network, str] = {}
+    dests: list[tuple[IPv4Network, str, str]] = []  # (prefix, owner, key), in the file's order
     seen_name: set[str] = set()
     for i, link in enumerate((uplink,) + sites if uplink else sites):
         key = "network.uplink" if link is uplink else f"network.sites[{i - (1 if uplink else 0)}]"
@@ -218,12 +225,13 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
             if path.interface in seen_if:
                 raise p.error(f"{key}.{role}.interface", f"an interface not already used by {seen_if[path.interface]}", path.interface)
             seen_if[path.interface] = link.name
-        for j, dest in enumerate(link.destinations):
-            for other, owner in seen_dest.items():
-                if dest.overlaps(other):
-                    raise p.error(f"{key}.destinations[{j}]", f"a prefix not overlapping {other} of {owner}", str(dest))
-            seen_dest[dest] = link.name
+        dests += ((dest, link.name, f"{key}.destinations[{j}]") for j, dest in enumerate(link.destinations))
+    overlap = _first_overlap([dest for dest, _, _ in dests])
+    if overlap is not None:
+        (other, owner, _), (dest, _, key) = dests[overlap[0]], dests[overlap[1]]
+        raise p.error(key, f"a prefix not overlapping {other} of {owner}", str(dest))
     metrics = None
     if m.get("metrics_listen") is not None:
-        metrics = listen_endpoint(m["metrics_listen"], file, "network.metrics_listen")
+        with in_file(file):
+            metrics = endpoint(m["metrics_listen"], "network.metrics_listen", ip_only=True)
     return NetworkConfig(service, interval, misses, hold, mode, uplink, sites, rto_min, metrics)

@@ -138,7 +138,12 @@ class Failover:
         now: float,
         primary_up: bool = True,
         backup_up: bool = True,
+        resume: Role | None = None,
     ) -> None:
+        """`resume`: the path a previous run left active (the driver's state file).
+        Traffic stays there if its carrier is up, and the other path must answer a
+        probe before it counts as healthy: a restart must not send traffic into the
+        path that failed before it."""
         if params.misses < 1:
             raise ValueError("misses must be at least 1")
         if params.hold_time < 0:
@@ -148,10 +153,14 @@ class Failover:
             Role.PRIMARY: _Path(carrier=primary_up, last_good=now),
             Role.BACKUP: _Path(carrier=backup_up, last_good=now),
         }
+        if resume is not None and self._paths[resume].carrier:
+            self._paths[resume.other].confirmed = False
         for path in self._paths.values():
             path.healthy_since = now if path.healthy(params.misses) else None
-        # Start on the primary unless only the backup is usable.
-        if not self._healthy(Role.PRIMARY) and self._healthy(Role.BACKUP):
+        # Start on the resumed path, else on the primary unless only the backup is usable.
+        if resume is not None and self._healthy(resume):
+            self.active = resume
+        elif not self._healthy(Role.PRIMARY) and self._healthy(Role.BACKUP):
             self.active = Role.BACKUP
         else:
             self.active = Role.PRIMARY

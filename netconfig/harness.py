@@ -148,6 +148,8 @@ class Lab:
         workdir: str | None = None,
         start_netd: bool = True,
         trip_groups: list[tuple[str, int]] | None = None,
+        trip_lists: str = "both",
+        trip_engine: str = "auto",
     ) -> None:
         if not 1 <= n_sites <= 250:
             raise ValueError("n_sites must be 1..250")
@@ -168,6 +170,12 @@ class Lab:
         # Multicast trip groups (group, UDP port) the concentrator's netd forwards from
         # the BMI (source: its service address, over either uplink) to every site.
         self.trip_groups = list(trip_groups or [])
+        # "both": the multicast lists name both paths of every link; "primary": only the
+        # primaries (netd must fill in the backups itself).
+        if trip_lists not in ("both", "primary"):
+            raise ValueError(trip_lists)
+        self.trip_lists = trip_lists
+        self.trip_engine = trip_engine  # multicast.engine: auto, smcroute or nftables
         self.prefix = f"{BASE}{os.getpid()}x{next(_counter)}-"
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix=self.prefix)
@@ -322,12 +330,16 @@ class Lab:
     def _multicast_config(self) -> dict[str, Any]:
         if not self.trip_groups:
             return {}
-        outbound = [v.conc_if for s in self.sites for v in (s.primary, s.backup)]
+        paths = ("primary",) if self.trip_lists == "primary" else ("primary", "backup")
+        inbound = [self.uplink.path(p).conc_if for p in paths]
+        outbound = [s.path(p).conc_if for s in self.sites for p in paths]
+        engine = {} if self.trip_engine == "auto" else {"engine": self.trip_engine}  # auto: the default
         return {"multicast": {
+            **engine,
             "smcroute": self.smcroute_files(),
             "groups": [
                 {"group": group, "port": port, "sources": [BMI_SERVICE],
-                 "inbound": [self.uplink.primary.conc_if, self.uplink.backup.conc_if], "outbound": outbound}
+                 "inbound": inbound, "outbound": outbound}
                 for group, port in self.trip_groups
             ],
         }}
@@ -335,12 +347,22 @@ class Lab:
     def state_file(self, role: str) -> str:
         return os.path.join(self.workdir, f"netd-{role}.json")
 
-    def _start_netd(self, role: str) -> None:
+    def _start_netd(self, role: str, config: dict[str, Any] | None = None,
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `role`'s netd with its configuration (`config` in place of the lab's)."""
         conf = os.path.join(self.workdir, f"netd-{role}.yaml")
         with open(conf, "w") as f:
-            yaml.safe_dump(self.netd_config(role), f)
-        self.spawn(role, f"netd-{role}", [sys.executable, "-m", "netconfig.netd",
-                                          "--config", conf, "--state", self.state_file(role)])
+            yaml.safe_dump(config if config is not None else self.netd_config(role), f)
+        return self.spawn(role, f"netd-{role}", [sys.executable, "-m", "netconfig.netd",
+                                                 "--config", conf, "--state", self.state_file(role)], env=env)
+
+    def kill_netd(self, role: str = "conc") -> None:
+        """SIGKILL `role`'s netd (a crash: no cleanup of its own)."""
+        for label, proc, _log in self.procs:
+            if label == f"netd-{role}" and proc.poll() is None:
+                proc._stopped = True  # type: ignore[attr-defined]  # killed on purpose
+                proc.kill()
+                proc.wait(5.0)
 
     def netd_state(self, role: str = "conc") -> dict[str, Any]:
         try:
@@ -356,7 +378,11 @@ class Lab:
         return run(["ip", "netns", "exec", self.ns(role), sys.executable, "-c", fetch]).stdout
 
     def wait_netd_ready(self, role: str, timeout: float = 15.0) -> None:
-        wait_for(lambda: self.assert_running() or self.netd_state(role).get("ready") is True, timeout,
+        """Until the netd started last in `role` says it is ready (not the state file an
+        earlier one left: `ip netns exec` execs, so the pid is the process's)."""
+        pid = [proc.pid for label, proc, _log in self.procs if label == f"netd-{role}"][-1]
+        wait_for(lambda: self.assert_running() or (self.netd_state(role).get("ready") is True
+                                                   and self.netd_state(role).get("pid") == pid), timeout,
                  f"netd in {role} ready", self._log_tail(f"netd-{role}"))
 
     def active(self, link: str, role: str = "conc") -> str | None:
@@ -687,15 +713,22 @@ class TripTraffic:
     def received_file(self, site: LabLink) -> str:
         return os.path.join(self.lab.workdir, f"trip-recv-{site.name}-{self.group}.jsonl")
 
-    def start(self, timeout: float = 10.0) -> None:
-        for site in self.lab.sites:
-            self.lab.spawn(site.peer, f"trip-recv-{site.name}", [
-                sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", self.group,
-                "--port", str(self.port), "--ifaces", f"{site.primary.peer_if},{site.backup.peer_if}",
-                "--out", self.received_file(site)])
-        for site in self.lab.sites:
-            wait_for(lambda: "receiver: ready" in self.lab._log_tail(f"trip-recv-{site.name}")()
-                     or bool(self.lab.assert_running()), timeout, f"trip receiver in {site.name}")
+    def start(self, timeout: float = 30.0, unicast_port: int | None = None) -> None:
+        """One receiver process for every site (its sockets in the sites' namespaces);
+        with `unicast_port` it also logs unicast datagrams to each site's service address."""
+        spec = [{"netns": self.lab.ns(site.peer), "ifaces": f"{site.primary.peer_if},{site.backup.peer_if}",
+                 "out": self.received_file(site),
+                 **({"unicast": f"{site.peer_service}:{unicast_port}"} if unicast_port else {})}
+                for site in self.lab.sites]
+        spec_file = os.path.join(self.lab.workdir, f"trip-recv-{self.group}.json")
+        with open(spec_file, "w") as f:
+            json.dump(spec, f)
+        label = f"trip-recv-{self.group}"
+        self.lab.spawn(self.lab.sites[0].peer, label, [
+            sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", self.group,
+            "--port", str(self.port), "--spec", spec_file])
+        wait_for(lambda: "receiver: ready" in self.lab._log_tail(label)() or bool(self.lab.assert_running()),
+                 timeout, "trip receiver")
 
     def send(self, count: int, path: str = "primary", timeout: float = 30.0) -> list[dict[str, Any]]:
         """Send `count` datagrams out of the BMI's end of the uplink's `path`; returns them."""

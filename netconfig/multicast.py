@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from concentrator.config import MISSING, ConfigError
+from concentrator.configbase import MISSING, ConfigError, read_yaml, repeated
 
-from .config import NetworkConfig
+from .config import NetworkConfig, _Parser, parse_network
 
 MAXVIFS = 32  # the kernel's limit of multicast virtual interfaces per table
 _LINK_LOCAL = IPv4Network("224.0.0.0/24")  # never forwarded by a multicast router
@@ -62,10 +62,16 @@ class GroupConfig:
     outbound: tuple[str, ...]
 
 
+SMCROUTE, NFTABLES = "smcroute", "nftables"
+
+
 @dataclass(frozen=True, slots=True)
 class MulticastConfig:
     groups: tuple[GroupConfig, ...]
     smcroute: SmcrouteFiles = field(default_factory=SmcrouteFiles)
+    # How the kernel copies trips: the multicast routing table through smcrouted (up
+    # to MAXVIFS interfaces), or nftables `dup` at the uplinks' ingress (no limit).
+    engine: str = SMCROUTE
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -79,7 +85,8 @@ class MulticastConfig:
 
 # ---------------------------------------------------------------------- parsing
 
-_TOP_KEYS = {"groups", "smcroute"}
+_TOP_KEYS = {"groups", "smcroute", "engine"}
+_ENGINES = ("auto", SMCROUTE, NFTABLES)
 _GROUP_KEYS = {"group", "port", "sources", "inbound", "outbound"}
 _FILES_KEYS = {"config_file", "socket", "pid_file"}
 
@@ -89,8 +96,6 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
 
     With `network` given, inbound interfaces must be paths of the uplink: the trip
     path has to follow the uplink's failover."""
-    from .config import _Parser  # the shared checks (mapping, ipv4, interface names)
-
     p = _Parser(file)
     m = p.mapping(raw, "multicast", _TOP_KEYS, {"groups"})
     files = SmcrouteFiles()
@@ -108,6 +113,15 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
     if not isinstance(groups_raw, list) or not groups_raw:
         raise p.error("multicast.groups", "a non-empty list of trip groups", groups_raw)
     groups = tuple(_group(p, g, f"multicast.groups[{i}]") for i, g in enumerate(groups_raw))
+    if network is not None and network.uplink is not None:
+        uplink_ifs = {network.uplink.primary.interface, network.uplink.backup.interface}
+        for i, g in enumerate(groups):
+            for j, name in enumerate(g.inbound):
+                if name not in uplink_ifs:
+                    raise p.error(f"multicast.groups[{i}].inbound[{j}]",
+                                  f"an uplink interface ({', '.join(sorted(uplink_ifs))})", name)
+    if network is not None:
+        groups = tuple(_both_paths(g, network) for g in groups)
 
     seen: dict[IPv4Address, int] = {}
     for i, g in enumerate(groups):
@@ -123,17 +137,16 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
             if name in inbound_all:
                 raise p.error(f"multicast.groups[{i}].outbound[{j}]", "an interface that is not inbound for any group",
                               name)
-    cfg = MulticastConfig(groups, files)
-    if len(cfg.interfaces) > MAXVIFS:
-        raise p.error("multicast.groups", f"at most {MAXVIFS} interfaces in all (the kernel's VIF limit)",
-                      len(cfg.interfaces))
-    if network is not None and network.uplink is not None:
-        uplink_ifs = {network.uplink.primary.interface, network.uplink.backup.interface}
-        for i, g in enumerate(groups):
-            for j, name in enumerate(g.inbound):
-                if name not in uplink_ifs:
-                    raise p.error(f"multicast.groups[{i}].inbound[{j}]",
-                                  f"an uplink interface ({', '.join(sorted(uplink_ifs))})", name)
+    engine = m.get("engine", "auto")
+    if engine not in _ENGINES:
+        raise p.error("multicast.engine", " or ".join(_ENGINES), engine)
+    count = len(MulticastConfig(groups).interfaces)
+    if engine == "auto":
+        engine = SMCROUTE if count <= MAXVIFS else NFTABLES
+    elif engine == SMCROUTE and count > MAXVIFS:
+        raise p.error("multicast.groups", f"at most {MAXVIFS} interfaces in all with engine smcroute (the kernel's "
+                      "VIF limit; engine auto or nftables has none)", count)
+    cfg = MulticastConfig(groups, files, engine)
     return cfg
 
 
@@ -148,14 +161,35 @@ def _group(p: Any, raw: object, key: str) -> GroupConfig:
         raise p.error(f"{key}.port", "a UDP port from 1 to 65535", port)
     sources = _list(p, m["sources"], f"{key}.sources", "a non-empty list of the BMI's source addresses")
     srcs = tuple(p.ipv4(s, f"{key}.sources[{i}]") for i, s in enumerate(sources))
+    again = repeated(srcs)
     for i, s in enumerate(srcs):
         if s.is_multicast or s.is_unspecified or s.is_loopback:
             raise p.error(f"{key}.sources[{i}]", "a unicast source address", str(s))
-        if s in srcs[:i]:
+        if i == again:
             raise p.error(f"{key}.sources[{i}]", "a source listed once", str(s))
     inbound = _ifnames(p, m["inbound"], f"{key}.inbound", "a non-empty list of uplink interfaces")
     outbound = _ifnames(p, m["outbound"], f"{key}.outbound", "a non-empty list of site interfaces")
     return GroupConfig(group, port, srcs, inbound, outbound)
+
+
+def _both_paths(g: GroupConfig, network: NetworkConfig) -> GroupConfig:
+    """Only listed interfaces become VIFs, but the path in use replaces a listed path
+    of a protected link: a list naming one path of a link would send nothing once the
+    link switched. So each link's other path is added beside the one listed."""
+    other = {}
+    for link in network.links:
+        other[link.primary.interface] = link.backup.interface
+        other[link.backup.interface] = link.primary.interface
+
+    def complete(names: tuple[str, ...]) -> tuple[str, ...]:
+        out: dict[str, None] = {}
+        for name in names:
+            out.setdefault(name)
+            if name in other:
+                out.setdefault(other[name])
+        return tuple(out)
+
+    return GroupConfig(g.group, g.port, g.sources, complete(g.inbound), complete(g.outbound))
 
 
 def _list(p: Any, raw: object, key: str, expected: str) -> list[Any]:
@@ -166,9 +200,9 @@ def _list(p: Any, raw: object, key: str, expected: str) -> list[Any]:
 
 def _ifnames(p: Any, raw: object, key: str, expected: str) -> tuple[str, ...]:
     names = tuple(p.interface(v, f"{key}[{i}]") for i, v in enumerate(_list(p, raw, key, expected)))
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise p.error(f"{key}[{i}]", "an interface listed once", name)
+    again = repeated(names)
+    if again is not None:
+        raise p.error(f"{key}[{again}]", "an interface listed once", names[again])
     return names
 
 
@@ -234,6 +268,109 @@ def smcroute_conf(cfg: MulticastConfig, routes: list[MRoute]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------- nftables engine
+
+NFT_TABLE = "concentrator_trip"  # table netdev concentrator_trip
+
+
+def nft_chain(cfg: MulticastConfig, source: IPv4Address, group: IPv4Address) -> str:
+    """The chain that copies one (S,G) (stable: its place in the configuration)."""
+    i = 0
+    for g in cfg.groups:
+        for s in g.sources:
+            if (s, g.group) == (source, group):
+                return f"sg{i}"
+            i += 1
+    raise KeyError((source, group))
+
+
+def nft_inbound_rule(route: MRoute, active: bool, chain: str) -> str:
+    """On an uplink's ingress: the path in use jumps to the copies; the other counts
+    the trip as a wrong-interface arrival and drops it (as the multicast routing table
+    does: one inbound interface per (S,G), re-pointed on a switch)."""
+    match = f"ip saddr {route.source} ip daddr {route.group}"
+    if active:
+        return f'{match} counter jump {chain} comment "{route.source} {route.group} in"'
+    return f'{match} counter drop comment "{route.source} {route.group} wrong"'
+
+
+def nft_copy_rule(ifname: str) -> str:
+    return f'counter dup to "{ifname}" comment "out"'
+
+
+def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
+    """The whole table, loaded in one transaction (replacing any earlier one).
+
+    A netdev ingress chain on each uplink interface; per (S,G) a chain with one `dup`
+    per site path in use, then `drop` (the concentrator itself never takes a trip).
+    `dup` in netdev clones the frame as received and transmits it on the site's
+    interface: destination MAC the group's, IP header untouched (TTL too). The site
+    interfaces need no multicast routing and there is no limit of interfaces."""
+    inbound = dict.fromkeys(n for g in cfg.groups for n in g.inbound)
+    lines = [f"table netdev {NFT_TABLE} {{}}", f"delete table netdev {NFT_TABLE}", f"table netdev {NFT_TABLE} {{"]
+    for ifname in inbound:
+        lines += [f"  chain in_{ifname} {{",
+                  f'    type filter hook ingress device "{ifname}" priority 0; policy accept;']
+        for r in routes:
+            lines.append("    " + nft_inbound_rule(r, r.inbound == ifname, nft_chain(cfg, r.source, r.group)))
+        lines.append("  }")
+    for r in routes:
+        lines.append(f"  chain {nft_chain(cfg, r.source, r.group)} {{")
+        lines += ["    " + nft_copy_rule(name) for name in r.outbound]
+        lines += ['    counter drop comment "end"', "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class NftRule:
+    chain: str
+    handle: int
+    comment: str
+    packets: int
+    target: str | None          # jump target, or the dup device
+
+
+def parse_nft(doc: Mapping[str, Any]) -> list[NftRule]:
+    """`nft -j list table netdev concentrator_trip`: our rules with handles and counts."""
+    rules = []
+    for item in doc.get("nftables", []):
+        rule = item.get("rule")
+        if rule is None:
+            continue
+        packets, target = 0, None
+        for expr in rule.get("expr", []):
+            if "counter" in expr:
+                packets = int(expr["counter"]["packets"])
+            elif "jump" in expr:
+                target = expr["jump"]["target"]
+            elif "dup" in expr:
+                target = expr["dup"]["dev"] if "dev" in expr["dup"] else expr["dup"]["addr"]
+        rules.append(NftRule(rule["chain"], int(rule["handle"]), rule.get("comment", ""), packets, target))
+    return rules
+
+
+def nft_entries(cfg: MulticastConfig, rules: list[NftRule]) -> list[KernelEntry]:
+    """Our nftables rules seen as the kernel's multicast table sees an (S,G), so that
+    both engines are judged alike (path_status): inbound = the uplink whose chain
+    jumps to the copies, outbound = the copy rules' devices, packets = every arrival,
+    wrong_if = arrivals counted and dropped on the other uplinks."""
+    entries = []
+    for g in cfg.groups:
+        for s in g.sources:
+            chain = nft_chain(cfg, s, g.group)
+            inbound, packets, wrong = None, 0, 0
+            for r in rules:
+                if r.comment == f"{s} {g.group} in" and r.target == chain:
+                    inbound, packets = r.chain.removeprefix("in_"), packets + r.packets
+                elif r.comment == f"{s} {g.group} wrong":
+                    packets, wrong = packets + r.packets, wrong + r.packets
+            outbound = tuple(r.target for r in rules if r.chain == chain and r.comment == "out" and r.target)
+            if inbound is not None or outbound:
+                entries.append(KernelEntry(g.group, s, inbound, packets, 0, wrong, outbound))
+    return entries
+
+
 # ---------------------------------------------------------------------- kernel tables
 
 
@@ -284,55 +421,105 @@ def parse_mr_cache(text: str, vifs: Mapping[int, str]) -> list[KernelEntry]:
 
 @dataclass(frozen=True, slots=True)
 class PathStatus:
-    """What the kernel does with one (S,G) of the configuration."""
+    """What the kernel does with one (S,G) of the configuration, judged against the
+    paths in use: inbound must be exactly the uplink path in use, outbound exactly
+    each member site's path in use, and no trip may have arrived on another
+    interface since the last check (the BMI sends where we do not listen)."""
 
     group: IPv4Address
     source: IPv4Address
     installed: bool
     inbound: str | None
     outbound: tuple[str, ...]
-    packets: int
-    wrong_if: int
-    expected_inbound: tuple[str, ...]
+    forwarded: int            # packets the entry forwarded (arrivals on its inbound interface)
+    wrong_if: int             # arrivals on another interface, dropped, since the entry exists
+    wrong_if_new: int         # of those, since the last check
+    expected_inbound: str
     expected_outbound: tuple[str, ...]
 
     @property
+    def problems(self) -> list[str]:
+        out = []
+        if not self.installed:
+            return ["no forwarding entry in the kernel: trips are not forwarded"]
+        if self.inbound != self.expected_inbound:
+            out.append(f"in on {self.inbound}, but the uplink path in use is {self.expected_inbound}: "
+                       f"trips arriving on {self.expected_inbound} are dropped")
+        missing = [n for n in self.expected_outbound if n not in self.outbound]
+        extra = [n for n in self.outbound if n not in self.expected_outbound]
+        if missing:
+            out.append(f"not sent on {', '.join(missing)} (path in use of a member site)")
+        if extra:
+            out.append(f"sent on {', '.join(extra)}, not a site path in use (a site would get two copies "
+                       "or a copy on a dead path)")
+        if self.wrong_if_new:
+            out.append(f"{self.wrong_if_new} trips arrived on another interface than {self.inbound} since the "
+                       "last check and were dropped")
+        return out
+
+    @property
     def ok(self) -> bool:
-        return (self.installed and self.inbound in self.expected_inbound
-                and bool(self.outbound) and set(self.outbound) <= set(self.expected_outbound))
+        return not self.problems
 
     def to_json(self) -> dict[str, Any]:
         return {
             "group": str(self.group), "source": str(self.source), "installed": self.installed,
-            "ok": self.ok, "inbound": self.inbound, "outbound": list(self.outbound),
-            "packets_forwarded": self.packets, "wrong_interface": self.wrong_if,
-            "allowed_inbound": list(self.expected_inbound), "allowed_outbound": list(self.expected_outbound),
+            "ok": self.ok, "problems": self.problems, "inbound": self.inbound, "outbound": list(self.outbound),
+            "expected_inbound": self.expected_inbound, "expected_outbound": list(self.expected_outbound),
+            "packets_forwarded": self.forwarded, "wrong_interface": self.wrong_if,
+            "wrong_interface_since_last_check": self.wrong_if_new,
         }
 
 
-def path_status(cfg: MulticastConfig, entries: list[KernelEntry]) -> list[PathStatus]:
+Counters = Mapping[tuple[IPv4Address, IPv4Address], tuple[str | None, int]]
+
+
+def path_status(cfg: MulticastConfig, entries: list[KernelEntry], active_path: Mapping[str, str | None],
+                last: Counters | None = None) -> list[PathStatus]:
+    """Judge the kernel's entries against the routes wanted for the paths in use
+    (`active_path`, as for wanted_routes). `last` holds, per (S,G), the inbound
+    interface and wrong-interface count seen at the last check (None: no earlier
+    check, every wrong-interface arrival counts as new)."""
     by_sg = {(e.source, e.group): e for e in entries}
+    wanted = {(r.source, r.group): r for r in wanted_routes(cfg, active_path)}
     out = []
     for g in cfg.groups:
         for s in g.sources:
             e = by_sg.get((s, g.group))
+            want = wanted[(s, g.group)]
             # An unresolved entry (a packet arrived, no route) has no outbound VIF.
             installed = e is not None and e.inbound is not None and bool(e.outbound)
+            wrong = e.wrong_if if e else 0
+            before = (last or {}).get((s, g.group))
+            # The kernel counts from zero for each new entry (a re-point makes one):
+            # a lower count or another inbound interface is a new entry.
+            new = wrong if before is None or before[0] != (e.inbound if e else None) or before[1] > wrong \
+                else wrong - before[1]
             out.append(PathStatus(
                 g.group, s, installed,
                 e.inbound if e else None, e.outbound if e else (),
-                e.packets if e else 0, e.wrong_if if e else 0,
-                g.inbound, g.outbound,
+                # The kernel's packet count includes wrong-interface arrivals.
+                (e.packets - e.wrong_if) if e else 0, wrong, new,
+                want.inbound, want.outbound,
             ))
+    return out
+
+
+def counters(status: list[PathStatus]) -> dict[str, Any]:
+    """What the next check compares against (JSON: "source group" -> [inbound, wrong])."""
+    return {f"{st.source} {st.group}": [st.inbound, st.wrong_if] for st in status}
+
+
+def parse_counters(doc: Mapping[str, Any]) -> dict[tuple[IPv4Address, IPv4Address], tuple[str | None, int]]:
+    out = {}
+    for key, (inbound, wrong) in doc.items():
+        source, group = key.split()
+        out[(IPv4Address(source), IPv4Address(group))] = (inbound, int(wrong))
     return out
 
 
 def load_multicast(path: str) -> tuple[MulticastConfig | None, NetworkConfig | None]:
     """Read the file's `multicast:` (and `network:`, which it must agree with)."""
-    from concentrator.config import read_yaml
-
-    from .config import parse_network
-
     doc, _, _ = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)

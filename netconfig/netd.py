@@ -28,10 +28,9 @@ from typing import Any
 
 import trio
 
-from concentrator.config import MISSING, ConfigError, read_yaml
-from concentrator.stats import Histogram
-from monitoring.exporter import serve
+from concentrator.configbase import MISSING, ConfigError, read_yaml
 from monitoring.linkmanager import LinkManagerCollector, outage_histogram
+from monitoring.primitives import Histogram, serve
 
 from .config import LinkConfig, NetworkConfig, PathConfig, parse_network
 from .failover import (
@@ -44,10 +43,12 @@ from .failover import (
     Role,
     Switched,
 )
-from .multicast import MulticastConfig, parse_multicast_section
+from .multicast import SMCROUTE, MulticastConfig, parse_multicast_section
 from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
+from .sdnotify import notify, watchdog_period
+from .tripnft import NftTripPath
 from .trippath import TripPath, TripState
 
 log = logging.getLogger("netd")
@@ -144,6 +145,7 @@ class LinkController:
         stats: LinkStats,
         initial: dict[str, LinkState],
         on_change: Any,
+        resume: Role | None = None,
     ) -> None:
         self.link = link
         self.routes = routes
@@ -158,6 +160,7 @@ class LinkController:
             now=trio.current_time(),
             primary_up=self._usable[Role.PRIMARY],
             backup_up=self._usable[Role.BACKUP],
+            resume=resume,
         )
         self.send, self._recv = trio.open_memory_channel[_Msg](math.inf)
         self._sync_stats()
@@ -173,9 +176,9 @@ class LinkController:
         route_s = self._try(lambda: self.routes.apply(self.link, self.path(self.fo.active)))
         self._apply_standby()
         log.info(
-            "start link=%s active=%s primary_usable=%s backup_usable=%s route_ms=%s",
-            self.link.name, self.fo.active.value, self._usable[Role.PRIMARY],
-            self._usable[Role.BACKUP], _ms(route_s),
+            "start link=%s active=%s primary_healthy=%s backup_healthy=%s route_ms=%s",
+            self.link.name, self.fo.active.value, self.fo.healthy(Role.PRIMARY),
+            self.fo.healthy(Role.BACKUP), _ms(route_s),
         )
 
     def _apply_standby(self) -> None:
@@ -304,8 +307,22 @@ class _StateWriter:
             log.error("state file %s: %s", self.path, exc)
 
 
+def previous_paths(state_file: str | None) -> dict[str, Role]:
+    """The active path of each link as the previous netd left it in its state file
+    (a restart must not move traffic back into a path that had failed)."""
+    if state_file is None:
+        return {}
+    try:
+        with open(state_file) as f:
+            links = json.load(f).get("links", {})
+        return {name: Role(link["active"]) for name, link in links.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
 async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = None,
               multicast: MulticastConfig | None = None) -> None:
+    resume = previous_paths(state_file)
     writer = _StateWriter(state_file, stats)
     monitor = LinkMonitor()  # subscribe before the snapshot: no event is lost between
     routes = Routes(cfg.service_address, rto_min=cfg.rto_min)
@@ -313,7 +330,7 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
         initial = await trio.to_thread.run_sync(current_links)
         controllers: list[LinkController] = []
         by_ifname: dict[str, tuple[LinkController, Role]] = {}
-        trip: TripPath | None = None
+        trip: TripPath | NftTripPath | None = None
 
         def changed() -> None:
             writer.write()
@@ -322,7 +339,11 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
 
         for link in cfg.links:
             stats.links[link.name] = LinkStats(link.name)
-            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, changed)
+            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, changed,
+                                 resume.get(link.name))
+            if link.name in resume:
+                log.info("resume link=%s active=%s (state file): the other path must answer a probe first",
+                         link.name, resume[link.name].value)
             controllers.append(ctl)
             by_ifname[link.primary.interface] = (ctl, Role.PRIMARY)
             by_ifname[link.backup.interface] = (ctl, Role.BACKUP)
@@ -342,7 +363,8 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
         if multicast is not None:
             if stats.trip is None:
                 stats.trip = TripState()
-            trip = TripPath(multicast, stats.trip, active_paths, writer.write)
+            engine = TripPath if multicast.engine == SMCROUTE else NftTripPath
+            trip = engine(multicast, stats.trip, active_paths, writer.write)
 
         async def probe(ctl: LinkController, role: Role) -> None:
             path = ctl.path(role)
@@ -372,6 +394,13 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
                 await trio.sleep(1.0)
                 writer.write()
 
+        async def watchdog(period: float) -> None:
+            # From the event loop itself: a netd whose loop is stuck stops pinging and
+            # systemd restarts it (WatchdogSec in conf/systemd/concentrator-netd.service).
+            while True:
+                notify("WATCHDOG=1")
+                await trio.sleep(period)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(links)
             nursery.start_soon(signals)
@@ -382,8 +411,12 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
                 nursery.start_soon(ctl.run)
                 for role in Role:
                     nursery.start_soon(probe, ctl, role)
+            period = watchdog_period()
+            if period is not None:
+                nursery.start_soon(watchdog, period)
             stats.ready = True
             writer.write()
+            notify(f"READY=1\nSTATUS=managing {len(cfg.links)} links")
             log.info("ready links=%s", ",".join(link.name for link in cfg.links))
     finally:
         monitor.close()
@@ -423,15 +456,26 @@ def load_sections(path: str) -> tuple[NetworkConfig, MulticastConfig | None]:
     if not isinstance(doc, dict):
         raise ConfigError(path, "(top level)", "a mapping", doc)
     network = parse_network(doc.get("network", MISSING), path)
-    return network, parse_multicast_section(doc, path, network)
+    try:
+        multicast = parse_multicast_section(doc, path, network)
+    except ConfigError as exc:
+        # A multicast problem must never disable link failover: run without the trip path.
+        log.error("trip path disabled, link failover runs: %s", exc)
+        multicast = None
+    return network, multicast
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="concentrator netd", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="the appliance's YAML file (network: section)")
+    ap.add_argument("--state", help="write a JSON snapshot of the counters here on every change; "
+                                    "read back at start (each link resumes on the path it used)")
+    ap.add_argument("--log-level", default="INFO")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="concentrator netd", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="the appliance's YAML file (network: section)")
-    ap.add_argument("--state", help="write a JSON snapshot of the counters here on every change")
-    ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",

@@ -82,3 +82,47 @@ class LinkMonitor:
                 changed = _state(msg)
                 if changed is not None:
                     yield changed
+
+
+RTMGRP_IPV4_MROUTE = 0x20                 # RTNLGRP_IPV4_MROUTE (6) as a group bit
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES_BIT = 1 << (7 - 1)       # NFNLGRP_NFTABLES (7): every nftables change
+_ENOBUFS = 105
+
+
+class ChangeMonitor:
+    """Kernel change notifications on one netlink multicast group, in this namespace:
+    the multicast forwarding cache (`mroute()`: RTM_NEWROUTE / RTM_DELROUTE of family
+    RTNL_FAMILY_IPMR whenever an entry is added or deleted) or nftables (`nftables()`:
+    every ruleset change). The messages are not decoded: each only means "read the
+    table again"."""
+
+    def __init__(self, protocol: int, groups: int) -> None:
+        self._raw = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._raw.bind((0, groups))
+        self._raw.setblocking(False)
+
+    @classmethod
+    def mroute(cls) -> ChangeMonitor:
+        return cls(socket.NETLINK_ROUTE, RTMGRP_IPV4_MROUTE)
+
+    @classmethod
+    def nftables(cls) -> ChangeMonitor:
+        return cls(NETLINK_NETFILTER, NFNLGRP_NFTABLES_BIT)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    async def changed(self) -> None:
+        """Return once the table changed (or messages were lost: ENOBUFS, which also
+        means it changed), having read every message already queued."""
+        await trio.lowlevel.wait_readable(self._raw)
+        while True:
+            try:
+                self._raw.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != _ENOBUFS:
+                    raise

@@ -117,3 +117,24 @@ class Routes:
                     self._ipr.route("del", dst=str(dest), priority=metric, proto=RTPROT_NETD)
                 except NetlinkError:
                     pass
+
+
+def paths_in_use(links: tuple[LinkConfig, ...]) -> dict[str, str | None]:
+    """Which interface the kernel sends each link's traffic over now (`ip route get`
+    of the link's first destination), as `multicast.wanted_routes` wants it: every
+    path interface of a link -> the interface in use (None: no route). Read-only:
+    for the diagnostic, which must judge what the kernel does, not what netd thinks."""
+    out: dict[str, str | None] = {}
+    with IPRoute() as ipr:
+        names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.get_links()}
+        for link in links:
+            dest = link.destinations[0]
+            addr = dest.network_address if dest.prefixlen == 32 else next(dest.hosts())
+            try:
+                [route] = ipr.route("get", dst=str(addr))
+                used: str | None = names.get(route.get_attr("RTA_OIF"))
+            except (NetlinkError, ValueError):
+                used = None
+            out[link.primary.interface] = used
+            out[link.backup.interface] = used
+    return out

@@ -2,13 +2,15 @@
 
     python -m netconfig.trip_peers receive --group G --port P --ifaces p0,p1 --out FILE
         [--unicast ADDR:PORT]
+    python -m netconfig.trip_peers receive --group G --port P --spec SITES.json
     python -m netconfig.trip_peers send --group G --port P --src S --iface c0 --count N --out FILE
 
 `receive` stands for a UPDC: it joins the group on its interfaces (a site is allowed
 to; the concentrator is not) and writes one JSON line per datagram: SHA-256 of the
 payload, source address and port, interface, and the kernel's receive timestamp
 (SO_TIMESTAMPNS, CLOCK_REALTIME, shared by all namespaces). With `--unicast` it also
-logs datagrams sent to that unicast address (the benchmark's baseline).
+logs datagrams sent to that unicast address (the benchmark's baseline). With `--spec`
+one process does this for many sites, each socket opened in its site's namespace.
 
 `send` stands for the BMI's defence system: scapy builds each datagram (an IEC 104
 APDU inside UDP, TTL 16 so that it may be routed) and sends it out of one interface
@@ -17,6 +19,7 @@ as a raw frame; one JSON line per datagram with the same hash.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -25,6 +28,8 @@ import socket
 import struct
 import sys
 import time
+from dataclasses import dataclass
+from typing import IO
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; not exported by every Python build
@@ -46,36 +51,77 @@ def _socket(bind: tuple[str, int]) -> socket.socket:
     return sock
 
 
+@dataclass
+class _Site:
+    """One site's sockets (opened in its namespace) and its log."""
+
+    socks: list[tuple[socket.socket, str]]
+    names: dict[int, str]          # ifindex -> name, in the site's namespace
+    out: IO[str]
+
+
+def _open_site(group: str, port: int, ifaces: str, unicast: str | None, out: str) -> _Site:
+    socks = []
+    mc = _socket((group, port))  # bound to the group: only that group's datagrams
+    for ifname in ifaces.split(","):
+        join(mc, group, ifname)
+    socks.append((mc, "multicast"))
+    if unicast:
+        host, uport = unicast.rsplit(":", 1)
+        socks.append((_socket((host, int(uport))), "unicast"))
+    return _Site(socks, {idx: name for idx, name in socket.if_nameindex()}, open(out, "a", buffering=1))
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
 def receive(args: argparse.Namespace) -> int:
-    socks = {}
-    mc = _socket((args.group, args.port))  # bound to the group: only that group's datagrams
-    for ifname in args.ifaces.split(","):
-        join(mc, args.group, ifname)
-    socks[mc.fileno()] = (mc, "multicast")
-    if args.unicast:
-        host, port = args.unicast.rsplit(":", 1)
-        uc = _socket((host, int(port)))
-        socks[uc.fileno()] = (uc, "unicast")
-    names = {idx: name for idx, name in socket.if_nameindex()}
-    with open(args.out, "a", buffering=1) as out:
-        print("receiver: ready", flush=True)
-        while True:
-            ready, _, _ = select.select(list(socks), [], [])
-            for fd in ready:
-                sock, kind = socks[fd]
-                data, anc, _flags, addr = sock.recvmsg(65535, 256)
-                t_ns, ifname = None, None
-                for level, typ, value in anc:
-                    if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
-                        sec, nsec = struct.unpack("=qq", value[:16])
-                        t_ns = sec * 1_000_000_000 + nsec
-                    elif level == socket.IPPROTO_IP and typ == IP_PKTINFO:
-                        ifname = names.get(struct.unpack("=i", value[:4])[0])
-                out.write(json.dumps({
-                    "kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "len": len(data),
-                    "src": addr[0], "sport": addr[1], "iface": ifname, "t_ns": t_ns,
-                    "seq": int.from_bytes(data[6:10], "big") if len(data) >= 10 else None,
-                }) + "\n")
+    """One process for every site: a socket keeps the network namespace it was made
+    in, so the sockets are opened one namespace after the other (setns) and read
+    together (100 sites would otherwise be 100 processes)."""
+    sites = []
+    if args.spec:
+        with open(args.spec) as f:
+            spec = json.load(f)
+        home = f"/proc/{os.getpid()}/ns/net"
+        try:
+            for site in spec:
+                _setns(f"/run/netns/{site['netns']}")
+                sites.append(_open_site(args.group, args.port, site["ifaces"], site.get("unicast"), site["out"]))
+        finally:
+            _setns(home)
+    else:
+        sites.append(_open_site(args.group, args.port, args.ifaces, args.unicast, args.out))
+    socks = {sock.fileno(): (sock, kind, site) for site in sites for sock, kind in site.socks}
+    print("receiver: ready", flush=True)
+    while True:
+        ready, _, _ = select.select(list(socks), [], [])
+        for fd in ready:
+            sock, kind, site = socks[fd]
+            names, out = site.names, site.out
+            data, anc, _flags, addr = sock.recvmsg(65535, 256)
+            t_ns, ifname = None, None
+            for level, typ, value in anc:
+                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("=qq", value[:16])
+                    t_ns = sec * 1_000_000_000 + nsec
+                elif level == socket.IPPROTO_IP and typ == IP_PKTINFO:
+                    ifname = names.get(struct.unpack("=i", value[:4])[0])
+            out.write(json.dumps({
+                "kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "len": len(data),
+                "src": addr[0], "sport": addr[1], "iface": ifname, "t_ns": t_ns,
+                "seq": int.from_bytes(data[6:10], "big") if len(data) >= 10 else None,
+            }) + "\n")
 
 
 def trip_payload(seq: int, size: int = 40) -> bytes:
@@ -121,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("receive")
     r.add_argument("--group", required=True)
     r.add_argument("--port", type=int, required=True)
-    r.add_argument("--ifaces", required=True)
+    r.add_argument("--ifaces")
     r.add_argument("--unicast")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out")
+    r.add_argument("--spec", help="JSON list of {netns, ifaces, out[, unicast]}: one process for many sites")
     s = sub.add_parser("send")
     s.add_argument("--group", required=True)
     s.add_argument("--port", type=int, required=True)

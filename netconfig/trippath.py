@@ -11,8 +11,11 @@ part, so trip messages keep flowing with the relay stopped, crashed or overloade
   puts the path back by itself within milliseconds; netd rewrites it on every change.
 - On an uplink switch each (S,G) is re-pointed with `smcroutectl add <new-in> S G
   <outs>`: the kernel keeps one entry per (S,G) with one inbound interface.
-- A check every `VERIFY_INTERVAL` reads /proc/net/ip_mr_cache: the metrics say
-  whether the kernel really forwards each group, and a missing entry is added again.
+- Every change of the kernel's table is reported over netlink (RTNLGRP_IPV4_MROUTE):
+  netd then reads /proc/net/ip_mr_cache; the metrics say whether the kernel really
+  forwards each group, and a missing or altered entry is set again at once.
+- A daemon adopted from an earlier netd is reloaded when its interfaces or routes
+  differ from the configuration.
 - Nothing here joins a group: static forwarding needs no membership.
 """
 from __future__ import annotations
@@ -42,12 +45,23 @@ from .multicast import (
     smcroute_conf,
     wanted_routes,
 )
+from .netlink import ChangeMonitor
 
 log = logging.getLogger("netd.trip")
 
-VERIFY_INTERVAL = 0.5      # seconds between checks of the kernel's table
+RECHECK_INTERVAL = 5.0     # seconds between checks of the kernel's table when it reports no change
 START_TIMEOUT = 5.0        # smcrouted must answer on its socket within this
+CTL_TIMEOUT = 2.0          # one smcroutectl command
 RESTART_BACKOFF = 0.5      # after 3 exits within 2 s, wait this long before the next start
+
+
+def read_vifs(proc: str = "/proc/net") -> dict[int, str]:
+    """The kernel's multicast interfaces (VIF number -> name) in this namespace."""
+    try:
+        with open(f"{proc}/ip_mr_vif") as f:
+            return parse_vifs(f.read())
+    except FileNotFoundError:
+        return {}
 
 
 def read_kernel(proc: str = "/proc/net") -> list[KernelEntry]:
@@ -97,6 +111,27 @@ class TripState:
             "smcrouted_pid": self.smcrouted_pid, "smcrouted_restarts": self.smcrouted_restarts,
             "inbound": dict(self.inbound), "last_repoint_seconds": self.last_repoint_seconds,
         }
+
+
+def record(state: TripState, status: list[PathStatus], on_change: Callable[[], None]) -> list[PathStatus]:
+    """Put what the kernel does into the state (installed per group, inbound in use);
+    returns the (S,G) that are not as wanted (forwarding exactly over the paths in use)."""
+    bad = []
+    by_group: dict[str, bool] = {}
+    for st in status:
+        good = (st.installed and st.inbound == st.expected_inbound
+                and set(st.outbound) == set(st.expected_outbound))
+        group = str(st.group)
+        by_group[group] = by_group.get(group, True) and good
+        if st.installed and st.inbound is not None:
+            state.inbound[group] = st.inbound
+        if not good:
+            bad.append(st)
+    changed = by_group != state.stats.installed
+    state.stats.installed.update(by_group)
+    if changed:
+        on_change()
+    return bad
 
 
 def set_rp_filter(interfaces: tuple[str, ...]) -> None:
@@ -193,10 +228,13 @@ class TripPath:
                     continue
                 pid = proc.pid
             self.state.smcrouted_pid = pid
-            if await self._wait_ready(proc):
+            if await self._wait_ready(proc) and (proc is not None or await self._adopt(pid)):
                 self._daemon_up = True
                 # A new daemon knows only its file: its rules are the file's routes.
+                # What was found missing before it started is not missing from it (the
+                # next check finds it if it is): no needless remove + add.
                 self._applied = {(r.source, r.group): r for r in self._conf_routes}
+                self._force.clear()
                 self._dirty.set()
             started = time.monotonic()
             await _wait_exit(pid, proc)
@@ -213,6 +251,40 @@ class TripPath:
             exits = [t for t in exits if now - t < 2.0] + [now]
             if len(exits) >= 3:  # failing at start: do not spin
                 await trio.sleep(RESTART_BACKOFF)
+
+    def _kernel_matches_file(self) -> bool:
+        """The kernel has exactly our interfaces as VIFs and the file's routes."""
+        if set(read_vifs().values()) != set(self.cfg.interfaces):
+            return False
+        kernel = {(e.source, e.group): e for e in read_kernel()}
+        for r in self._conf_routes:
+            e = kernel.get((r.source, r.group))
+            if e is None or e.inbound != r.inbound or set(e.outbound) != set(r.outbound):
+                return False
+        return True
+
+    async def _adopt(self, pid: int) -> bool:
+        """A daemon left by an earlier netd may run another configuration (a site was
+        added, a path changed while no netd ran): make it load ours. `reload` re-reads
+        the file (interfaces and routes) without dropping the kernel socket; if that
+        does not do it, stop it (the supervisor starts one of ours)."""
+        if self._kernel_matches_file():
+            return True
+        log.warning("smcrouted pid=%d has other interfaces or routes than the configuration (VIFs %s, wanted %s): "
+                    "reloading it", pid, ",".join(sorted(read_vifs().values())), ",".join(sorted(self.cfg.interfaces)))
+        await self._ctl("reload")
+        deadline = trio.current_time() + START_TIMEOUT
+        while trio.current_time() < deadline:
+            if self._kernel_matches_file():
+                log.info("smcrouted pid=%d reloaded with the configured interfaces and routes", pid)
+                return True
+            await trio.sleep(0.01)
+        log.error("smcrouted pid=%d did not take the configuration on reload: stopping it", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        return False
 
     async def _start(self) -> subprocess.Popen[bytes]:
         self._write_conf(wanted_routes(self.cfg, self.active_path()))
@@ -242,12 +314,19 @@ class TripPath:
 
     async def _ctl(self, *args: str, quiet: bool = False, stdin: str | None = None) -> str | None:
         """One smcroutectl command on our daemon's socket; its output, or None."""
+        done = None
         try:
-            done = await trio.run_process([self.smcroutectl, "-u", self.files.socket, *args],
-                                          stdin=stdin.encode() if stdin is not None else b"",
-                                          capture_stdout=True, capture_stderr=True, check=False)
+            # A daemon that does not answer must not hold up the re-points (the
+            # caller tries again); the process is killed on the timeout.
+            with trio.move_on_after(CTL_TIMEOUT):
+                done = await trio.run_process([self.smcroutectl, "-u", self.files.socket, *args],
+                                              stdin=stdin.encode() if stdin is not None else b"",
+                                              capture_stdout=True, capture_stderr=True, check=False)
         except OSError as exc:  # smcroutectl missing: report, never take netd down
             log.error("smcroutectl: %s", exc)
+            return None
+        if done is None:
+            log.error("smcroutectl %s: no answer within %.0f s", " ".join(args), CTL_TIMEOUT)
             return None
         if done.returncode != 0:
             if not quiet:
@@ -318,6 +397,7 @@ class TripPath:
         if before is not None and before.inbound != route.inbound:
             self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
             self.state.last_repoint_seconds = took
+            self._on_change()  # the state file counts it now, not at the next refresh
             log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s ms=%.1f", group,
                         route.source, before.inbound, route.inbound, ",".join(route.outbound), took * 1000)
         else:
@@ -327,31 +407,27 @@ class TripPath:
 
     def _verify(self) -> list[PathStatus]:
         """Compare the kernel with what we want; metrics follow the kernel."""
-        status = path_status(self.cfg, read_kernel())
-        wanted = {(r.source, r.group): r for r in wanted_routes(self.cfg, self.active_path())}
-        by_group: dict[str, bool] = {}
-        for st in status:
-            want = wanted[(st.source, st.group)]
-            good = st.installed and st.inbound == want.inbound and set(st.outbound) == set(want.outbound)
-            group = str(st.group)
-            by_group[group] = by_group.get(group, True) and good
-            if st.installed and st.inbound is not None:
-                self.state.inbound[group] = st.inbound
-            if not good and self._daemon_up:
+        status = path_status(self.cfg, read_kernel(), self.active_path())
+        for st in record(self.state, status, self._on_change):
+            if self._daemon_up:
                 # Not what we asked for (entry lost, or changed behind our back): ask again.
                 self._force.add((st.source, st.group))
-        changed = by_group != self.state.stats.installed
-        self.state.stats.installed.update(by_group)
-        if changed:
-            self._on_change()
         return status
 
     async def _verify_loop(self) -> None:
-        while True:
-            await trio.sleep(VERIFY_INTERVAL)
-            self._verify()
-            if self._force:
-                self._dirty.set()
+        # The kernel tells us of every change of its table (an entry deleted by
+        # anyone, smcrouted's restart, an interface gone): check at once. The
+        # periodic check is only a safety net.
+        monitor = ChangeMonitor.mroute()
+        try:
+            while True:
+                with trio.move_on_after(RECHECK_INTERVAL):
+                    await monitor.changed()
+                self._verify()
+                if self._force:
+                    self._dirty.set()
+        finally:
+            monitor.close()
 
 
 async def _wait_exit(pid: int, proc: subprocess.Popen[bytes] | None) -> None:

@@ -1,4 +1,4 @@
-"""Read-only decoder of monitor-direction ASDUs (IEC 60870-5-101/104, companion 104 profile).
+"""Read-only decoder of the ASDUs a site sends (IEC 60870-5-101/104, companion 104 profile).
 
 It reads copies: the relay forwards the original bytes and never re-encodes anything.
 Used off the relay's hot path (the MQTT mirror decodes in its own task), so clarity
@@ -16,6 +16,22 @@ Element layouts (octets after the 3-octet IOA):
     15 M_IT_NA_1  BCR(5)                   37 M_IT_TB_1  BCR + CP56Time2a
     21 M_ME_ND_1  NVA (no quality)         70 M_EI_NA_1  COI
     2, 4, 6, 8, 10, 12, 14, 16: as the type before, + CP24Time2a (minutes and ms only)
+    38 M_EP_TD_1  SEP + CP16Time2a (elapsed) + CP56Time2a      protection equipment:
+    39 M_EP_TE_1  SPE + QDP + CP16 (relay duration) + CP56     event, packed start events,
+    40 M_EP_TF_1  OCI + QDP + CP16 (relay operating) + CP56    packed output circuit info
+
+Command confirmations and terminations, as a site sends them back (cause 7, 10, 44-47):
+
+    45 C_SC_NA_1  SCO    46 C_DC_NA_1  DCO    47 C_RC_NA_1  RCO      51 C_BO_NA_1  BSI(4)
+    48 C_SE_NA_1  NVA + QOS    49 C_SE_NB_1  SVA + QOS    50 C_SE_NC_1  float + QOS
+    58-64: as 45-51, + CP56Time2a        100 C_IC_NA_1  QOI    101 C_CI_NA_1  QCC
+    102 C_RD_NA_1  (nothing)    103 C_CS_NA_1  CP56Time2a    105 C_RP_NA_1  QRP
+    107 C_TS_TA_1  TSC(2) + CP56Time2a
+Commands carry no quality descriptor.
+
+Time tags: CP56Time2a as local time of the site's configured zone (UTC by default); in
+the hour that repeats when summer time ends, its SU bit says which of the two it is.
+CP24Time2a (minute and milliseconds) resolved against the time the relay received it.
 """
 
 from __future__ import annotations
@@ -28,6 +44,10 @@ from enum import Enum
 from .asdu import HEADER_LENGTH, AsduError, AsduHeader
 
 IOA_LENGTH = 3
+# TimeTag has a method named datetime: inside the class, these names are unambiguous.
+UTC = datetime.UTC
+Zone = datetime.tzinfo
+Moment = datetime.datetime
 
 
 class ValueKind(Enum):
@@ -41,6 +61,22 @@ class ValueKind(Enum):
     COUNTER = "counter"  # BCR: signed 32 bits + sequence/CY/CA/IV octet
     NORMALISED_NO_QUALITY = "normalised_no_quality"
     END_OF_INIT = "end_of_init"  # COI
+    PROTECTION_EVENT = "protection_event"  # SEP (event state bits 0-1, quality), CP16 elapsed time
+    PROTECTION_START = "protection_start"  # SPE, QDP, CP16 relay duration
+    PROTECTION_OUTPUT = "protection_output"  # OCI, QDP, CP16 relay operating time
+    SINGLE_COMMAND = "single_command"  # SCO: SCS bit 0, QU bits 2-6, S/E bit 7
+    DOUBLE_COMMAND = "double_command"  # DCO: DCS bits 0-1, QU, S/E
+    STEP_COMMAND = "step_command"  # RCO: RCS bits 0-1 (1 lower, 2 higher), QU, S/E
+    SETPOINT_NORMALISED = "setpoint_normalised"  # NVA + QOS (QL bits 0-6, S/E bit 7)
+    SETPOINT_SCALED = "setpoint_scaled"  # SVA + QOS
+    SETPOINT_FLOAT = "setpoint_float"  # float + QOS
+    BITSTRING_COMMAND = "bitstring_command"  # BSI
+    INTERROGATION = "interrogation"  # QOI
+    COUNTER_INTERROGATION = "counter_interrogation"  # QCC: RQT bits 0-5, FRZ bits 6-7
+    READ = "read"  # no element
+    CLOCK_SYNC = "clock_sync"  # only the CP56Time2a
+    RESET_PROCESS = "reset_process"  # QRP
+    TEST_COMMAND = "test_command"  # TSC, 16 bits
 
 
 class TimeKind(Enum):
@@ -76,7 +112,30 @@ TYPES: dict[int, tuple[str, ValueKind, TimeKind]] = {
     35: ("M_ME_TE_1", ValueKind.SCALED, TimeKind.CP56),
     36: ("M_ME_TF_1", ValueKind.FLOAT, TimeKind.CP56),
     37: ("M_IT_TB_1", ValueKind.COUNTER, TimeKind.CP56),
+    38: ("M_EP_TD_1", ValueKind.PROTECTION_EVENT, TimeKind.CP56),
+    39: ("M_EP_TE_1", ValueKind.PROTECTION_START, TimeKind.CP56),
+    40: ("M_EP_TF_1", ValueKind.PROTECTION_OUTPUT, TimeKind.CP56),
+    45: ("C_SC_NA_1", ValueKind.SINGLE_COMMAND, TimeKind.NONE),
+    46: ("C_DC_NA_1", ValueKind.DOUBLE_COMMAND, TimeKind.NONE),
+    47: ("C_RC_NA_1", ValueKind.STEP_COMMAND, TimeKind.NONE),
+    48: ("C_SE_NA_1", ValueKind.SETPOINT_NORMALISED, TimeKind.NONE),
+    49: ("C_SE_NB_1", ValueKind.SETPOINT_SCALED, TimeKind.NONE),
+    50: ("C_SE_NC_1", ValueKind.SETPOINT_FLOAT, TimeKind.NONE),
+    51: ("C_BO_NA_1", ValueKind.BITSTRING_COMMAND, TimeKind.NONE),
+    58: ("C_SC_TA_1", ValueKind.SINGLE_COMMAND, TimeKind.CP56),
+    59: ("C_DC_TA_1", ValueKind.DOUBLE_COMMAND, TimeKind.CP56),
+    60: ("C_RC_TA_1", ValueKind.STEP_COMMAND, TimeKind.CP56),
+    61: ("C_SE_TA_1", ValueKind.SETPOINT_NORMALISED, TimeKind.CP56),
+    62: ("C_SE_TB_1", ValueKind.SETPOINT_SCALED, TimeKind.CP56),
+    63: ("C_SE_TC_1", ValueKind.SETPOINT_FLOAT, TimeKind.CP56),
+    64: ("C_BO_TA_1", ValueKind.BITSTRING_COMMAND, TimeKind.CP56),
     70: ("M_EI_NA_1", ValueKind.END_OF_INIT, TimeKind.NONE),
+    100: ("C_IC_NA_1", ValueKind.INTERROGATION, TimeKind.NONE),
+    101: ("C_CI_NA_1", ValueKind.COUNTER_INTERROGATION, TimeKind.NONE),
+    102: ("C_RD_NA_1", ValueKind.READ, TimeKind.NONE),
+    103: ("C_CS_NA_1", ValueKind.CLOCK_SYNC, TimeKind.CP56),
+    105: ("C_RP_NA_1", ValueKind.RESET_PROCESS, TimeKind.NONE),
+    107: ("C_TS_TA_1", ValueKind.TEST_COMMAND, TimeKind.CP56),
 }
 DECODABLE_TYPES = frozenset(TYPES)
 
@@ -92,6 +151,22 @@ VALUE_LENGTH = {
     ValueKind.COUNTER: 5,
     ValueKind.NORMALISED_NO_QUALITY: 2,
     ValueKind.END_OF_INIT: 1,
+    ValueKind.PROTECTION_EVENT: 3,
+    ValueKind.PROTECTION_START: 4,
+    ValueKind.PROTECTION_OUTPUT: 4,
+    ValueKind.SINGLE_COMMAND: 1,
+    ValueKind.DOUBLE_COMMAND: 1,
+    ValueKind.STEP_COMMAND: 1,
+    ValueKind.SETPOINT_NORMALISED: 3,
+    ValueKind.SETPOINT_SCALED: 3,
+    ValueKind.SETPOINT_FLOAT: 5,
+    ValueKind.BITSTRING_COMMAND: 4,
+    ValueKind.INTERROGATION: 1,
+    ValueKind.COUNTER_INTERROGATION: 1,
+    ValueKind.READ: 0,
+    ValueKind.CLOCK_SYNC: 0,
+    ValueKind.RESET_PROCESS: 1,
+    ValueKind.TEST_COMMAND: 2,
 }
 
 # Kinds whose measured value is an analogue measurement (section 6.3: cyclic, QoS 0).
@@ -104,14 +179,18 @@ class DecodeError(AsduError):
     """The ASDU is not a well-formed ASDU of a type this decoder knows."""
 
 
+# Which bits of the octet carrying quality are quality bits (IV, NT, SB, BL always):
+QDS_BITS = 0xF1  # measured values: OV bit 0 (bits 1-3 reserved)
+SIQ_BITS = 0xF0  # single/double point: bits 0-1 are the value
+SEP_BITS = 0xF8  # protection event (SEP) and QDP: EI bit 3; a SEP's bits 0-1 are the event state
+BCR_BITS = 0x80  # counter: IV only; CA, CY and the sequence number are the reading's
+
+
 @dataclass(frozen=True, slots=True)
 class Quality:
-    """A quality octet (SIQ, DIQ, QDS or the BCR's last octet), named bits and raw.
-
-    OV exists only in the QDS (bit 0); in SIQ/DIQ bit 0-1 are the value. A counter's
-    octet has IV in bit 7 like the others, then CA (0x40), CY (0x20) and a sequence
-    number; NT/SB/BL/OV do not exist there and read False.
-    """
+    """The quality bits of an information object: `raw` holds only those (never value
+    bits), then each named. A bit the octet does not have (OV outside a QDS, EI outside
+    SEP/QDP, all but IV in a counter) reads False."""
 
     raw: int
     iv: bool
@@ -119,21 +198,20 @@ class Quality:
     sb: bool
     bl: bool
     ov: bool
+    ei: bool = False  # elapsed time invalid (protection equipment)
 
     @classmethod
-    def from_octet(cls, octet: int, *, has_ov: bool) -> Quality:
+    def from_octet(cls, octet: int, bits: int) -> Quality:
+        octet &= bits
         return cls(
             raw=octet,
             iv=bool(octet & 0x80),
             nt=bool(octet & 0x40),
             sb=bool(octet & 0x20),
             bl=bool(octet & 0x10),
-            ov=has_ov and bool(octet & 0x01),
+            ov=bool(octet & 0x01),
+            ei=bool(octet & 0x08),
         )
-
-    @classmethod
-    def counter(cls, octet: int) -> Quality:
-        return cls(raw=octet, iv=bool(octet & 0x80), nt=False, sb=False, bl=False, ov=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,35 +230,49 @@ class TimeTag:
     summer: bool = False
     raw: bytes = b""
 
-    def datetime(self) -> datetime.datetime | None:
-        """The time tag as an aware UTC datetime (the sites send UTC, see the UPDC
-        simulator), or None for CP24Time2a or a date that does not exist."""
+    def datetime(
+        self, zone: Zone = UTC, received: Moment | None = None
+    ) -> Moment | None:
+        """The time tag as an aware datetime. CP56Time2a: the site's local time in `zone`;
+        in the hour that repeats when summer time ends, the SU bit picks the first
+        (summer) or the second occurrence. CP24Time2a: the latest such minute and
+        millisecond at or before `received` (a minute of clock skew allowed), or None
+        without it. None for a date that does not exist."""
         if self.year is None or self.month is None or self.day is None or self.hour is None:
-            return None
+            return None if received is None else self._resolve(zone, received)
         try:
-            return datetime.datetime(
-                self.year,
-                self.month,
-                self.day,
-                self.hour,
-                self.minute,
-                self.milliseconds // 1000,
-                (self.milliseconds % 1000) * 1000,
-                tzinfo=datetime.UTC,
-            )
+            naive = datetime.datetime(
+                self.year, self.month, self.day, self.hour, self.minute,
+                self.milliseconds // 1000, (self.milliseconds % 1000) * 1000,
+            )  # fmt: skip
         except ValueError:
             return None
+        first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
+        if first.utcoffset() != second.utcoffset():  # the repeated hour
+            return first if self.summer else second
+        return first
 
-    def isoformat(self) -> str | None:
-        moment = self.datetime()
+    def _resolve(self, zone: Zone, received: Moment) -> Moment | None:
+        if self.milliseconds > 59999 or self.minute > 59:
+            return None
+        local = received.astimezone(zone)
+        candidate = local.replace(minute=self.minute, second=self.milliseconds // 1000,
+                                  microsecond=(self.milliseconds % 1000) * 1000)  # fmt: skip
+        if candidate > local + datetime.timedelta(minutes=1):
+            candidate -= datetime.timedelta(hours=1)  # from the hour before
+        return candidate
+
+    def isoformat(self, zone: Zone = UTC, received: Moment | None = None) -> str | None:
+        """ISO 8601 with the zone's offset ("Z" for UTC), milliseconds."""
+        moment = self.datetime(zone, received)
         return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
 class InformationObject:
     address: int  # IOA
-    value: float | int | bool  # double point: DPI as a number (1 OFF, 2 ON, 0 and 3 indeterminate)
-    quality: Quality | None  # None for M_ME_ND_1 and end of initialisation
+    value: float | int | bool | None  # double point: DPI as a number (1 OFF, 2 ON, 0 and 3 indeterminate)
+    quality: Quality | None  # None for M_ME_ND_1, end of initialisation and commands
     time: TimeTag | None
     extra: dict[str, int | bool] | None = None  # transient bit, counter's CA/CY/sequence, COI details
 
@@ -194,7 +286,8 @@ class DecodedAsdu:
 
 
 def decode_asdu(asdu: bytes) -> DecodedAsdu:
-    """Decode every information object of a monitor-direction ASDU.
+    """Decode every information object of an ASDU of a type in TYPES (monitor direction,
+    and the command confirmations a site sends back).
 
     Raises DecodeError for an unknown type, no objects, or a length that does not fit
     the type and VSQ exactly (a device sending something odd; the relay forwards it
@@ -204,7 +297,7 @@ def decode_asdu(asdu: bytes) -> DecodedAsdu:
     try:
         name, kind, time_kind = TYPES[header.type_id]
     except KeyError:
-        raise DecodeError(f"type {header.type_id} is not a monitor-direction type this decoder knows") from None
+        raise DecodeError(f"type {header.type_id} is not a type this decoder knows") from None
     element = VALUE_LENGTH[kind] + time_kind.value
     count = header.count
     if header.sequence:
@@ -235,38 +328,76 @@ def decode_asdu(asdu: bytes) -> DecodedAsdu:
 def _decode_element(ioa: int, kind: ValueKind, time_kind: TimeKind, body: bytes) -> InformationObject:
     n = VALUE_LENGTH[kind]
     time = _time_tag(body[n:], time_kind)
-    value: float | int | bool
-    quality: Quality | None
+    value: float | int | bool | None
+    quality: Quality | None = None
     extra: dict[str, int | bool] | None = None
     if kind is ValueKind.SINGLE:
-        value, quality = bool(body[0] & 0x01), Quality.from_octet(body[0], has_ov=False)
+        value, quality = bool(body[0] & 0x01), Quality.from_octet(body[0], SIQ_BITS)
     elif kind is ValueKind.DOUBLE:
         # 0 indeterminate/intermediate, 1 OFF, 2 ON, 3 indeterminate: kept as the number.
-        value, quality = body[0] & 0x03, Quality.from_octet(body[0], has_ov=False)
+        value, quality = body[0] & 0x03, Quality.from_octet(body[0], SIQ_BITS)
     elif kind is ValueKind.STEP:
         vti = body[0]
         value = (vti & 0x7F) - 0x80 if vti & 0x40 else vti & 0x7F  # 7-bit two's complement
         extra = {"transient": bool(vti & 0x80)}
-        quality = Quality.from_octet(body[1], has_ov=True)
-    elif kind is ValueKind.BITSTRING:
-        value, quality = int.from_bytes(body[0:4], "little"), Quality.from_octet(body[4], has_ov=True)
-    elif kind is ValueKind.NORMALISED:
+        quality = Quality.from_octet(body[1], QDS_BITS)
+    elif kind in (ValueKind.BITSTRING, ValueKind.BITSTRING_COMMAND):
+        value = int.from_bytes(body[0:4], "little")
+        if kind is ValueKind.BITSTRING:
+            quality = Quality.from_octet(body[4], QDS_BITS)
+    elif kind in (ValueKind.NORMALISED, ValueKind.NORMALISED_NO_QUALITY):
         value = struct.unpack_from("<h", body)[0] / 32768.0
-        quality = Quality.from_octet(body[2], has_ov=True)
+        if kind is ValueKind.NORMALISED:
+            quality = Quality.from_octet(body[2], QDS_BITS)
     elif kind is ValueKind.SCALED:
-        value, quality = struct.unpack_from("<h", body)[0], Quality.from_octet(body[2], has_ov=True)
+        value, quality = struct.unpack_from("<h", body)[0], Quality.from_octet(body[2], QDS_BITS)
     elif kind is ValueKind.FLOAT:
-        value, quality = struct.unpack_from("<f", body)[0], Quality.from_octet(body[4], has_ov=True)
+        value, quality = struct.unpack_from("<f", body)[0], Quality.from_octet(body[4], QDS_BITS)
     elif kind is ValueKind.COUNTER:
         value = struct.unpack_from("<i", body)[0]
         octet = body[4]
         extra = {"sequence": octet & 0x1F, "carry": bool(octet & 0x20), "adjusted": bool(octet & 0x40)}
-        quality = Quality.counter(octet)
-    elif kind is ValueKind.NORMALISED_NO_QUALITY:
-        value, quality = struct.unpack_from("<h", body)[0] / 32768.0, None
-    else:  # END_OF_INIT: COI, cause of initialisation bits 0-6, bit 7 "after a parameter change"
-        value, quality = body[0] & 0x7F, None
+        quality = Quality.from_octet(octet, BCR_BITS)
+    elif kind is ValueKind.END_OF_INIT:  # COI: cause of initialisation bits 0-6, bit 7 "after a parameter change"
+        value = body[0] & 0x7F
         extra = {"after_parameter_change": bool(body[0] & 0x80)}
+    elif kind is ValueKind.PROTECTION_EVENT:
+        # Event state like a double point (1 OFF, 2 ON); CP16Time2a: elapsed time, ms.
+        value, quality = body[0] & 0x03, Quality.from_octet(body[0], SEP_BITS)
+        extra = {"elapsed_ms": body[1] | body[2] << 8}
+    elif kind is ValueKind.PROTECTION_START:
+        spe = body[0]
+        value, quality = spe, Quality.from_octet(body[1], SEP_BITS)
+        extra = {"general_start": bool(spe & 0x01), "start_l1": bool(spe & 0x02), "start_l2": bool(spe & 0x04),
+                 "start_l3": bool(spe & 0x08), "start_earth": bool(spe & 0x10), "start_reverse": bool(spe & 0x20),
+                 "duration_ms": body[2] | body[3] << 8}  # fmt: skip
+    elif kind is ValueKind.PROTECTION_OUTPUT:
+        oci = body[0]
+        value, quality = oci, Quality.from_octet(body[1], SEP_BITS)
+        extra = {"general_command": bool(oci & 0x01), "command_l1": bool(oci & 0x02),
+                 "command_l2": bool(oci & 0x04), "command_l3": bool(oci & 0x08),
+                 "operating_ms": body[2] | body[3] << 8}  # fmt: skip
+    elif kind in (ValueKind.SINGLE_COMMAND, ValueKind.DOUBLE_COMMAND, ValueKind.STEP_COMMAND):
+        octet = body[0]
+        value = bool(octet & 0x01) if kind is ValueKind.SINGLE_COMMAND else octet & 0x03
+        extra = {"select": bool(octet & 0x80), "qualifier": (octet >> 2) & 0x1F}
+    elif kind in (ValueKind.SETPOINT_NORMALISED, ValueKind.SETPOINT_SCALED, ValueKind.SETPOINT_FLOAT):
+        if kind is ValueKind.SETPOINT_FLOAT:
+            value = struct.unpack_from("<f", body)[0]
+        else:
+            raw = struct.unpack_from("<h", body)[0]
+            value = raw / 32768.0 if kind is ValueKind.SETPOINT_NORMALISED else raw
+        qos = body[n - 1]
+        extra = {"select": bool(qos & 0x80), "qualifier": qos & 0x7F}
+    elif kind in (ValueKind.INTERROGATION, ValueKind.RESET_PROCESS):
+        value = body[0]  # QOI (20 station, 21-36 groups) or QRP
+    elif kind is ValueKind.COUNTER_INTERROGATION:
+        value = body[0] & 0x3F
+        extra = {"freeze": body[0] >> 6}
+    elif kind is ValueKind.TEST_COMMAND:
+        value = body[0] | body[1] << 8
+    else:  # READ, CLOCK_SYNC: nothing but the address (and the time tag)
+        value = None
     return InformationObject(ioa, value, quality, time, extra)
 
 

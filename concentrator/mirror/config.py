@@ -1,7 +1,7 @@
 """The `mqtt:` section of the configuration: where and how the mirror publishes.
 
     mqtt:
-      broker: "mqtt.example.net:8883"       # TLS only (section 6.4)
+      broker: "mqtt.example.net:8883"       # TLS only (section 6.4); IPv6 as "[2001:db8::1]:8883"
       client_id: concentrator-01
       tls: {ca_file: ..., cert_file: ..., key_file: ...}   # broker's CA, our X.509 pair
       credentials_file: /etc/concentrator/mqtt.cred        # one line "username:password"
@@ -9,27 +9,29 @@
       default_area: default
       areas: {site-01: north}               # site name -> area
       critical: {site-01: [1001]}           # measurements published at QoS 2
+      time_zones: {site-01: Europe/Rome}    # zone of the site's CP56Time2a tags (default UTC)
       queue_limit: 10000                    # ASDUs waiting for the broker at most
       keepalive: 30
 
-Parsed by concentrator/config.py like `network:` (lazy import, errors name file and key).
+Assembled into the whole file's `Config` by concentrator/config.py; errors name file and key.
 Secrets stay in their own file (mode 0600 recommended), so the YAML can be shared.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
+import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from concentrator.config import MISSING, ConfigError, Endpoint
+from concentrator.configbase import MISSING, ConfigError, Endpoint, endpoint, in_file, integer, mapping
 
 _KEYS = ("broker", "client_id", "tls", "credentials_file", "prefix", "default_area", "areas", "critical",
-         "queue_limit", "keepalive")  # fmt: skip
+         "time_zones", "queue_limit", "keepalive")  # fmt: skip
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
 _LEVEL = re.compile(r"[A-Za-z0-9_.-]+")  # one topic level: no wildcards, no '/', no '$'
-_HOST = re.compile(r"[A-Za-z0-9.-]+")
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,18 @@ class MqttConfig:
     default_area: str
     areas: dict[str, str]
     critical: dict[str, frozenset[int]]
+    time_zones: dict[str, str] = field(default_factory=dict)  # site -> IANA zone name
+    # Certificates not valid now (tlsfiles.py): check-config fails, the relay logs them.
+    tls_dates: tuple[str, ...] = ()
     queue_limit: int = 10_000
     keepalive: int = 30
 
     def area(self, site: str) -> str:
         return self.areas.get(site, self.default_area)
+
+    def time_zone(self, site: str) -> datetime.tzinfo:
+        name = self.time_zones.get(site)
+        return datetime.UTC if name is None else zoneinfo.ZoneInfo(name)
 
     def is_critical(self, site: str, ioa: int) -> bool:
         points = self.critical.get(site)
@@ -63,16 +72,13 @@ class MqttConfig:
 
 
 def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
+    with in_file(file):  # the shared value checks raise Invalid, which knows no file
+        return _parse_mqtt(value, file, sites)
+
+
+def _parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
     def fail(key: str, expected: str, got: object = MISSING) -> ConfigError:
         return ConfigError(file, key, expected, got)
-
-    def mapping(v: object, key: str, allowed: tuple[str, ...]) -> dict[str, object]:
-        if not isinstance(v, dict):
-            raise fail(key, f"a mapping with keys {', '.join(allowed)}", v)
-        for k in v:
-            if k not in allowed:
-                raise fail(f"{key}.{k}", f"a key allowed in {key} ({', '.join(allowed)})", k)
-        return v
 
     def readable_file(v: object, key: str) -> str:
         if v is MISSING:
@@ -86,11 +92,6 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
             raise fail(key, "one topic level of letters, digits, '_', '.', '-'", v)
         return v
 
-    def integer(v: object, key: str, low: int, high: int) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-            raise fail(key, f"an integer from {low} to {high}", v)
-        return v
-
     def site_name(v: object, key: str) -> str:
         if v not in sites:
             raise fail(key, "the name of a site in sites", v)
@@ -99,16 +100,23 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
 
     m = mapping(value, "mqtt", _KEYS)
 
-    broker_value = m.get("broker", MISSING)
-    host, _, port = broker_value.rpartition(":") if isinstance(broker_value, str) else ("", "", "")
-    if not _HOST.fullmatch(host or "-") or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise fail("mqtt.broker", '"host:port" of the broker (TLS), as "mqtt.example.net:8883"', broker_value)
-    broker = Endpoint(host, int(port))
+    broker = endpoint(m.get("broker", MISSING), "mqtt.broker", ip_only=False)
 
     client_id = level(m.get("client_id", "concentrator"), "mqtt.client_id")
 
     tls_map = mapping(m.get("tls", MISSING), "mqtt.tls", _TLS_KEYS)
     tls = TlsFiles(*(readable_file(tls_map.get(k, MISSING), f"mqtt.tls.{k}") for k in _TLS_KEYS))
+    tls_dates: list[str] = []
+    try:
+        from .tlsfiles import check_tls_files
+    except ImportError:  # no cryptography (the mqtt extra): check-config names what to install
+        problems = []
+    else:
+        problems = check_tls_files(tls.ca_file, tls.cert_file, tls.key_file, datetime.datetime.now(datetime.UTC))
+    for problem in problems:
+        if not problem.dated:
+            raise fail(f"mqtt.tls.{problem.key}", problem.expected, problem.got)
+        tls_dates.append(f"mqtt.tls.{problem.key}: expected {problem.expected}, got {problem.got}")
 
     credentials_file = readable_file(m.get("credentials_file", MISSING), "mqtt.credentials_file")
     with open(credentials_file, encoding="utf-8") as f:
@@ -141,6 +149,18 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
             raise fail(f"mqtt.critical.{k}", "a non-empty list of IOAs", v)
         critical[site] = frozenset(integer(x, f"mqtt.critical.{k}[{i}]", 0, 0xFFFFFF) for i, x in enumerate(v))
 
+    zones_value = m.get("time_zones", {})
+    if not isinstance(zones_value, dict):
+        raise fail("mqtt.time_zones", "a mapping of site name to an IANA time zone", zones_value)
+    time_zones = {}
+    for k, v in zones_value.items():
+        site = site_name(k, f"mqtt.time_zones.{k}")
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+            raise fail(f"mqtt.time_zones.{k}", 'an IANA time zone name, as "Europe/Rome" or "UTC"', v) from None
+        time_zones[site] = v
+
     return MqttConfig(
         broker=broker,
         client_id=client_id,
@@ -152,6 +172,8 @@ def parse_mqtt(value: object, file: str, sites: Collection[str]) -> MqttConfig:
         default_area=default_area,
         areas=areas,
         critical=critical,
+        time_zones=time_zones,
+        tls_dates=tuple(tls_dates),
         queue_limit=integer(m.get("queue_limit", 10_000), "mqtt.queue_limit", 1, 10_000_000),
         keepalive=integer(m.get("keepalive", 30), "mqtt.keepalive", 5, 3600),
     )

@@ -7,12 +7,18 @@ process keeps only the O(1) append (`MirrorQueue.push`) and a feeder task that w
 batches to the child's stdin; the child decodes and publishes on the other core.
 
 Frames parent -> child: first one pickle of the `MqttConfig` (our own pipe, nothing from
-the network), then per ASDU: 4-octet big-endian frame length, 8-octet float received
-time (wall clock), 1-octet site name length, site name, ASDU.
+the network), then frames of: 4-octet big-endian length of what follows, 8-octet float
+time (wall clock), 1-octet kind, 1-octet site name length, site name, body. Kind 0: the
+body is an ASDU the relay received at that time. Kind 1: the body is the site's status
+(JSON: state, detail), as the relay's statistics say since that time.
 Child -> parent: one JSON line of counters every STATUS_PERIOD seconds.
 
 If the pipe is full (the child, or the broker behind it, is slow) the feeder waits, and
 meanwhile the bounded queue in the relay drops its oldest cyclic measurements.
+
+Stopping: the parent closes the pipe (or the child gets SIGTERM/SIGINT); the child
+publishes its retained status "offline", sends DISCONNECT and exits; after
+STOP_TIMEOUT the parent kills it.
 """
 
 from __future__ import annotations
@@ -21,97 +27,196 @@ import json
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import trio
 
 from .config import MqttConfig
+from .publisher import MqttMirror, SiteStatus
 from .queue import MirrorQueue
 from .stats import MirrorStats
+
+if TYPE_CHECKING:
+    from concentrator.stats import RelayStats
 
 log = logging.getLogger(__name__)
 
 STATUS_PERIOD = 0.2
 BATCH = 256  # ASDUs per write at most
 RESTART_DELAY = 1.0
-_HEAD = struct.Struct(">Id B")  # frame length, received (wall clock), site name length
-_CHILD_COUNTERS = ("published_qos0", "published_qos2", "dropped_in_flight", "decode_errors", "connects",
-                   "connect_failures")  # fmt: skip
+STOP_TIMEOUT = 5.0  # for the child's goodbye to the broker, at a low CPU priority
+_HEAD = struct.Struct(">IdBB")  # length of the rest, time (wall clock), kind, site name length
+KIND_ASDU, KIND_STATUS = 0, 1
+# Copied from the child as they are; `dropped` and `lost` add to the relay queue's own.
+_CHILD_FIELDS = ("published_qos0", "published_qos2", "refused", "decode_errors", "connects", "connect_failures",
+                 "connected", "last_error", "in_flight")  # fmt: skip
 
 
-def encode(asdu: bytes, site: str, received_wall: float) -> bytes:
+def encode(kind: int, site: str, when: float, body: bytes) -> bytes:
     name = site.encode()
-    return _HEAD.pack(8 + 1 + len(name) + len(asdu), received_wall, len(name)) + name + asdu
+    return _HEAD.pack(_HEAD.size - 4 + len(name) + len(body), when, kind, len(name)) + name + body
+
+
+def site_statuses(relay: RelayStats) -> dict[str, tuple[str, str]]:
+    """site -> (state, detail) as the relay's statistics say now. The relay disconnects
+    every site while no BMI connection is started (end-to-end acknowledgement), so then
+    the reason a site sends nothing is the uplink, whatever its own state."""
+    uplink_started = bool(relay.uplink.active_peer)
+    out = {}
+    for name, site in relay.sites.items():
+        if not uplink_started:
+            out[name] = ("uplink not started", site.state)
+        elif site.state == "started":
+            out[name] = ("online", site.state)
+        else:
+            out[name] = ("site down", site.state)
+    return out
 
 
 class MirrorProcess:
-    """In the relay: feeds the child from `queue`, restarts it if it dies, and copies its
-    counters into `stats`."""
+    """In the relay: feeds the child from `queue` and the site states from the relay's
+    statistics, restarts the child if it dies, and copies its counters into the relay's
+    statistics (`relay_stats.mirror`)."""
 
-    def __init__(self, config: MqttConfig, queue: MirrorQueue, stats: MirrorStats) -> None:
+    def __init__(self, config: MqttConfig, queue: MirrorQueue, relay_stats: RelayStats) -> None:
+        assert relay_stats.mirror is not None
         self.config = config
         self.queue = queue
-        self.stats = stats
+        self.relay_stats = relay_stats
+        self.stats: MirrorStats = relay_stats.mirror
         self.restarts = 0
 
     async def run(self) -> None:
+        for problem in self.config.tls_dates:
+            log.error("MQTT mirror: %s (the broker will refuse the connection)", problem)
         wall_offset = time.time() - trio.current_time()
         while True:
             try:
                 await self._child(wall_offset)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("MQTT mirror process: %s; restarting in %.1f s", exc, RESTART_DELAY)
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                reasons = "; ".join(str(exc) for exc in group.exceptions)
+                log.warning("MQTT mirror process: %s; restarting in %.1f s", reasons, RESTART_DELAY)
             self.stats.connected = False
             self.restarts += 1
             await trio.sleep(RESTART_DELAY)
 
     async def _child(self, wall_offset: float) -> None:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "concentrator.mirror.process"],
+            # The child logs (to the relay's stderr) at the relay's level.
+            [sys.executable, "-m", "concentrator.mirror.process", logging.getLevelName(log.getEffectiveLevel())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         assert process.stdin is not None and process.stdout is not None
+        child = _ChildLink(self, process.stdin, wall_offset)
         try:
             await process.stdin.send_all(_frame(pickle.dumps(self.config)))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._status, process.stdout, nursery.cancel_scope)
-                await self._feed(process.stdin, wall_offset)
+                nursery.start_soon(self._status, process.stdout, child, nursery.cancel_scope)
+                nursery.start_soon(child.watch_sites)
+                await child.feed()
         finally:
             with trio.CancelScope(shield=True):
+                # Closing the pipe asks the child to say goodbye to the broker.
+                await trio.aclose_forcefully(process.stdin)
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await process.wait()
                 process.kill()
                 await process.wait()
 
-    async def _feed(self, stdin: trio.abc.SendStream, wall_offset: float) -> None:
-        queue = self.queue
-        while True:
-            await queue.wait()
-            chunks: list[bytes] = []
-            while len(chunks) < BATCH and (entry := queue.pop()) is not None:
-                chunks.append(encode(entry.asdu, entry.site, entry.received_at + wall_offset))
-            await stdin.send_all(b"".join(chunks))
-
-    async def _status(self, stdout: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
-        """Copy the child's counters; its own queue's drops add to ours."""
+    async def _status(self, stdout: trio.abc.ReceiveStream, child: _ChildLink, scope: trio.CancelScope) -> None:
+        """Copy the child's counters; its own queue's drops and losses add to ours."""
         buffer = b""
-        child_dropped = 0
+        seen_dropped = 0
+        seen_lost: dict[str, int] = {}
+        stats = self.stats
         async for chunk in stdout:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 status = json.loads(line)
-                for name in _CHILD_COUNTERS:
-                    setattr(self.stats, name, status[name])
-                self.stats.connected = status["connected"]
-                self.stats.last_error = status["last_error"]
-                self.stats.dropped += status["dropped"] - child_dropped
-                child_dropped = status["dropped"]
+                for name in _CHILD_FIELDS:
+                    setattr(stats, name, status[name])
+                stats.child_queue_length = status["queue_length"]
+                stats.dropped += status["dropped"] - seen_dropped
+                seen_dropped = status["dropped"]
+                for key, count in status["lost"].items():
+                    stats.lost[key] = stats.lost.get(key, 0) + count - seen_lost.get(key, 0)
+                    seen_lost[key] = count
+                child.child_report(status["received"], status["oldest_unpublished"])
         scope.cancel()  # the child is gone: restart it
         raise trio.BrokenResourceError("the mirror process exited")
+
+
+class _ChildLink:
+    """The pipe to one child: what was written and not yet read by it, for staleness."""
+
+    def __init__(self, owner: MirrorProcess, stdin: trio.abc.SendStream, wall_offset: float) -> None:
+        self.owner = owner
+        self.stdin = stdin
+        self.wall_offset = wall_offset
+        self.lock = trio.Lock()  # the feeder and the site watcher both write
+        self.written = 0  # ASDUs written to the pipe
+        self.in_pipe: deque[tuple[int, float]] = deque()  # (written after a batch, its oldest time)
+        self.child_oldest: float | None = None
+
+    async def feed(self) -> None:
+        queue, offset = self.owner.queue, self.wall_offset
+        while True:
+            await queue.wait()
+            chunks: list[bytes] = []
+            oldest: float | None = None
+            while len(chunks) < BATCH and (entry := queue.pop()) is not None:
+                received = entry.received_at + offset
+                oldest = received if oldest is None else oldest
+                chunks.append(encode(KIND_ASDU, entry.site, received, entry.asdu))
+            if oldest is None:
+                continue
+            self.written += len(chunks)
+            self.in_pipe.append((self.written, oldest))
+            async with self.lock:
+                await self.stdin.send_all(b"".join(chunks))
+
+    async def watch_sites(self) -> None:
+        """Send each site's status when it changes (all of them to a new child), and
+        keep the staleness figure current even when the child says nothing."""
+        sent: dict[str, tuple[str, str]] = {}
+        while True:
+            now = time.time()
+            changed = {site: s for site, s in site_statuses(self.owner.relay_stats).items() if sent.get(site) != s}
+            if changed:
+                frames = b"".join(
+                    encode(KIND_STATUS, site, now, json.dumps({"state": state, "detail": detail}).encode())
+                    for site, (state, detail) in changed.items()
+                )
+                async with self.lock:
+                    await self.stdin.send_all(frames)
+                sent.update(changed)
+            self._update_staleness()
+            await trio.sleep(STATUS_PERIOD)
+
+    def child_report(self, received: int, oldest: float | None) -> None:
+        while self.in_pipe and self.in_pipe[0][0] <= received:
+            self.in_pipe.popleft()
+        self.child_oldest = oldest
+        self._update_staleness()
+
+    def _update_staleness(self) -> None:
+        relay_oldest = self.owner.queue.oldest()
+        candidates = (
+            self.child_oldest,
+            self.in_pipe[0][1] if self.in_pipe else None,
+            None if relay_oldest is None else relay_oldest + self.wall_offset,
+        )
+        times = [t for t in candidates if t is not None]
+        self.owner.stats.oldest_unpublished = min(times) if times else None
 
 
 def _frame(payload: bytes) -> bytes:
@@ -122,48 +227,81 @@ def _frame(payload: bytes) -> bytes:
 
 
 async def _child_main() -> None:
-    from .publisher import MqttMirror
-
     stdin = trio.lowlevel.FdStream(os.dup(0))
     stdout = trio.lowlevel.FdStream(os.dup(1))
     buffer = bytearray()
 
-    async def read_exactly(size: int) -> bytes:
+    async def read_exactly(size: int) -> bytes | None:
         while len(buffer) < size:
             chunk = await stdin.receive_some(65536)
             if not chunk:
-                raise SystemExit(0)  # the relay closed the pipe: stop
+                return None  # the relay closed the pipe: stop
             buffer.extend(chunk)
         data = bytes(buffer[:size])
         del buffer[:size]
         return data
 
-    (length,) = struct.unpack(">I", await read_exactly(4))
-    config: MqttConfig = pickle.loads(await read_exactly(length))  # noqa: S301 (our parent's pipe)
+    head = await read_exactly(4)
+    if head is None:
+        return
+    config_bytes = await read_exactly(struct.unpack(">I", head)[0])
+    if config_bytes is None:
+        return
+    config: MqttConfig = pickle.loads(config_bytes)  # noqa: S301 (our parent's pipe)
     stats = MirrorStats()
     queue = MirrorQueue(config.queue_limit, stats, frozenset(config.critical))
     mirror = MqttMirror(config, queue, stats)
-    # The parent sends wall-clock times: no offset to the relay's clock here.
-    mirror.wall_clock_input = True
+    received = 0
 
     async def reader() -> None:
-        while True:
-            head = await read_exactly(_HEAD.size)
-            size, received, name_length = _HEAD.unpack(head)
-            rest = await read_exactly(size - 9)
-            site = rest[:name_length].decode()
-            queue.push(rest[name_length:], site, received)
+        nonlocal received
+        while (head := await read_exactly(_HEAD.size)) is not None:
+            size, when, kind, name_length = _HEAD.unpack(head)
+            rest = await read_exactly(size - (_HEAD.size - 4))
+            if rest is None:
+                break
+            site, body = rest[:name_length].decode(), rest[name_length:]
+            if kind == KIND_ASDU:
+                queue.push(body, site, when)
+                received += 1
+            else:
+                status = json.loads(body)
+                mirror.set_site_status(site, SiteStatus(status["state"], status["detail"], when))
+        mirror.stopping.set()
 
-    async def status() -> None:
-        while True:
-            snapshot = asdict(stats)
-            await stdout.send_all(json.dumps(snapshot).encode() + b"\n")
-            await trio.sleep(STATUS_PERIOD)
+    async def report() -> None:
+        snapshot = asdict(stats)
+        snapshot["received"] = received
+        snapshot["oldest_unpublished"] = mirror.oldest_unpublished()
+        snapshot["in_flight"] = mirror.ledger.in_flight
+        await stdout.send_all(json.dumps(snapshot).encode() + b"\n")
+
+    async def reporter() -> None:
+        try:
+            while True:
+                await report()
+                await trio.sleep(STATUS_PERIOD)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            mirror.stopping.set()  # the relay is gone
+
+    async def signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received_signals:
+            async for _ in received_signals:
+                mirror.stopping.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
-        nursery.start_soon(status)
-        nursery.start_soon(mirror.run)
+        nursery.start_soon(reporter)
+        nursery.start_soon(signals)
+        await mirror.run()
+        mirror.ledger.abandon()
+        queue.abandon()
+        with trio.move_on_after(1.0):
+            try:
+                await report()  # the last counters, if the relay still listens
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        nursery.cancel_scope.cancel()
 
 
 # The relay comes first on a 2-core appliance: with the child at the relay's priority,
@@ -175,14 +313,12 @@ NICE = 10
 
 def main() -> None:
     os.nice(NICE)  # (SCHED_IDLE was tried: no better, worse tails)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s mqtt-mirror: %(message)s")
+    level = sys.argv[1] if len(sys.argv) > 1 else "WARNING"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s mqtt-mirror: %(message)s")
     try:
         trio.run(_child_main)
-    except (SystemExit, KeyboardInterrupt):
+    except (BrokenPipeError, KeyboardInterrupt):
         pass
-    except BaseExceptionGroup as group:
-        if not group.subgroup(SystemExit):
-            raise
 
 
 if __name__ == "__main__":

@@ -53,8 +53,7 @@ class MirrorQueue:
             self._priority.append(entry)
         self.stats.queued += 1
         if len(self._cyclic) + len(self._priority) > self.limit:
-            (self._cyclic or self._priority).popleft()
-            self.stats.dropped += 1
+            self._drop_oldest("queue_full")
         self.stats.queue_length = len(self._cyclic) + len(self._priority)
         if self._waiter is not None:
             self._waiter.set()
@@ -66,6 +65,29 @@ class MirrorQueue:
 
     def down(self, asdu: bytes, now: float) -> None:
         """The relay's tap: the mirror publishes the sites' data only."""
+
+    def _drop_oldest(self, reason: str) -> None:
+        # Counted as lost messages by lane: QoS 0 for the cyclic lane, 2 for the other
+        # (which also holds the measurements of sites with critical points).
+        lane, qos = (self._cyclic, "0") if self._cyclic else (self._priority, "2")
+        victim = lane.popleft()
+        stats = self.stats
+        if reason == "queue_full":
+            stats.dropped += 1
+        # One message per information object (VSQ's count; 1 for an ASDU mirrored raw).
+        key = f"{reason}/{qos}"
+        stats.lost[key] = stats.lost.get(key, 0) + ((victim.asdu[1] & 0x7F) or 1)
+        stats.queue_length = len(self._cyclic) + len(self._priority)
+
+    def abandon(self) -> None:
+        """The mirror stops: what is still queued is lost (counted)."""
+        while self:
+            self._drop_oldest("shutdown")
+
+    def oldest(self) -> float | None:
+        """Received time of the oldest entry, or None when empty."""
+        heads = [lane[0].received_at for lane in (self._cyclic, self._priority) if lane]
+        return min(heads) if heads else None
 
     def pop(self) -> Entry | None:
         """The oldest entry of both lanes (arrival order is kept across them), or None."""

@@ -2,7 +2,9 @@
 
 Point map (see `concentrator.sim.points`): total site power and per-load power as
 M_ME_TF_1 sent every `sample_period` seconds, breaker position M_DP_TB_1, reclosing
-lock M_SP_TB_1, and a select-before-execute C_DC_NA_1 breaker command.
+lock M_SP_TB_1, a select-before-execute C_DC_NA_1 breaker command (opening also sets
+the lock) and C_SC_NA_1 release command (clears the lock). A shedding with misbehaviour
+on request is played by `shedding_site.SheddingSite` (own codec).
 
 No `from __future__ import annotations` here: c104 checks callback annotations
 against the real classes and refuses string annotations.
@@ -27,6 +29,7 @@ from concentrator.sim.points import (
     IOA_BREAKER,
     IOA_BREAKER_CMD,
     IOA_LOCK,
+    IOA_RELEASE_CMD,
     IOA_TOTAL_POWER,
     FrameCapture,
     free_tcp_port,
@@ -228,6 +231,11 @@ class UpdcSimulator:
         breaker.info = c104.DoubleInfo(state=_double(closed), recorded_at=now)
         lock.info = c104.SingleInfo(on=locked, recorded_at=now)
         command.on_receive(callable=self._on_breaker_command)
+        # The release ("sblocco", annex A40 5.1.4): the BMI's C_SC_NA_1 ON unlocks reclosing.
+        release = _add_point(
+            station, IOA_RELEASE_CMD, c104.Type.C_SC_NA_1, command_mode=c104.CommandMode.SELECT_AND_EXECUTE
+        )
+        release.on_receive(callable=self._on_release_command)
         server.on_send_raw(callable=self._on_send_raw)
         server.on_receive_raw(callable=self._on_receive_raw)
         server.on_clock_sync(callable=self._on_clock_sync)
@@ -259,6 +267,16 @@ class UpdcSimulator:
         with self._lock:
             self._executed.append(ExecutedCommand(time.monotonic(), close, message.originator_address))
         self._set_breaker(close)
+        if not close:  # annex A40 5.1.4: an opening command locks reclosing until the release
+            self._set_lock(True)
+        return c104.ResponseState.SUCCESS
+
+    def _on_release_command(
+        self, point: c104.Point, previous_info: c104.Information, message: c104.IncomingMessage
+    ) -> c104.ResponseState:
+        if not self.accept_commands or not point.value:
+            return c104.ResponseState.FAILURE
+        self._set_lock(False)
         return c104.ResponseState.SUCCESS
 
     # -- process simulation -----------------------------------------------------
@@ -300,13 +318,17 @@ class UpdcSimulator:
     def toggle_lock(self) -> bool:
         """Flip the reclosing lock and report it; returns the new state."""
         with self._lock:
-            self._locked = not self._locked
-            locked = self._locked
+            locked = not self._locked
+        self._set_lock(locked)
+        return locked
+
+    def _set_lock(self, locked: bool) -> None:
+        with self._lock:
+            self._locked = locked
         point = self._lock_point
         if point is not None and self._server is not None:
             point.info = c104.SingleInfo(on=locked, recorded_at=_utc_now())
             point.transmit(cause=c104.Cot.SPONTANEOUS)
-        return locked
 
     def sample_now(self) -> bool:
         """Send one sample immediately (besides the periodic ones); returns

@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from concentrator.config import Endpoint
-from concentrator.stats import LATENCY_BUCKETS, Histogram, RelayStats, SiteStats
-from monitoring.exporter import serve, serve_relay
+from concentrator.stats import LATENCY_BUCKETS, RelayStats, SiteStats
+from monitoring.exporter import serve_relay
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats, outage_histogram
+from monitoring.primitives import Histogram, serve
 from monitoring.relay_metrics import RelayMetrics
 from tests.helpers import relay_config
 

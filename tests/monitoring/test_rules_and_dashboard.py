@@ -12,17 +12,22 @@ from typing import Any
 
 import pytest
 
+from concentrator.ha_state import HaState
+from concentrator.mirror.stats import MirrorStats
 from concentrator.stats import RelayStats, SiteStats
+from monitoring.ha_metrics import HaCollector
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats
 from monitoring.relay_metrics import RelayMetrics
 from tests.conftest import require_tool
 from tests.helpers import relay_config
 from tests.monitoring.test_metrics import FakeLink, FakeManager, scrape
+from tests.shedding.test_metrics import shedding_names
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "dashboard.json"
-ROWS = ["Sites", "Latency", "Uplink and failover", "Data quality", "Trip path and configuration"]
+ROWS = ["Sites", "Latency", "Uplink and failover", "Data quality", "Trip path and configuration",
+        "Shedding compliance"]
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,7 +38,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 25 rules found" in result.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -81,9 +86,9 @@ def test_dashboard_has_one_row_per_concern_and_queries_in_every_panel() -> None:
 
 
 def exported_names() -> set[str]:
-    """Every sample name the relay's and the link manager's collectors produce."""
+    """Every sample name the relay's, the link manager's and the HA supervisor's collectors produce."""
     config = relay_config([2404])
-    stats = RelayStats()
+    stats = RelayStats(mirror=MirrorStats(last_error="x"))
     stats.sites["site-01"] = SiteStats("site-01", (101,))
     stats.sites["site-01"].last_test_round_trip = stats.uplink.last_test_round_trip = 0.001
     stats.sites["site-01"].endpoint = "127.0.0.1:2404"
@@ -93,7 +98,9 @@ def exported_names() -> set[str]:
     relay = RelayMetrics(stats, config, lambda: 0.0)
     uplink = FakeLink(switches_by_reason={"probe-loss": 1})
     trip = TripPathStats({"239.192.0.1": True}, {"239.192.0.1": 1})
-    return {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip))}
+    ha = HaCollector(HaState("conc-a", 150, last_takeover_seconds=0.05))
+    names = {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip), ha)}
+    return names | shedding_names()
 
 
 @pytest.mark.parametrize("source", ["dashboard.json", "alerts.yml"])

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -29,6 +30,7 @@ PASSWORDS = {"concentrator": "pub-secret", "viewer": "view-secret", "nobody": "n
 # its prefix, viewers may only read it; "nobody" has no rule (mosquitto denies what no
 # rule allows).
 ACL = (Path(__file__).parents[2] / "conf" / "mosquitto" / "concentrator.acl").read_text()
+SHIPPED_CONF = Path(__file__).parents[2] / "conf" / "mosquitto" / "mosquitto.conf"
 
 
 def _name(common_name: str) -> x509.Name:
@@ -65,16 +67,37 @@ class Pki:
         self.ca = self.directory / "ca.crt"
         self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool = False) -> tuple[Path, Path]:
+    def crl(self, revoked: list[Path]) -> Path:
+        """A CRL of this CA revoking the certificates in `revoked`."""
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._ca_cert.subject)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(days=1))
+        )
+        for path in revoked:
+            serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        path = self.directory / "ca.crl"
+        path.write_bytes(builder.sign(self._ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def issue(
+        self, name: str, *, server: bool = False, not_after: datetime.datetime | None = None
+    ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
+        not_after = not_after or self._not_after
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
             .issuer_name(self._ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(self._not_before)
-            .not_valid_after(self._not_after)
+            .not_valid_before(min(self._not_before, not_after - datetime.timedelta(days=1)))
+            .not_valid_after(not_after)
         )
         if server:
             builder = builder.add_extension(
@@ -94,7 +117,9 @@ class Broker:
     """mosquitto -c <conf> on 127.0.0.1:<port>; start() / stop() can be repeated on the
     same port (the outage test). Always stopped by close()."""
 
-    def __init__(self, mosquitto: str, mosquitto_passwd: str) -> None:
+    def __init__(self, mosquitto: str, mosquitto_passwd: str, extra_conf: str = "", *, shipped: bool = False) -> None:
+        """shipped: run conf/mosquitto/mosquitto.conf itself (its paths pointed here), with
+        a CRL that revokes the certificate of user "revoked"."""
         # Not under pytest's tmp_path: its parents are 0700 and mosquitto, started as
         # root, drops to the `mosquitto` user, which must read these files.
         self.directory = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
@@ -111,25 +136,13 @@ class Broker:
         acl = self.directory / "acl"
         acl.write_text(ACL)
         self.conf = self.directory / "mosquitto.conf"
-        self.conf.write_text(
-            f"""per_listener_settings false
-allow_anonymous false
-password_file {passwd}
-acl_file {acl}
-persistence false
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-listener {self.port} 127.0.0.1
-cafile {self.pki.ca}
-certfile {server_cert}
-keyfile {server_key}
-require_certificate true
-use_identity_as_username false
-tls_version tlsv1.2
-"""
-        )
+        if shipped:
+            self.clients["revoked"] = self.pki.issue("revoked")
+            self.conf.write_text(self._shipped(passwd, acl, server_cert, server_key))
+        else:
+            self._write_conf(passwd, acl, server_cert, server_key, extra_conf)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "mosquitto")  # persistence: mosquitto writes its database here
         for path in self.directory.iterdir():
             os.chmod(path, 0o644)
             if os.geteuid() == 0:
@@ -139,6 +152,51 @@ tls_version tlsv1.2
         # The concentrator's own key is read by the test process (root): fine at 0600.
         self.log = self.directory / "mosquitto.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_conf(self, passwd: Path, acl: Path, cert: Path, key: Path, extra_conf: str) -> None:
+        # As the shipped file, but users authenticated by password (certificate required,
+        # not bound to the user), so that password refusals can be tested too.
+        self.conf.write_text(
+            f"""per_listener_settings false
+allow_anonymous false
+password_file {passwd}
+acl_file {acl}
+persistence true
+persistence_location {self.directory}/
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+{extra_conf}
+listener {self.port} 127.0.0.1
+cafile {self.pki.ca}
+certfile {cert}
+keyfile {key}
+require_certificate true
+use_identity_as_username false
+tls_version tlsv1.2
+"""
+        )
+
+    def _shipped(self, passwd: Path, acl: Path, cert: Path, key: Path) -> str:
+        crl = self.pki.crl([self.clients["revoked"][0]])
+        paths = {
+            "password_file ": f"password_file {passwd}",
+            "acl_file ": f"acl_file {acl}",
+            "persistence_location ": f"persistence_location {self.directory}/",
+            "log_dest ": "log_dest stderr",
+            "listener ": f"listener {self.port} 127.0.0.1",
+            "cafile ": f"cafile {self.pki.ca}",
+            "crlfile ": f"crlfile {crl}",
+            "certfile ": f"certfile {cert}",
+            "keyfile ": f"keyfile {key}",
+        }
+        lines = SHIPPED_CONF.read_text().splitlines()
+        for prefix, line in paths.items():
+            [index] = [i for i, text in enumerate(lines) if text.startswith(prefix)]  # the file must have it once
+            lines[index] = line
+        return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.process is None
@@ -155,9 +213,19 @@ tls_version tlsv1.2
                 time.sleep(0.02)
         raise RuntimeError(f"mosquitto not listening after {timeout} s: {self.log.read_text()}")
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker's kernel still accepts and buffers, the broker does nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a frozen broker cannot handle SIGTERM
             process.terminate()
             try:
                 process.wait(5)

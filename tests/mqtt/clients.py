@@ -58,13 +58,19 @@ class Subscriber:
     """Subscribes to `topic` at QoS 2 and records what arrives (with its delivered QoS,
     which is the publisher's QoS when that is lower)."""
 
-    def __init__(self, broker: Broker, user: str, topic: str, *, client_id: str | None = None) -> None:
+    def __init__(
+        self, broker: Broker, user: str, topic: str, *, client_id: str | None = None, persistent: bool = False
+    ) -> None:
+        """persistent: a session the broker keeps while the viewer is away (QoS 2
+        messages are queued for it), and a quick reconnection after a broker restart."""
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id or f"sub-{user}", protocol=mqtt.MQTTv311
-        )
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"sub-{user}", protocol=mqtt.MQTTv311,
+            clean_session=not persistent,
+        )  # fmt: skip
+        self.client.reconnect_delay_set(1, 1)
         self.client.tls_set_context(broker.tls_context(user))
         self.client.username_pw_set(user, PASSWORDS[user])
         self.client.on_connect = lambda c, u, f, reason, p: c.subscribe(topic, qos=2)
@@ -91,6 +97,13 @@ class Subscriber:
     def received(self) -> list[Received]:
         with self._lock:
             return list(self.messages)
+
+    def data(self) -> list[Received]:
+        """The site data, without the retained status messages."""
+        return [m for m in self.received() if not m.topic.endswith("/status")]
+
+    def statuses(self) -> list[Received]:
+        return [m for m in self.received() if m.topic.endswith("/status")]
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:

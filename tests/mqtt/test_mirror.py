@@ -4,7 +4,7 @@ an ACL: 2 simulated UPDCs (c104), the relay, a simulated BMI, and subscribers.""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
@@ -27,16 +27,7 @@ FIRST_CA = 101
 M_DP_TB_1, M_ME_TF_1 = 31, 36
 
 
-@pytest.fixture
-def updcs() -> Iterator[list[UpdcSimulator]]:
-    with ExitStack() as stack:
-        yield [
-            stack.enter_context(UpdcSimulator(f"site-{n + 1:02d}", FIRST_CA + n, sample_period=0.1, seed=n))
-            for n in range(2)
-        ]
-
-
-def mqtt_section(broker: Broker, **extra: Any) -> dict[str, Any]:
+def mqtt_section(broker: Broker, /, **extra: Any) -> dict[str, Any]:
     cert, key = broker.client_files("concentrator")
     credentials = broker.directory / "concentrator.cred"
     credentials.write_text(f"concentrator:{PASSWORDS['concentrator']}\n")
@@ -80,7 +71,7 @@ async def test_measurements_at_qos0_and_a_breaker_change_at_qos2(updcs: list[Upd
             await wait_for(lambda: stats.connected, what="the mirror connected")
 
             def measurements() -> list[Any]:
-                return [m for m in viewer.received() if m.payload["type_id"] == M_ME_TF_1]
+                return [m for m in viewer.data() if m.payload["type_id"] == M_ME_TF_1]
 
             await wait_for(
                 lambda: {m.payload["site"] for m in measurements()} == {"site-01", "site-02"},
@@ -90,10 +81,10 @@ async def test_measurements_at_qos0_and_a_breaker_change_at_qos2(updcs: list[Upd
             before = target.breaker_closed
             assert target.toggle_breaker() != before
             await wait_for(
-                lambda: any(m.payload["type_id"] == M_DP_TB_1 and m.payload["cause"] == 3 for m in viewer.received()),
+                lambda: any(m.payload["type_id"] == M_DP_TB_1 and m.payload["cause"] == 3 for m in viewer.data()),
                 what="the breaker change at the viewer",
             )
-        got = viewer.received()
+        got = viewer.data()
 
     # Measured values: QoS 0, topic <prefix>/<area>/<site>/<ca>/<ioa>, and exactly what the
     # site sent (value, time tag, quality) for the ASDUs found in the site's own log.
@@ -111,7 +102,7 @@ async def test_measurements_at_qos0_and_a_breaker_change_at_qos2(updcs: list[Upd
     ]
     assert matches, f"no ASDU sent by site-01 has the time tag {p['timetag']}"
     assert p["value"] == matches[0].value and p["quality"]["raw"] == matches[0].quality.raw
-    assert p["quality"] == {"raw": 0, "iv": False, "nt": False, "sb": False, "bl": False, "ov": False}
+    assert p["quality"] == {"raw": 0, "iv": False, "nt": False, "sb": False, "bl": False, "ov": False, "ei": False}
     assert p["timetag_invalid"] is False and p["common_address"] == FIRST_CA and p["received"].endswith("Z")
     assert any(m.payload["ioaddress"] == IOA_TOTAL_POWER for m in got)
     assert all(m.qos == 0 for m in got if m.payload["type_id"] == M_ME_TF_1)
@@ -132,10 +123,10 @@ async def test_critical_measurement_goes_at_qos2(updcs: list[UpdcSimulator], bro
     with Subscriber(broker, "viewer", f"{PREFIX}/+/site-01/#") as viewer:
         async with running(updcs, broker, critical={"site-01": [IOA_TOTAL_POWER]}):
             await wait_for(
-                lambda: {m.payload["ioaddress"] for m in viewer.received()} >= {IOA_TOTAL_POWER, IOA_TOTAL_POWER + 1},
+                lambda: {m.payload["ioaddress"] for m in viewer.data()} >= {IOA_TOTAL_POWER, IOA_TOTAL_POWER + 1},
                 what="total and load power of site-01",
             )
-        got = viewer.received()
+        got = viewer.data()
     assert {m.qos for m in got if m.payload["ioaddress"] == IOA_TOTAL_POWER} == {2}
     assert {m.qos for m in got if m.payload["ioaddress"] == IOA_TOTAL_POWER + 1} == {0}
 
@@ -163,7 +154,7 @@ def test_broker_refuses_no_certificate_wrong_password_and_tls11(broker: Broker):
 async def test_a_user_without_read_permission_receives_nothing(updcs: list[UpdcSimulator], broker: Broker):
     with Subscriber(broker, "nobody", f"{PREFIX}/#") as nobody, Subscriber(broker, "viewer", f"{PREFIX}/#") as viewer:
         async with running(updcs, broker):
-            await wait_for(lambda: len(viewer.received()) >= 20, what="20 messages at the viewer")
+            await wait_for(lambda: len(viewer.data()) >= 20, what="20 messages at the viewer")
             # Same broker, same time: whatever the viewer got, nobody could have got too.
             await trio.sleep(0.2)  # let anything already routed to `nobody` arrive (not an assertion)
         assert nobody.received() == []
@@ -197,7 +188,7 @@ async def test_broker_outage_does_not_touch_the_relay(updcs: list[UpdcSimulator]
         await wait_for(lambda: stats.connected, timeout=20, what="the mirror reconnecting by itself")
         await wait_for(lambda: stats.published > published + 10, what="publishing again after the outage")
         with Subscriber(broker, "viewer", f"{PREFIX}/#") as viewer:
-            await wait_for(lambda: len(viewer.received()) > 5, what="messages at a viewer after the outage")
+            await wait_for(lambda: len(viewer.data()) > 5, what="messages at a viewer after the outage")
 
     received: dict[int, list[bytes]] = {}
     for asdu in bmi.received_asdus():

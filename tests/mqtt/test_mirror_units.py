@@ -3,8 +3,10 @@ configuration section, topics/payloads/QoS, and the exported metrics."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from concentrator.config import ConfigError, parse_config
 from concentrator.mirror.config import MqttConfig
-from concentrator.mirror.publisher import messages
+from concentrator.mirror.payload import messages
 from concentrator.mirror.queue import MirrorQueue
 from concentrator.mirror.stats import MirrorStats
 from concentrator.stats import RelayStats
@@ -23,7 +25,8 @@ from tests.helpers import relay_config
 CP56 = bytes.fromhex("0bc40604160b1a")
 MEASUREMENT = bytes((36, 1, 3, 0, 101, 0)) + (1001).to_bytes(3, "little") + struct.pack("<f", 5.5) + b"\x00" + CP56
 BREAKER = bytes((31, 1, 3, 0, 101, 0)) + (2001).to_bytes(3, "little") + b"\x01" + CP56
-COMMAND_CON = bytes.fromhex("2e0107006500b90b0081")  # C_DC_NA_1 activation confirmation
+COMMAND_CON = bytes.fromhex("2e0107006500b90b0081")  # C_DC_NA_1 activation confirmation, select OFF
+PARAMETER = bytes((110, 1, 20, 0, 101, 0)) + (4001).to_bytes(3, "little") + b"\x00\x40\x01"  # P_ME_NA_1
 
 
 def test_queue_drops_oldest_cyclic_measurements_first():
@@ -54,20 +57,6 @@ def test_measurements_of_a_site_with_critical_points_are_kept_like_events():
     queue.push(MEASUREMENT, "plain", 2.0)
     queue.push(MEASUREMENT, "crit", 3.0)
     assert [(e.site, e.received_at) for e in (queue.pop(), queue.pop())] == [("crit", 1.0), ("crit", 3.0)]
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Any]:
-    for name in ("ca.crt", "c.crt", "c.key"):
-        (tmp_path / name).write_text("x")
-    (tmp_path / "cred").write_text("concentrator:s3cret\n")
-    return {
-        "broker": "127.0.0.1:8883",
-        "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert_file": str(tmp_path / "c.crt"),
-                "key_file": str(tmp_path / "c.key")},
-        "credentials_file": str(tmp_path / "cred"),
-        "prefix": "holder/concentrator",
-    }  # fmt: skip
 
 
 def config_with(mqtt: dict[str, Any]) -> MqttConfig:
@@ -122,27 +111,60 @@ def test_credentials_file_without_password_is_refused_without_echoing_it(files: 
     assert "only-a-secret-line" not in str(error.value)
 
 
+RECEIVED = datetime.datetime(2026, 11, 22, 4, 0, tzinfo=datetime.UTC).timestamp()
+
+
 def test_messages_topics_payloads_and_qos(files: dict[str, Any]):
     mqtt = config_with({**files, "areas": {"site-01": "north"}})
-    [(topic, payload, qos)], failed = messages(mqtt, MEASUREMENT, "site-01", "2026-11-22T04:00:00.000000Z")
+    [(topic, payload, qos)], failed = messages(mqtt, MEASUREMENT, "site-01", RECEIVED)
     body = json.loads(payload)
     assert (topic, qos, failed) == ("holder/concentrator/north/site-01/101/1001", 0, False)
     assert body["value"] == 5.5 and body["ioaddress"] == 1001 and body["type"] == "M_ME_TF_1"
     assert body["timetag"] == "2026-11-22T04:06:50.187Z" and body["timetag_invalid"] is False
-    assert body["quality"]["raw"] == 0 and body["cause"] == 3 and body["common_address"] == 101
+    assert body["timetag_raw"] == CP56.hex() and body["timetag_summer"] is False
+    assert body["quality"] == {"raw": 0, "iv": False, "nt": False, "sb": False, "bl": False, "ov": False,
+                               "ei": False}  # fmt: skip
+    assert body["cause"] == 3 and body["common_address"] == 101
     assert body["received"] == "2026-11-22T04:00:00.000000Z" and body["site"] == "site-01"
-    [(topic, payload, qos)], _ = messages(mqtt, BREAKER, "site-02", "t")
-    assert (topic, qos, json.loads(payload)["value"]) == ("holder/concentrator/default/site-02/101/2001", 2, 1)
-    # A command confirmation is not decoded, but mirrored raw at QoS 2.
-    [(topic, payload, qos)], failed = messages(mqtt, COMMAND_CON, "site-01", "t")
-    assert failed and qos == 2 and json.loads(payload)["asdu"] == COMMAND_CON.hex() and topic.endswith("/101/3001")
+    [(topic, payload, qos)], _ = messages(mqtt, BREAKER, "site-02", RECEIVED)
+    breaker = json.loads(payload)
+    assert (topic, qos, breaker["value"]) == ("holder/concentrator/default/site-02/101/2001", 2, 1)
+    assert breaker["quality"]["raw"] == 0  # DPI 1 (OFF) is the value, not quality
+    # A command confirmation: decoded, at QoS 2, with its qualifier.
+    [(topic, payload, qos)], failed = messages(mqtt, COMMAND_CON, "site-01", RECEIVED)
+    confirmation = json.loads(payload)
+    assert not failed and qos == 2 and topic.endswith("/101/3001")
+    assert confirmation["type"] == "C_DC_NA_1" and confirmation["cause"] == 7 and confirmation["value"] == 1
+    assert confirmation["select"] is True and confirmation["quality"] is None and confirmation["timetag"] is None
+    # Raw only for what the decoder does not know.
+    [(_, payload, qos)], failed = messages(mqtt, PARAMETER, "site-01", RECEIVED)
+    assert failed and qos == 2 and json.loads(payload)["asdu"] == PARAMETER.hex()
     critical = config_with({**files, "critical": {"site-01": [1001]}})
-    assert messages(critical, MEASUREMENT, "site-01", "t")[0][0][2] == 2
+    assert messages(critical, MEASUREMENT, "site-01", RECEIVED)[0][0][2] == 2
+
+
+def test_time_tags_in_the_site_zone(files: dict[str, Any]):
+    """A site whose clock runs on Italian time, summer time bit set in the hour that repeats."""
+    mqtt = config_with({**files, "time_zones": {"site-01": "Europe/Rome"}})
+    tag = bytes((0, 0, 30, 0x80 | 2, 25, 10, 26))  # 2026-10-25 02:30:00.000, SU set
+    frame = bytes((30, 1, 3, 0, 101, 0)) + (2002).to_bytes(3, "little") + b"\x01" + tag
+    [(_, payload, _)], _ = messages(mqtt, frame, "site-01", RECEIVED)
+    body = json.loads(payload)
+    assert body["timetag"] == "2026-10-25T02:30:00.000+02:00" and body["timetag_summer"] is True
+    assert body["timetag_raw"] == tag.hex()
+    [(_, payload, _)], _ = messages(mqtt, frame, "site-02", RECEIVED)  # site-02: UTC, the default
+    assert json.loads(payload)["timetag"] == "2026-10-25T02:30:00.000Z"
+    with pytest.raises(ConfigError) as error:
+        config_with({**files, "time_zones": {"site-01": "Mars/Olympus"}})
+    assert error.value.key == "mqtt.time_zones.site-01"
 
 
 def test_mirror_metrics_are_exported():
-    stats = RelayStats(mirror=MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True))
-    text = RelayMetrics(stats, relay_config([2404]), lambda: 0.0).exposition().decode()
+    mirror = MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True, queue_length=4,
+                         child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
+                         lost={"disconnect/0": 9, "queue_full/0": 10}, oldest_unpublished=time.time() - 30,
+                         last_error="broker refused x: Not authorized")  # fmt: skip
+    text = RelayMetrics(RelayStats(mirror=mirror), relay_config([2404]), lambda: 0.0).exposition().decode()
     samples = {
         (s.name, tuple(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
     }
@@ -150,5 +172,17 @@ def test_mirror_metrics_are_exported():
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "0"),))] == 5
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "2"),))] == 2
     assert samples[("concentrator_mirror_dropped_asdus_total", ())] == 3
+    assert samples[("concentrator_mirror_queue_length", (("side", "relay"),))] == 4
+    assert samples[("concentrator_mirror_queue_length", (("side", "child"),))] == 6
+    assert samples[("concentrator_mirror_in_flight_messages", ())] == 7
+    assert samples[("concentrator_mirror_refused_messages_total", (("reason", "Not authorized"),))] == 8
+    assert samples[("concentrator_mirror_refused_messages_total", (("reason", "Quota exceeded"),))] == 0
+    assert samples[("concentrator_mirror_lost_messages_total", (("qos", "0"), ("reason", "disconnect")))] == 9
+    assert samples[("concentrator_mirror_lost_messages_total", (("qos", "0"), ("reason", "queue_full")))] == 10
+    assert samples[("concentrator_mirror_lost_messages_total", (("qos", "2"), ("reason", "shutdown")))] == 0
+    assert 29 < samples[("concentrator_mirror_oldest_unpublished_age_seconds", ())] < 40
+    assert samples[("concentrator_mirror_last_error_info", (("error", "broker refused x: Not authorized"),))] == 1
+    idle = RelayMetrics(RelayStats(mirror=MirrorStats()), relay_config([2404]), lambda: 0.0).exposition().decode()
+    assert "concentrator_mirror_oldest_unpublished_age_seconds 0.0" in idle and "last_error" not in idle
     without = RelayMetrics(RelayStats(), relay_config([2404]), lambda: 0.0).exposition().decode()
     assert "mirror" not in without

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -198,3 +199,85 @@ def test_lab_leaves_nothing_behind_even_on_failure() -> None:
     assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_a_restarted_netd_keeps_the_backup_until_the_primary_answers(lab: Lab) -> None:
+    """Found 4: netd restarted while the traffic ran on the backup (the primary silently
+    broken) started on the primary, sending traffic into the failed path until its
+    probes noticed again. It now reads its state file back: it starts where it was,
+    and the primary must answer probes and hold before traffic returns to it."""
+    lab.silent_loss("uplink", "primary")
+    lab.wait_active("uplink", "backup")
+    lab.kill_netd("conc")
+    lab._start_netd("conc")
+    lab.wait_netd_ready("conc")
+
+    def route() -> str:
+        return lab.ip("conc", "route", "get", "10.0.1.1").stdout.split(" dev ")[1].split()[0]
+
+    assert lab.active("uplink") == "backup" and route() == "up1"
+    end = time.monotonic() + 10 * lab.probe_interval  # many probes into the broken primary
+    while time.monotonic() < end:
+        assert route() == "up1", lab._log_tail("netd-conc")()
+    state = lab.netd_state("conc")["links"]["uplink"]
+    assert (state["active"], state["healthy"]["primary"]) == ("backup", False), lab._log_tail("netd-conc")()
+    # Traffic never went to the primary (on a loaded machine a late probe may mark
+    # the backup down and up again: that is not a move to the primary).
+    assert not [s for s in state["recent_switches"] if "primary" in (s["frm"], s["to"])], state["recent_switches"]
+    # Repaired: the primary answers again; traffic stays until the hold time (60 s here).
+    lab.silent_restore("uplink", "primary")
+    wait_for(lambda: lab.netd_state("conc")["links"]["uplink"]["healthy"]["primary"], 5.0, "primary healthy")
+    assert lab.active("uplink") == "backup"
+
+
+def test_netd_tells_systemd_it_is_ready_and_pings_its_watchdog_from_its_loop() -> None:
+    """The unit (conf/systemd/concentrator-netd.service) restarts netd when it dies
+    or when its event loop stops pinging. Here the notify socket is ours: READY=1
+    once the links are managed, WATCHDOG=1 every half timeout, none while frozen."""
+    with Lab(n_sites=1, start_netd=False) as lab:
+        path = os.path.join(lab.workdir, "notify.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(10.0)
+            for role in lab.netd_roles:
+                env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"} if role == "conc" else None
+                lab._start_netd(role, env=env)
+            messages = [sock.recv(200).decode() for _ in range(6)]
+            assert "READY=1" in "\n".join(messages) and messages.count("WATCHDOG=1") >= 4, messages
+            assert lab.netd_state("conc")["ready"]
+            os.kill(_netd_pid(lab), signal.SIGSTOP)
+            try:
+                while True:  # drain what was sent before the stop
+                    sock.settimeout(0.3)
+                    try:
+                        sock.recv(200)
+                    except TimeoutError:
+                        break
+                sock.settimeout(0.5)
+                with pytest.raises(TimeoutError):
+                    sock.recv(200)
+            finally:
+                os.kill(_netd_pid(lab), signal.SIGCONT)
+            sock.settimeout(5.0)
+            assert sock.recv(200) == b"WATCHDOG=1"
+
+
+def _netd_pid(lab: Lab) -> int:
+    return int(lab.netd_state("conc")["pid"])
+
+
+def test_a_bad_multicast_section_leaves_link_failover_running() -> None:
+    """Issue 12: a multicast problem (there: a 16th site) made the whole file invalid
+    for netd, which then protected no link at all."""
+    with Lab(n_sites=1, hold_time=60.0, trip_groups=[("239.192.10.1", 30104)], start_netd=False) as lab:
+        for role in lab.netd_roles:
+            config = lab.netd_config(role)
+            if role == "conc":
+                config["multicast"]["groups"][0]["group"] = "10.9.9.9"  # not a multicast group
+            lab._start_netd(role, config)
+        for role in lab.netd_roles:
+            lab.wait_netd_ready(role)
+        assert "trip path disabled, link failover runs" in lab._log_tail("netd-conc")()
+        assert "trip" not in lab.netd_state("conc")
+        lab.link_down("uplink", "primary")
+        lab.wait_active("uplink", "backup")

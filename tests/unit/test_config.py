@@ -1,4 +1,5 @@
 """Configuration loading and validation (no sockets)."""
+
 from __future__ import annotations
 
 import copy
@@ -185,7 +186,8 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_unknown_top_level_key() -> None:
     err = error(lambda d: d.update(sitse=[]))
-    check(err, "sitse", "a key allowed in the top level (uplink, sites, metrics, network, multicast, mqtt)")
+    allowed = "uplink, sites, metrics, network, multicast, mqtt, shedding, ha"
+    check(err, "sitse", f"a key allowed in the top level ({allowed})")
 
 
 def test_unknown_uplink_key() -> None:
@@ -242,9 +244,7 @@ def test_timer_must_be_a_finite_number(value: object) -> None:
     check(err, "sites[1].t1", "a number of seconds")
 
 
-@pytest.mark.parametrize(
-    "value", ["192.0.2.11:0", "192.0.2.11:65536", "192.0.2.11:", "192.0.2.11", "192.0.2.11:+24"]
-)
+@pytest.mark.parametrize("value", ["192.0.2.11:0", "192.0.2.11:65536", "192.0.2.11:", "192.0.2.11", "192.0.2.11:+24"])
 def test_endpoint_port_out_of_range_or_absent(value: str) -> None:
     err = error(lambda d: d["sites"][3]["endpoints"].__setitem__(1, value))
     check(err, "sites[3].endpoints[1]", "a port from 1 to 65535")
@@ -376,14 +376,14 @@ def test_unreadable_file_is_a_directory(tmp_path: Path) -> None:
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    path = write(tmp_path, b"uplink:\n  listen: \"\xff\"\n")
+    path = write(tmp_path, b'uplink:\n  listen: "\xff"\n')
     with pytest.raises(ConfigError) as info:
         load_config(path)
     check(info.value, "(file)", "UTF-8 text", file=str(path))
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "uplink:\n  listen: \"0.0.0.0:2404\"\n  allowed_peers: [10.1.0.10\nsites: []\n")
+    path = write(tmp_path, 'uplink:\n  listen: "0.0.0.0:2404"\n  allowed_peers: [10.1.0.10\nsites: []\n')
     with pytest.raises(ConfigError) as info:
         load_config(path)
     err = info.value
@@ -427,7 +427,7 @@ sites:
 
 
 def test_yaml_refused_character_names_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "uplink:\n  listen: \"0.0.0.0:2404\x07\"\n")
+    path = write(tmp_path, 'uplink:\n  listen: "0.0.0.0:2404\x07"\n')
     with pytest.raises(ConfigError) as info:
         load_config(path)
     check(info.value, "line 2, column 24", "valid YAML", file=str(path))
@@ -475,4 +475,3 @@ def test_link_manager_reads_its_section_even_when_the_relays_is_broken(tmp_path:
     with pytest.raises(ConfigError):
         load_config(path)
     assert load_network(str(path)).uplink is not None
-

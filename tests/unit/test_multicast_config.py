@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from concentrator.config import ConfigError, load_config
 from netconfig.config import parse_network
@@ -74,8 +75,9 @@ def test_good_section() -> None:
     (lambda d: d["groups"][0].update(outbound=["a/b"]), "multicast.groups[0].outbound[0]", "a Linux interface name"),
     (lambda d: d["groups"].append(dict(d["groups"][0])), "multicast.groups[1].group", "a group not already in"),
     (lambda d: d.update(smcroute={"socket": "rel.sock"}), "multicast.smcroute.socket", "an absolute path"),
-    (lambda d: d["groups"][0].update(outbound=[f"x{i}" for i in range(31)]), "multicast.groups",
-     "at most 32 interfaces"),
+    (lambda d: (d.update(engine="smcroute"), d["groups"][0].update(outbound=[f"x{i}" for i in range(31)])),
+     "multicast.groups", "at most 32 interfaces in all with engine smcroute"),
+    (lambda d: d.update(engine="tc"), "multicast.engine", "auto or smcroute or nftables"),
 ])
 def test_errors_name_the_key(mutate: Any, key: str, expected: str) -> None:
     err = error(mutate)
@@ -125,13 +127,39 @@ def test_kernel_tables_are_read_as_proc_prints_them() -> None:
         "239.192.10.1", "10.0.1.1", "up0", 50, 3400, 2, ("s1p", "s2p"))
 
 
-def test_status_per_source_and_group() -> None:
+ACTIVE = {"up0": "up0", "up1": "up0", "s1p": "s1p", "s1b": "s1p", "s2p": "s2p", "s2b": "s2p"}
+
+
+def test_status_judges_the_paths_in_use_and_counts_forwarded_packets() -> None:
     mc = parse_multicast(GOOD, FILE)
-    status = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)))
-    first, second = status
-    assert first.installed and first.ok and first.to_json()["packets_forwarded"] == 50
+    first, second = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, None)
+    # The kernel's 50 include the 2 wrong-interface arrivals; with no earlier check,
+    # those 2 count as new: NOT OK.
+    assert first.installed and first.forwarded == 48 and first.wrong_if_new == 2 and not first.ok
     assert not second.installed and not second.ok  # 10.0.1.2 has no entry
     assert first.to_json()["wrong_interface"] == 2 and first.to_json()["outbound"] == ["s1p", "s2p"]
+    # The same counts at the next check: nothing new, OK.
+    [again, _] = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE,
+                             {(first.source, first.group): ("up0", 2)})
+    assert again.ok and again.problems == []
+    # A lower count than last time is a new entry: all of it is new.
+    [fresh, _] = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE,
+                             {(first.source, first.group): ("up0", 5)})
+    assert fresh.wrong_if_new == 2 and not fresh.ok
+
+
+def test_status_is_not_ok_when_the_entry_does_not_follow_the_paths_in_use() -> None:
+    mc = parse_multicast(GOOD, FILE)
+    last = {(IPv4Address("10.0.1.1"), IPv4Address("239.192.10.1")): ("up0", 2)}
+    entries = parse_mr_cache(CACHE, parse_vifs(VIF))
+    # The uplink is routed over up1 (netd dead, primary down): the entry on up0 drops every trip.
+    [st, _] = path_status(mc, entries, {**ACTIVE, "up0": "up1", "up1": "up1"}, last)
+    assert not st.ok and st.expected_inbound == "up1"
+    assert st.problems == ["in on up0, but the uplink path in use is up1: trips arriving on up1 are dropped"]
+    # Site 1 moved to its backup: its copy still goes to the dead primary.
+    [st, _] = path_status(mc, entries, {**ACTIVE, "s1p": "s1b", "s1b": "s1b"}, last)
+    assert not st.ok and st.expected_outbound == ("s1b", "s2p")
+    assert st.problems[0] == "not sent on s1b (path in use of a member site)"
 
 
 def test_registered_in_the_appliance_file(tmp_path: Path) -> None:
@@ -147,3 +175,22 @@ def test_registered_in_the_appliance_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == "multicast.groups[0].inbound[1]"
+
+
+def test_each_protected_link_gets_both_paths_whatever_the_lists_name() -> None:
+    raw = copy.deepcopy(GOOD)
+    raw["groups"][0].update(inbound=["up1"], outbound=["s1p", "s2b"])
+    [g] = parse_multicast(raw, FILE, parse_network(NETWORK, FILE)).groups
+    assert (g.inbound, g.outbound) == (("up1", "up0"), ("s1p", "s1b", "s2b", "s2p"))
+
+
+def test_a_bad_multicast_section_leaves_netd_its_network(tmp_path: Path, caplog: Any) -> None:
+    from netconfig.netd import load_sections
+
+    raw = copy.deepcopy(GOOD)
+    raw["groups"][0]["group"] = "10.0.0.1"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"network": NETWORK, "multicast": raw}))
+    network, multicast = load_sections(str(path))
+    assert multicast is None and [link.name for link in network.links] == ["uplink", "site1", "site2"]
+    assert "trip path disabled, link failover runs" in caplog.text and "multicast.groups[0].group" in caplog.text

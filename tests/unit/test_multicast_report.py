@@ -25,23 +25,31 @@ def path_doc(**over: object) -> dict[str, object]:
     doc: dict[str, object] = {
         "group": "239.192.10.1", "source": "10.0.1.1", "port": 2404, "installed": True, "ok": True,
         "inbound": "up1", "inbound_role": "uplink backup", "outbound": ["s1p", "s2p"],
-        "packets_forwarded": 7, "wrong_interface": 1, "members_on_this_host": [],
+        "packets_forwarded": 7, "wrong_interface": 1, "wrong_interface_since_last_check": 0, "problems": [],
+        "members_on_this_host": [],
     }
     doc.update(over)
     return doc
 
 
+NETD = {"running": True, "pid": 41, "state_file": "/run/n.json", "disagrees": []}
+
+
 def test_plain_words() -> None:
     text = plain({"ok": True, "smcrouted": {"running": True, "pid": 42, "pid_file": "/run/x.pid"},
-                  "paths": [path_doc()]})
+                  "netd": NETD, "paths": [path_doc()]})
     assert text.splitlines() == [
         "smcrouted: running, pid 42",
+        "netd: running, pid 41",
         "group 239.192.10.1 (UDP 2404) from 10.0.1.1: forwarded by the kernel, in on up1 (uplink backup), "
-        "out on s1p, s2p; 7 packets forwarded, 1 arrived on another interface",
+        "out on s1p, s2p; 7 packets forwarded, 1 arrived on another interface (0 since the last check)",
         "  no socket on this host is a member of the group",
         "trip path: OK",
     ]
     bad = plain({"ok": False, "smcrouted": {"running": False, "pid": None, "pid_file": "/run/x.pid"},
-                 "paths": [path_doc(installed=False, ok=False, members_on_this_host=["up0"])]})
-    assert "smcrouted: NOT RUNNING" in bad and "NOT INSTALLED" in bad
+                 "netd": {"running": False, "pid": None, "state_file": "/run/n.json", "disagrees": []},
+                 "paths": [path_doc(installed=False, ok=False, members_on_this_host=["up0"]),
+                           path_doc(ok=False, problems=["in on up0, but the uplink path in use is up1"])]})
+    assert "smcrouted: NOT RUNNING" in bad and "NOT INSTALLED" in bad and "netd: NOT RUNNING" in bad
+    assert "NOT FORWARDED AS NEEDED" in bad and "  in on up0, but the uplink path in use is up1" in bad
     assert "MEMBER OF THE GROUP on up0" in bad and bad.endswith("trip path: NOT OK")

@@ -215,3 +215,19 @@ def test_invalid_params_rejected() -> None:
         Failover(FailoverParams(misses=0), now=0.0)
     with pytest.raises(ValueError):
         Failover(FailoverParams(hold_time=-1.0), now=0.0)
+
+
+def test_resumed_on_the_backup_the_primary_must_answer_and_hold_before_failback() -> None:
+    fo = Failover(FailoverParams(misses=3, hold_time=5.0), now=0.0, resume=B)
+    assert fo.active is B and not fo.healthy(P) and fo.healthy(B) and fo.get_timer() is None
+    # Its probes fail (the fault that moved traffic is still there): no switch.
+    assert switches(fo.probe_missed(P, 0.1) + fo.probe_missed(P, 0.2) + fo.probe_missed(P, 0.3)) == []
+    # Repaired: answered, then healthy for the hold time before traffic goes back.
+    assert fo.probe_ok(P, 1.0) == [PathUp(P, 1.0)]
+    assert fo.get_timer() == 6.0
+    assert switches(fo.handle_timer(6.0)) == [Switched(B, P, Reason.HOLD_ELAPSED, 6.0, None, None)]
+
+
+def test_resumed_on_a_path_without_carrier_starts_on_the_other() -> None:
+    fo = Failover(FailoverParams(), now=0.0, backup_up=False, resume=B)
+    assert fo.active is P and fo.healthy(P)

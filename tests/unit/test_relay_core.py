@@ -12,9 +12,10 @@ import yaml
 from concentrator.config import ConfigError, parse_config
 from concentrator.iec104.errors import Cause, ConcentratorError
 from concentrator.iec104.link import LinkParams, State
-from concentrator.relay_core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore, window_problems
+from concentrator.relay_core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
 from concentrator.sim.codec_peers import counter_asdu, counter_of
 from concentrator.uplink_queue import QueueError
+from concentrator.windows import window_problems
 
 from .core_lab import BASE_CA, Lab, site_config
 

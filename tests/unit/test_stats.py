@@ -1,4 +1,5 @@
-from concentrator.stats import LATENCY_BUCKETS, Histogram, SiteStats
+from concentrator.stats import LATENCY_BUCKETS, SiteStats
+from monitoring.primitives import Histogram
 
 
 def test_time_in_state_counts_the_current_state_too():
@@ -14,7 +15,7 @@ def test_time_in_state_counts_the_current_state_too():
 
 
 def test_histogram_buckets_from_10_microseconds_to_1_second():
-    histogram = Histogram()
+    histogram = Histogram(LATENCY_BUCKETS)
     for value in (5e-6, 10e-6, 11e-6, 0.9, 2.0):
         histogram.observe(value)
     assert LATENCY_BUCKETS[0] == 10e-6 and LATENCY_BUCKETS[-1] == 1.0

@@ -1,0 +1,523 @@
+"""The HA supervisor: `concentrator ha --config FILE`, one per appliance of a pair.
+
+The one process that owns "am I the active appliance" (docs/ha.md):
+
+- it writes keepalived's configuration from the `ha:` section and runs keepalived as
+  its child (VRRP only, its own pid files); keepalived writes each state change of the
+  sync group to a FIFO that only this process reads;
+- on MASTER it asks the peer, on both sides, whether the peer's relay is active (the
+  fence check); if not, it starts the relay (`concentrator relay`, same file), which
+  listens on the uplink's virtual address and connects to the sites from the sites'
+  virtual address, so a relay on an appliance without them can do neither;
+- on BACKUP, FAULT or STOP it stops the relay at once (SIGTERM, SIGKILL after 1 s);
+- if the peer answers "active" (VRRP lost on both paths while both are alive), it does
+  not start the relay and writes the track file that puts keepalived in FAULT, which
+  releases the virtual addresses, until the peer is no longer active;
+- it answers a read-only status line on `ha.status_port` (what the peer's fence check
+  and `concentrator ha-status` read) and serves its metrics on `ha.metrics_listen`.
+
+Its children get SIGTERM if it dies (PR_SET_PDEATHSIG): keepalived then releases the
+addresses and sends a priority-0 advert (the peer takes over at once), and no relay
+outlives the process that decided it may run.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+
+from concentrator.config import Config, ConfigError, load_config
+from concentrator.ha_state import HaState
+from monitoring.ha_metrics import HaCollector
+from monitoring.primitives import serve
+from netconfig.ha_config import HaConfig
+from netconfig.ha_keepalived import command, render, track_file_path
+from netconfig.ha_tcp import connected_peers, listening, nudge
+
+log = logging.getLogger("ha")
+
+STOP_GRACE = 1.0          # SIGTERM, then SIGKILL after this many seconds
+FENCE_TIMEOUT = 0.25      # per side; the peer answers in a millisecond when alive
+FENCE_POLL = 0.2          # while not active: how often to ask whether the peer's relay is
+HANDOVER = STOP_GRACE + 0.5  # on MASTER, how long a preempted peer may take to stop its relay
+NUDGES = (0.0, 0.5, 1.0, 2.0)  # after a promotion: when to nudge the BMI's stale connections
+                          # (the BMI answers at most one unacceptable segment per 0.5 s, and
+                          # only once its ARP entry points here)
+RELEASE_MISSES = 2        # unanswered rounds before a held standby is released (one slow
+                          # answer on a loaded machine must not release it)
+DOWN = {"role": "down"}   # connection refused: the peer's host is up, its supervisor is not,
+                          # and its relay cannot run without it (PR_SET_PDEATHSIG)
+RELAY_RESTART = 0.5       # an active appliance restarts a relay that exited by itself
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM when the supervisor dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """A child process started from the trio thread (PDEATHSIG follows the thread that
+    forked, and trio's worker threads come and go)."""
+
+    def __init__(self, argv: list[str], label: str, pass_fds: tuple[int, ...] = ()) -> None:
+        self.label = label
+        self.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def wait(self) -> int:
+        # Polled: several tasks may wait (the runner and a stop), 10 ms is cheap enough.
+        while (code := self.proc.poll()) is None:
+            await trio.sleep(0.01)
+        return code
+
+    async def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_GRACE):
+                await self.wait()
+            if self.proc.poll() is None:
+                log.warning("%s did not stop in %.1f s: SIGKILL", self.label, STOP_GRACE)
+                self.proc.kill()
+                await self.wait()
+
+
+def _stale(pid_file: str) -> bool:
+    """A pid file left by a keepalived that was killed: its process is gone, or a zombie
+    nobody reaped (keepalived would take a zombie for itself running and refuse to start)."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return os.path.exists(pid_file)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -> dict[str, Any] | None:
+    """The peer's status line; DOWN if refused; None if it does not answer in time (or
+    leaves mid-way)."""
+    data = b""
+    with trio.move_on_after(timeout):
+        sock = trio.socket.socket()
+        try:
+            await sock.connect((address, port))
+        except ConnectionRefusedError:
+            sock.close()
+            return DOWN
+        except OSError:
+            sock.close()
+            return None
+        stream = trio.SocketStream(sock)
+        try:
+            async with stream:
+                while not data.endswith(b"\n") and len(data) < 4096:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        except (OSError, trio.BrokenResourceError):
+            return None
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        status = json.loads(data)
+    except ValueError:
+        return None
+    return status if isinstance(status, dict) else None
+
+
+class Supervisor:
+    def __init__(self, config: Config, state_file: str | None = None) -> None:
+        assert config.ha is not None
+        self.config = config
+        self.ha: HaConfig = config.ha
+        self.state = HaState(self.ha.node, self.ha.priority)
+        self.state_file = state_file
+        self.relay: Child | None = None  # loaded and waiting while standby, running while active
+        self._control: socket.socket | None = None  # our end of the relay's --start-fd
+        self._generation = 0  # bumped by every state keepalived reports
+        self._nursery: trio.Nursery  # set by run()
+        self.failed = False  # keepalived exited by itself: the service manager should restart us
+        self._peer_bmi: list[str] = []  # the BMI's connections to the peer, last seen while it was active
+
+    # ------------------------------------------------------------------ start
+
+    def prepare(self) -> None:
+        """Generated keepalived.conf, a cleared fence, the FIFO, and no virtual address
+        left behind by a keepalived that was killed (it cannot release them then)."""
+        k = self.ha.keepalived
+        for path in (k.config_file, k.notify_fifo, k.pid_file):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(k.config_file, "w") as f:
+            f.write(render(self.ha))
+        self._fence(False)
+        if os.path.exists(k.notify_fifo):
+            os.unlink(k.notify_fifo)
+        os.mkfifo(k.notify_fifo, 0o600)
+        for pid_file in (k.pid_file, k.vrrp_pid_file):
+            if _stale(pid_file):
+                os.unlink(pid_file)
+        for side in self.ha.sides:
+            subprocess.run(["ip", "addr", "del", str(side.virtual_address), "dev", side.interface],
+                           capture_output=True, check=False)
+
+    def _fence(self, on: bool) -> None:
+        with open(track_file_path(self.ha), "w") as f:
+            f.write("1\n" if on else "0\n")
+
+    def publish(self) -> None:
+        if self.state_file is not None:
+            tmp = self.state_file + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(self.state.line())
+            os.replace(tmp, self.state_file)
+
+    async def run(self) -> None:
+        self.prepare()
+        fifo = os.open(self.ha.keepalived.notify_fifo, os.O_RDWR | os.O_NONBLOCK)  # never EOF
+        self.publish()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._serve_status)
+            keepalived = Child(command(self.ha), "keepalived")
+            self.state.keepalived_up = True
+            log.info("keepalived started (pid %d), config %s", keepalived.pid, self.ha.keepalived.config_file)
+            nursery.start_soon(self._watch_keepalived, keepalived, nursery.cancel_scope)
+            self._spawn_relay()
+            nursery.start_soon(self._keep_relay)
+            nursery.start_soon(self._hold)
+            try:
+                await self._follow(trio.lowlevel.FdStream(fifo))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop_relay()
+                    await keepalived.stop()  # SIGTERM: it releases the addresses
+                    self.state.keepalived_up = False
+                    self.publish()
+
+    async def _watch_keepalived(self, keepalived: Child, scope: trio.CancelScope) -> None:
+        code = await keepalived.wait()
+        log.error("keepalived exited with %d: stopping (the peer takes over)", code)
+        self.state.keepalived_up = False
+        self.failed = True
+        scope.cancel()
+
+    # ------------------------------------------------------------------ keepalived's states
+
+    async def _follow(self, fifo: trio.lowlevel.FdStream) -> None:
+        buffer = b""
+        async with trio.open_nursery() as nursery:
+            while True:
+                chunk = await fifo.receive_some(4096)
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    words = line.decode(errors="replace").split()
+                    # 'GROUP "concentrator" MASTER 0'; INSTANCE lines are logged only.
+                    log.info("keepalived: %s", " ".join(words))
+                    if len(words) >= 3 and words[0] == "GROUP":
+                        await self._vrrp(words[2], nursery)
+
+    async def _vrrp(self, vrrp: str, nursery: trio.Nursery) -> None:
+        self.state.vrrp = vrrp
+        self._generation += 1
+        if vrrp == "MASTER":
+            nursery.start_soon(self._promote, self._generation, time.monotonic())
+        elif self.state.role == "active":
+            await self._stop_relay()
+            self._spawn_relay()
+            self.state.enter("standby")
+        self._settle()
+        self.publish()
+
+    def _settle(self) -> None:
+        """The role of an appliance that is not active: FAULT that the hold caused is
+        the normal standby; any other FAULT (an interface down) is a fault."""
+        if self.state.role not in ("active", "fenced"):
+            self.state.enter("fault" if self.state.vrrp == "FAULT" and not self.state.held else "standby")
+
+    async def _hold(self) -> None:
+        """While not active: keep keepalived in FAULT (no virtual address, no gratuitous
+        ARP) as long as the peer says its relay is active, unless the fail-back policy
+        lets this appliance take the role back. The first guard against two relays; it
+        does not depend on VRRP reaching the peer (docs/ha.md)."""
+        silent = 0
+        while True:
+            if self.state.role in ("standby", "fault"):
+                peer, sure = await self._peer_active()
+                if peer is not None:
+                    self._peer_bmi = [str(c) for c in peer.get("bmi_connections", [])]
+                silent = 0 if peer is not None or sure else silent + 1
+                may_preempt = self.ha.preempt_delay is not None and peer is not None \
+                    and self.ha.priority > int(peer.get("priority", 255))
+                held = peer is not None and not may_preempt
+                if not held and self.state.held and silent and silent < RELEASE_MISSES:
+                    held = True  # silence once may be a slow answer: ask again first
+                if held != self.state.held and self.state.role in ("standby", "fault"):
+                    log.info("%s: the peer's relay is %s", "held" if held else "released",
+                             "active" if peer is not None else "not active" if sure else "not answering")
+                    self.state.held = held
+                    self._fence(held)
+                    if held:
+                        self._settle()
+                    else:  # keepalived leaves FAULT in a moment; if not, it is a fault of its own
+                        self._nursery.start_soon(self._settle_later)
+                    self.publish()
+            await trio.sleep(FENCE_POLL)
+
+    async def _settle_later(self) -> None:
+        await trio.sleep(0.5)
+        self._settle()
+        self.publish()
+
+    async def _promote(self, generation: int, promoted_at: float) -> None:
+        # A preempted peer stops its relay within STOP_GRACE: wait for it that long.
+        while (peer := (await self._peer_active())[0]) is not None and time.monotonic() < promoted_at + HANDOVER:
+            await trio.sleep(0.05)
+        if generation != self._generation:
+            return  # demoted meanwhile
+        if peer is None:
+            self._start_relay(promoted_at)
+            return
+        log.error("VRRP says master but the peer's relay is still active after %.1f s: fenced", HANDOVER)
+        self.state.fenced += 1
+        self.state.enter("fenced")
+        self._fence(True)
+        self.publish()
+        while (await self._peer_active())[0] is not None:
+            await trio.sleep(FENCE_POLL)
+        log.warning("the peer is no longer active: fence lifted")
+        self.state.enter("standby")
+        self.state.held = False
+        self._fence(False)
+        self._settle()
+        self.publish()
+
+    async def _peer_active(self) -> tuple[dict[str, Any] | None, bool]:
+        """Asked on both sides at once: the peer's status if it says its relay is active,
+        and whether the answer is sure (a side answered or refused) or only silence."""
+        answers: list[dict[str, Any] | None] = []
+
+        async def ask(address: str) -> None:
+            answers.append(await peer_status(address, self.ha.status_port))
+
+        async with trio.open_nursery() as nursery:
+            for side in self.ha.sides:
+                nursery.start_soon(ask, str(side.peer))
+        active = next((status for status in answers if status is not None and status.get("role") == "active"), None)
+        return active, any(status is not None for status in answers)
+
+    # ------------------------------------------------------------------ the relay
+
+    def _spawn_relay(self) -> None:
+        """A relay loaded and waiting for its start byte: promotion then costs
+        milliseconds, not an interpreter start (1-3 s on a loaded small machine). It says
+        when it is loaded; until then this appliance is not a ready backup."""
+        ours, theirs = socket.socketpair()
+        argv = [sys.executable, "-m", "concentrator", "relay", "--config", self.config.file,
+                "--start-fd", str(theirs.fileno())]
+        self.relay = Child(argv, "relay", pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self._control = ours
+        self.state.relay_pid = self.relay.pid
+        self.state.relay_ready = False
+        self.publish()
+        self._nursery.start_soon(self._await_ready, self.relay, ours)
+
+    async def _await_ready(self, relay: Child, control: socket.socket) -> None:
+        try:
+            await trio.lowlevel.wait_readable(control)
+        except trio.ClosedResourceError:
+            return  # stopped before it was loaded
+        if self.relay is relay and control.recv(1) == b"r":
+            self.state.relay_ready = True
+            log.info("relay loaded (pid %d)", relay.pid)
+            self.publish()
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            trio.lowlevel.notify_closing(self._control)
+            self._control.close()
+            self._control = None
+
+    def _start_relay(self, promoted_at: float) -> None:
+        self.state.enter("active")
+        if self.relay is not None and self._control is not None:
+            self._control.send(b"1")
+            self.state.relay_starts += 1
+            log.info("relay started (pid %d)%s", self.relay.pid, "" if self.state.relay_ready else ", still loading")
+            self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
+            self._nursery.start_soon(self._nudge_bmi, list(self._peer_bmi))
+        # else the relay exited a moment ago: _keep_relay starts its replacement (active)
+        self.publish()
+
+    async def _keep_relay(self) -> None:
+        """A relay that exits by itself is replaced (and started again if active)."""
+        while True:
+            relay = self.relay
+            if relay is None:
+                await trio.sleep(0.05)
+                continue
+            code = await relay.wait()
+            if self.relay is not relay:
+                continue  # stopped on purpose
+            self.relay = None
+            self._close_control()
+            self.state.relay_pid = None
+            self.state.relay_ready = False
+            self.state.relay_exits += 1
+            log.error("relay exited by itself with %d (%s): replaced in %.1f s", code, self.state.role, RELAY_RESTART)
+            await trio.sleep(RELAY_RESTART)
+            if self.relay is None:
+                self._spawn_relay()
+                if self.state.role == "active" and self._control is not None:
+                    self._control.send(b"1")
+                    self.state.relay_starts += 1
+
+    async def _nudge_bmi(self, stale: list[str]) -> None:
+        """Make the BMI drop its connections to the old master now rather than at its t2
+        or t3 (netconfig/ha_tcp.py). Harmless if they are gone already."""
+        listen = self.config.uplink.listen
+        if not stale:
+            return
+        start = trio.current_time()
+        for at in NUDGES:
+            await trio.sleep_until(start + at)
+            connected = connected_peers(listen.host, listen.port)
+            if self.state.role != "active" or len(connected) >= len(stale):
+                return  # demoted, or the BMI is back with as many connections as it had
+            remaining = [c for c in stale if c not in connected]
+            try:
+                sent = nudge((listen.host, listen.port), remaining)
+            except OSError as exc:
+                log.warning("cannot nudge the BMI's stale connections: %s", exc)
+                return
+            log.info("nudged %d stale BMI connection(s) of the old master: %s", sent, ", ".join(remaining))
+
+    async def _measure_takeover(self, promoted_at: float, relay: Child) -> None:
+        listen = self.config.uplink.listen
+        while self.relay is relay and not listening(listen.host, listen.port):
+            await trio.sleep(0.005)
+        if self.relay is relay:
+            self.state.last_takeover_seconds = time.monotonic() - promoted_at
+            log.warning("relay listening on %s, %.3f s after MASTER", listen, self.state.last_takeover_seconds)
+            self.publish()
+
+    async def _stop_relay(self) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            self._close_control()
+            self.state.relay_ready = False
+            await relay.stop()
+            log.warning("relay stopped (pid %d)", relay.pid)
+            self.state.relay_pid = None
+
+    # ------------------------------------------------------------------ status
+
+    async def _serve_status(self) -> None:
+        async def answer(stream: trio.SocketStream) -> None:
+            # Read-only: the line is written, nothing read is acted upon.
+            if self.state.role == "active":  # for the peer's nudge after a takeover
+                listen = self.config.uplink.listen
+                self.state.bmi_connections = connected_peers(listen.host, listen.port)
+            with trio.move_on_after(1):
+                try:
+                    await stream.send_all(self.state.line())
+                except trio.BrokenResourceError:
+                    pass
+            await trio.aclose_forcefully(stream)
+
+        await trio.serve_tcp(answer, self.ha.status_port, host="0.0.0.0")
+
+
+def load(path: str) -> Config:
+    config = load_config(path)
+    if config.ha is None:
+        raise ConfigError(config.file, "ha", "an ha: section (concentrator ha runs one appliance of a pair)")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="concentrator ha", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="the appliance's YAML file (with an ha: section)")
+    ap.add_argument("--state", help="also write the status line to this file on every change")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S")
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if shutil.which("keepalived") is None:
+        print("keepalived not found on PATH: apt-get install keepalived", file=sys.stderr)
+        return 2
+    supervisor = Supervisor(config, args.state)
+    assert config.ha is not None
+    try:
+        serve([HaCollector(supervisor.state)], config.ha.metrics_listen)
+    except OSError as exc:
+        log.error("metrics not served on %s: %s", config.ha.metrics_listen, exc)
+
+    async def _main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(supervisor.run)
+                async for signum in stop:
+                    log.info("stopping on signal %d: relay stopped, keepalived releases the addresses", signum)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(_main)
+    return 1 if supervisor.failed else 0
+
+
+def status_main(argv: list[str] | None = None) -> int:
+    """`concentrator ha-status --config FILE [--json]`: this appliance's role, from its supervisor."""
+    ap = argparse.ArgumentParser(prog="concentrator ha-status", description=status_main.__doc__)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    assert config.ha is not None
+    status = trio.run(peer_status, "127.0.0.1", config.ha.status_port, 2.0)
+    if status is None or status is DOWN:
+        print(f"no HA supervisor answers on port {config.ha.status_port} (is `concentrator ha` running?)",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    takeover = status.get("last_takeover_seconds")
+    print(f"node {status['node']}: {status['role']} (vrrp {status['vrrp']}) since "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['since']))}")
+    print(f"  transitions {status['transitions']}, fenced {status['fenced']}, "
+          f"last takeover {'-' if takeover is None else f'{takeover:.3f} s'}")
+    print(f"  relay pid {status['relay_pid'] or '-'} ({'loaded' if status['relay_ready'] else 'NOT loaded'}), "
+          f"starts {status['relay_starts']}, "
+          f"crashes {status['relay_exits']}; keepalived {'up' if status['keepalived_up'] else 'DOWN'}")
+    return 0 if status["role"] in ("active", "standby") else 1

@@ -1,0 +1,213 @@
+"""The trip path beyond the kernel's 32 multicast interfaces: nftables `dup` (netd).
+
+The multicast routing table has 32 VIFs per table: the uplink's two paths and 15
+two-path sites. Past that, netd copies trips with nftables instead, still in the
+kernel (no process reads them): a netdev ingress chain on each uplink interface
+matches (S,G); on the uplink path in use it jumps to the (S,G)'s chain, which holds
+one `dup to "<site path in use>"` per member site and then drops the original (the
+concentrator never takes a trip itself); on the other uplink the trip is counted as
+a wrong-interface arrival and dropped, as the multicast routing table does. Rules are
+in `table netdev concentrator_trip` (multicast.nft_ruleset).
+
+- Installed in one transaction (the table is replaced whole) at start and whenever
+  the kernel's table is not what we want (deleted, altered).
+- A link switch changes only the rules of what moved, by handle, in one transaction:
+  a site moved to its backup gets `replace rule ... handle H dup to "<backup>"`; the
+  other sites' rules (and counters) are untouched. An uplink switch replaces the
+  (S,G)'s two inbound rules.
+- Every nftables change in the namespace is reported over netlink (NFNLGRP_NFTABLES):
+  netd reads the table again at once and repairs it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address
+import trio
+
+from .multicast import (
+    NFT_TABLE,
+    MRoute,
+    MulticastConfig,
+    NftRule,
+    nft_chain,
+    nft_copy_rule,
+    nft_entries,
+    nft_inbound_rule,
+    nft_ruleset,
+    parse_nft,
+    path_status,
+    wanted_routes,
+)
+from .netlink import ChangeMonitor
+from .trippath import RECHECK_INTERVAL, TripState, record
+
+log = logging.getLogger("netd.trip")
+
+NFT = shutil.which("nft") or "nft"
+
+
+async def nft(script: str | None, *args: str) -> tuple[int, str, str]:
+    """One nft run: a script on stdin (`-f -`), or a command's arguments."""
+    argv = [NFT, "-f", "-"] if script is not None else [NFT, *args]
+    try:
+        done = await trio.run_process(argv, stdin=(script or "").encode(), capture_stdout=True,
+                                      capture_stderr=True, check=False)
+    except OSError as exc:  # nft missing: report, never take netd down
+        return 127, "", f"{NFT}: {exc} (apt-get install nftables)"
+    return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+
+def read_rules_sync() -> list[NftRule] | None:
+    """For the diagnostic: our table's rules, or None when there is no such table."""
+    import subprocess
+
+    try:
+        done = subprocess.run([NFT, "-j", "list", "table", "netdev", NFT_TABLE], capture_output=True, text=True)
+    except OSError:
+        return None
+    return parse_nft(json.loads(done.stdout)) if done.returncode == 0 else None
+
+
+class NftTripPath:
+    """Same interface as trippath.TripPath, for `engine: nftables`."""
+
+    def __init__(self, cfg: MulticastConfig, state: TripState,
+                 active_path: Callable[[], Mapping[str, str | None]],
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.active_path = active_path
+        self._on_change = on_change
+        self._applied: dict[tuple[IPv4Address, IPv4Address], MRoute] = {}
+        self._dirty = trio.Event()
+        self._lock = trio.Lock()  # one transaction at a time (switch vs repair)
+        for g in cfg.groups:
+            state.stats.installed.setdefault(str(g.group), False)
+            state.stats.repoints.setdefault(str(g.group), 0)
+
+    def changed(self) -> None:
+        """A link switched (called from netd's controllers): re-point now."""
+        self._dirty.set()
+
+    async def run(self) -> None:
+        monitor = ChangeMonitor.nftables()  # before the first install: no change unseen
+        try:
+            await self._install()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._verify_loop, monitor)
+        finally:
+            monitor.close()
+
+    async def _read(self) -> list[NftRule] | None:
+        code, out, _err = await nft(None, "-j", "list", "table", "netdev", NFT_TABLE)
+        return parse_nft(json.loads(out)) if code == 0 else None
+
+    async def _install(self) -> bool:
+        """The whole table, one transaction."""
+        wanted = wanted_routes(self.cfg, self.active_path())
+        t0 = time.perf_counter()
+        code, _out, err = await nft(nft_ruleset(self.cfg, wanted))
+        if code != 0:
+            log.error("nft table netdev %s not loaded: %s", NFT_TABLE, err.strip())
+            return False
+        self._applied = {(r.source, r.group): r for r in wanted}
+        log.info("trip path (nftables) installed: %d (S,G), outbound %s ms=%.1f", len(wanted),
+                 ",".join(sorted({n for r in wanted for n in r.outbound})), (time.perf_counter() - t0) * 1000)
+        await self._verify()
+        return True
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            async with self._lock:
+                if not await self._repoint():
+                    await self._install()
+
+    async def _repoint(self) -> bool:
+        """Change only the rules of what moved; False when the table is not as we left it."""
+        wanted = wanted_routes(self.cfg, self.active_path())
+        rules = await self._read()
+        if rules is None:
+            return False
+        batch: list[str] = []
+        moved: list[tuple[MRoute, MRoute]] = []
+        for route in wanted:
+            before = self._applied.get((route.source, route.group))
+            if before is None:
+                return False
+            if before == route:
+                continue
+            cmds = _changes(self.cfg, rules, before, route)
+            if cmds is None:
+                return False
+            batch += cmds
+            moved.append((before, route))
+        if not batch:
+            return True
+        t0 = time.perf_counter()
+        code, _out, err = await nft("\n".join(batch) + "\n")
+        took = time.perf_counter() - t0
+        if code != 0:
+            log.error("nft re-point failed: %s", err.strip())
+            return False
+        for before, route in moved:
+            self._applied[(route.source, route.group)] = route
+            group = str(route.group)
+            if before.inbound != route.inbound:
+                self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
+                self.state.last_repoint_seconds = took
+                self._on_change()  # the state file counts it now, not at the next refresh
+            log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s->%s ms=%.1f", group,
+                        route.source, before.inbound, route.inbound, ",".join(before.outbound),
+                        ",".join(route.outbound), took * 1000)
+        return await self._verify()
+
+    async def _verify(self) -> bool:
+        rules = await self._read()
+        status = path_status(self.cfg, nft_entries(self.cfg, rules or []), self.active_path())
+        return not record(self.state, status, self._on_change)
+
+    async def _verify_loop(self, monitor: ChangeMonitor) -> None:
+        while True:
+            with trio.move_on_after(RECHECK_INTERVAL):
+                await monitor.changed()
+            async with self._lock:
+                if not await self._verify():
+                    log.error("trip path (nftables) not as wanted (table deleted or changed): loading it again")
+                    await self._install()
+
+
+def _changes(cfg: MulticastConfig, rules: list[NftRule], before: MRoute, route: MRoute) -> list[str] | None:
+    """nft commands that turn the (S,G)'s rules from `before` into `route`, by handle;
+    None when a rule we put there is missing."""
+    table = f"netdev {NFT_TABLE}"
+    chain = nft_chain(cfg, route.source, route.group)
+    out: list[str] = []
+    if before.inbound != route.inbound:
+        for r in rules:
+            if r.chain.startswith("in_") and r.comment in (f"{route.source} {route.group} in",
+                                                             f"{route.source} {route.group} wrong"):
+                active = r.chain == f"in_{route.inbound}"
+                out.append(f"replace rule {table} {r.chain} handle {r.handle} "
+                           f"{nft_inbound_rule(route, active, chain)}")
+    copies = {r.target: r for r in rules if r.chain == chain and r.comment == "out"}
+    end = next((r for r in rules if r.chain == chain and r.comment == "end"), None)
+    if end is None or set(copies) != set(before.outbound):
+        return None
+    gone = [copies[n] for n in before.outbound if n not in route.outbound]
+    new = [n for n in route.outbound if n not in before.outbound]
+    # A site that moved to its other path: its one rule is replaced in place.
+    for rule, name in zip(gone, new, strict=False):
+        out.append(f"replace rule {table} {chain} handle {rule.handle} {nft_copy_rule(name)}")
+    for rule in gone[len(new):]:
+        out.append(f"delete rule {table} {chain} handle {rule.handle}")
+    for name in new[len(gone):]:
+        out.append(f"insert rule {table} {chain} position {end.handle} {nft_copy_rule(name)}")
+    return out
+

@@ -1,0 +1,385 @@
+"""HA lab: two real appliances (keepalived + HA supervisor + relay + smcrouted each),
+a BMI and twelve UPDCs, in network namespaces joined by two bridged LANs.
+
+    bmi  eth0 192.0.2.1 ─┐                 ┌─ lan 198.51.100.11  a ─┐
+                         ├─ br-up (sw) ────┤                        ├─ br-site (sw) ── eth0 sites
+    a uplink  192.0.2.11 ┤                 └─ lan 198.51.100.12  b ─┘   198.51.100.101..112
+    b uplink  192.0.2.12 ┘
+    virtual addresses (VRRP): 192.0.2.10 (the BMI connects to it), 198.51.100.10 (the
+    relay's source toward the UPDCs)
+
+Each appliance runs `concentrator ha` (which runs keepalived and, while active, the
+relay) and its own smcrouted forwarding the trip group from the uplink LAN to the sites'
+LAN, always (docs/ha.md: both appliances forward trips). The BMI is
+netconfig.harness_peers' `master` (logs every ASDU with its arrival), the sites are
+tests.netns.ha_peers (twelve QueueingStations in one process, logging their connections).
+
+Namespace names use netconfig.harness's prefix with the owner's pid, so its
+`cleanup_stale()` removes what a crashed run left.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from typing import IO, Any
+
+import yaml
+
+from netconfig.harness import BASE, _kill_ns_processes, run, wait_for
+from netconfig.harness_peers import read_sink
+
+_counter = itertools.count()
+
+UP_VIP, SITE_VIP = "192.0.2.10", "198.51.100.10"
+BMI_IP = "192.0.2.1"
+NODE_IP = {"a": ("192.0.2.11", "198.51.100.11"), "b": ("192.0.2.12", "198.51.100.12")}
+PRIORITY = {"a": 150, "b": 100}
+FIRST_SITE = "198.51.100.101"
+PORT = 2404
+TRIP_GROUP, TRIP_PORT = "239.192.10.1", 5000
+
+
+class HaLab:
+    def __init__(self, n_sites: int = 12, *, advert_interval: float = 0.1, preempt: str | float = "never",
+                 rate: float = 20.0) -> None:
+        self.n_sites = n_sites
+        self.advert_interval = advert_interval
+        self.preempt = preempt
+        self.rate = rate
+        self.prefix = f"{BASE}{os.getpid()}xha{next(_counter)}-"
+        self.workdir = tempfile.mkdtemp(prefix=self.prefix)
+        self.namespaces: list[str] = []
+        self.procs: dict[str, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+        self.bmi_out = os.path.join(self.workdir, "bmi.bin")
+        self.station_log = os.path.join(self.workdir, "stations.jsonl")
+
+    def ns(self, role: str) -> str:
+        return self.prefix + role
+
+    def exec(self, role: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["ip", "netns", "exec", self.ns(role), *argv], check=check)
+
+    # ------------------------------------------------------------------ build
+
+    def __enter__(self) -> HaLab:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def build(self) -> None:
+        for role in ("sw", "bmi", "a", "b", "sites"):
+            run(["ip", "netns", "add", self.ns(role)])
+            self.namespaces.append(self.ns(role))
+            run(["ip", "-n", self.ns(role), "link", "set", "lo", "up"])
+            self.exec(role, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+        for bridge in ("br-up", "br-site"):
+            run(["ip", "-n", self.ns("sw"), "link", "add", bridge, "type", "bridge", "mcast_snooping", "0"])
+            run(["ip", "-n", self.ns("sw"), "link", "set", bridge, "up"])
+        index = itertools.count(2000)  # distinct ifindexes on the two ends (see netconfig.harness)
+        self._port("br-up", "bu-bmi", "bmi", "eth0", [f"{BMI_IP}/24"], index)
+        self._port("br-site", "bs-sites", "sites", "eth0",
+                   [f"198.51.100.{100 + i}/24" for i in range(1, self.n_sites + 1)], index)
+        for node, (up_ip, site_ip) in NODE_IP.items():
+            self._port("br-up", f"bu-{node}", node, "uplink", [f"{up_ip}/24"], index)
+            self._port("br-site", f"bs-{node}", node, "lan", [f"{site_ip}/24"], index)
+            self._write_config(node)
+
+    def _port(self, bridge: str, sw_if: str, role: str, ifname: str, addrs: list[str], index: Any) -> None:
+        sw = self.ns("sw")
+        run(["ip", "-n", sw, "link", "add", sw_if, "index", str(next(index)), "type", "veth",
+             "peer", "name", ifname, "index", str(next(index)), "netns", self.ns(role)])
+        run(["ip", "-n", sw, "link", "set", sw_if, "master", bridge, "up"])
+        for addr in addrs:
+            run(["ip", "-n", self.ns(role), "addr", "add", addr, "dev", ifname])
+        run(["ip", "-n", self.ns(role), "link", "set", "dev", ifname, "up"])
+
+    def config_file(self, node: str) -> str:
+        return os.path.join(self.workdir, node, "concentrator.yaml")
+
+    def state_file(self, node: str) -> str:
+        return os.path.join(self.workdir, node, "ha-state.json")
+
+    def _write_config(self, node: str) -> None:
+        directory = os.path.join(self.workdir, node)
+        os.makedirs(directory, exist_ok=True)
+        peer = "b" if node == "a" else "a"
+        config = {
+            "uplink": {"listen": f"{UP_VIP}:{PORT}", "allowed_peers": [BMI_IP]},
+            "sites": [
+                {"name": f"site{i:02d}", "common_addresses": [100 + i],
+                 "endpoints": [f"198.51.100.{100 + i}:{PORT}"], "interruptibility": "instantaneous"}
+                for i in range(1, self.n_sites + 1)
+            ],
+            "metrics": {"listen": "127.0.0.1:9104"},
+            "ha": {
+                "node": f"conc-{node}", "priority": PRIORITY[node], "virtual_router_id": 51,
+                "advert_interval": self.advert_interval, "preempt": self.preempt,
+                "uplink": {"interface": "uplink", "virtual_address": f"{UP_VIP}/24", "peer": NODE_IP[peer][0]},
+                "sites": {"interface": "lan", "virtual_address": f"{SITE_VIP}/24", "peer": NODE_IP[peer][1]},
+                "keepalived": {key: os.path.join(directory, name) for key, name in (
+                    ("config_file", "keepalived.conf"), ("pid_file", "keepalived.pid"),
+                    ("vrrp_pid_file", "keepalived-vrrp.pid"), ("notify_fifo", "keepalived.fifo"))},
+            },
+        }
+        with open(self.config_file(node), "w") as f:
+            yaml.safe_dump(config, f)
+        with open(os.path.join(directory, "smcroute.conf"), "w") as f:
+            f.write(f"phyint uplink enable\nphyint lan enable\n"
+                    f"mroute from uplink source {BMI_IP} group {TRIP_GROUP} to lan\n")
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn(self, role: str, label: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(os.path.join(self.workdir, f"{label}.log"), "ab")
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.procs[label] = (proc, log)
+        return proc
+
+    def log(self, label: str) -> str:
+        try:
+            with open(os.path.join(self.workdir, f"{label}.log"), "rb") as f:
+                return f.read()[-4000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def start_node(self, node: str) -> None:
+        """smcrouted (the trip path, independent of the role) and the HA supervisor."""
+        d = os.path.join(self.workdir, node)
+        if os.path.exists(self.state_file(node)):  # left by a killed supervisor
+            os.unlink(self.state_file(node))
+        self.spawn(node, f"smcrouted-{node}", ["smcrouted", "-n", "-N", "-f", os.path.join(d, "smcroute.conf"),
+                                               "-u", os.path.join(d, "smcroute.sock"),
+                                               "-P", os.path.join(d, "smcroute.pid")])
+        self.spawn(node, f"ha-{node}", [sys.executable, "-m", "concentrator", "ha", "--config",
+                                        self.config_file(node), "--state", self.state_file(node)])
+
+    def state(self, node: str) -> dict[str, Any]:
+        try:
+            with open(self.state_file(node)) as f:
+                state: dict[str, Any] = json.load(f)
+                return state
+        except (OSError, ValueError):
+            return {}
+
+    def role(self, node: str) -> str | None:
+        return self.state(node).get("role")
+
+    def wait_ready_backup(self, node: str, timeout: float = 30.0) -> float:
+        """Until `node` is standby with its relay loaded: a backup that can take over at once."""
+        return wait_for(lambda: self.role(node) == "standby" and self.state(node).get("relay_ready") is True,
+                        timeout, f"{node} a ready backup",
+                        lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
+
+    def wait_role(self, node: str, role: str, timeout: float = 20.0) -> float:
+        return wait_for(lambda: self.role(node) == role, timeout, f"{node} {role}",
+                        lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
+
+    def metrics(self, node: str) -> str:
+        """The HA supervisor's Prometheus exposition, fetched inside the appliance."""
+        url = "http://127.0.0.1:9107/metrics"
+        fetch = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
+        return self.exec(node, sys.executable, "-c", fetch).stdout
+
+    def ha_status(self, node: str) -> subprocess.CompletedProcess[str]:
+        return self.exec(node, sys.executable, "-m", "concentrator", "ha-status", "--config", self.config_file(node),
+                         check=False)
+
+    def kill_node(self, node: str) -> None:
+        """Every process of the appliance, at once, with SIGKILL (its kernel stays: the
+        addresses keepalived had added stay too, as after a crash of the software)."""
+        _kill_ns_processes(self.ns(node))
+
+    def cut_links(self, node: str) -> None:
+        for ifname in ("uplink", "lan"):
+            run(["ip", "-n", self.ns(node), "link", "set", "dev", ifname, "down"])
+
+    def restore_links(self, node: str) -> None:
+        for ifname in ("uplink", "lan"):
+            run(["ip", "-n", self.ns(node), "link", "set", "dev", ifname, "up"])
+
+    def cut_vrrp(self, node: str, interfaces: tuple[str, ...]) -> None:
+        """Drop VRRP (IP protocol 112) both ways on `interfaces` of `node`; everything else flows."""
+        rules = "".join(f"    iifname {i} ip protocol 112 drop\n" for i in interfaces)
+        out = "".join(f"    oifname {i} ip protocol 112 drop\n" for i in interfaces)
+        script = (f"table inet havrrp {{\n  chain in {{\n    type filter hook input priority -300;\n{rules}  }}\n"
+                  f"  chain out {{\n    type filter hook output priority -300;\n{out}  }}\n}}\n")
+        run(["ip", "netns", "exec", self.ns(node), "nft", "-f", "-"], stdin=script)
+
+    def restore_vrrp(self, node: str) -> None:
+        run(["ip", "netns", "exec", self.ns(node), "nft", "delete", "table", "inet", "havrrp"], check=False)
+
+    def vips(self, node: str) -> set[str]:
+        out = run(["ip", "-n", self.ns(node), "-4", "-o", "addr", "show"], check=False).stdout
+        return {line.split()[3].split("/")[0] for line in out.splitlines()} & {UP_VIP, SITE_VIP}
+
+    def relay_running(self, node: str) -> bool:
+        pids = run(["ip", "netns", "pids", self.ns(node)], check=False).stdout.split()
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"\0relay\0" in f.read():
+                        return True
+            except OSError:
+                continue
+        return False
+
+    # ------------------------------------------------------------------ traffic
+
+    def start_traffic(self, timeout: float = 30.0) -> None:
+        self.spawn("sites", "stations", [sys.executable, "-m", "tests.netns.ha_peers", "--first", FIRST_SITE,
+                                         "--count", str(self.n_sites), "--rate", str(self.rate),
+                                         "--log", self.station_log])
+        wait_for(lambda: "listening" in self.log("stations"), timeout, "stations", lambda: self.log("stations"))
+        self.spawn("bmi", "bmi", [sys.executable, "-m", "netconfig.harness_peers", "master",
+                                  "--target", f"{UP_VIP}:{PORT}", "--out", self.bmi_out])
+        self.wait_all_flowing(time.monotonic(), timeout)
+
+    def rows(self) -> list[tuple[int, int, int, float]]:
+        try:
+            return read_sink(self.bmi_out)
+        except OSError:
+            return []
+
+    def wait_all_flowing(self, since: float, timeout: float = 30.0) -> float:
+        cas = set(range(101, 101 + self.n_sites))
+        return wait_for(lambda: cas <= {ca for _c, ca, _s, t in self.rows()[-5000:] if t > since}, timeout,
+                        "every site's data at the BMI", lambda: self.log("bmi") + self.log("ha-a") + self.log("ha-b"),
+                        interval=0.05)
+
+    def station_events(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.station_log) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except OSError:
+            return []
+
+    def bmi_connections(self) -> int:
+        return sum(1 for line in self.log("bmi").splitlines() if line.startswith("master: connection ")
+                   and line.rstrip()[-1].isdigit())
+
+    def start_trips(self, count: int, interval: float, lead: int = 25) -> subprocess.Popen[bytes]:
+        """Trip datagrams from the BMI, one every `interval` s, in the background; returns
+        once `lead` of them are sent (scapy takes seconds to load on a busy machine).
+        Sequence numbers continue from earlier calls."""
+        first = len(self.trips()[0])
+        proc = self.spawn("bmi", "trip-send", [
+            sys.executable, "-m", "netconfig.trip_peers", "send", "--group", TRIP_GROUP, "--port", str(TRIP_PORT),
+            "--src", BMI_IP, "--iface", "eth0", "--count", str(count), "--interval", str(interval),
+            "--first", str(first), "--out", os.path.join(self.workdir, "trip-sent.jsonl")])
+        wait_for(lambda: len(self.trips()[0]) >= first + lead, 60, f"{lead} trips sent", lambda: self.log("trip-send"))
+        return proc
+
+    def start_trip_receiver(self) -> None:
+        self.spawn("sites", "trip-recv", [sys.executable, "-m", "netconfig.trip_peers", "receive", "--group",
+                                          TRIP_GROUP, "--port", str(TRIP_PORT), "--ifaces", "eth0",
+                                          "--out", os.path.join(self.workdir, "trip-recv.jsonl")])
+        wait_for(lambda: "receiver: ready" in self.log("trip-recv"), 10, "trip receiver")
+
+    def trips(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def lines(name: str) -> list[dict[str, Any]]:
+            try:
+                with open(os.path.join(self.workdir, name)) as f:
+                    return [json.loads(line) for line in f if line.endswith("\n")]
+            except OSError:
+                return []
+        return lines("trip-sent.jsonl"), lines("trip-recv.jsonl")
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        for proc, log in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            log.close()
+        for ns in reversed(self.namespaces):
+            _kill_ns_processes(ns)
+            run(["ip", "netns", "del", ns], check=False)
+        self.namespaces.clear()
+        if not os.environ.get("NETCONFIG_KEEP_LAB"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- analysis
+
+
+def per_site(rows: list[tuple[int, int, int, float]]) -> dict[int, list[tuple[int, int, float]]]:
+    """CA -> [(connection, seq, arrival)] in arrival order."""
+    out: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+    for conn, ca, seq, at in rows:
+        out[ca].append((conn, seq, at))
+    return out
+
+
+def check_stream(arrivals: list[tuple[int, int, float]]) -> dict[str, int]:
+    """Loss, order and duplicates of one site's counters at the BMI, in arrival order:
+    `missing` sequence numbers below the highest received; `out_of_order` new numbers
+    that are not the next one (order kept means each new number is the next); and
+    `duplicates`, numbers received again (sent again by the UPDC after a takeover or a
+    reconnection), with the longest run of them."""
+    seen: set[int] = set()
+    duplicates = out_of_order = longest = run_len = 0
+    top = -1
+    for _conn, seq, _at in arrivals:
+        if seq in seen:
+            duplicates += 1
+            run_len += 1
+            longest = max(longest, run_len)
+            continue
+        run_len = 0
+        if seq != top + 1:
+            out_of_order += 1
+        seen.add(seq)
+        top = max(top, seq)
+    return {"received": len(seen), "missing": top + 1 - len(seen), "out_of_order": out_of_order,
+            "duplicates": duplicates, "longest_duplicate_run": longest}
+
+
+def outage(rows: list[tuple[int, int, int, float]], fault: float, window: float = 60.0) -> float:
+    """The BMI's outage around `fault`: the longest gap between consecutive arrivals
+    (any site) from 1 s before the fault to `window` s after it."""
+    times = sorted(at for _c, _ca, _s, at in rows if fault - 1.0 <= at <= fault + window)
+    if not any(t <= fault for t in times) or not any(t > fault for t in times):
+        raise ValueError("no data on one side of the fault")
+    return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def stale_overlaps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The UPDCs' side of "never two relays connected to one UPDC", from the stations'
+    log: connections that brought something after another connection to the same
+    station had opened (empty when fine). A connection may stay open after a newer one
+    opened only if its relay is gone: a master that dies without sending FIN leaves it
+    open until the station sends on it, and it brings nothing more."""
+    opened_at: dict[tuple[int, int], float] = {}
+    bad = []
+    for e in events:
+        key = (e["site"], e.get("conn", 0))
+        if e["event"] == "open":
+            opened_at[key] = e["t"]
+        elif e["event"] == "close":
+            start = opened_at.pop(key)
+            later = [t for (site, _), t in opened_at.items() if site == e["site"] and t > start]
+            if later and e["last_rx"] is not None and e["last_rx"] >= min(later):
+                bad.append(e)
+    return bad

@@ -1,0 +1,122 @@
+"""The monitor's core over synthetic ASDUs (sans-I/O: times passed in)."""
+
+from __future__ import annotations
+
+from concentrator.config import Endpoint
+from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
+from concentrator.shedding.monitor import AggregateRow, EventRow, SampleRow, SheddingMonitor, VerdictRow
+from concentrator.shedding.verdict import Reason
+from concentrator.sim.points import (
+    breaker_command,
+    double_point,
+    float_measurements,
+    release_command,
+    single_point,
+)
+
+POINTS = SitePoints(1001, (1002,), (2001,), 3001, 3002, lock=2002)
+SITES = (
+    ShedSite("a", (101,), True, POINTS, 1000, 400),
+    ShedSite("b", (102,), False, POINTS, 1000, 400, trip_group="239.1.1.1"),
+)
+CONFIG = SheddingConfig("unused", 60, Endpoint("127.0.0.1", 0), 4.0, 1000, SITES)
+T = 1_800_000_000.0  # a multiple of 4 s
+
+
+def samples(m: SheddingMonitor, ca: int, site: str, t: float, total: float, load: float, invalid: bool = False) -> None:
+    m.site_asdu(site, float_measurements(ca, [(1001, total), (1002, load)], t, invalid=invalid), t + 0.002)
+
+
+def shed(m: SheddingMonitor, misbehave: str = "") -> None:
+    samples(m, 101, "a", T - 1, 900, 400)
+    m.bmi_asdu(breaker_command(101, False, select=True), T - 0.05)  # a select starts nothing
+    assert m.event is None
+    m.bmi_asdu(breaker_command(101, False), T)
+    opened = T + (0.3 if misbehave == "late" else 0.12)
+    m.site_asdu("a", double_point(101, 2001, False, opened), opened + 0.002)
+    m.site_asdu("a", single_point(101, 2002, True, opened + 0.01), opened + 0.012)
+    for k in range(1, 4):
+        t = T + 4 * k - 1
+        total = 620 if misbehave == "reconnect" and k == 3 else 505
+        samples(m, 101, "a", t, total, 0, invalid=misbehave == "iv" and k == 2)
+        samples(m, 102, "b", t, 900, 400)
+    m.bmi_asdu(release_command(101), T + 12.5)
+
+
+def test_a_commanded_shedding_is_recorded_sampled_and_judged() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    shed(m)
+    records = m.take_records()
+    assert m.event is None  # released: the event is closed
+    events = [r for r in records if isinstance(r, EventRow)]
+    assert events[0].trigger == "command" and events[-1].end == T + 12.5 and events[-1].sites == ("a",)
+    final = [r.verdict for r in records if isinstance(r, VerdictRow) and r.verdict.final]
+    assert len(final) == 1 and final[0].passed, final
+    assert (final[0].p0, final[0].pd) == (900.0, 400.0) and abs(final[0].opening_time - 0.12) < 0.002
+    agg = [r for r in records if isinstance(r, AggregateRow)][-1]
+    assert agg.passed and agg.final
+    rows = [r for r in records if isinstance(r, SampleRow) and r.site == "a"]
+    assert [r.sample.at for r in rows] == [T, T + 4, T + 8, T + 12]
+    assert rows[0].breaker_closed is None and rows[1].breaker_closed is False
+    assert rows[1].sample.credited_load == 0.0 and rows[0].sample.credited_load == 400.0
+
+
+def test_each_misbehaviour_is_named() -> None:
+    for misbehave, reason in (("late", Reason.BREAKER_LATE), ("reconnect", Reason.POWER_ABOVE_BAND),
+                              ("iv", Reason.MEASURE_INVALID)):  # fmt: skip
+        m = SheddingMonitor(CONFIG, T - 3)
+        shed(m, misbehave)
+        final = [r.verdict for r in m.take_records() if isinstance(r, VerdictRow) and r.verdict.final]
+        assert final[0].reasons == (reason,), (misbehave, final)
+
+
+def test_a_trip_counted_by_the_kernel_sheds_the_sites_of_its_group() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    samples(m, 102, "b", T - 1, 900, 400)
+    m.trip("239.1.1.1", T)
+    assert m.event is not None and list(m.event.sites) == ["b"] and m.event.sites["b"].command_at == T
+    m.tick(T + 20)
+    verdict = m.last_verdicts["b"]  # never opened: provisional failure while it lasts
+    assert not verdict.final and Reason.BREAKER_NOT_OPENED in verdict.reasons
+
+
+def test_a_breaker_opening_alone_starts_an_event_without_a_command_time() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    m.site_asdu("a", double_point(101, 2001, False, T + 0.1), T + 0.102)
+    assert m.event is not None and m.event.sites["a"].command_at is None
+    assert m.event.start == T + 0.1  # the UPDC's time tag
+
+
+def test_a_trip_polled_after_the_opening_gives_the_command_time_afterwards() -> None:
+    # The breaker's OFF (tagged T + 0.03) arrives before the 50 ms poll sees the trip counter
+    # rise at T + 0.05: the event starts at the opening, the poll fills in the command time,
+    # and the opening reads -20 ms (a trip's opening time is bounded by the poll interval).
+    m = SheddingMonitor(CONFIG, T - 3)
+    m.site_asdu("b", double_point(102, 2001, False, T + 0.03), T + 0.032)
+    m.trip("239.1.1.1", T + 0.05)
+    evidence = m.event.sites["b"]
+    assert evidence.command_at == T + 0.05 and evidence.start == T + 0.03
+    assert len(evidence.breakers[2001]) == 1
+    m.tick(T + 8)
+    assert abs(m.last_verdicts["b"].opening_time - (-0.02)) < 1e-6
+
+
+def test_an_open_breaker_in_an_interrogation_answer_starts_nothing() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    answer = bytearray(double_point(101, 2001, False, T))
+    answer[2] = 20  # cause: interrogated by station
+    m.site_asdu("a", bytes(answer), T + 0.01)
+    assert m.event is None and m.sites["a"].breakers[2001].state is False
+
+
+def test_an_opening_without_a_command_is_closed_unjudged_and_the_next_shedding_is_new() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    m.site_asdu("a", double_point(101, 2001, False, T + 0.1), T + 0.102)
+    m.tick(T + 8)
+    assert m.event is not None and not m.last_verdicts  # not judged while no command is seen
+    m.tick(T + 12)  # 10 s after the opening with no command: the holder opened it
+    assert m.event is None
+    closed = [r for r in m.take_records() if isinstance(r, EventRow)][-1]
+    assert closed.end == T + 12 and closed.trigger == "breaker opened without a shedding command"
+    m.bmi_asdu(breaker_command(102, False), T + 20)
+    assert m.event is not None and m.event.event_id == 2 and list(m.event.sites) == ["b"]
