@@ -44,6 +44,7 @@ from concentrator.configbase import (
 from concentrator.iec104.link import LinkParams
 from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.shedding.config import SheddingConfig, parse_shedding
+from concentrator.windows import window_problems
 from netconfig.config import NetworkConfig, parse_network
 from netconfig.ha_config import HaConfig, check_against_relay, parse_ha
 from netconfig.multicast import MulticastConfig, parse_multicast
@@ -73,6 +74,8 @@ class UplinkConfig:
     listen: Endpoint
     allowed_peers: tuple[IPNetwork, ...]
     params: LinkParams
+    max_connections: int = 4  # the BMI's redundancy group is 2-4 connections; more are refused at accept
+    close_on_foreign_ca: bool = False  # `foreign_ca: close`: a site sending another CA is disconnected
 
     def allows(self, address: str) -> bool:
         """Whether a peer at `address` may connect (IPv4-mapped IPv6 counts as IPv4)."""
@@ -157,6 +160,8 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
         top = mapping(data, "", [*_SECTIONS, *_OWN_SECTIONS])
         sections = {name: parse(top.get(name, MISSING), name) for name, parse in _SECTIONS.items()}
         _check_listeners(sections["uplink"], sections["metrics"])
+        for problem in window_problems(sections["uplink"].params, [site.params for site in sections["sites"]]):
+            raise Invalid(*problem)
     net = None if top.get("network", MISSING) is MISSING else parse_network(top["network"], file)
     multicast = None
     if top.get("multicast", MISSING) is not MISSING:
@@ -188,7 +193,7 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
 
 
 _LINK_KEYS = ("k", "w", "t0", "t1", "t2", "t3")
-_UPLINK_KEYS = ("listen", "allowed_peers", *_LINK_KEYS)
+_UPLINK_KEYS = ("listen", "allowed_peers", "max_connections", "foreign_ca", *_LINK_KEYS)
 _SITE_KEYS = ("name", "common_addresses", "endpoints", "interruptibility", *_LINK_KEYS)
 _METRICS_KEYS = ("listen",)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -200,7 +205,11 @@ def _parse_uplink(value: object, path: str) -> UplinkConfig:
     peers_path = join(path, "allowed_peers")
     peers = items(m.get("allowed_peers", MISSING), peers_path, "a non-empty list of IP addresses or networks")
     allowed = tuple(network(peer, f"{peers_path}[{i}]") for i, peer in enumerate(peers))
-    return UplinkConfig(listen=listen, allowed_peers=allowed, params=_link_params(m, path))
+    ceiling = integer(m.get("max_connections", 4), join(path, "max_connections"), 1, 64)
+    foreign_ca = m.get("foreign_ca", "drop")
+    if foreign_ca not in ("drop", "close"):
+        raise Invalid(join(path, "foreign_ca"), "drop or close (for a site's ASDU with another CA)", foreign_ca)
+    return UplinkConfig(listen, allowed, _link_params(m, path), ceiling, foreign_ca == "close")
 
 
 def _parse_sites(value: object, path: str) -> tuple[SiteConfig, ...]:

@@ -1,361 +1,310 @@
-"""The relay: many site connections into one started uplink connection to the BMI.
+"""The relay's trio driver: sockets and time around `RelayCore` (relay_core.py).
 
-Routing by common address (CA), byte for byte in both directions; end-to-end
-acknowledgement (a site's frame is confirmed only once the BMI confirmed the copy);
-Ed. 2 redundancy on the uplink. See README, "Architecture".
+Every decision (routing, end-to-end acknowledgement, the Ed. 2 active role, backlogs,
+when to connect a site) is the core's; this module only moves bytes and reads the
+clock, the way trio's `SSLStream` drives the SSL object. One task per connection reads
+(wait until readable, one `os.read`) and hands the bytes to the core; the core's
+`Transmit` actions are written at once with one non-blocking `os.write` per touched
+connection, from the reader's task, so a chunk of site frames leaves on the uplink as
+one write and a BMI confirmation releases the sites' S-frames at once. A connection's
+writer task takes over only when its socket would block. One timer task sleeps until
+the core's next deadline. See README, "Architecture".
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections import deque
-from functools import partial
+import math
+import os
+import socket
+import struct
 
 import trio
 
-from .config import Config, SiteConfig
-from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
-from .iec104.link import (
-    Acknowledged,
-    AsduReceived,
-    DataTransferStarted,
-    DataTransferStopped,
-    Event,
-    Link,
-    Role,
-    State,
-    TestFrameConfirmed,
-)
+from .config import Config
+from .iec104.errors import Cause
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
-from .session import LinkSession, set_nodelay
+from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
 from .shedding.tap import ShedFeeder, ShedTap
-from .stats import RelayStats, SiteStats
-from .uplink_queue import UplinkQueue, releases
 
 log = logging.getLogger(__name__)
 
-# Reconnection to a site: first retry soon, then back off so a dead site costs little.
-RETRY_MIN = 0.2
-RETRY_MAX = 10.0
-# BMI ASDUs for a site that is connecting or whose k window is full wait this many at
-# most, and for at most the site's t1: later, the BMI has given up on them, and a command
-# carried out that late would surprise everyone.
-SITE_BACKLOG_LIMIT = 256
+RECEIVE_SIZE = 65536
+# Bytes written to a connection that its peer has not read yet, at most: beyond that the
+# peer is not reading (it may still be sending, TESTFR acts for instance, whose answers
+# pile up) and the connection is closed rather than let it hold the relay's memory.
+SEND_BUDGET = 1 << 20
+# SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (refused connections).
+_RESET = struct.pack("ii", 1, 0)
 
 
 class Relay:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.stats = RelayStats()
-        self.queue: UplinkQueue[SiteSession] = UplinkQueue()
-        self.sites = [SiteLink(self, site) for site in config.sites]
-        self._by_ca = {ca: site for site in self.sites for ca in site.config.common_addresses}
-        self.uplinks: set[LinkSession] = set()
-        self.active: LinkSession | None = None
+        self.core = RelayCore(
+            config.sites,
+            config.uplink.params,
+            0.0,  # the clock starts in run(); see RelayCore.start
+            allows=config.uplink.allows,
+            max_uplinks=config.uplink.max_connections,
+            close_on_foreign_ca=config.uplink.close_on_foreign_ca,
+        )
+        self.stats = self.core.stats
         self.listen_port = 0
+        self._connections: dict[ConnId, Connection] = {}
+        self._nursery: trio.Nursery | None = None
+        self._timer_at = math.inf
+        self._timer_wake = trio.Event()
+        self._log = LimitedLog()
         # In an HA pair the sites are reached from the sites' virtual address only: a relay
         # on the appliance that does not hold it cannot connect (docs/ha.md).
         self.source_address = None if config.ha is None else str(config.ha.sites.virtual_address.ip)
-        # The MQTT mirror (config `mqtt:`): forward_up only appends to its bounded queue;
-        # decoding and publishing run in the mirror's own task (concentrator/mirror).
+        # The MQTT mirror (config `mqtt:`): a tap on the core; decoding and publishing
+        # run in the mirror's own process (concentrator/mirror).
         self.mirror_queue: MirrorQueue | None = None
         if config.mqtt is not None:
             self.stats.mirror = MirrorStats()
             self.mirror_queue = MirrorQueue(config.mqtt.queue_limit, self.stats.mirror, frozenset(config.mqtt.critical))
-        # Observers of copies (tap interface: up(site, asdu, now), down(asdu, now); O(1) each).
-        self.taps: list[ShedTap] = []
+            self.core.add_tap(self.mirror_queue)
+        # The shedding compliance monitor's copies: another tap, fed to its own process.
+        self.shed_tap: ShedTap | None = None
         if config.shedding is not None:
-            self.taps.append(ShedTap(frozenset(s.name for s in config.shedding.sites), config.shedding.queue_limit))
+            self.shed_tap = ShedTap(frozenset(s.name for s in config.shedding.sites), config.shedding.queue_limit)
+            self.core.add_tap(self.shed_tap)
+
+    @property
+    def sites(self) -> list[SiteState]:
+        """The core's per-site state (name, stats, connection)."""
+        return self.core.sites
+
+    @property
+    def active(self) -> Conn | None:
+        """The core's active BMI connection, or None."""
+        return self.core.active
 
     async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.uplink.listen
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, self._serve_bmi, listen.port, host=listen.host))
-            self.listen_port = listeners[0].socket.getsockname()[1]
-            log.info("listening for the BMI on %s:%d", listen.host, self.listen_port)
-            for site in self.sites:
-                nursery.start_soon(site.run)
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        self.listen_port = listeners[0].socket.getsockname()[1]
+        log.info("listening for the BMI on %s:%d", listen.host, self.listen_port)
+        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            for listener in listeners:
+                stack.push_async_callback(listener.aclose)
+            self._nursery = nursery
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener)
+            nursery.start_soon(self._timers)
+            self.core.start(trio.current_time())
+            self._act()
             if self.config.mqtt is not None and self.mirror_queue is not None:
-                # Decoding and publishing run in a process of their own (mirror/process.py).
                 from .mirror.process import MirrorProcess
 
                 mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats)
                 nursery.start_soon(mirror.run)
-            if config_shedding := self.config.shedding:  # the compliance monitor's own process
-                nursery.start_soon(ShedFeeder(config_shedding, self.taps[0]).run)
+            if self.config.shedding is not None and self.shed_tap is not None:  # the monitor's own process
+                nursery.start_soon(ShedFeeder(self.config.shedding, self.shed_tap).run)
             task_status.started(self)
 
-    # ------------------------------------------------------------------ uplink side
-    async def _serve_bmi(self, stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()[0]
-        stats = self.stats.uplink
-        if not self.config.uplink.allows(peer):
-            stats.refused += 1
-            log.warning("refused a BMI connection from %s: not in uplink.allowed_peers", peer)
-            await trio.aclose_forcefully(stream)
-            return
-        set_nodelay(stream)
-        link = Link(Role.CONTROLLED, self.config.uplink.params, now=trio.current_time())
-        session = LinkSession(stream, link, self._on_bmi, f"BMI {peer}")
-        self.uplinks.add(session)
-        stats.connections += 1
-        stats.open_connections = len(self.uplinks)
-        log.info("BMI %s connected (%d open)", peer, len(self.uplinks))
-        try:
-            reason = await session.run()
-        finally:
-            self.uplinks.discard(session)
-            stats.open_connections = len(self.uplinks)
-            if self.active is session:
-                self._uplink_lost()
-        stats.last_close_reason = reason
-        log.info("BMI %s disconnected: %s", peer, reason)
+    # ------------------------------------------------------------------ actions
+    def _act(self) -> None:
+        """Carry out what the core decided."""
+        core = self.core
+        while (action := core.next_action()) is not None:
+            kind = type(action)
+            if kind is Transmit:
+                connection = self._connections.get(action.conn)  # type: ignore[union-attr]
+                if connection is not None:
+                    connection.send(action.data)  # type: ignore[union-attr]
+            elif kind is TimerAt:
+                if action.at < self._timer_at:  # type: ignore[union-attr]
+                    self._timer_wake.set()
+            elif kind is Close:
+                connection = self._connections.pop(action.conn, None)  # type: ignore[union-attr]
+                if connection is not None:
+                    connection.close()
+            elif kind is ConnectSite:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._connect_site, action.site, action.at)  # type: ignore[union-attr]
 
-    def _on_bmi(self, session: LinkSession, event: Event) -> None:
-        if isinstance(event, Acknowledged):
-            if session is self.active:
-                self._bmi_confirmed(event.count)
-        elif isinstance(event, AsduReceived):
-            self._route_down(session, event.asdu)
-        elif isinstance(event, DataTransferStarted):
-            self._activate(session)
-        elif isinstance(event, DataTransferStopped):
-            if session is self.active:
-                self._uplink_lost()
-        elif isinstance(event, TestFrameConfirmed):
-            self.stats.uplink.last_test_round_trip = event.round_trip
-
-    def _activate(self, session: LinkSession) -> None:
-        previous = self.active
-        self.active = session
-        self.stats.uplink.activations += 1
-        self.stats.uplink.active_peer = session.label
-        if previous is None:
-            log.info("%s started data transfer: starting the sites", session.label)
-            for site in self.sites:
-                site.sync()
-        else:
-            # IEC 104 Ed. 2: a STARTDT on another connection moves the active role. What
-            # the old connection did not confirm is sent again on the new one, in order.
-            if previous.link.started:  # not if it is failing right now
-                previous.link.deactivate()
-            self.stats.uplink.requeued += self.queue.in_flight
-            self.queue.requeue_in_flight()
-            log.info("active role moved from %s to %s", previous.label, session.label)
-        self._pump_uplink()
-
-    def _uplink_lost(self) -> None:
-        """No started uplink connection is left. The sites are disconnected, so every UPDC
-        keeps (and will send again) whatever the BMI did not confirm; the relay holds no
-        copy that could go out twice."""
-        assert self.active is not None
-        log.warning("%s no longer started: disconnecting the sites until the BMI starts again", self.active.label)
-        self.active = None
-        self.stats.uplink.active_peer = ""
-        self.queue.clear()
-        for site in self.sites:
-            site.disconnect("uplink not started")
-
-    def _bmi_confirmed(self, count: int) -> None:
-        now = trio.current_time()
-        items = self.queue.confirmed(count)
-        for item in items:
-            if item.origin is not None:
-                item.origin.site.stats.record_confirmed(now - item.sent_at)
-        for origin, released in releases(items).items():
-            origin.link.acknowledge(released, now)
-            origin.wake()
-        self._pump_uplink()
-
-    def forward_up(self, origin: SiteSession, asdu: bytes) -> None:
-        now = trio.current_time()
-        self.queue.push(origin, asdu, now)
-        origin.site.stats.record_up(asdu, now)
-        self._pump_uplink()
-        if self.mirror_queue is not None:  # after the uplink got it: the mirror never delays it
-            self.mirror_queue.push(asdu, origin.site.config.name, now)
-        for tap in self.taps:
-            tap.up(origin.site.config.name, asdu, now)
-
-    def _pump_uplink(self) -> None:
-        active = self.active
-        if active is None:
-            return
-        link = active.link
-        now = trio.current_time()
-        sent = 0
-        while link.can_send and (item := self.queue.take(now)) is not None:
-            link.send_asdu(item.asdu, now)
-            if item.origin is not None:
-                item.origin.site.stats.record_forwarded(now - item.received_at)
-            sent += 1
-        if sent:
-            self.stats.uplink.asdus_up += sent
-            active.wake()
-
-    def _route_down(self, session: LinkSession, asdu: bytes) -> None:
-        if session is not self.active:
-            return
-        try:
-            ca = common_address(asdu)
-        except AsduError as exc:
-            session.close(f"malformed ASDU from the BMI: {exc}")
-            return
-        self.stats.uplink.asdus_down += 1
-        for tap in self.taps:
-            tap.down(asdu, trio.current_time())
-        if ca == BROADCAST_CA:
+    async def _timers(self) -> None:
+        while True:
+            deadline = self.core.get_timer()
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._timer_at):
+                await self._timer_wake.wait()
+            self._timer_wake = trio.Event()
             now = trio.current_time()
-            for site in self.sites:
-                site.send_down(asdu, now)
+            if now >= self._timer_at:
+                self.core.handle_timer(now)
+                self._act()
+
+    # ------------------------------------------------------------------ connections
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        """Accept BMI connections. A refused one costs the accept and a reset: no task,
+        no buffer, no TIME_WAIT."""
+        sock = listener.socket
+        while True:
+            try:
+                client, address = await sock.accept()
+            except OSError as exc:  # e.g. EMFILE, or a connection reset before accept
+                self._log.warning("accept", trio.current_time(), "accepting a BMI connection failed: %r", exc)
+                await trio.sleep(0.1)
+                continue
+            conn_id = self.core.uplink_accepted(str(address[0]), trio.current_time())
+            if conn_id is None:
+                with contextlib.suppress(OSError):  # already reset by the peer: nothing to add
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                client.close()
+                continue
+            # trio.SocketStream sets TCP_NODELAY itself (frames are small, latency matters),
+            # ignoring the error of a socket already reset by its peer.
+            self._serve(conn_id, trio.SocketStream(client))
+            self._act()
+
+    async def _connect_site(self, index: int, at: float) -> None:
+        await trio.sleep_until(at)
+        site = self.core.sites[index]
+        self.core.site_connecting(index, trio.current_time())
+        for endpoint in site.config.endpoints:
+            try:
+                with trio.fail_after(site.config.params.t0):
+                    stream = await trio.open_tcp_stream(endpoint.host, endpoint.port, local_address=self.source_address)
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("site %s: %s unreachable: %r", site.name, endpoint, exc)
+                continue
+            conn_id = self.core.site_connected(index, str(endpoint), trio.current_time())
+            self._serve(conn_id, stream)
+            self._act()
             return
-        target = self._by_ca.get(ca)
-        if target is not None:
-            target.send_down(asdu, trio.current_time())
-            return
-        # What a controlled station answers for a CA it does not have: the only ASDU
-        # the concentrator ever originates.
-        self.stats.uplink.negative_answers += 1
-        log.warning("BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
-        self.queue.push(None, negative_mirror(asdu), trio.current_time())
-        self._pump_uplink()
+        self.core.site_connect_failed(index, trio.current_time())
+        self._act()
+
+    def _serve(self, conn_id: ConnId, stream: trio.abc.Stream) -> None:
+        connection = Connection(self, conn_id, stream)
+        self._connections[conn_id] = connection
+        assert self._nursery is not None
+        self._nursery.start_soon(connection.run)
+
+    def _ended(self, connection: Connection, cause: Cause, detail: str) -> None:
+        if self._connections.get(connection.id) is connection:
+            del self._connections[connection.id]
+        self.core.connection_lost(connection.id, cause, detail, trio.current_time())
+        self._act()
 
 
-class SiteLink:
-    """The relay's connection to one UPDC: connect, start while the uplink is started,
-    reconnect with backoff, primary endpoint first."""
+class Connection:
+    """One socket: reads into the core, writes what the core transmits."""
 
-    def __init__(self, relay: Relay, config: SiteConfig) -> None:
+    def __init__(self, relay: Relay, conn_id: ConnId, stream: trio.abc.Stream) -> None:
         self.relay = relay
-        self.config = config
-        self.session: SiteSession | None = None
-        # BMI ASDUs (and when they arrived) waiting for the site's start or its k window.
-        self.backlog: deque[tuple[bytes, float]] = deque()
-        self.stats = SiteStats(config.name, tuple(config.common_addresses))
-        relay.stats.sites[config.name] = self.stats
+        self.id = conn_id
+        self.stream = stream
+        # The os.read/os.write fast path needs the file descriptor; other streams (memory
+        # streams in tests) go through receive_some/send_all.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._unsent = bytearray()
+        self._sending = False
+        self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+
+    def send(self, data: bytes) -> None:
+        """Write now if the socket takes it without blocking; the writer task sends the
+        rest, in order, before anything newer."""
+        if self._sending or self._unsent or self._fd < 0:
+            self._unsent += data
+            self._wake.set()
+            if len(self._unsent) > SEND_BUDGET:
+                detail = f"{len(self._unsent)} bytes unread by the peer, budget {SEND_BUDGET}"
+                self.relay.core.close(self.id, Cause.SEND_BUDGET_EXCEEDED, detail, trio.current_time())
+            return
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            written = 0  # the writer meets the error again and ends the connection
+        if written < len(data):
+            self._unsent += data[written:]
+            self._wake.set()
+
+    def close(self) -> None:
+        """The core closed this connection: stop serving it."""
+        self._scope.cancel()
 
     async def run(self) -> None:
-        self.stats.state_since = trio.current_time()
-        delay = RETRY_MIN
-        while True:
-            stream = await self._connect()
-            if stream is None:
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                continue
-            delay = RETRY_MIN
-            await self._serve(stream)
-            await trio.sleep(RETRY_MIN)
-
-    async def _connect(self) -> trio.SocketStream | None:
-        self.stats.set_state("connecting", trio.current_time())
-        for endpoint in self.config.endpoints:
-            try:
-                with trio.fail_after(self.config.params.t0):
-                    stream = await trio.open_tcp_stream(
-                        endpoint.host, endpoint.port, local_address=self.relay.source_address
-                    )
-            except (OSError, trio.TooSlowError) as exc:
-                log.debug("site %s: %s unreachable: %r", self.config.name, endpoint, exc)
-                continue
-            self.stats.endpoint = str(endpoint)
-            return stream
-        self.stats.set_state("disconnected", trio.current_time())
-        return None
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        set_nodelay(stream)
-        link = Link(Role.CONTROLLING, self.config.params, manual_ack=True, now=trio.current_time())
-        session = SiteSession(self, stream, link)
-        self.session = session
-        self.stats.connects += 1
-        self.stats.set_state("connected", trio.current_time())
-        log.info("site %s connected on %s", self.config.name, self.stats.endpoint)
-        self.sync()
+        cause, detail = Cause.SHUTDOWN, "relay stopped"
         try:
-            reason = await session.run()
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write)
+                    await self._read()
+                    nursery.cancel_scope.cancel()
+                cause, detail = Cause.PEER_CLOSED, "closed by peer"
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            cause, detail = Cause.CONNECTION_ERROR, repr(_first(group))
         finally:
-            self.session = None
-            self.stats.set_state("disconnected", trio.current_time())
-            self.relay.queue.discard_pending(session)
-        self.stats.last_close_reason = reason
-        log.warning("site %s disconnected: %s", self.config.name, reason)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+            if not self._scope.cancelled_caught:
+                self.relay._ended(self, cause, detail)
 
-    def sync(self) -> None:
-        """Start data transfer if the uplink is started (sites are never stopped: losing
-        the uplink disconnects them instead, see Relay._uplink_lost)."""
-        session = self.session
-        if session is not None and self.relay.active is not None and session.link.state is State.STOPPED:
-            session.link.start(trio.current_time())
-            session.wake()
-
-    def disconnect(self, reason: str) -> None:
-        """The uplink is gone: close the connection, and drop the BMI ASDUs still waiting
-        (the connection that sent them is gone too)."""
-        self.stats.dropped_down += len(self.backlog)
-        self.backlog.clear()
-        if self.session is not None:
-            self.session.close(reason)
-
-    def send_down(self, asdu: bytes, received_at: float) -> None:
-        """Send now if the site is started and its window open, else wait in the backlog:
-        a BMI that interrogates right after its STARTDT must reach a site that is still
-        connecting (seen in tests: sites connecting after the BMI lost their interrogation)."""
-        if len(self.backlog) >= SITE_BACKLOG_LIMIT:
-            self.stats.dropped_down += 1
-            log.warning("site %s backlog full: BMI ASDU type %d dropped", self.config.name, asdu[0])
-            return
-        self.backlog.append((asdu, received_at))
-        if self.session is not None:
-            self._drain(self.session)
-
-    def _drain(self, session: SiteSession) -> None:
-        link = session.link
-        now = trio.current_time()
-        oldest = now - self.config.params.t1
-        sent = 0
-        while self.backlog and link.can_send:
-            asdu, received_at = self.backlog.popleft()
-            if received_at < oldest:
-                self.stats.dropped_down += 1
-                log.warning(
-                    "site %s: BMI ASDU type %d dropped after waiting %.1f s",
-                    self.config.name,
-                    asdu[0],
-                    now - received_at,
-                )
-                continue
-            link.send_asdu(asdu, now)
-            self.stats.record_down(asdu, now - received_at)
-            sent += 1
-        if sent:
-            session.wake()
-
-    def _on_event(self, session: LinkSession, event: Event) -> None:
-        assert isinstance(session, SiteSession)
-        if isinstance(event, AsduReceived):
-            if len(event.asdu) < HEADER_LENGTH:
-                session.close(f"malformed ASDU of {len(event.asdu)} octets")
-            elif self.relay.active is None:
-                session.close("data while the uplink is not started")
+    async def _read(self) -> None:
+        """Until the peer closes (returns) or the socket fails (raises)."""
+        relay, core, fd = self.relay, self.relay.core, self._fd
+        data: bytes | bytearray
+        while True:
+            if fd >= 0:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
             else:
-                self.relay.forward_up(session, event.asdu)
-        elif isinstance(event, Acknowledged):
-            self._drain(session)
-        elif isinstance(event, DataTransferStarted):
-            self.stats.set_state("started", trio.current_time())
-            self._drain(session)
-        elif isinstance(event, DataTransferStopped):
-            self.stats.set_state("connected", trio.current_time())
-        elif isinstance(event, TestFrameConfirmed):
-            self.stats.last_test_round_trip = event.round_trip
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            while True:
+                now = trio.current_time()
+                try:
+                    more = core.receive_data(self.id, data, now)
+                except Exception:
+                    # A bug met on one connection must not take the others down with it.
+                    log.exception("connection %d: handling received data failed; closing it", self.id)
+                    core.close(self.id, Cause.INTERNAL_ERROR, "handling received data failed", now)
+                    more = False
+                relay._act()
+                if not more:
+                    break
+                await trio.lowlevel.checkpoint()  # the rest of a burst after the others' turn
+                data = b""
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._sending = True
+            try:
+                while self._unsent:
+                    data = bytes(self._unsent)
+                    self._unsent.clear()
+                    if self._fd < 0:
+                        await self.stream.send_all(data)
+                        continue
+                    view = memoryview(data)
+                    while view:
+                        try:
+                            view = view[os.write(self._fd, view) :]
+                        except BlockingIOError:
+                            pass
+                        if view:
+                            await trio.lowlevel.wait_writable(self._fd)
+            finally:
+                self._sending = False
 
 
-class SiteSession(LinkSession):
-    """A connection to a UPDC; the relay's uplink queue remembers which one each ASDU
-    came from, to confirm it there once the BMI confirmed it."""
-
-    def __init__(self, site: SiteLink, stream: trio.abc.Stream, link: Link) -> None:
-        super().__init__(stream, link, site._on_event, f"site {site.config.name} ({site.stats.endpoint})")
-        self.site = site
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception inside a (possibly nested) exception group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first

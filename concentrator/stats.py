@@ -62,6 +62,8 @@ class SiteStats:
     ack_delay: Histogram = field(default_factory=lambda: Histogram(ACK_DELAY_BUCKETS))
     last_test_round_trip: float | None = None
     last_close_reason: str = ""
+    disconnects: Counter[str] = field(default_factory=Counter)  # by cause (iec104.errors.Cause values)
+    foreign_ca: int = 0  # ASDUs whose CA is not one of the site's: not forwarded
     # Measured values (types 9-14, 34-36) from the site: objects, objects whose QDS has
     # IV set (annex A40 5.3 counts them as zero), ASDUs whose length does not fit their
     # type, and when the last measured-value ASDU arrived (relay clock).
@@ -141,7 +143,8 @@ class SiteStats:
 class UplinkStats:
     connections: int = 0
     open_connections: int = 0
-    refused: int = 0  # peers not on the allowlist
+    refused: int = 0  # peers not on the allowlist, or above uplink.max_connections
+    refused_by_reason: Counter[str] = field(default_factory=Counter)  # "not_allowed", "limit"
     active_peer: str = ""
     activations: int = 0
     asdus_up: int = 0
@@ -150,6 +153,7 @@ class UplinkStats:
     requeued: int = 0  # frames re-sent after the active role moved
     last_test_round_trip: float | None = None
     last_close_reason: str = ""
+    disconnects: Counter[str] = field(default_factory=Counter)  # by cause (iec104.errors.Cause values)
 
 
 @dataclass

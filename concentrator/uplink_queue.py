@@ -7,9 +7,14 @@ BMI confirmed, and learns which site connection may now confirm how many frames.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
+
+from .iec104.errors import ConcentratorError
+
+
+class QueueError(ConcentratorError):
+    """The BMI's confirmations and the queue disagree (a bug: the core keeps them equal)."""
 
 
 class Closable(Protocol):
@@ -26,6 +31,9 @@ class Item(Generic[Origin]):
     asdu: bytes
     received_at: float
     sent_at: float = field(default=0.0)
+    # Frames of the same origin that were not forwarded (foreign CA) and are confirmed
+    # to it together with this one, to keep its confirmations in order.
+    extra: int = field(default=0)
 
 
 class UplinkQueue(Generic[Origin]):
@@ -48,13 +56,15 @@ class UplinkQueue(Generic[Origin]):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def push(self, origin: Origin | None, asdu: bytes, now: float) -> None:
+    def push(self, origin: Origin | None, asdu: bytes, now: float) -> Item[Origin]:
         queue = self._pending.get(origin)
         if queue is None:
             queue = self._pending[origin] = deque()
             self._turns.append(origin)
-        queue.append(Item(origin, asdu, now))
+        item = Item(origin, asdu, now)
+        queue.append(item)
         self._count += 1
+        return item
 
     def take(self, now: float) -> Item[Origin] | None:
         """The next ASDU to send on the active uplink connection, now counted in flight."""
@@ -75,7 +85,7 @@ class UplinkQueue(Generic[Origin]):
     def confirmed(self, count: int) -> list[Item[Origin]]:
         """The BMI confirmed the `count` oldest frames in flight."""
         if count > len(self._in_flight):
-            raise ValueError(f"{count} confirmed, only {len(self._in_flight)} in flight")
+            raise QueueError(f"{count} confirmed, only {len(self._in_flight)} in flight")
         return [self._in_flight.popleft() for _ in range(count)]
 
     def requeue_in_flight(self) -> None:
@@ -111,11 +121,3 @@ class UplinkQueue(Generic[Origin]):
         self._count = 0
         self._in_flight.clear()
 
-
-def releases(items: Iterable[Item[Origin]]) -> dict[Origin, int]:
-    """How many frames each still-open site connection may now confirm."""
-    counts: dict[Origin, int] = {}
-    for item in items:
-        if item.origin is not None and not item.origin.closed:
-            counts[item.origin] = counts.get(item.origin, 0) + 1
-    return counts

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from concentrator.config import Config, SiteConfig
+from concentrator.iec104.errors import CAUSES
 from concentrator.stats import SITE_STATES, RelayStats
 
 from .primitives import PREFIX, Histogram, histogram_buckets
@@ -206,7 +208,6 @@ class RelayMetrics:
         )
         for name, doc, value in (
             ("uplink_connections", "BMI connections accepted.", uplink.connections),
-            ("uplink_refused_connections", "Connections refused: peer not in uplink.allowed_peers.", uplink.refused),
             ("uplink_activations", "STARTDTs that made a BMI connection the started one.", uplink.activations),
             ("uplink_negative_answers", "BMI ASDUs for an unknown common address, answered with cause 46.",
              uplink.negative_answers),
@@ -214,6 +215,19 @@ class RelayMetrics:
              uplink.requeued),
         ):  # fmt: skip
             yield CounterMetricFamily(f"{PREFIX}{name}", doc, value=value)
+        refused = CounterMetricFamily(
+            f"{PREFIX}uplink_refused_connections",
+            "Connections refused at accept, by reason: not_allowed (peer not in uplink.allowed_peers), "
+            "limit (uplink.max_connections open already).",
+            labels=["reason"],
+        )
+        by_reason = dict(uplink.refused_by_reason)  # one C-level copy: the relay may add keys
+        for reason in ("not_allowed", "limit"):
+            refused.add_metric([reason], by_reason.get(reason, 0))
+        yield refused
+        yield _by_cause(
+            f"{PREFIX}uplink_disconnects", "BMI connections ended, by cause (iec104.errors.Cause).", uplink.disconnects
+        )
         asdus = CounterMetricFamily(
             f"{PREFIX}uplink_asdus", "ASDUs on the started BMI connection, by direction.", labels=["direction"]
         )
@@ -226,6 +240,16 @@ class RelayMetrics:
         if uplink.last_test_round_trip is not None:
             round_trip.add_metric([], uplink.last_test_round_trip)
         yield round_trip
+
+
+def _by_cause(name: str, doc: str, counts: Counter[str]) -> Metric:
+    """A counter family with one sample per cause of disconnect (every cause, zeros
+    included, so that increase() works from the first one)."""
+    family = CounterMetricFamily(name, doc, labels=["cause"])
+    ended = dict(counts)  # one C-level copy: the relay may add keys meanwhile
+    for code in CAUSES:
+        family.add_metric([code.value], ended.get(code.value, 0))
+    return family
 
 
 class _Families(Collector):
@@ -309,6 +333,15 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
     family("site_connections_total", "counter", "TCP connections established to the site (reconnects included).")
     for label, site, *_ in sites:
         add(f"{PREFIX}site_connections_total{{{label}}} {site.connects}\n")
+    family("site_disconnects_total", "counter", "Connections to the site ended, by cause (iec104.errors.Cause).")
+    for label, site, *_ in sites:
+        ended = dict(site.disconnects)  # one C-level copy: the relay may add keys
+        for code in CAUSES:
+            add(f'{PREFIX}site_disconnects_total{{{label},cause="{code.value}"}} {ended.get(code.value, 0)}\n')
+    family("site_foreign_ca_asdus_total", "counter",
+           "ASDUs from the site whose common address is not one of the site's: not forwarded.")  # fmt: skip
+    for label, site, *_ in sites:
+        add(f"{PREFIX}site_foreign_ca_asdus_total{{{label}}} {site.foreign_ca}\n")
     family("site_endpoint_info", "gauge", "Endpoint of the site's current connection, and whether it is the primary.")
     for label, site, site_config, current, _, _ in sites:
         endpoint = site.endpoint

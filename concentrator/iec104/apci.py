@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .errors import ConcentratorError
+
 START = 0x68
 MIN_LENGTH = 4
 MAX_LENGTH = 253
@@ -17,7 +19,7 @@ MAX_ASDU_LENGTH = MAX_LENGTH - 4
 SEQ_MODULO = 32768
 
 
-class FramingError(ValueError):
+class FramingError(ConcentratorError, ValueError):
     """The peer sent bytes that are not a valid APDU: the connection must be closed."""
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
 
 from .apci import (
     I_KIND,
@@ -19,6 +18,10 @@ from .apci import (
     encode_s,
     encode_u,
 )
+from .errors import Cause, ConcentratorError
+from .link_states import RECEIVES_I, SENDS_I, TRANSITIONS, U_INPUT, Input, Role, State
+
+__all__ = ["Cause", "Role", "State"]  # re-exported: users of the link need them
 
 _I_HEADER = struct.Struct("6B")
 _U_BY_OCTET = {int(f): f for f in UFunction}
@@ -51,19 +54,6 @@ class LinkParams:
         if self.t2 > 0 and self.t1 > 0 and not self.t2 < self.t1:
             found.append(("t2", f"less than t1 ({self.t1} s)", self.t2))
         return found
-
-
-class Role(Enum):
-    CONTROLLED = "controlled"  # the station side: our uplink toward the BMI
-    CONTROLLING = "controlling"  # the master side: our connections to the sites
-
-
-class State(Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"  # STARTDT act sent, con awaited (controlling role)
-    STARTED = "started"
-    STOPPING = "stopping"  # STOPDT act sent, con awaited (controlling role)
-    CLOSED = "closed"  # failed: the connection must be closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +89,21 @@ class TestFrameConfirmed:
 class LinkFailed:
     """A protocol error by the peer or an expired t1: the connection is finished."""
 
-    reason: str
+    cause: Cause
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.cause.value}: {self.detail}"
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 Event = AsduReceived | Acknowledged | DataTransferStarted | DataTransferStopped | TestFrameConfirmed | LinkFailed
 
 
-class LinkError(Exception):
+class LinkError(ConcentratorError):
     """Local misuse: sending while the link does not allow it."""
 
 
@@ -139,10 +137,10 @@ class Link:
         self.params = params
         self._k = params.k
         # States in which an I-frame from the peer is accepted.
-        self._accepting = (State.STARTED, State.STOPPING) if role is Role.CONTROLLING else (State.STARTED,)
+        self._accepting = RECEIVES_I[role]
         self.manual_ack = manual_ack
         self.state = State.STOPPED
-        self.failure: str | None = None
+        self.failure: LinkFailed | None = None
         self._reader = FrameReader()
         self._out = bytearray()
         self._events: deque[Event] = deque()
@@ -173,7 +171,7 @@ class Link:
 
     @property
     def can_send(self) -> bool:
-        return self.state is State.STARTED and (self.send_seq - self._peer_ack) % SEQ_MODULO < self._k
+        return self.state in SENDS_I and (self.send_seq - self._peer_ack) % SEQ_MODULO < self._k
 
     @property
     def unconfirmed_received(self) -> int:
@@ -214,26 +212,14 @@ class Link:
 
     def start(self, now: float) -> None:
         """Controlling role: ask the peer to start data transfer (STARTDT act)."""
-        self._require(Role.CONTROLLING, State.STOPPED, "start")
-        self._send_act(UFunction.STARTDT_ACT, now)
-        self.state = State.STARTING
+        if not self._step(Input.START, now):
+            raise LinkError(f"cannot start: {self.role.value} link in state {self.state.value}")
 
     def stop(self, now: float) -> None:
-        """Controlling role: ask the peer to stop data transfer (STOPDT act)."""
-        self._require(Role.CONTROLLING, State.STARTED, "stop")
-        self._send_act(UFunction.STOPDT_ACT, now)
-        self.state = State.STOPPING
-
-    def deactivate(self) -> None:
-        """Controlled role: another connection took the active role (IEC 104 Ed. 2).
-
-        Nothing goes on the wire. The frames still unconfirmed here are re-sent on the
-        new active connection, so they no longer run t1 on this one; late
-        confirmations are still accepted.
-        """
-        self._require(Role.CONTROLLED, State.STARTED, "deactivate")
-        self.state = State.STOPPED
-        self._sent_times.clear()
+        """Controlling role: ask the peer to stop data transfer. The STOPDT act leaves
+        once the I-frames sent so far are confirmed (Ed. 2 pending unconfirmed stopped)."""
+        if not self._step(Input.STOP, now):
+            raise LinkError(f"cannot stop: {self.role.value} link in state {self.state.value}")
 
     def acknowledge(self, count: int, now: float) -> None:
         """Manual-ack mode: confirm `count` more received I-frames, oldest first, now."""
@@ -247,38 +233,49 @@ class Link:
             self._send_s_frame()
 
     # ---------------------------------------------------------------- input
-    def receive_data(self, data: bytes | bytearray, now: float) -> None:
+    def receive_data(self, data: bytes | bytearray, now: float, max_frames: int = 0) -> bool:
+        """Take received bytes. With `max_frames`, handle at most that many frames and
+        return True if more whole frames may be waiting: call again (with b"") later, so
+        that one peer's burst cannot hold the caller's event loop for long."""
         if self.state is State.CLOSED:
-            return
+            return False
         reader = self._reader
         reader.feed(data)
         next_raw = reader.next_raw
+        left = max_frames
         while self.state is not State.CLOSED:
             try:
                 frame = next_raw()
             except FramingError as exc:
-                self._fail(str(exc))
-                return
+                self._fail(Cause.BAD_FRAME, str(exc))
+                return False
             if frame is None:
-                return
+                return False
             self._last_received = now
             kind, a, b, asdu = frame
             if kind == I_KIND:
                 self._on_i(a, b, asdu, now)  # type: ignore[arg-type]
             elif kind == S_KIND:
-                self._on_confirmation(b)
+                self._on_confirmation(b, now)
             else:
                 self._on_u_frame(_U_BY_OCTET[a], now)
+            left -= 1
+            if left == 0:
+                return self.state is not State.CLOSED and reader.buffered > 0
+        return False
 
     def _on_i(self, send_seq: int, recv_seq: int, asdu: bytes, now: float) -> None:
         if self.state not in self._accepting:
-            self._fail(f"I-frame received in state {self.state.value}")
+            self._fail(Cause.UNEXPECTED_FRAME, f"I-frame received in state {self.state.value}")
             return
         if send_seq != self.recv_seq:
-            self._fail(f"sequence error: N(S)={send_seq}, expected {self.recv_seq}")
+            self._fail(Cause.SEQUENCE_ERROR, f"N(S)={send_seq}, expected {self.recv_seq}")
             return
         self.recv_seq = (self.recv_seq + 1) % SEQ_MODULO
-        if recv_seq != self._peer_ack and not self._on_confirmation(recv_seq):
+        if self.unconfirmed_received > self._k:
+            self._fail(Cause.TOO_MANY_UNCONFIRMED, f"{self.unconfirmed_received} I-frames unconfirmed, k is {self._k}")
+            return
+        if recv_seq != self._peer_ack and not self._on_confirmation(recv_seq, now):
             return
         self._events.append(AsduReceived(asdu))
         if self.manual_ack:
@@ -288,16 +285,21 @@ class Link:
         if self.unconfirmed_received >= self.params.w:
             self._send_s_frame()
 
-    def _on_confirmation(self, recv_seq: int) -> bool:
+    def _on_confirmation(self, recv_seq: int, now: float) -> bool:
         count = _seq_distance(recv_seq, self._peer_ack)
         if count > self.unacknowledged:
-            self._fail(f"N(R)={recv_seq} confirms frames never sent (V(S)={self.send_seq}, V(A)={self._peer_ack})")
+            self._fail(
+                Cause.SEQUENCE_ERROR,
+                f"N(R)={recv_seq} confirms frames never sent (V(S)={self.send_seq}, V(A)={self._peer_ack})",
+            )
             return False
         if count:
             self._peer_ack = recv_seq
             for _ in range(min(count, len(self._sent_times))):
                 self._sent_times.popleft()
             self._events.append(Acknowledged(count))
+            if self._peer_ack == self.send_seq and self.state is State.PENDING_UNCONFIRMED_STOPPED:
+                self._step(Input.ALL_CONFIRMED, now)
         return True
 
     def _on_u_frame(self, function: UFunction, now: float) -> None:
@@ -308,36 +310,32 @@ class Link:
             if self._test_sent_at is not None:
                 self._events.append(TestFrameConfirmed(now - self._test_sent_at))
                 self._test_sent_at = None
-        elif self.role is Role.CONTROLLED:
-            self._on_u_as_controlled(function)
         else:
-            self._on_u_as_controlling(function)
+            if function is UFunction.STOPDT_ACT and not self.manual_ack and self.unconfirmed_received:
+                self._send_s_frame()  # what we received is confirmed before we stop
+            if not self._step(U_INPUT[function], now):
+                self._fail(Cause.UNEXPECTED_FRAME, f"{function.name} in state {self.state.value} ({self.role.value})")
 
-    def _on_u_as_controlled(self, function: UFunction) -> None:
-        if function is UFunction.STARTDT_ACT:
-            self._out += encode_u(UFunction.STARTDT_CON)
-            if self.state is not State.STARTED:
-                self.state = State.STARTED
-                self._events.append(DataTransferStarted())
-        elif function is UFunction.STOPDT_ACT:
-            self._out += encode_u(UFunction.STOPDT_CON)
-            if self.state is State.STARTED:
-                self.state = State.STOPPED
-                self._events.append(DataTransferStopped())
-        else:
-            self._fail(f"{function.name} is not for a controlled station")
-
-    def _on_u_as_controlling(self, function: UFunction) -> None:
-        if function is UFunction.STARTDT_CON and self.state is State.STARTING:
-            self.state = State.STARTED
+    def _step(self, event: Input, now: float) -> bool:
+        """Take the table's transition for `event`; False if the table has none."""
+        found = TRANSITIONS[self.role].get((self.state, event))
+        if found is None:
+            return False
+        before = self.state
+        self.state, reply = found
+        if event in (Input.STARTDT_CON, Input.STOPDT_CON):
             self._pending_act = None
+        if reply is UFunction.STARTDT_ACT or reply is UFunction.STOPDT_ACT:
+            self._send_act(reply, now)
+        elif reply is not None:
+            self._out += encode_u(reply)
+        if self.state is State.STARTED and before is not State.STARTED:
             self._events.append(DataTransferStarted())
-        elif function is UFunction.STOPDT_CON and self.state is State.STOPPING:
-            self.state = State.STOPPED
-            self._pending_act = None
+        elif self.state is State.STOPPED and before is not State.STOPPED:
             self._events.append(DataTransferStopped())
-        else:
-            self._fail(f"unexpected {function.name} in state {self.state.value}")
+        elif self.state is State.PENDING_UNCONFIRMED_STOPPED and self.unacknowledged == 0:
+            self._step(Input.ALL_CONFIRMED, now)
+        return True
 
     # ---------------------------------------------------------------- timers
     def get_timer(self) -> float | None:
@@ -360,13 +358,13 @@ class Link:
             return
         p = self.params
         if self._sent_times and now >= self._sent_times[0] + p.t1:
-            self._fail(f"t1 expired: I-frame N(S)={self._peer_ack} not confirmed within {p.t1} s")
+            self._fail(Cause.T1_EXPIRED, f"I-frame N(S)={self._peer_ack} not confirmed within {p.t1} s")
             return
         if self._pending_act is not None and now >= self._pending_act[1] + p.t1:
-            self._fail(f"t1 expired: no confirmation of {self._pending_act[0].name} within {p.t1} s")
+            self._fail(Cause.T1_EXPIRED, f"no confirmation of {self._pending_act[0].name} within {p.t1} s")
             return
         if self._test_sent_at is not None and now >= self._test_sent_at + p.t1:
-            self._fail(f"t1 expired: no confirmation of TESTFR_ACT within {p.t1} s")
+            self._fail(Cause.T1_EXPIRED, f"no confirmation of TESTFR_ACT within {p.t1} s")
             return
         if self._first_unacked_at is not None and now >= self._first_unacked_at + p.t2:
             self._send_s_frame()
@@ -399,11 +397,7 @@ class Link:
         self._out += encode_u(function)
         self._pending_act = (function, now)
 
-    def _require(self, role: Role, state: State, action: str) -> None:
-        if self.role is not role or self.state is not state:
-            raise LinkError(f"cannot {action}: {self.role.value} link in state {self.state.value}")
-
-    def _fail(self, reason: str) -> None:
+    def _fail(self, cause: Cause, detail: str) -> None:
         self.state = State.CLOSED
-        self.failure = reason
-        self._events.append(LinkFailed(reason))
+        self.failure = LinkFailed(cause, detail)
+        self._events.append(self.failure)

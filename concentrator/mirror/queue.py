@@ -59,6 +59,13 @@ class MirrorQueue:
             self._waiter.set()
             self._waiter = None
 
+    def up(self, site: str, asdu: bytes, now: float) -> None:
+        """The relay's tap (relay_core.Tap): every site ASDU the uplink queue took."""
+        self.push(asdu, site, now)
+
+    def down(self, asdu: bytes, now: float) -> None:
+        """The relay's tap: the mirror publishes the sites' data only."""
+
     def _drop_oldest(self, reason: str) -> None:
         # Counted as lost messages by lane: QoS 0 for the cyclic lane, 2 for the other
         # (which also holds the measurements of sites with critical points).

@@ -7,7 +7,9 @@ These peers can:
 - `QueueingStation`: a controlled station (UPDC) that keeps every ASDU until the
   controlling station confirms it, and sends what was not confirmed again on the next
   started connection, as lib60870's server does when a connection is lost;
-- `CodecMaster`: a controlling station (BMI) that records what it receives, with times.
+- `CodecMaster`: a controlling station (BMI) that records what it receives, with times;
+- `Ed2Master`: a BMI with two connections (IEC 104 Ed. 2 redundancy group) that moves
+  the active role between them and confirms late, as a BMI's t2 does.
 
 Payloads carry a sequence number (integrated totals, type 15), so that loss,
 duplicates and order are countable.
@@ -16,6 +18,7 @@ duplicates and order are countable.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -56,7 +59,7 @@ def counter_of(asdu: bytes) -> tuple[int, int]:
 
 class QueueingStation:
     """A UPDC on our codec with lib60870's queue semantics: sent but unconfirmed ASDUs go
-    back to waiting when their connection is lost or deactivated, and leave again, in
+    back to waiting when their connection is lost or superseded, and leave again, in
     order, on the next started connection."""
 
     def __init__(self, common_address: int, params: LinkParams = LinkParams()) -> None:
@@ -67,6 +70,9 @@ class QueueingStation:
         self.received: list[bytes] = []  # ASDUs from the controlling station
         self.connections = 0
         self.port = 0
+        # Called with each ASDU the controlling station confirmed (tests check it was
+        # confirmed by the BMI first).
+        self.on_confirmed: Callable[[bytes], None] | None = None
         self._active: LinkSession | None = None
         self._sessions: set[LinkSession] = set()
         self._next_sequence = 0
@@ -118,14 +124,16 @@ class QueueingStation:
     def _on_event(self, session: LinkSession, event: Event) -> None:
         if isinstance(event, DataTransferStarted):
             if self._active is not None and self._active is not session:
-                self._active.link.deactivate()
+                self._active.close("superseded: STARTDT on another connection")  # as lib60870 does
             self._deactivate()
             self._active = session
         elif isinstance(event, DataTransferStopped) and session is self._active:
             self._deactivate()
         elif isinstance(event, Acknowledged) and session is self._active:
             for _ in range(event.count):
-                self.unconfirmed.popleft()
+                asdu = self.unconfirmed.popleft()
+                if self.on_confirmed is not None:
+                    self.on_confirmed(asdu)
         elif isinstance(event, AsduReceived):
             self.received.append(event.asdu)
         self._pump()
@@ -181,3 +189,91 @@ class CodecMaster:
             self.received.append((trio.current_time(), event.asdu))
         elif isinstance(event, DataTransferStarted):
             self.started.set()
+
+
+class Ed2Master:
+    """A BMI with an IEC 104 Ed. 2 redundancy group of two connections to one controlled
+    station, on our codec. `start(n)` sends STARTDT on connection n (the active role
+    moves there); a connection the station closes is opened again at once, as a BMI
+    keeps its redundancy group up.
+
+    It confirms what it received only every `confirm_every` seconds (or at w), like a
+    BMI's t2, and records what it has confirmed before the confirmation leaves, so a
+    test can tell whether a UPDC was confirmed a frame before the BMI confirmed it.
+    """
+
+    def __init__(self, host: str, port: int, params: LinkParams = LinkParams(), confirm_every: float = 0.05) -> None:
+        self.host, self.port = host, port
+        self.params = params
+        self.confirm_every = confirm_every
+        self.sessions: list[LinkSession | None] = [None, None]
+        self.received: list[tuple[int, float, bytes]] = []  # (connection, time, ASDU)
+        self.confirmed: set[bytes] = set()  # ASDUs whose confirmation has been sent
+        self.closes: list[tuple[int, str]] = []  # (connection, why) for connections that ended
+        self._unconfirmed: dict[int, list[bytes]] = {0: [], 1: []}
+        self._opened = [trio.Event(), trio.Event()]
+
+    async def run(self, *, task_status: trio.TaskStatus[Ed2Master] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for n in (0, 1):
+                nursery.start_soon(self._keep_open, n)
+            nursery.start_soon(self._confirm_periodically)
+            for opened in self._opened:
+                await opened.wait()
+            task_status.started(self)
+
+    async def wait_open(self, n: int) -> LinkSession:
+        while (session := self.sessions[n]) is None or session.closed:
+            await trio.sleep(0.005)
+        return session
+
+    async def start(self, n: int) -> None:
+        """STARTDT act on connection n (opened again first if the station closed it)."""
+        session = await self.wait_open(n)
+        session.link.start(trio.current_time())
+        session.wake()
+
+    def active(self) -> int | None:
+        for n, session in enumerate(self.sessions):
+            if session is not None and not session.closed and session.link.started:
+                return n
+        return None
+
+    async def _keep_open(self, n: int) -> None:
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(self.host, self.port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            set_nodelay(stream)
+            link = Link(Role.CONTROLLING, self.params, manual_ack=True, now=trio.current_time())
+            session = LinkSession(stream, link, partial(self._on_event, n), f"BMI connection {n}")
+            self.sessions[n] = session
+            self._unconfirmed[n] = []
+            self._opened[n].set()
+            reason = await session.run()
+            self.closes.append((n, reason))
+            await trio.sleep(0.01)
+
+    def _on_event(self, n: int, session: LinkSession, event: Event) -> None:
+        if isinstance(event, AsduReceived):
+            self.received.append((n, trio.current_time(), event.asdu))
+            self._unconfirmed[n].append(event.asdu)
+            if len(self._unconfirmed[n]) >= self.params.w:
+                self._confirm(n)
+
+    def _confirm(self, n: int) -> None:
+        session, pending = self.sessions[n], self._unconfirmed[n]
+        if session is None or session.closed or not pending:
+            return
+        self.confirmed.update(pending)  # recorded before the S-frame can leave
+        session.link.acknowledge(len(pending), trio.current_time())
+        pending.clear()
+        session.wake()
+
+    async def _confirm_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.confirm_every)
+            for n in (0, 1):
+                self._confirm(n)

@@ -195,6 +195,7 @@ async def test_a_site_sending_garbage_leaves_the_other_eleven_flowing(updcs: lis
                 bmi = r.bmi()
                 assert await trio.to_thread.run_sync(bmi.wait_started, 10.0)
                 await wait_for(lambda: relay.sites[11].stats.connects >= 2, what="the garbage site closed and retried")
+                assert relay.sites[11].stats.disconnects["bad_frame"] >= 1
                 assert "length 3" in relay.sites[11].stats.last_close_reason
                 before = by_ca(bmi.received_asdus())
                 await wait_for(

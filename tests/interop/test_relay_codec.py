@@ -6,6 +6,7 @@ acknowledgement and no loss, which c104's peers cannot (see DESIGN.md).
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from concentrator.iec104.apci import UFunction, encode_i, encode_u
@@ -99,18 +100,18 @@ async def test_commands_reach_only_their_site_broadcast_each_once_unknown_ca_neg
         nursery.cancel_scope.cancel()
 
 
-async def test_bmi_off_the_allowlist_is_refused():
+async def test_bmi_off_the_allowlist_is_refused_with_a_reset():
     async with trio.open_nursery() as nursery:
         _, relay = await start_all(nursery, 1, allowed_peers=["10.1.0.10"])
-        stream = await trio.open_tcp_stream("127.0.0.1", relay.listen_port)
-        await stream.send_all(encode_u(UFunction.STARTDT_ACT))
-        with trio.fail_after(5):
-            try:
-                data = await stream.receive_some(100)
-            except trio.BrokenResourceError:
-                data = b""
-        assert data == b""
+        sock = trio.socket.socket()
+        with trio.fail_after(5), pytest.raises(ConnectionResetError):
+            # The relay resets at accept: the reset shows at connect or at the first read.
+            await sock.connect(("127.0.0.1", relay.listen_port))
+            await sock.send(encode_u(UFunction.STARTDT_ACT))
+            await sock.recv(100)
+        sock.close()
         assert relay.stats.uplink.refused == 1 and relay.active is None
+        assert relay.stats.uplink.connections == 0
         nursery.cancel_scope.cancel()
 
 
@@ -123,7 +124,7 @@ async def test_garbage_from_one_site_closes_only_that_connection():
         (bad,) = stations[1]._sessions
         await bad.stream.send_all(b"\x99\x04\x07\x00\x00\x00")
         await wait_for(lambda: relay.sites[1].stats.connects == 2, what="site 2 reconnected")
-        assert "start octet" in relay.sites[1].stats.last_close_reason
+        assert relay.sites[1].stats.last_close_reason.startswith("bad_frame: start octet")
         for n in range(50):
             for station in stations:
                 station.enqueue(counter_asdu(station.common_address, n))
@@ -143,7 +144,8 @@ async def test_malformed_frame_from_the_bmi_closes_only_that_bmi_connection():
         await master.session.stream.send_all(encode_i(0, 0, b"\x01\x01"))  # an ASDU too short for a CA
         await wait_for(lambda: relay.stats.uplink.open_connections == 1, what="the bad BMI connection closed")
         assert standby.session is not None and not standby.session.closed
-        assert "malformed ASDU" in relay.stats.uplink.last_close_reason
+        assert relay.stats.uplink.last_close_reason.startswith("malformed_asdu: ")
+        assert relay.stats.uplink.disconnects["malformed_asdu"] == 1
         nursery.cancel_scope.cancel()
 
 
@@ -206,7 +208,9 @@ async def test_startdt_on_another_connection_moves_the_active_role_and_resends_i
         station.enqueue_counter()
         await wait_for(lambda: len(b.received) == 6, what="new data on B")
         await wait_for(lambda: station.confirmed_all, what="B's confirmation reaching the site")
-        assert len(a.received) == 5 and a.session is not None and not a.session.closed
+        # Ed. 2 as lib60870 does it: the previously active connection is closed.
+        await wait_for(lambda: a.session is not None and a.session.closed, what="A closed")
+        assert len(a.received) == 5 and relay.stats.uplink.disconnects["superseded"] == 1
         nursery.cancel_scope.cancel()
 
 

@@ -46,30 +46,30 @@ async def bmi(target: str, cas: list[int], period: float) -> None:
 
 
 def patched_relay(config: str, patch: str | None) -> int:
-    from concentrator import relay as relay_module
     from concentrator.cli import main
+    from concentrator.relay_core import RelayCore
 
     if patch == "alter":
-        forward_up = relay_module.Relay.forward_up
+        site_asdu = RelayCore._site_asdu
         seen = [0]
 
-        def altered(self, origin, asdu):  # type: ignore[no-untyped-def]
+        def altered(self, conn, site, asdu, now):  # type: ignore[no-untyped-def]
             seen[0] += 1
             if seen[0] % 50 == 0:
                 asdu = asdu[:-1] + bytes((asdu[-1] ^ 0x01,))
-            forward_up(self, origin, asdu)
+            site_asdu(self, conn, site, asdu, now)
 
-        relay_module.Relay.forward_up = altered  # type: ignore[method-assign]
+        RelayCore._site_asdu = altered  # type: ignore[method-assign]
     elif patch == "misroute":
-        route_down = relay_module.Relay._route_down
+        bmi_asdu = RelayCore._bmi_asdu
 
-        def misrouted(self, session, asdu):  # type: ignore[no-untyped-def]
-            route_down(self, session, asdu)
+        def misrouted(self, conn, asdu, now):  # type: ignore[no-untyped-def]
+            bmi_asdu(self, conn, asdu, now)
             first, second = self.sites[0], self.sites[1]
-            if session is self.active and asdu[4] | asdu[5] << 8 in first.config.common_addresses:
-                second.send_down(asdu, trio.current_time())
+            if conn is self.active and asdu[4] | asdu[5] << 8 in first.cas:
+                self._send_down(second, asdu, now)
 
-        relay_module.Relay._route_down = misrouted  # type: ignore[method-assign]
+        RelayCore._bmi_asdu = misrouted  # type: ignore[method-assign]
     return main(["relay", "--config", config])
 
 

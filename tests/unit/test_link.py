@@ -3,6 +3,7 @@
 import pytest
 
 from concentrator.iec104.apci import SFrame, UFrame, UFunction, decode, encode_i, encode_s, encode_u
+from concentrator.iec104.errors import Cause
 from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
@@ -64,7 +65,7 @@ def test_startdt_and_stopdt_handshakes():
     master, station = started_pair()
     assert master.state is State.STARTED and station.state is State.STARTED
     master.stop(1.0)
-    assert master.state is State.STOPPING
+    assert master.state is State.PENDING_STOPPED  # nothing unconfirmed: the act leaves at once
     shuttle(master, station, 1.0)
     assert master.state is State.STOPPED and station.state is State.STOPPED
     assert events(master) == [DataTransferStopped()] and events(station) == [DataTransferStopped()]
@@ -166,30 +167,31 @@ def test_unanswered_test_frame_fails_after_t1():
     master.handle_timer(34.9)
     assert master.state is State.STARTED
     master.handle_timer(35.0)
-    assert master.state is State.CLOSED and "TESTFR" in (master.failure or "")
+    assert master.state is State.CLOSED and "TESTFR" in str(master.failure)
 
 
 def test_unanswered_startdt_fails_after_t1():
     master = Link(Role.CONTROLLING)
     master.start(1.0)
     master.handle_timer(16.0)
-    assert master.state is State.CLOSED and "STARTDT" in (master.failure or "")
+    assert master.state is State.CLOSED and "STARTDT" in str(master.failure)
 
 
 @pytest.mark.parametrize(
-    ("data", "reason"),
+    ("data", "cause"),
     [
-        (encode_i(1, 0, ASDU), "sequence error"),
-        (encode_s(3), "confirms frames never sent"),
-        (b"\x68\x04\x0f\x00\x00\x00", "unknown U-frame"),
-        (encode_u(UFunction.STARTDT_CON), "unexpected STARTDT_CON"),
+        (encode_i(1, 0, ASDU), Cause.SEQUENCE_ERROR),
+        (encode_s(3), Cause.SEQUENCE_ERROR),
+        (b"\x68\x04\x0f\x00\x00\x00", Cause.BAD_FRAME),
+        (encode_u(UFunction.STARTDT_CON), Cause.UNEXPECTED_FRAME),
     ],
 )
-def test_peer_protocol_errors_become_link_failed(data, reason):
+def test_peer_protocol_errors_become_link_failed(data, cause):
     master, _ = started_pair()
     master.receive_data(data, 1.0)
     (event,) = events(master)
-    assert isinstance(event, LinkFailed) and reason in event.reason
+    assert isinstance(event, LinkFailed) and event.cause is cause
+    assert event.reason.startswith(cause.value + ": ")
     assert master.state is State.CLOSED and master.get_timer() is None
     master.receive_data(encode_u(UFunction.TESTFR_ACT), 1.0)  # ignored once closed
     assert master.data_to_send() == b""
@@ -227,13 +229,107 @@ def test_manual_ack_confirms_only_what_was_released():
         master.acknowledge(1, 52.0)
 
 
-def test_deactivated_station_connection_stops_timing_its_frames():
+def test_controlled_station_confirms_stopdt_only_after_its_frames_are_confirmed():
+    master, station = started_pair()
+    for n in range(3):
+        station.send_asdu(asdu(n), 0.0)
+    master.receive_data(station.data_to_send(), 0.0)  # below w: master confirms nothing yet
+    events(master)
+    station.receive_data(encode_u(UFunction.STOPDT_ACT), 1.0)
+    assert station.state is State.PENDING_UNCONFIRMED_STOPPED
+    assert station.data_to_send() == b"" and not station.can_send
+    assert events(station) == []
+    station.receive_data(encode_s(2), 2.0)
+    assert station.state is State.PENDING_UNCONFIRMED_STOPPED and station.data_to_send() == b""
+    station.receive_data(encode_s(3), 3.0)
+    assert events(station) == [Acknowledged(2), Acknowledged(1), DataTransferStopped()]
+    assert frames(station.data_to_send()) == [UFrame(UFunction.STOPDT_CON)]
+    assert station.state is State.STOPPED
+
+
+def test_controlled_station_with_nothing_unconfirmed_confirms_stopdt_at_once():
+    _, station = started_pair()
+    station.receive_data(encode_u(UFunction.STOPDT_ACT), 1.0)
+    assert frames(station.data_to_send()) == [UFrame(UFunction.STOPDT_CON)]
+    assert station.state is State.STOPPED and events(station) == [DataTransferStopped()]
+
+
+def test_pending_stopdt_still_runs_t1_on_the_unconfirmed_frames():
     master, station = started_pair()
     station.send_asdu(asdu(0), 0.0)
-    station.data_to_send()
-    station.deactivate()
-    assert station.state is State.STOPPED and not station.can_send
-    station.handle_timer(16.0)  # no t1 for frames handed to the new active connection
-    assert station.state is State.STOPPED
-    station.receive_data(encode_s(1), 16.0)  # a late confirmation is still valid
-    assert events(station) == [Acknowledged(1)]
+    station.receive_data(encode_u(UFunction.STOPDT_ACT), 1.0)
+    station.handle_timer(15.0)
+    assert station.state is State.CLOSED and station.failure is not None
+    assert station.failure.cause is Cause.T1_EXPIRED
+
+
+def test_controlling_station_sends_stopdt_only_after_its_frames_are_confirmed():
+    master, station = started_pair()
+    master.send_asdu(asdu(0), 0.0)
+    master.stop(0.5)
+    assert master.state is State.PENDING_UNCONFIRMED_STOPPED
+    assert frames(master.data_to_send()) == [frames(encode_i(0, 0, asdu(0)))[0]]  # no STOPDT act yet
+    master.receive_data(encode_s(1), 1.0)
+    assert master.state is State.PENDING_STOPPED
+    assert frames(master.data_to_send()) == [UFrame(UFunction.STOPDT_ACT)]
+    master.receive_data(encode_u(UFunction.STOPDT_CON), 1.5)
+    assert master.state is State.STOPPED
+    assert events(master) == [Acknowledged(1), DataTransferStopped()]
+
+
+def test_controlling_station_keeps_accepting_i_frames_until_stopdt_con():
+    master, station = started_pair()
+    master.stop(0.0)
+    station.send_asdu(asdu(0), 0.0)  # crossed the STOPDT act on the wire
+    master.receive_data(station.data_to_send(), 0.1)
+    assert events(master) == [AsduReceived(asdu(0))]
+
+
+def test_more_than_k_unconfirmed_i_frames_from_the_peer_is_a_protocol_error():
+    master = Link(Role.CONTROLLING, LinkParams(k=3, w=2), manual_ack=True)
+    master.start(0.0)
+    master.receive_data(encode_u(UFunction.STARTDT_CON), 0.0)
+    events(master)
+    master.receive_data(b"".join(encode_i(n, 0, asdu(n)) for n in range(3)), 0.1)
+    assert [type(e) for e in events(master)] == [AsduReceived] * 3
+    master.receive_data(encode_i(3, 0, asdu(3)), 0.2)
+    (event,) = events(master)
+    assert isinstance(event, LinkFailed) and event.cause is Cause.TOO_MANY_UNCONFIRMED
+
+
+def test_k_counts_only_frames_we_have_not_confirmed():
+    master = Link(Role.CONTROLLING, LinkParams(k=3, w=2), manual_ack=True)
+    master.start(0.0)
+    master.receive_data(encode_u(UFunction.STARTDT_CON), 0.0)
+    master.receive_data(b"".join(encode_i(n, 0, asdu(n)) for n in range(3)), 0.1)
+    master.acknowledge(2, 0.1)
+    master.receive_data(b"".join(encode_i(n, 0, asdu(n)) for n in range(3, 5)), 0.2)
+    assert master.state is State.STARTED
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_every_u_frame_the_table_does_not_list_is_a_protocol_error(role):
+    """Walk each reachable state and feed every U-frame that the table has no entry for."""
+    from concentrator.iec104.link_states import TRANSITIONS, U_INPUT
+
+    table = TRANSITIONS[role]
+    for state in {s for s, _ in table} | {s for s, _ in table.values()}:
+        for function, name in U_INPUT.items():
+            if (state, name) in table:
+                continue
+            link = Link(role)
+            link.state = state  # white-box: put the link in the state under test
+            link.receive_data(encode_u(function), 0.0)
+            assert link.state is State.CLOSED, (role, state, function)
+            assert link.failure is not None and link.failure.cause is Cause.UNEXPECTED_FRAME
+
+
+def test_a_burst_is_handled_in_turns_of_max_frames():
+    _, station = started_pair()
+    burst = encode_u(UFunction.TESTFR_ACT) * 25
+    assert station.receive_data(burst, 1.0, max_frames=10) is True
+    assert len(frames(station.data_to_send())) == 10
+    assert station.receive_data(b"", 1.1, max_frames=10) is True
+    assert station.receive_data(b"", 1.2, max_frames=10) is False
+    assert len(frames(station.data_to_send())) == 15
+    assert station.receive_data(encode_u(UFunction.TESTFR_ACT), 2.0, max_frames=1) is False  # nothing left

@@ -1,0 +1,118 @@
+"""The trio driver's I/O only (decisions are the core's, tests/unit/test_relay_core*.py):
+the os.read/os.write fast path over a real socket.socketpair(), the writer task when
+the socket is full, order of bytes, and how a connection's end reaches the core."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from concentrator.iec104.apci import UFrame, UFunction, decode, encode_u
+from concentrator.relay import SEND_BUDGET, Connection, Relay
+from tests.helpers import relay_config
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on loopback (socketpair() is AF_UNIX, which has no reset)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    return accepted, client
+
+
+async def serve_pair(nursery: trio.Nursery, tcp: bool = False) -> tuple[Relay, Connection, trio.socket.SocketType]:
+    relay = Relay(relay_config([1]))  # the site is never connected: core.start() is not called
+    relay._nursery = nursery
+    ours, theirs = tcp_pair() if tcp else socket.socketpair()
+    ours.setblocking(False)
+    conn_id = relay.core.uplink_accepted("127.0.0.1", trio.current_time())
+    assert conn_id is not None
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    relay._serve(conn_id, stream)
+    return relay, relay._connections[conn_id], trio.socket.from_stdlib_socket(theirs)
+
+
+async def test_fast_path_reads_and_answers_over_a_socketpair():
+    async with trio.open_nursery() as nursery:
+        relay, connection, peer = await serve_pair(nursery)
+        assert connection._fd >= 0  # a socket: os.read/os.write, not receive_some/send_all
+        await peer.send(encode_u(UFunction.STARTDT_ACT) + encode_u(UFunction.TESTFR_ACT))
+        with trio.fail_after(5):
+            data = b""
+            while len(data) < 12:
+                data += await peer.recv(100)
+        assert [decode(data[:6]), decode(data[6:])] == [UFrame(UFunction.STARTDT_CON), UFrame(UFunction.TESTFR_CON)]
+        assert relay.core.active is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_socket_hands_over_to_the_writer_and_keeps_the_order():
+    async with trio.open_nursery() as nursery:
+        _, connection, peer = await serve_pair(nursery)
+        first = bytes(range(256)) * 8192  # 2 MiB: more than the socket buffers take
+        second = b"\x68" * 100_000
+        connection.send(first)
+        assert connection._unsent  # os.write took only part of it
+        connection.send(second)  # queued behind the rest, never written ahead of it
+        received = bytearray()
+        with trio.fail_after(10):
+            while len(received) < len(first) + len(second):
+                received += await peer.recv(1 << 16)
+        assert bytes(received) == first + second
+        assert not connection._unsent
+        nursery.cancel_scope.cancel()
+
+
+async def test_peer_closing_reaches_the_core_with_its_cause():
+    async with trio.open_nursery() as nursery:
+        relay, connection, peer = await serve_pair(nursery)
+        peer.close()
+        with trio.fail_after(5):
+            while relay.core.uplinks:
+                await trio.sleep(0.01)
+        assert relay.stats.uplink.disconnects["peer_closed"] == 1
+        assert connection.id not in relay._connections
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reset_connection_reaches_the_core_as_a_connection_error():
+    async with trio.open_nursery() as nursery:
+        relay, _, peer = await serve_pair(nursery, tcp=True)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # linger 0: a reset
+        with trio.fail_after(5):
+            while relay.core.uplinks:
+                await trio.sleep(0.01)
+        assert relay.stats.uplink.disconnects == {"connection_error": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_core_closing_a_connection_closes_the_socket():
+    async with trio.open_nursery() as nursery:
+        relay, connection, peer = await serve_pair(nursery)
+        await peer.send(b"\x00\x01\x02")  # not an APDU: the core closes the connection
+        with trio.fail_after(5):
+            assert await peer.recv(100) == b""
+        assert relay.stats.uplink.disconnects["bad_frame"] == 1
+        assert connection.id not in relay._connections
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_stops_reading_is_closed_at_its_send_budget():
+    async with trio.open_nursery() as nursery:
+        relay, connection, peer = await serve_pair(nursery)
+        # TESTFR acts, never reading the confirmations: they pile up in the relay.
+        flood = encode_u(UFunction.TESTFR_ACT) * 10_000
+        with trio.fail_after(20):
+            while relay.core.uplinks:
+                try:
+                    view = memoryview(flood)
+                    while view:  # whole frames only: a partial send would cut one
+                        view = view[await peer.send(view) :]
+                except OSError:
+                    break  # the relay closed the connection
+                await trio.sleep(0)
+        assert relay.stats.uplink.disconnects == {"send_budget_exceeded": 1}
+        assert len(connection._unsent) <= SEND_BUDGET + len(flood)
+        nursery.cancel_scope.cancel()
