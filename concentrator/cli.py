@@ -19,6 +19,8 @@ from .evidence.history import record_accepted
 
 log = logging.getLogger(__name__)
 
+IP_FREEBIND = 15  # linux/in.h: bind an address this host does not hold (yet); not in Python's socket module
+
 
 def _relay(args: argparse.Namespace) -> int:
     from .relay import Relay
@@ -123,7 +125,7 @@ def check_listeners(config: Config) -> None:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if listen.host in virtual:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_FREEBIND, 1)
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
             try:
                 sock.bind((listen.host, listen.port))
                 sock.listen()  # two bound sockets may share a port; two listening ones may not

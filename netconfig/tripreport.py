@@ -36,6 +36,7 @@ from .multicast import (
     NFT_TABLE,
     SMCROUTE,
     MulticastConfig,
+    PathStatus,
     counters,
     load_multicast,
     nft_entries,
@@ -120,10 +121,21 @@ def _write_last(path: str, doc: dict[str, Any]) -> None:
         print(f"trip-path: cannot keep the counts in {path}: {exc}", file=sys.stderr)
 
 
-def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, last_file: str) -> dict[str, Any]:
-    in_use = paths_in_use(network.links) if network is not None else {}
+def kernel_paths(mc: MulticastConfig, in_use: dict[str, str | None], last: Any = None) -> list[PathStatus]:
+    """Each trip (S,G) as the kernel forwards it (either engine), judged against the paths
+    in use (`in_use_by`); `last` as for path_status."""
     entries = read_kernel() if mc.engine == SMCROUTE else nft_entries(mc, read_rules_sync() or [])
-    status = path_status(mc, entries, in_use, _read_last(last_file))
+    return path_status(mc, entries, in_use, last)
+
+
+def in_use_by(network: NetworkConfig | None) -> dict[str, str | None]:
+    """The path each managed interface's link uses now, from the kernel's routes."""
+    return paths_in_use(network.links) if network is not None else {}
+
+
+def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, last_file: str) -> dict[str, Any]:
+    in_use = in_use_by(network)
+    status = kernel_paths(mc, in_use, _read_last(last_file))
     _write_last(last_file, counters(status))
     joined = read_igmp_memberships()
     ports = {g.group: g.port for g in mc.groups}

@@ -373,7 +373,7 @@ def _build(config_file: str, out: str, duration: float, netd_state_file: str | N
     os.makedirs(out, exist_ok=True)
     state = labmod.read_state(netd_state_file)
     mc = config.multicast
-    before = kernel_snapshot(mc) if mc is not None else {}
+    before = kernel_snapshot(mc, config.network) if mc is not None else {}
     capture = Capture(capture_interfaces(config), os.path.join(out, "capture"))
     capture.start()
     stopped = None
@@ -382,13 +382,13 @@ def _build(config_file: str, out: str, duration: float, netd_state_file: str | N
             # The relay is stopped in the middle third of the capture.
             time.sleep(duration / 3)
             relays = [p.pid for p in concentrator_processes() if p.role == "relay"]
-            stopped = labmod.stop_relay(relays, mc, duration / 3)
+            stopped = labmod.stop_relay(relays, mc, config.network, duration / 3)
             time.sleep(duration / 3)
         else:
             time.sleep(duration)
     finally:
         result = capture.stop()
-    after = kernel_snapshot(mc) if mc is not None else {}
+    after = kernel_snapshot(mc, config.network) if mc is not None else {}
     maddr = ip_maddr()
     with open(os.path.join(out, "ip-maddr.txt"), "w") as f:
         f.write(maddr)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from netconfig.config import NetworkConfig
 from netconfig.multicast import MulticastConfig
 from netconfig.probe import echo_request
 
@@ -53,15 +54,17 @@ def read_state(path: str | None) -> dict[str, Any] | None:
         return None
 
 
-def stop_relay(pids: list[int], mc: MulticastConfig | None, seconds: float) -> dict[str, Any]:
+def stop_relay(
+    pids: list[int], mc: MulticastConfig | None, network: NetworkConfig | None, seconds: float
+) -> dict[str, Any]:
     """SIGSTOP the relay for `seconds`; the kernel's trip counters before and after."""
-    before = kernel_snapshot(mc) if mc is not None else {}
+    before = kernel_snapshot(mc, network) if mc is not None else {}
     started = time.time()
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(seconds)
-        after = kernel_snapshot(mc) if mc is not None else {}
+        after = kernel_snapshot(mc, network) if mc is not None else {}
         states = {pid: _proc_state(pid) for pid in pids}
     finally:
         for pid in pids:

@@ -16,8 +16,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from netconfig.multicast import MulticastConfig, path_status, wanted_routes
-from netconfig.trippath import read_igmp_memberships, read_kernel
+from netconfig.config import NetworkConfig
+from netconfig.multicast import MulticastConfig, wanted_routes
+from netconfig.trippath import read_igmp_memberships
+from netconfig.tripreport import in_use_by, kernel_paths
 
 from .streams import Datagram
 
@@ -123,9 +125,10 @@ def ip_maddr() -> str:
         return f"(ip maddr show failed: {exc})"
 
 
-def kernel_snapshot(mc: MulticastConfig) -> dict[str, dict[str, Any]]:
-    """(source, group) -> the kernel's entry as JSON (netconfig.multicast.PathStatus)."""
-    return {f"{st.source}>{st.group}": st.to_json() for st in path_status(mc, read_kernel())}
+def kernel_snapshot(mc: MulticastConfig, network: NetworkConfig | None) -> dict[str, dict[str, Any]]:
+    """(source, group) -> the kernel's entry as JSON (netconfig.multicast.PathStatus), as
+    `concentrator trip-path` reads it."""
+    return {f"{st.source}>{st.group}": st.to_json() for st in kernel_paths(mc, in_use_by(network))}
 
 
 def active_interfaces(netd_state: dict[str, Any] | None, network: Any) -> dict[str, str | None]:

@@ -87,6 +87,30 @@ def test_a_wildcard_uplink_on_a_busy_port_fails(tmp_path: Path, busy: socket.soc
     assert info.value.key == "uplink.listen" and "Address already in use" in str(info.value.got)
 
 
+def with_ha(doc: dict[str, Any], virtual: str, ha_metrics: str) -> dict[str, Any]:
+    """An appliance of an HA pair: the relay listens on the uplink's virtual address."""
+    doc["uplink"]["listen"] = f"{virtual}:{free_port()}"
+    doc["ha"] = {
+        "node": "conc-a", "priority": 150, "virtual_router_id": 51, "advert_interval": 0.1, "preempt": "never",
+        "uplink": {"interface": "bmi0", "virtual_address": f"{virtual}/24", "peer": "192.0.2.12"},
+        "sites": {"interface": "lan0", "virtual_address": "198.51.100.10/24", "peer": "198.51.100.12"},
+        "metrics_listen": ha_metrics,
+    }  # fmt: skip
+    return doc
+
+
+def test_an_ha_virtual_address_not_held_here_passes_but_a_foreign_one_does_not(tmp_path: Path) -> None:
+    # The standby does not hold the virtual address: its port is checked, not the address.
+    doc = with_ha(document("127.0.0.1:1", f"127.0.0.1:{free_port()}"), "192.0.2.10", f"127.0.0.1:{free_port()}")
+    result = check_config(write(tmp_path, doc))
+    assert result.returncode == 0, result.stderr
+    # Any other address this host does not have still fails: here the HA metrics.
+    doc["ha"]["metrics_listen"] = f"192.0.2.99:{free_port()}"
+    result = check_config(write(tmp_path, doc))
+    assert result.returncode == 2
+    assert ": ha.metrics_listen: expected an address and port this host can listen on now" in result.stderr
+
+
 def test_a_foreign_metrics_address_fails_with_the_reason(tmp_path: Path) -> None:
     # 192.0.2.0/24 is TEST-NET-1: on no interface of this host.
     path = write(tmp_path, document(f"127.0.0.1:{free_port()}", f"192.0.2.1:{free_port()}"))
