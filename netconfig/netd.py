@@ -24,6 +24,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -236,7 +237,7 @@ class LinkController:
             return
         for ev in events:
             if isinstance(ev, Switched):
-                route_s = self._try(lambda: self.routes.apply(self.link, self.path(ev.to)))
+                route_s = self._try(partial(self.routes.apply, self.link, self.path(ev.to)))
                 self._apply_standby()
                 info = SwitchInfo(
                     time.time(), ev.frm.value, ev.to.value, ev.reason.value,

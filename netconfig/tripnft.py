@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address
+
 import trio
 
 from .multicast import (

@@ -22,7 +22,7 @@ ASDU at the receiver, on the same clock (CLOCK_MONOTONIC via `time.perf_counter_
 The BMI either holds one connection (to the relay) or one connection per site (the
 direct and haproxy baselines: port `first_port + i` reaches site i).
 
-    python -m concentrator.sim.loadgen steady --sites 100 --rate 10 --site-port 30000 \
+    python -m bench.loadgen steady --sites 100 --rate 10 --site-port 30000 \
         --bmi-port 2404 --duration 15 --watch-pid 1234
 prints one JSON object with the measurements on stdout.
 """
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..iec104.link import (
+from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
     DataTransferStarted,
@@ -725,7 +725,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="loadgen", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=["steady", "storm"])
     parser.add_argument("--sites", type=int, required=True)
     parser.add_argument("--site-port", type=int, required=True, help="site i listens on this port + i")
