@@ -1,4 +1,4 @@
-"""The `concentrator` command: relay, check-config, health, demo, netd, trip-path."""
+"""The `concentrator` command: relay, check-config, health, demo, netd, trip-path, shedding, ha, evidence."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .config import Config, ConfigError, load_config
+from .evidence.history import record_accepted
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def _relay(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_installed(config)
     log.info("configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites))
+    record_accepted(config, "relay")
     relay = Relay(config)
 
     async def run() -> None:
@@ -91,6 +93,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"{config.file}: {problem}", file=sys.stderr)
         return 1
     cas = sum(len(site.common_addresses) for site in config.sites)
+    record_accepted(config, "check-config")
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
     return 0
 
@@ -204,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "trip-path", help="show the kernel's multicast trip path per group (installed, interfaces, counters); --json"
     )
+    commands.add_parser(
+        "evidence", help="the approval dossier (annex A40 5.10) from this appliance; evidence --help for its options"
+    )
     return parser
 
 
@@ -237,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import ha
 
         return (ha.main if argv[0] == "ha" else ha.status_main)(argv[1:])
+    if argv[:1] == ["evidence"]:
+        from .evidence import main as evidence_main
+
+        return evidence_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -20,6 +20,8 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from .probe import internet_checksum
+
 ESTABLISHED, LISTEN = "01", "0A"
 
 
@@ -45,20 +47,11 @@ def connected_peers(host: str, port: int) -> list[str]:
     return [f"{ip}:{p}" for local, (ip, p), state in tcp_table() if local == (host, port) and state == ESTABLISHED]
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def bare_ack(source: tuple[str, int], destination: tuple[str, int], seq: int, ack: int) -> bytes:
     """A TCP segment with only ACK set and no data, checksum included."""
     header = struct.pack("!HHIIBBHHH", source[1], destination[1], seq, ack, 5 << 4, 0x10, 1024, 0, 0)
     pseudo = socket.inet_aton(source[0]) + socket.inet_aton(destination[0]) + struct.pack("!BBH", 0, 6, len(header))
-    return header[:16] + struct.pack("!H", _checksum(pseudo + header)) + header[18:]
+    return header[:16] + struct.pack("!H", internet_checksum(pseudo + header)) + header[18:]
 
 
 def nudge(local: tuple[str, int], peers: Iterable[str]) -> int:

@@ -31,7 +31,8 @@ ICMP_ECHO_REPLY = 0
 _next_ident = os.getpid() & 0xFF00
 
 
-def _checksum(data: bytes) -> int:
+def internet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ICMP, and of TCP over its pseudo-header."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -42,7 +43,7 @@ def _checksum(data: bytes) -> int:
 
 def echo_request(ident: int, seq: int, payload: bytes = b"netd-probe") -> bytes:
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    csum = _checksum(header + payload)
+    csum = internet_checksum(header + payload)
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
 
 
