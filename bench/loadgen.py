@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from concentrator.iec104.asdu import BROADCAST_CA, Cause
 from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
@@ -60,12 +61,6 @@ monotonic = time.monotonic
 M_BO_NA_1 = 7
 C_SC_NA_1 = 45
 C_IC_NA_1 = 100
-COT_SPONTANEOUS = 3
-COT_ACTIVATION = 6
-COT_ACTIVATION_CON = 7
-COT_ACTIVATION_TERM = 10
-COT_INTERROGATED = 20
-BROADCAST_CA = 65535
 STAMPED_IOA = 1000
 COMMAND_IOA = 5000
 
@@ -101,7 +96,7 @@ def command_asdu(ca: int, cause: int, select: bool) -> bytes:
                   0x81 if select else 0x01))  # fmt: skip
 
 
-def interrogation_asdu(ca: int, cause: int = COT_ACTIVATION) -> bytes:
+def interrogation_asdu(ca: int, cause: int = Cause.ACTIVATION) -> bytes:
     return bytes((C_IC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, 0, 0, 0, 20))
 
 
@@ -307,16 +302,16 @@ class SiteEndpoint(Endpoint):
             sent = gen.down_sent.pop(site.ca, None)
             if sent is not None and gen.measuring:
                 gen.down_latency.append(received_ns - sent)
-            self.send(_mirror(asdu, COT_ACTIVATION_CON, site.ca))
+            self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             if not asdu[9] & 0x80:  # execute: the command ran
-                self.send(_mirror(asdu, COT_ACTIVATION_TERM, site.ca))
+                self.send(_mirror(asdu, Cause.ACTIVATION_TERMINATION, site.ca))
         elif type_id == C_IC_NA_1:
-            self.send(_mirror(asdu, COT_ACTIVATION_CON, site.ca))
+            self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             ca = site.ca
             for n in range(gen.storm_objects):
                 ioa = STAMPED_IOA + 1 + n
-                self.waiting.append(partial(_stamp_now, ca, COT_INTERROGATED, ioa, 0))
-            self.send(_mirror(asdu, COT_ACTIVATION_TERM, ca))
+                self.waiting.append(partial(_stamp_now, ca, Cause.INTERROGATED_BY_STATION, ioa, 0))
+            self.send(_mirror(asdu, Cause.ACTIVATION_TERMINATION, ca))
         else:
             gen.other_down += 1
 
@@ -351,7 +346,7 @@ class BmiEndpoint(Endpoint):
         type_id = asdu[0]
         if type_id == M_BO_NA_1 and len(asdu) == STAMPED_LENGTH:
             cause, ca, sequence, sent = read_stamped(asdu)
-            if cause == COT_SPONTANEOUS:
+            if cause == Cause.SPONTANEOUS:
                 site = gen.site_by_ca[ca]
                 if sequence != site.next_expected:
                     if sequence < site.next_expected:
@@ -370,9 +365,9 @@ class BmiEndpoint(Endpoint):
             gen.command_answer(asdu, received_ns)
         elif type_id == C_IC_NA_1:
             cause = asdu[2] & 0x3F
-            if cause == COT_ACTIVATION_CON:
+            if cause == Cause.ACTIVATION_CON:
                 gen.storm_confirmations += 1
-            elif cause == COT_ACTIVATION_TERM:
+            elif cause == Cause.ACTIVATION_TERMINATION:
                 gen.storm_terminations += 1
                 gen.storm_last_ns = received_ns
         else:
@@ -502,7 +497,7 @@ class LoadGen:
             ca = site.ca
             # Stamped when the event arises, not when the window lets it leave: a UPDC
             # waiting for confirmations (end to end through the relay) is part of the delay.
-            endpoint.send(stamped_asdu(ca, COT_SPONTANEOUS, STAMPED_IOA, sequence, now_ns()))
+            endpoint.send(stamped_asdu(ca, Cause.SPONTANEOUS, STAMPED_IOA, sequence, now_ns()))
             loop.call_at(when + period, fire, when + period)
 
         first = loop.time() + random.random() * period
@@ -514,7 +509,7 @@ class LoadGen:
         sent = now_ns()
         self.command_state[ca] = [0, sent]
         self.down_sent[ca] = sent
-        self.bmi_for(ca).send(command_asdu(ca, COT_ACTIVATION, select=True))
+        self.bmi_for(ca).send(command_asdu(ca, Cause.ACTIVATION, select=True))
 
     def command_answer(self, asdu: bytes, received_ns: int) -> None:
         ca = asdu[4] | asdu[5] << 8
@@ -524,18 +519,18 @@ class LoadGen:
             self.other_up += 1
             return
         phase, sent = state
-        if phase == 0 and cause == COT_ACTIVATION_CON:
+        if phase == 0 and cause == Cause.ACTIVATION_CON:
             if self.measuring:
                 self.select_rtt.append(received_ns - sent)
             sent = now_ns()
             state[0], state[1] = 1, sent
             self.down_sent[ca] = sent
-            self.bmi_for(ca).send(command_asdu(ca, COT_ACTIVATION, select=False))
-        elif phase == 1 and cause == COT_ACTIVATION_CON:
+            self.bmi_for(ca).send(command_asdu(ca, Cause.ACTIVATION, select=False))
+        elif phase == 1 and cause == Cause.ACTIVATION_CON:
             if self.measuring:
                 self.execute_con_rtt.append(received_ns - sent)
             state[0] = 2
-        elif phase == 2 and cause == COT_ACTIVATION_TERM:
+        elif phase == 2 and cause == Cause.ACTIVATION_TERMINATION:
             if self.measuring:
                 self.execute_term_rtt.append(received_ns - sent)
             del self.command_state[ca]

@@ -1,8 +1,8 @@
 """Read-only decoder of the ASDUs a site sends (IEC 60870-5-101/104, companion 104 profile).
 
 It reads copies: the relay forwards the original bytes and never re-encodes anything.
-Used off the relay's hot path (the MQTT mirror decodes in its own task), so clarity
-matters more here than speed.
+Used off the relay's hot path (the MQTT mirror and the shedding monitor decode in
+processes of their own), so clarity matters more here than speed.
 
 Element layouts (octets after the 3-octet IOA):
 
@@ -169,10 +169,13 @@ VALUE_LENGTH = {
     ValueKind.TEST_COMMAND: 2,
 }
 
-# Kinds whose measured value is an analogue measurement (section 6.3: cyclic, QoS 0).
-MEASUREMENT_KINDS = frozenset(
-    {ValueKind.NORMALISED, ValueKind.SCALED, ValueKind.FLOAT, ValueKind.NORMALISED_NO_QUALITY}
+# Analogue measurements and integrated totals: the values a site sends again and again,
+# each sample replacing the last (the MQTT mirror publishes them at QoS 0, section 6.3 of
+# the operator's specification, and drops them first when its queue is full).
+CYCLIC_KINDS = frozenset(
+    {ValueKind.NORMALISED, ValueKind.SCALED, ValueKind.FLOAT, ValueKind.NORMALISED_NO_QUALITY, ValueKind.COUNTER}
 )
+CYCLIC_TYPES = frozenset(type_id for type_id, (_, kind, _) in TYPES.items() if kind in CYCLIC_KINDS)
 
 
 class DecodeError(AsduError):

@@ -21,11 +21,8 @@ from typing import Self
 
 import c104
 
-from concentrator.iec104.asdu import AsduHeader
+from concentrator.iec104.asdu import BROADCAST_CA, AsduHeader, Cause
 from concentrator.sim.points import (
-    BROADCAST_CA,
-    COT_ACTIVATION_CON,
-    COT_UNKNOWN_CA,
     IOA_BREAKER_CMD,
     TYPE_C_CS_NA_1,
     TYPE_C_DC_NA_1,
@@ -200,7 +197,7 @@ class BmiSimulator:
             verdict = self._command_verdict(mark_rx, ca, self.command_timeout if accepted else RAW_CAPTURE_GRACE)
             if verdict is not None:
                 return verdict
-            selected = any(h.cause == COT_ACTIVATION_CON for h, _ in self._replies(mark_rx, TYPE_C_DC_NA_1, ca))
+            selected = any(h.cause == Cause.ACTIVATION_CON for h, _ in self._replies(mark_rx, TYPE_C_DC_NA_1, ca))
             executed = any(a[0] == TYPE_C_DC_NA_1 and not a[-1] & 0x80 for a in self.sent.asdus_since(mark_tx))
             if not selected or executed or attempt:
                 return False
@@ -215,10 +212,10 @@ class BmiSimulator:
 
         def decided() -> bool:
             for head, asdu in self._replies(mark, TYPE_C_DC_NA_1, ca):
-                if head.negative or head.cause == COT_UNKNOWN_CA:
+                if head.negative or head.cause == Cause.UNKNOWN_COMMON_ADDRESS:
                     verdict[:] = [False]
                     return True
-                if head.cause == COT_ACTIVATION_CON and not asdu[-1] & 0x80:
+                if head.cause == Cause.ACTIVATION_CON and not asdu[-1] & 0x80:
                     verdict[:] = [True]
             return bool(verdict)
 
@@ -261,9 +258,9 @@ class BmiSimulator:
 
         def settled() -> bool:
             for head, _ in self._replies(mark, type_id, ca):
-                if head.cause == COT_UNKNOWN_CA or head.negative:
+                if head.cause == Cause.UNKNOWN_COMMON_ADDRESS or head.negative:
                     verdict[head.common_address] = False
-                elif head.cause == COT_ACTIVATION_CON:
+                elif head.cause == Cause.ACTIVATION_CON:
                     verdict.setdefault(head.common_address, True)
             return expected <= verdict.keys()
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import trio
 
+from ..iec104.asdu import Cause
 from .codec_peers import QueueingStation
 from .points import (
-    COT_ACTIVATION,
-    COT_ACTIVATION_CON,
     IOA_BREAKER,
     IOA_BREAKER_CMD,
     IOA_LOCK,
@@ -118,11 +117,11 @@ class SheddingSite:
                 self._command(asdu, nursery)
 
     def _command(self, asdu: bytes, nursery: trio.Nursery) -> None:
-        if asdu[0] not in (TYPE_C_DC_NA_1, TYPE_C_SC_NA_1) or asdu[2] & 0x3F != COT_ACTIVATION:
+        if asdu[0] not in (TYPE_C_DC_NA_1, TYPE_C_SC_NA_1) or asdu[2] & 0x3F != Cause.ACTIVATION:
             return
         self.commands.append(asdu)
         confirmation = bytearray(asdu)
-        confirmation[2] = (confirmation[2] & 0xC0) | COT_ACTIVATION_CON
+        confirmation[2] = (confirmation[2] & 0xC0) | Cause.ACTIVATION_CON
         self.station.enqueue(bytes(confirmation))
         ioa, octet = int.from_bytes(asdu[6:9], "little"), asdu[9]
         if octet & 0x80:  # a select: confirmed, nothing done yet
