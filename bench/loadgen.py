@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from concentrator.iec104.asdu import BROADCAST_CA, Cause
+from concentrator.iec104.decode import TypeId
 from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
@@ -58,9 +59,6 @@ from concentrator.iec104.link import (
 now_ns = time.perf_counter_ns
 monotonic = time.monotonic
 
-M_BO_NA_1 = 7
-C_SC_NA_1 = 45
-C_IC_NA_1 = 100
 STAMPED_IOA = 1000
 COMMAND_IOA = 5000
 
@@ -74,7 +72,7 @@ _stamped_unpack = _STAMPED.unpack_from
 
 def stamped_asdu(ca: int, cause: int, ioa: int, sequence: int, sent_ns: int) -> bytes:
     return _stamped_pack(
-        M_BO_NA_1, 0x83, cause, 0, ca, ioa & 0xFFFF, ioa >> 16, sequence & 0xFFFFFFFF, 0,
+        TypeId.M_BO_NA_1, 0x83, cause, 0, ca, ioa & 0xFFFF, ioa >> 16, sequence & 0xFFFFFFFF, 0,
         sent_ns & 0xFFFFFFFF, 0, sent_ns >> 32, 0,
     )  # fmt: skip
 
@@ -92,12 +90,12 @@ def read_stamped(asdu: bytes) -> tuple[int, int, int, int]:
 
 def command_asdu(ca: int, cause: int, select: bool) -> bytes:
     """C_SC_NA_1, IOA 5000, ON; S/E bit set for select."""
-    return bytes((C_SC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, COMMAND_IOA & 0xFF, COMMAND_IOA >> 8, 0,
+    return bytes((TypeId.C_SC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, COMMAND_IOA & 0xFF, COMMAND_IOA >> 8, 0,
                   0x81 if select else 0x01))  # fmt: skip
 
 
 def interrogation_asdu(ca: int, cause: int = Cause.ACTIVATION) -> bytes:
-    return bytes((C_IC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, 0, 0, 0, 20))
+    return bytes((TypeId.C_IC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, 0, 0, 0, 20))
 
 
 def _mirror(asdu: bytes, cause: int, ca: int) -> bytes:
@@ -298,14 +296,14 @@ class SiteEndpoint(Endpoint):
         gen = self.gen
         site = self.site
         type_id = asdu[0]
-        if type_id == C_SC_NA_1:
+        if type_id == TypeId.C_SC_NA_1:
             sent = gen.down_sent.pop(site.ca, None)
             if sent is not None and gen.measuring:
                 gen.down_latency.append(received_ns - sent)
             self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             if not asdu[9] & 0x80:  # execute: the command ran
                 self.send(_mirror(asdu, Cause.ACTIVATION_TERMINATION, site.ca))
-        elif type_id == C_IC_NA_1:
+        elif type_id == TypeId.C_IC_NA_1:
             self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             ca = site.ca
             for n in range(gen.storm_objects):
@@ -344,7 +342,7 @@ class BmiEndpoint(Endpoint):
     def on_asdu(self, asdu: bytes, received_ns: int) -> None:
         gen = self.gen
         type_id = asdu[0]
-        if type_id == M_BO_NA_1 and len(asdu) == STAMPED_LENGTH:
+        if type_id == TypeId.M_BO_NA_1 and len(asdu) == STAMPED_LENGTH:
             cause, ca, sequence, sent = read_stamped(asdu)
             if cause == Cause.SPONTANEOUS:
                 site = gen.site_by_ca[ca]
@@ -361,9 +359,9 @@ class BmiEndpoint(Endpoint):
                 gen.storm_received += 1
                 gen.storm_latency.append(received_ns - sent)
                 gen.storm_last_ns = received_ns
-        elif type_id == C_SC_NA_1:
+        elif type_id == TypeId.C_SC_NA_1:
             gen.command_answer(asdu, received_ns)
-        elif type_id == C_IC_NA_1:
+        elif type_id == TypeId.C_IC_NA_1:
             cause = asdu[2] & 0x3F
             if cause == Cause.ACTIVATION_CON:
                 gen.storm_confirmations += 1

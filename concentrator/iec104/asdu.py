@@ -29,12 +29,6 @@ class Cause(IntEnum):
     UNKNOWN_COMMON_ADDRESS = 46
 
 
-# Type identification ranges (IEC 60870-5-101/104).
-MONITOR_TYPES = range(1, 45)
-CONTROL_TYPES = range(45, 70)
-END_OF_INITIALISATION = 70
-SYSTEM_TYPES = range(100, 108)
-
 
 class AsduError(ValueError):
     """The bytes cannot be an ASDU of this profile."""

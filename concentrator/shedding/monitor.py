@@ -19,15 +19,17 @@ import math
 from dataclasses import dataclass, field
 
 from concentrator.iec104.asdu import BROADCAST_CA, AsduError, AsduHeader, Cause
-from concentrator.iec104.decode import DecodeError, InformationObject, decode_asdu
+from concentrator.iec104.decode import DecodeError, InformationObject, TypeId, decode_asdu
 
 from .config import SheddingConfig, ShedSite
 from .verdict import Change, Sample, SiteEvidence, SiteVerdict, judge_aggregate, judge_site
 
 # Control-direction types decode.py does not cover (it decodes the monitor direction);
 # decoded here: single and double command, without and with CP56Time2a.
-C_SC_NA_1, C_DC_NA_1, C_SC_TA_1, C_DC_TA_1 = 45, 46, 58, 59
-_COMMAND_TYPES = {C_SC_NA_1: False, C_DC_NA_1: True, C_SC_TA_1: False, C_DC_TA_1: True}  # -> is double
+# command type -> is it a double command
+_COMMAND_TYPES: dict[int, bool] = {
+    TypeId.C_SC_NA_1: False, TypeId.C_DC_NA_1: True, TypeId.C_SC_TA_1: False, TypeId.C_DC_TA_1: True
+}
 MAX_AGE_PERIODS = 1.5  # a slot takes the latest sample received within 1.5 periods
 # A breaker that opens with no shedding command or trip seen within this many seconds was
 # opened by the holder (or by a trip path not configured): not a shedding, not judged.
