@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from netconfig.harness import Lab  # noqa: E402
+from tests.lab.harness import Lab  # noqa: E402
 from tests.netns.appliance import Appliance  # noqa: E402
 
 

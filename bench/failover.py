@@ -3,7 +3,7 @@
     sudo python bench/failover.py --runs 10                       # defaults: 100 ms x 3
     sudo python bench/failover.py --runs 10 --probe-interval 0.05
 
-Builds one lab (netconfig.harness: BMI, concentrator, sites, primary and backup
+Builds one lab (tests.lab.harness: BMI, concentrator, sites, primary and backup
 veths, a link manager per namespace), runs UPDC stations, the real relay and a BMI,
 and for each fault type repeats: inject on the primary, wait for traffic to flow
 on the backup, measure, restore, wait for the fail-back. Per run it records the
@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netconfig.harness import Iec104Stream, Lab, install_signal_cleanup, run  # noqa: E402
 from netconfig.measure import analyze  # noqa: E402
+from tests.lab.harness import Iec104Stream, Lab, install_signal_cleanup, run  # noqa: E402
 
 
 def _both_down(lab: Lab, link: str, _path: str) -> None:

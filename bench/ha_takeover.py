@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netconfig.harness import install_signal_cleanup  # noqa: E402
+from tests.lab.harness import install_signal_cleanup  # noqa: E402
 from tests.netns.ha_lab import HaLab, check_stream, outage, per_site  # noqa: E402
 
 TRIPS, TRIP_INTERVAL = 150, 0.02

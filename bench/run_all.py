@@ -11,7 +11,7 @@ the relay in each run (summarise with `python bench/profile_summary.py DIR/FILE.
 Needs haproxy (Debian package); py-spy (pip) only for profiles.
 
 Each measurement runs three processes at most: the load generator
-(`concentrator.sim.loadgen`: simulated sites and BMI, asyncio, one process), and the
+(`bench.loadgen`: simulated sites and BMI, asyncio, one process), and the
 path under test, which is one of
 
 - direct:  the BMI connects to every site itself (one connection per site);
@@ -185,7 +185,7 @@ class Bench:
         site_port = port_block(sites, 24000)
         site_range = range(site_port, site_port + sites)
         extra = port_block(max(sites, 2), site_port + sites, site_range)
-        argv = [sys.executable, "-m", "concentrator.sim.loadgen", scenario, "--sites", str(sites),
+        argv = [sys.executable, "-m", "bench.loadgen", scenario, "--sites", str(sites),
                 "--site-port", str(site_port)]  # fmt: skip
         path_process: subprocess.Popen[bytes] | None = None
         path_argv: list[str] = []
@@ -356,7 +356,7 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in meta["machine"].items()) + ".",
         "",
-        "Three processes share the two cores: the load generator (`concentrator.sim.loadgen`,",
+        "Three processes share the two cores: the load generator (`bench.loadgen`,",
         "asyncio, simulated sites and BMI in one process), the path under test (the relay or",
         "haproxy; nothing for direct) and the kernel's loopback. The generator's own cost is in",
         "every figure, baselines included, which is why the baselines are measured in the same run",

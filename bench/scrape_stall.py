@@ -5,7 +5,7 @@ of /metrics every second.
     python bench/scrape_stall.py --quick       # 1 pair of 6 s runs
 
 Each run is the relay as its own process (`python -m concentrator relay`, which serves
-its metrics on metrics.listen) driven by the load generator (concentrator.sim.loadgen,
+its metrics on metrics.listen) driven by the load generator (bench.loadgen,
 steady: every site sends stamped ASDUs, the BMI measures each one's latency). In the
 "scraped" runs a thread here GETs /metrics every second for the whole run, as Prometheus
 would, and times each scrape. Runs alternate (off, on, off, on, ...) so that the load
@@ -74,7 +74,7 @@ def run(workdir: Path, tag: str, sites: int, rate: float, duration: float, warmu
     config.write_text(relay_yaml(sites, site_port, extra, extra + 1, (12, 8)))
     pid_file = workdir / f"{tag}.pid"
     log = workdir / f"{tag}.loadgen.log"
-    argv = [sys.executable, "-m", "concentrator.sim.loadgen", "steady", "--sites", str(sites),
+    argv = [sys.executable, "-m", "bench.loadgen", "steady", "--sites", str(sites),
             "--site-port", str(site_port), "--bmi-port", str(extra), "--rate", str(rate),
             "--duration", str(duration), "--warmup", str(warmup), "--watch-pid-file", str(pid_file)]  # fmt: skip
     relay_argv = [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", str(config)]

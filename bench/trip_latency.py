@@ -2,7 +2,7 @@
 
     python bench/trip_latency.py [--pairs 3000] [--rate 500] [--out bench/trip-latency.json]
 
-A namespace lab (netconfig.harness: BMI, concentrator, one site; netd and smcrouted in
+A namespace lab (tests.lab.harness: BMI, concentrator, one site; netd and smcrouted in
 the concentrator). The BMI sends, alternately, a trip datagram to the group (forwarded
 by the concentrator's kernel through smcroute's (S,G) entry) and a unicast datagram to
 the site's service address (forwarded by the same kernel through its unicast route),
@@ -14,7 +14,7 @@ space in the measured interval.
 
 Three relay conditions, with the relay as a process in the concentrator namespace:
   idle       relay running, no IEC 104 traffic
-  saturated  relay fed by the load generator (concentrator.sim.loadgen, 100 sites)
+  saturated  relay fed by the load generator (bench.loadgen, 100 sites)
              faster than it can relay: it takes a full core (its CPU share is reported)
   stopped    relay terminated
 """
@@ -36,8 +36,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from netconfig.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for  # noqa: E402
-from netconfig.trip_peers import trip_payload  # noqa: E402
+from tests.lab.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for  # noqa: E402
+from tests.lab.trip_peers import trip_payload  # noqa: E402
 
 GROUP, PORT = "239.192.10.1", 30104
 UNICAST_PORT = PORT + 1
@@ -207,7 +207,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                                     **measure(lab, trips, f"idle-{rep}", args.pairs, args.rate, first, relay.pid)})
             first += 2 * args.pairs
             loadgen = lab.spawn("conc", f"bench-loadgen-{rep}", [
-                sys.executable, "-m", "concentrator.sim.loadgen", "steady", "--sites", str(sites),
+                sys.executable, "-m", "bench.loadgen", "steady", "--sites", str(sites),
                 "--site-port", str(site_port), "--bmi-port", str(bmi_port), "--bmi-k", "600", "--bmi-w", "400",
                 "--duration", "600", "--warmup", "1", *args.load.split()])
             # The relay reconnects its sites with a backoff (up to 10 s): wait until it
@@ -251,7 +251,8 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
     got: dict[str, dict[int, dict[str, Any]]] = {}
     for site in lab.sites:
         want = {q for q, r in sent.items() if r["kind"] == "multicast" or by_site[r["to"]] is site}
-        wait_for(lambda: want <= {r["seq"] for r in trips.received(site)}, 30.0, f"{label}: {site.name} received")
+        wait_for(lambda want=want, site=site: want <= {r["seq"] for r in trips.received(site)}, 30.0,
+                 f"{label}: {site.name} received")
         got[site.name] = {r["seq"]: r for r in trips.received(site) if r["seq"] in want}
     multicast, unicast, paired, first_site, last_site = [], [], [], [], []
     for seq, s in sent.items():
@@ -279,8 +280,9 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
         "added_paired_p50_us": round(statistics.median(paired), 2),
         "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
     }
+    first, last = result["multicast_first_site"], result["multicast_last_site"]
     print(f"{label:22s} multicast p50 {mc['p50_us']:7.1f} p99 {mc['p99_us']:7.1f} (site 1 p50 "
-          f"{result['multicast_first_site']['p50_us']:.1f}, last site p50 {result['multicast_last_site']['p50_us']:.1f})"
+          f"{first['p50_us']:.1f}, last site p50 {last['p50_us']:.1f})"
           f" | unicast p50 {uc['p50_us']:6.1f} p99 {uc['p99_us']:6.1f} | added p50 {result['added_p50_us']:+.1f}"
           f" p99 {result['added_p99_us']:+.1f} paired {result['added_paired_p50_us']:+.1f}"
           f" | machine busy {result['machine_busy_share']}", flush=True)
@@ -288,8 +290,8 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
 
 
 def bench_sites(args: argparse.Namespace) -> dict[str, Any]:
-    from netconfig.harness import Iec104Stream
     from netconfig.netd import load_sections
+    from tests.lab.harness import Iec104Stream
 
     results: dict[str, Any] = {"pairs": args.pairs, "rate_pairs_per_s": args.rate, "runs": []}
     for n, engine in SCALE_PLAN:
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "sender":
         return sender(args)
-    from netconfig.harness import install_signal_cleanup
+    from tests.lab.harness import install_signal_cleanup
 
     install_signal_cleanup()
     args.out = args.out or os.path.join(ROOT, "bench", "trip-sites.json" if args.sites else "trip-latency.json")

@@ -41,6 +41,7 @@ from concentrator.configbase import (
     read_yaml,
     seconds,
 )
+from concentrator.iec104.asdu import BROADCAST_CA
 from concentrator.iec104.link import LinkParams
 from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.shedding.config import SheddingConfig, parse_shedding
@@ -59,11 +60,9 @@ __all__ = [
     "load_config",
     "parse_config",
     "INTERRUPTIBILITY",
-    "BROADCAST_CA",
 ]
 
 INTERRUPTIBILITY = ("instantaneous", "emergency")
-BROADCAST_CA = 65535
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9104"
 
 
@@ -247,8 +246,8 @@ def _parse_site(value: object, path: str) -> SiteConfig:
     cas = items(m.get("common_addresses", MISSING), cas_path, "a non-empty list of common addresses")
     common_addresses: dict[int, None] = {}  # in the file's order; a dict for linear duplicate checks
     for j, item in enumerate(cas):
-        expected = "a common address from 1 to 65534 (65535 is broadcast)"
-        ca = integer(item, f"{cas_path}[{j}]", 1, 65534, expected=expected)
+        expected = f"a common address from 1 to {BROADCAST_CA - 1} ({BROADCAST_CA} is broadcast)"
+        ca = integer(item, f"{cas_path}[{j}]", 1, BROADCAST_CA - 1, expected=expected)
         if ca in common_addresses:
             raise Invalid(f"{cas_path}[{j}]", "each common address once in the list", ca)
         common_addresses[ca] = None

@@ -24,6 +24,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -176,9 +177,9 @@ class LinkController:
         route_s = self._try(lambda: self.routes.apply(self.link, self.path(self.fo.active)))
         self._apply_standby()
         log.info(
-            "start link=%s active=%s primary_healthy=%s backup_healthy=%s route_ms=%s",
-            self.link.name, self.fo.active.value, self.fo.healthy(Role.PRIMARY),
-            self.fo.healthy(Role.BACKUP), _ms(route_s),
+            "link %s: starting on %s (primary %s, backup %s), routes set in %s",
+            self.link.name, self.fo.active.value, _health(self.fo.healthy(Role.PRIMARY)),
+            _health(self.fo.healthy(Role.BACKUP)), _ms(route_s),
         )
 
     def _apply_standby(self) -> None:
@@ -192,7 +193,7 @@ class LinkController:
             return result if isinstance(result, float) else None
         except (RouteError, OSError) as exc:
             self.stats.route_errors_total += 1
-            log.error("route link=%s error=%s", self.link.name, exc)
+            log.error("link %s: route change failed: %s", self.link.name, exc)
             return None
 
     async def run(self) -> None:
@@ -236,7 +237,7 @@ class LinkController:
             return
         for ev in events:
             if isinstance(ev, Switched):
-                route_s = self._try(lambda: self.routes.apply(self.link, self.path(ev.to)))
+                route_s = self._try(partial(self.routes.apply, self.link, self.path(ev.to)))
                 self._apply_standby()
                 info = SwitchInfo(
                     time.time(), ev.frm.value, ev.to.value, ev.reason.value,
@@ -253,19 +254,19 @@ class LinkController:
                 self.stats.recent_switches.append(info)
                 # One line per switch, with reason and timing.
                 log.warning(
-                    "switch link=%s from=%s to=%s reason=%s detection_ms=%s outage_ms=%s route_ms=%s",
+                    "link %s: switched from %s to %s (%s): detected in %s, outage %s, routes set in %s",
                     self.link.name, ev.frm.value, ev.to.value, ev.reason.value,
                     _ms(ev.detection), _ms(ev.outage), _ms(route_s),
                 )
             elif isinstance(ev, PathDown):
-                log.info("path-down link=%s path=%s reason=%s", self.link.name, ev.role.value, ev.reason.value)
+                log.info("link %s: %s path down (%s)", self.link.name, ev.role.value, ev.reason.value)
             elif isinstance(ev, PathUp):
-                log.info("path-up link=%s path=%s", self.link.name, ev.role.value)
+                log.info("link %s: %s path up", self.link.name, ev.role.value)
             elif isinstance(ev, AllPathsDown):
                 self.stats.all_down_total += 1
-                log.error("all-paths-down link=%s keeping=%s", self.link.name, ev.active.value)
+                log.error("link %s: all paths down: keeping %s", self.link.name, ev.active.value)
             elif isinstance(ev, FailbackRefused):
-                log.warning("failback-refused link=%s why=%s", self.link.name, ev.why)
+                log.warning("link %s: fail-back refused: %s", self.link.name, ev.why)
         self._sync_stats()
         self._on_change()
 
@@ -281,7 +282,11 @@ def _usable(states: dict[str, LinkState], ifname: str) -> bool:
 
 
 def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:.1f}"
+    return "(not measured)" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+
+
+def _health(healthy: bool) -> str:
+    return "healthy" if healthy else "not healthy"
 
 
 # ---------------------------------------------------------------------- the process
@@ -342,7 +347,7 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
             ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, changed,
                                  resume.get(link.name))
             if link.name in resume:
-                log.info("resume link=%s active=%s (state file): the other path must answer a probe first",
+                log.info("link %s: resuming on %s (state file): the other path must answer a probe first",
                          link.name, resume[link.name].value)
             controllers.append(ctl)
             by_ifname[link.primary.interface] = (ctl, Role.PRIMARY)
@@ -417,7 +422,7 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
             stats.ready = True
             writer.write()
             notify(f"READY=1\nSTATUS=managing {len(cfg.links)} links")
-            log.info("ready links=%s", ",".join(link.name for link in cfg.links))
+            log.info("ready: links %s", ", ".join(link.name for link in cfg.links))
     finally:
         monitor.close()
         routes.close()

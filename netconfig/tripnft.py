@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address
+
 import trio
 
 from .multicast import (
@@ -116,7 +117,7 @@ class NftTripPath:
             log.error("nft table netdev %s not loaded: %s", NFT_TABLE, err.strip())
             return False
         self._applied = {(r.source, r.group): r for r in wanted}
-        log.info("trip path (nftables) installed: %d (S,G), outbound %s ms=%.1f", len(wanted),
+        log.info("trip path (nftables) installed: %d (S,G), outbound %s, in %.1f ms", len(wanted),
                  ",".join(sorted({n for r in wanted for n in r.outbound})), (time.perf_counter() - t0) * 1000)
         await self._verify()
         return True
@@ -163,7 +164,7 @@ class NftTripPath:
                 self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
                 self.state.last_repoint_seconds = took
                 self._on_change()  # the state file counts it now, not at the next refresh
-            log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s->%s ms=%.1f", group,
+            log.warning("trip group %s from %s: re-pointed from %s to %s, outbound %s -> %s, in %.1f ms", group,
                         route.source, before.inbound, route.inbound, ",".join(before.outbound),
                         ",".join(route.outbound), took * 1000)
         return await self._verify()

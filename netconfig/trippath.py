@@ -217,7 +217,7 @@ class TripPath:
             pid = self._adoptable()
             proc: subprocess.Popen[bytes] | None = None
             if pid is not None:
-                log.info("smcrouted pid=%d already running: adopted", pid)
+                log.info("smcrouted (pid %d) already running: adopted", pid)
             else:
                 try:
                     proc = await self._start()
@@ -245,7 +245,7 @@ class TripPath:
                 self.state.stats.installed[group] = False
             self._on_change()
             code = proc.returncode if proc is not None else "?"
-            log.error("smcrouted pid=%d exited (code %s) after %.1f s: the kernel dropped its multicast routes; "
+            log.error("smcrouted (pid %d) exited (code %s) after %.1f s: the kernel dropped its multicast routes; "
                       "restarting", pid, code, time.monotonic() - started)
             now = time.monotonic()
             exits = [t for t in exits if now - t < 2.0] + [now]
@@ -270,16 +270,16 @@ class TripPath:
         does not do it, stop it (the supervisor starts one of ours)."""
         if self._kernel_matches_file():
             return True
-        log.warning("smcrouted pid=%d has other interfaces or routes than the configuration (VIFs %s, wanted %s): "
+        log.warning("smcrouted (pid %d) has other interfaces or routes than the configuration (VIFs %s, wanted %s): "
                     "reloading it", pid, ",".join(sorted(read_vifs().values())), ",".join(sorted(self.cfg.interfaces)))
         await self._ctl("reload")
         deadline = trio.current_time() + START_TIMEOUT
         while trio.current_time() < deadline:
             if self._kernel_matches_file():
-                log.info("smcrouted pid=%d reloaded with the configured interfaces and routes", pid)
+                log.info("smcrouted (pid %d) reloaded with the configured interfaces and routes", pid)
                 return True
             await trio.sleep(0.01)
-        log.error("smcrouted pid=%d did not take the configuration on reload: stopping it", pid)
+        log.error("smcrouted (pid %d) did not take the configuration on reload: stopping it", pid)
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -298,7 +298,7 @@ class TripPath:
         # Its own session: a signal to netd's process group (Ctrl-C, a service
         # manager stopping netd) must not take the trip path down with it.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.info("smcrouted started pid=%d: %s", proc.pid, " ".join(argv))
+        log.info("smcrouted started (pid %d): %s", proc.pid, " ".join(argv))
         return proc
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes] | None) -> bool:
@@ -388,7 +388,7 @@ class TripPath:
         took = time.perf_counter() - t0
         entry = {(e.source, e.group): e for e in read_kernel()}.get(key)
         if entry is None or entry.inbound != route.inbound or set(entry.outbound) != set(route.outbound):
-            log.error("trip route group=%s source=%s not installed as asked (%s); kernel has %s", route.group,
+            log.error("trip group %s from %s: not installed as asked (%s); kernel has %s", route.group,
                       route.source, add, entry)
             return False
         self._force.discard(key)
@@ -398,10 +398,10 @@ class TripPath:
             self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
             self.state.last_repoint_seconds = took
             self._on_change()  # the state file counts it now, not at the next refresh
-            log.warning("trip re-point group=%s source=%s from=%s to=%s outbound=%s ms=%.1f", group,
+            log.warning("trip group %s from %s: re-pointed from %s to %s, outbound %s, in %.1f ms", group,
                         route.source, before.inbound, route.inbound, ",".join(route.outbound), took * 1000)
         else:
-            log.info("trip route group=%s source=%s inbound=%s outbound=%s ms=%.1f", group, route.source,
+            log.info("trip group %s from %s: inbound %s, outbound %s, set in %.1f ms", group, route.source,
                      route.inbound, ",".join(route.outbound), took * 1000)
         return True
 

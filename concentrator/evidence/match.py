@@ -25,8 +25,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from concentrator.config import BROADCAST_CA, Config
-from concentrator.iec104.asdu import COT_UNKNOWN_COMMON_ADDRESS, negative_mirror
+from concentrator.config import Config
+from concentrator.iec104.asdu import BROADCAST_CA, Cause, negative_mirror
 
 from .streams import Apdu, Flow
 
@@ -242,7 +242,7 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
                     if (name, i) in matched_on else f"forwarded out of {name}'s order")
             exc("identity", what, u, "up", site_lists[name][i].asdu)
             continue
-        if answers_due.get(u.asdu, 0) > 0 and u.asdu[2] & 0x3F == COT_UNKNOWN_COMMON_ADDRESS:
+        if answers_due.get(u.asdu, 0) > 0 and u.asdu[2] & 0x3F == Cause.UNKNOWN_COMMON_ADDRESS:
             answers_due[u.asdu] -= 1
             result.negative_answers += 1
             continue

@@ -8,18 +8,26 @@ by `negative_mirror` from the bytes it answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 HEADER_LENGTH = 6
-BROADCAST_CA = 65535
+BROADCAST_CA = 65535  # the global address: every station (IEC 60870-5-101 7.2.4)
 
-# Causes of transmission the relay itself uses.
-COT_UNKNOWN_COMMON_ADDRESS = 46
 
-# Type identification ranges (IEC 60870-5-101/104).
-MONITOR_TYPES = range(1, 45)
-CONTROL_TYPES = range(45, 70)
-END_OF_INITIALISATION = 70
-SYSTEM_TYPES = range(100, 108)
+class Cause(IntEnum):
+    """Causes of transmission (IEC 60870-5-101 7.2.3, bits 0-5 of the COT's first octet)
+    that the project reads or writes."""
+
+    PERIODIC = 1
+    SPONTANEOUS = 3
+    ACTIVATION = 6
+    ACTIVATION_CON = 7
+    ACTIVATION_TERMINATION = 10
+    RETURN_INFO_REMOTE = 11
+    INTERROGATED_BY_STATION = 20
+    INTERROGATED_BY_GROUP_16 = 36  # 21-36: interrogated by group 1-16
+    UNKNOWN_COMMON_ADDRESS = 46
+
 
 
 class AsduError(ValueError):
@@ -68,7 +76,7 @@ def common_address(asdu: bytes) -> int:
     return asdu[4] | (asdu[5] << 8)
 
 
-def negative_mirror(asdu: bytes, cause: int = COT_UNKNOWN_COMMON_ADDRESS) -> bytes:
+def negative_mirror(asdu: bytes, cause: int = Cause.UNKNOWN_COMMON_ADDRESS) -> bytes:
     """What a controlled station answers to an ASDU it cannot serve: the same ASDU with
     the given cause and the P/N bit set; test bit, originator, CA and objects kept."""
     if len(asdu) < HEADER_LENGTH:

@@ -1,8 +1,8 @@
 """Read-only decoder of the ASDUs a site sends (IEC 60870-5-101/104, companion 104 profile).
 
 It reads copies: the relay forwards the original bytes and never re-encodes anything.
-Used off the relay's hot path (the MQTT mirror decodes in its own task), so clarity
-matters more here than speed.
+Used off the relay's hot path (the MQTT mirror and the shedding monitor decode in
+processes of their own), so clarity matters more here than speed.
 
 Element layouts (octets after the 3-octet IOA):
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 import datetime
 import struct
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 
 from .asdu import HEADER_LENGTH, AsduError, AsduHeader
 
@@ -85,58 +85,114 @@ class TimeKind(Enum):
     CP56 = 7
 
 
-# type id -> (name, value kind, time tag)
-TYPES: dict[int, tuple[str, ValueKind, TimeKind]] = {
-    1: ("M_SP_NA_1", ValueKind.SINGLE, TimeKind.NONE),
-    2: ("M_SP_TA_1", ValueKind.SINGLE, TimeKind.CP24),
-    3: ("M_DP_NA_1", ValueKind.DOUBLE, TimeKind.NONE),
-    4: ("M_DP_TA_1", ValueKind.DOUBLE, TimeKind.CP24),
-    5: ("M_ST_NA_1", ValueKind.STEP, TimeKind.NONE),
-    6: ("M_ST_TA_1", ValueKind.STEP, TimeKind.CP24),
-    7: ("M_BO_NA_1", ValueKind.BITSTRING, TimeKind.NONE),
-    8: ("M_BO_TA_1", ValueKind.BITSTRING, TimeKind.CP24),
-    9: ("M_ME_NA_1", ValueKind.NORMALISED, TimeKind.NONE),
-    10: ("M_ME_TA_1", ValueKind.NORMALISED, TimeKind.CP24),
-    11: ("M_ME_NB_1", ValueKind.SCALED, TimeKind.NONE),
-    12: ("M_ME_TB_1", ValueKind.SCALED, TimeKind.CP24),
-    13: ("M_ME_NC_1", ValueKind.FLOAT, TimeKind.NONE),
-    14: ("M_ME_TC_1", ValueKind.FLOAT, TimeKind.CP24),
-    15: ("M_IT_NA_1", ValueKind.COUNTER, TimeKind.NONE),
-    16: ("M_IT_TA_1", ValueKind.COUNTER, TimeKind.CP24),
-    21: ("M_ME_ND_1", ValueKind.NORMALISED_NO_QUALITY, TimeKind.NONE),
-    30: ("M_SP_TB_1", ValueKind.SINGLE, TimeKind.CP56),
-    31: ("M_DP_TB_1", ValueKind.DOUBLE, TimeKind.CP56),
-    32: ("M_ST_TB_1", ValueKind.STEP, TimeKind.CP56),
-    33: ("M_BO_TB_1", ValueKind.BITSTRING, TimeKind.CP56),
-    34: ("M_ME_TD_1", ValueKind.NORMALISED, TimeKind.CP56),
-    35: ("M_ME_TE_1", ValueKind.SCALED, TimeKind.CP56),
-    36: ("M_ME_TF_1", ValueKind.FLOAT, TimeKind.CP56),
-    37: ("M_IT_TB_1", ValueKind.COUNTER, TimeKind.CP56),
-    38: ("M_EP_TD_1", ValueKind.PROTECTION_EVENT, TimeKind.CP56),
-    39: ("M_EP_TE_1", ValueKind.PROTECTION_START, TimeKind.CP56),
-    40: ("M_EP_TF_1", ValueKind.PROTECTION_OUTPUT, TimeKind.CP56),
-    45: ("C_SC_NA_1", ValueKind.SINGLE_COMMAND, TimeKind.NONE),
-    46: ("C_DC_NA_1", ValueKind.DOUBLE_COMMAND, TimeKind.NONE),
-    47: ("C_RC_NA_1", ValueKind.STEP_COMMAND, TimeKind.NONE),
-    48: ("C_SE_NA_1", ValueKind.SETPOINT_NORMALISED, TimeKind.NONE),
-    49: ("C_SE_NB_1", ValueKind.SETPOINT_SCALED, TimeKind.NONE),
-    50: ("C_SE_NC_1", ValueKind.SETPOINT_FLOAT, TimeKind.NONE),
-    51: ("C_BO_NA_1", ValueKind.BITSTRING_COMMAND, TimeKind.NONE),
-    58: ("C_SC_TA_1", ValueKind.SINGLE_COMMAND, TimeKind.CP56),
-    59: ("C_DC_TA_1", ValueKind.DOUBLE_COMMAND, TimeKind.CP56),
-    60: ("C_RC_TA_1", ValueKind.STEP_COMMAND, TimeKind.CP56),
-    61: ("C_SE_TA_1", ValueKind.SETPOINT_NORMALISED, TimeKind.CP56),
-    62: ("C_SE_TB_1", ValueKind.SETPOINT_SCALED, TimeKind.CP56),
-    63: ("C_SE_TC_1", ValueKind.SETPOINT_FLOAT, TimeKind.CP56),
-    64: ("C_BO_TA_1", ValueKind.BITSTRING_COMMAND, TimeKind.CP56),
-    70: ("M_EI_NA_1", ValueKind.END_OF_INIT, TimeKind.NONE),
-    100: ("C_IC_NA_1", ValueKind.INTERROGATION, TimeKind.NONE),
-    101: ("C_CI_NA_1", ValueKind.COUNTER_INTERROGATION, TimeKind.NONE),
-    102: ("C_RD_NA_1", ValueKind.READ, TimeKind.NONE),
-    103: ("C_CS_NA_1", ValueKind.CLOCK_SYNC, TimeKind.CP56),
-    105: ("C_RP_NA_1", ValueKind.RESET_PROCESS, TimeKind.NONE),
-    107: ("C_TS_TA_1", ValueKind.TEST_COMMAND, TimeKind.CP56),
+class TypeId(IntEnum):
+    """Type identifications (IEC 60870-5-101 7.2.1, 104 companion profile) this decoder knows."""
+
+    M_SP_NA_1 = 1
+    M_SP_TA_1 = 2
+    M_DP_NA_1 = 3
+    M_DP_TA_1 = 4
+    M_ST_NA_1 = 5
+    M_ST_TA_1 = 6
+    M_BO_NA_1 = 7
+    M_BO_TA_1 = 8
+    M_ME_NA_1 = 9
+    M_ME_TA_1 = 10
+    M_ME_NB_1 = 11
+    M_ME_TB_1 = 12
+    M_ME_NC_1 = 13
+    M_ME_TC_1 = 14
+    M_IT_NA_1 = 15
+    M_IT_TA_1 = 16
+    M_ME_ND_1 = 21
+    M_SP_TB_1 = 30
+    M_DP_TB_1 = 31
+    M_ST_TB_1 = 32
+    M_BO_TB_1 = 33
+    M_ME_TD_1 = 34
+    M_ME_TE_1 = 35
+    M_ME_TF_1 = 36
+    M_IT_TB_1 = 37
+    M_EP_TD_1 = 38
+    M_EP_TE_1 = 39
+    M_EP_TF_1 = 40
+    C_SC_NA_1 = 45
+    C_DC_NA_1 = 46
+    C_RC_NA_1 = 47
+    C_SE_NA_1 = 48
+    C_SE_NB_1 = 49
+    C_SE_NC_1 = 50
+    C_BO_NA_1 = 51
+    C_SC_TA_1 = 58
+    C_DC_TA_1 = 59
+    C_RC_TA_1 = 60
+    C_SE_TA_1 = 61
+    C_SE_TB_1 = 62
+    C_SE_TC_1 = 63
+    C_BO_TA_1 = 64
+    M_EI_NA_1 = 70
+    C_IC_NA_1 = 100
+    C_CI_NA_1 = 101
+    C_RD_NA_1 = 102
+    C_CS_NA_1 = 103
+    C_RP_NA_1 = 105
+    C_TS_TA_1 = 107
+
+
+# type id -> (value kind, time tag)
+_LAYOUTS: dict[TypeId, tuple[ValueKind, TimeKind]] = {
+    TypeId.M_SP_NA_1: (ValueKind.SINGLE, TimeKind.NONE),
+    TypeId.M_SP_TA_1: (ValueKind.SINGLE, TimeKind.CP24),
+    TypeId.M_DP_NA_1: (ValueKind.DOUBLE, TimeKind.NONE),
+    TypeId.M_DP_TA_1: (ValueKind.DOUBLE, TimeKind.CP24),
+    TypeId.M_ST_NA_1: (ValueKind.STEP, TimeKind.NONE),
+    TypeId.M_ST_TA_1: (ValueKind.STEP, TimeKind.CP24),
+    TypeId.M_BO_NA_1: (ValueKind.BITSTRING, TimeKind.NONE),
+    TypeId.M_BO_TA_1: (ValueKind.BITSTRING, TimeKind.CP24),
+    TypeId.M_ME_NA_1: (ValueKind.NORMALISED, TimeKind.NONE),
+    TypeId.M_ME_TA_1: (ValueKind.NORMALISED, TimeKind.CP24),
+    TypeId.M_ME_NB_1: (ValueKind.SCALED, TimeKind.NONE),
+    TypeId.M_ME_TB_1: (ValueKind.SCALED, TimeKind.CP24),
+    TypeId.M_ME_NC_1: (ValueKind.FLOAT, TimeKind.NONE),
+    TypeId.M_ME_TC_1: (ValueKind.FLOAT, TimeKind.CP24),
+    TypeId.M_IT_NA_1: (ValueKind.COUNTER, TimeKind.NONE),
+    TypeId.M_IT_TA_1: (ValueKind.COUNTER, TimeKind.CP24),
+    TypeId.M_ME_ND_1: (ValueKind.NORMALISED_NO_QUALITY, TimeKind.NONE),
+    TypeId.M_SP_TB_1: (ValueKind.SINGLE, TimeKind.CP56),
+    TypeId.M_DP_TB_1: (ValueKind.DOUBLE, TimeKind.CP56),
+    TypeId.M_ST_TB_1: (ValueKind.STEP, TimeKind.CP56),
+    TypeId.M_BO_TB_1: (ValueKind.BITSTRING, TimeKind.CP56),
+    TypeId.M_ME_TD_1: (ValueKind.NORMALISED, TimeKind.CP56),
+    TypeId.M_ME_TE_1: (ValueKind.SCALED, TimeKind.CP56),
+    TypeId.M_ME_TF_1: (ValueKind.FLOAT, TimeKind.CP56),
+    TypeId.M_IT_TB_1: (ValueKind.COUNTER, TimeKind.CP56),
+    TypeId.M_EP_TD_1: (ValueKind.PROTECTION_EVENT, TimeKind.CP56),
+    TypeId.M_EP_TE_1: (ValueKind.PROTECTION_START, TimeKind.CP56),
+    TypeId.M_EP_TF_1: (ValueKind.PROTECTION_OUTPUT, TimeKind.CP56),
+    TypeId.C_SC_NA_1: (ValueKind.SINGLE_COMMAND, TimeKind.NONE),
+    TypeId.C_DC_NA_1: (ValueKind.DOUBLE_COMMAND, TimeKind.NONE),
+    TypeId.C_RC_NA_1: (ValueKind.STEP_COMMAND, TimeKind.NONE),
+    TypeId.C_SE_NA_1: (ValueKind.SETPOINT_NORMALISED, TimeKind.NONE),
+    TypeId.C_SE_NB_1: (ValueKind.SETPOINT_SCALED, TimeKind.NONE),
+    TypeId.C_SE_NC_1: (ValueKind.SETPOINT_FLOAT, TimeKind.NONE),
+    TypeId.C_BO_NA_1: (ValueKind.BITSTRING_COMMAND, TimeKind.NONE),
+    TypeId.C_SC_TA_1: (ValueKind.SINGLE_COMMAND, TimeKind.CP56),
+    TypeId.C_DC_TA_1: (ValueKind.DOUBLE_COMMAND, TimeKind.CP56),
+    TypeId.C_RC_TA_1: (ValueKind.STEP_COMMAND, TimeKind.CP56),
+    TypeId.C_SE_TA_1: (ValueKind.SETPOINT_NORMALISED, TimeKind.CP56),
+    TypeId.C_SE_TB_1: (ValueKind.SETPOINT_SCALED, TimeKind.CP56),
+    TypeId.C_SE_TC_1: (ValueKind.SETPOINT_FLOAT, TimeKind.CP56),
+    TypeId.C_BO_TA_1: (ValueKind.BITSTRING_COMMAND, TimeKind.CP56),
+    TypeId.M_EI_NA_1: (ValueKind.END_OF_INIT, TimeKind.NONE),
+    TypeId.C_IC_NA_1: (ValueKind.INTERROGATION, TimeKind.NONE),
+    TypeId.C_CI_NA_1: (ValueKind.COUNTER_INTERROGATION, TimeKind.NONE),
+    TypeId.C_RD_NA_1: (ValueKind.READ, TimeKind.NONE),
+    TypeId.C_CS_NA_1: (ValueKind.CLOCK_SYNC, TimeKind.CP56),
+    TypeId.C_RP_NA_1: (ValueKind.RESET_PROCESS, TimeKind.NONE),
+    TypeId.C_TS_TA_1: (ValueKind.TEST_COMMAND, TimeKind.CP56),
 }
+# type id -> (name, value kind, time tag); plain int keys: the relay looks up received octets
+TYPES: dict[int, tuple[str, ValueKind, TimeKind]] = {int(t): (t.name, *layout) for t, layout in _LAYOUTS.items()}
 DECODABLE_TYPES = frozenset(TYPES)
 
 # Length of the information element (value + quality), without time tag.
@@ -169,10 +225,13 @@ VALUE_LENGTH = {
     ValueKind.TEST_COMMAND: 2,
 }
 
-# Kinds whose measured value is an analogue measurement (section 6.3: cyclic, QoS 0).
-MEASUREMENT_KINDS = frozenset(
-    {ValueKind.NORMALISED, ValueKind.SCALED, ValueKind.FLOAT, ValueKind.NORMALISED_NO_QUALITY}
+# Analogue measurements and integrated totals: the values a site sends again and again,
+# each sample replacing the last (the MQTT mirror publishes them at QoS 0, section 6.3 of
+# the operator's specification, and drops them first when its queue is full).
+CYCLIC_KINDS = frozenset(
+    {ValueKind.NORMALISED, ValueKind.SCALED, ValueKind.FLOAT, ValueKind.NORMALISED_NO_QUALITY, ValueKind.COUNTER}
 )
+CYCLIC_TYPES = frozenset(type_id for type_id, (_, kind, _) in TYPES.items() if kind in CYCLIC_KINDS)
 
 
 class DecodeError(AsduError):

@@ -12,12 +12,9 @@ import json
 from typing import Any
 
 from concentrator.iec104.asdu import AsduHeader
-from concentrator.iec104.decode import MEASUREMENT_KINDS, DecodedAsdu, DecodeError, ValueKind, decode_asdu
+from concentrator.iec104.decode import CYCLIC_KINDS, DecodedAsdu, DecodeError, decode_asdu
 
 from .config import MqttConfig
-
-# Measurements are QoS 0 (section 6.3), as are integrated totals; the rest is QoS 2.
-QOS0_KINDS = MEASUREMENT_KINDS | {ValueKind.COUNTER}
 
 
 def topic(config: MqttConfig, site: str, common_address: int, ioa: int) -> str:
@@ -94,7 +91,7 @@ def messages(config: MqttConfig, asdu: bytes, site: str, received: float) -> tup
         if obj.extra:
             payload.update(obj.extra)
         critical = config.is_critical(site, obj.address)
-        qos = 0 if decoded.kind in QOS0_KINDS and not critical else 2
+        qos = 0 if decoded.kind in CYCLIC_KINDS and not critical else 2  # section 6.3
         out.append((topic(config, site, header.common_address, obj.address), _json(payload), qos))
     return out, False
 

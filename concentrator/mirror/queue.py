@@ -13,12 +13,9 @@ from typing import NamedTuple
 
 import trio
 
-from .stats import MirrorStats
+from concentrator.iec104.decode import CYCLIC_TYPES
 
-# Type ids of analogue measurements and integrated totals: cyclic, QoS 0 (section 6.3),
-# unless the site has points configured as critical (then its measurements are kept in
-# the priority lane, as their IOA is not read here).
-CYCLIC_TYPES = frozenset({9, 10, 11, 12, 13, 14, 15, 16, 21, 34, 35, 36, 37})
+from .stats import MirrorStats
 
 
 class Entry(NamedTuple):
@@ -47,6 +44,8 @@ class MirrorQueue:
         """Called by the relay (in its trio thread) for every forwarded site ASDU."""
         self._seq += 1
         entry = Entry(self._seq, asdu, site, received_at)
+        # A site with points configured as critical keeps its measurements in the
+        # priority lane: their IOA is not read here.
         if asdu[0] in CYCLIC_TYPES and site not in self._critical_sites:
             self._cyclic.append(entry)
         else:

@@ -18,19 +18,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from concentrator.iec104.asdu import BROADCAST_CA, AsduError, AsduHeader
-from concentrator.iec104.decode import DecodeError, InformationObject, decode_asdu
+from concentrator.iec104.asdu import BROADCAST_CA, AsduError, AsduHeader, Cause
+from concentrator.iec104.decode import DecodeError, InformationObject, TypeId, decode_asdu
 
 from .config import SheddingConfig, ShedSite
 from .verdict import Change, Sample, SiteEvidence, SiteVerdict, judge_aggregate, judge_site
 
 # Control-direction types decode.py does not cover (it decodes the monitor direction);
 # decoded here: single and double command, without and with CP56Time2a.
-C_SC_NA_1, C_DC_NA_1, C_SC_TA_1, C_DC_TA_1 = 45, 46, 58, 59
-_COMMAND_TYPES = {C_SC_NA_1: False, C_DC_NA_1: True, C_SC_TA_1: False, C_DC_TA_1: True}  # -> is double
-COT_ACTIVATION = 6
-COT_INTERROGATED = 20  # station interrogation; 21-36 are the group interrogations
-COT_INTERROGATED_LAST = 36
+# command type -> is it a double command
+_COMMAND_TYPES: dict[int, bool] = {
+    TypeId.C_SC_NA_1: False, TypeId.C_DC_NA_1: True, TypeId.C_SC_TA_1: False, TypeId.C_DC_TA_1: True
+}
 MAX_AGE_PERIODS = 1.5  # a slot takes the latest sample received within 1.5 periods
 # A breaker that opens with no shedding command or trip seen within this many seconds was
 # opened by the holder (or by a trip path not configured): not a shedding, not judged.
@@ -148,7 +147,7 @@ class SheddingMonitor:
             if kind is None:
                 continue
             tagged = _tag_seconds(obj)
-            interrogated = COT_INTERROGATED <= decoded.header.cause <= COT_INTERROGATED_LAST
+            interrogated = Cause.INTERROGATED_BY_STATION <= decoded.header.cause <= Cause.INTERROGATED_BY_GROUP_16
             if tagged is not None and not interrogated:
                 state.skew = at - tagged
                 if self.event is not None and site in self.event.sites:
@@ -333,7 +332,7 @@ def _command(asdu: bytes) -> tuple[int, int, bool] | None:
     except AsduError:
         return None
     double = _COMMAND_TYPES.get(header.type_id)
-    if double is None or header.cause != COT_ACTIVATION or header.negative or header.test or len(asdu) < 10:
+    if double is None or header.cause != Cause.ACTIVATION or header.negative or header.test or len(asdu) < 10:
         return None
     ioa = int.from_bytes(asdu[6:9], "little")
     octet = asdu[9]

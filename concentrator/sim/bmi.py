@@ -21,15 +21,10 @@ from typing import Self
 
 import c104
 
-from concentrator.iec104.asdu import AsduHeader
+from concentrator.iec104.asdu import BROADCAST_CA, AsduHeader, Cause
+from concentrator.iec104.decode import TypeId
 from concentrator.sim.points import (
-    BROADCAST_CA,
-    COT_ACTIVATION_CON,
-    COT_UNKNOWN_CA,
     IOA_BREAKER_CMD,
-    TYPE_C_CS_NA_1,
-    TYPE_C_DC_NA_1,
-    TYPE_C_IC_NA_1,
     FrameCapture,
     wait_until,
 )
@@ -200,8 +195,8 @@ class BmiSimulator:
             verdict = self._command_verdict(mark_rx, ca, self.command_timeout if accepted else RAW_CAPTURE_GRACE)
             if verdict is not None:
                 return verdict
-            selected = any(h.cause == COT_ACTIVATION_CON for h, _ in self._replies(mark_rx, TYPE_C_DC_NA_1, ca))
-            executed = any(a[0] == TYPE_C_DC_NA_1 and not a[-1] & 0x80 for a in self.sent.asdus_since(mark_tx))
+            selected = any(h.cause == Cause.ACTIVATION_CON for h, _ in self._replies(mark_rx, TypeId.C_DC_NA_1, ca))
+            executed = any(a[0] == TypeId.C_DC_NA_1 and not a[-1] & 0x80 for a in self.sent.asdus_since(mark_tx))
             if not selected or executed or attempt:
                 return False
             # The select was confirmed but c104 missed it and gave up: select again.
@@ -214,11 +209,11 @@ class BmiSimulator:
         verdict: list[bool] = []
 
         def decided() -> bool:
-            for head, asdu in self._replies(mark, TYPE_C_DC_NA_1, ca):
-                if head.negative or head.cause == COT_UNKNOWN_CA:
+            for head, asdu in self._replies(mark, TypeId.C_DC_NA_1, ca):
+                if head.negative or head.cause == Cause.UNKNOWN_COMMON_ADDRESS:
                     verdict[:] = [False]
                     return True
-                if head.cause == COT_ACTIVATION_CON and not asdu[-1] & 0x80:
+                if head.cause == Cause.ACTIVATION_CON and not asdu[-1] & 0x80:
                     verdict[:] = [True]
             return bool(verdict)
 
@@ -236,7 +231,7 @@ class BmiSimulator:
             wait_for_response=False,
         ):
             return False
-        return self._await_confirmations(mark, TYPE_C_IC_NA_1, ca)
+        return self._await_confirmations(mark, TypeId.C_IC_NA_1, ca)
 
     def clock_sync(self, ca: int = BROADCAST_CA) -> bool:
         """Clock synchronisation (C_CS_NA_1) with the host's clock; confirmed as
@@ -244,7 +239,7 @@ class BmiSimulator:
         mark = len(self.received.snapshot())
         if not self.connection.clock_sync(common_address=ca, wait_for_response=False):
             return False
-        return self._await_confirmations(mark, TYPE_C_CS_NA_1, ca)
+        return self._await_confirmations(mark, TypeId.C_CS_NA_1, ca)
 
     def _replies(self, mark: int, type_id: int, ca: int) -> list[tuple[AsduHeader, bytes]]:
         """Received ASDUs of `type_id` for `ca` (any CA for broadcast) after `mark`."""
@@ -261,9 +256,9 @@ class BmiSimulator:
 
         def settled() -> bool:
             for head, _ in self._replies(mark, type_id, ca):
-                if head.cause == COT_UNKNOWN_CA or head.negative:
+                if head.cause == Cause.UNKNOWN_COMMON_ADDRESS or head.negative:
                     verdict[head.common_address] = False
-                elif head.cause == COT_ACTIVATION_CON:
+                elif head.cause == Cause.ACTIVATION_CON:
                     verdict.setdefault(head.common_address, True)
             return expected <= verdict.keys()
 

@@ -24,6 +24,8 @@ from functools import partial
 
 import trio
 
+from ..iec104.asdu import Cause
+from ..iec104.decode import TypeId
 from ..iec104.link import (
     Acknowledged,
     AsduReceived,
@@ -36,15 +38,13 @@ from ..iec104.link import (
 )
 from ..session import LinkSession, set_nodelay
 
-M_IT_NA_1 = 15
-COT_SPONTANEOUS = 3
 SEQUENCE_IOA = 7001
 
 
 def counter_asdu(common_address: int, sequence: int, ioa: int = SEQUENCE_IOA) -> bytes:
     """M_IT_NA_1 (integrated total) whose counter value is `sequence`."""
     return (
-        bytes((M_IT_NA_1, 1, COT_SPONTANEOUS, 0))
+        bytes((TypeId.M_IT_NA_1, 1, Cause.SPONTANEOUS, 0))
         + common_address.to_bytes(2, "little")
         + ioa.to_bytes(3, "little")
         + (sequence & 0xFFFFFFFF).to_bytes(4, "little")

@@ -14,6 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from concentrator.iec104.asdu import Cause
+from concentrator.iec104.decode import TypeId
+
 # Measurements: short float with CP56Time2a (M_ME_TF_1, type 36), kW.
 IOA_TOTAL_POWER = 1001
 """Total site power (annex A40 5.1.2); may be negative on sites with generation (5.6)."""
@@ -33,26 +36,6 @@ IOA_BREAKER_CMD = 3001
 IOA_RELEASE_CMD = 3002
 """Release ("sblocco", annex A40 5.1.4) command, C_SC_NA_1 (type 45): ON releases the lock."""
 
-# Type identifications used here, for reading captures without c104.
-TYPE_M_SP_TB_1 = 30
-TYPE_M_DP_TB_1 = 31
-TYPE_M_ME_TF_1 = 36
-TYPE_C_SC_NA_1 = 45
-TYPE_C_DC_NA_1 = 46
-TYPE_C_IC_NA_1 = 100
-TYPE_C_CS_NA_1 = 103
-
-# Causes of transmission (bits 0-5 of the first COT octet).
-COT_PERIODIC = 1
-COT_SPONTANEOUS = 3
-COT_ACTIVATION = 6
-COT_ACTIVATION_CON = 7
-COT_ACTIVATION_TERMINATION = 10
-COT_RETURN_INFO_REMOTE = 11
-COT_INTERROGATED_BY_STATION = 20
-COT_UNKNOWN_CA = 46
-
-BROADCAST_CA = 0xFFFF
 
 
 def cp56(unix: float, *, invalid: bool = False) -> bytes:
@@ -72,35 +55,35 @@ def _ioa(ioa: int) -> bytes:
 
 
 def float_measurements(ca: int, values: list[tuple[int, float]], unix: float, *, invalid: bool = False,
-                       cause: int = COT_SPONTANEOUS) -> bytes:  # fmt: skip
+                       cause: int = Cause.SPONTANEOUS) -> bytes:  # fmt: skip
     """M_ME_TF_1: (IOA, value) pairs, one time tag; QDS with IV if `invalid`."""
     qds = bytes((0x80 if invalid else 0,))
     tag = cp56(unix)
-    return _asdu(TYPE_M_ME_TF_1, cause, ca, [_ioa(i) + struct.pack("<f", v) + qds + tag for i, v in values])
+    return _asdu(TypeId.M_ME_TF_1, cause, ca, [_ioa(i) + struct.pack("<f", v) + qds + tag for i, v in values])
 
 
 def double_point(ca: int, ioa: int, closed: bool | None, unix: float, *, invalid: bool = False) -> bytes:
     """M_DP_TB_1, spontaneous: ON (2) closed, OFF (1) open, None indeterminate (3)."""
     dpi = 3 if closed is None else 2 if closed else 1
     diq = dpi | (0x80 if invalid else 0)
-    return _asdu(TYPE_M_DP_TB_1, COT_SPONTANEOUS, ca, [_ioa(ioa) + bytes((diq,)) + cp56(unix)])
+    return _asdu(TypeId.M_DP_TB_1, Cause.SPONTANEOUS, ca, [_ioa(ioa) + bytes((diq,)) + cp56(unix)])
 
 
 def single_point(ca: int, ioa: int, on: bool, unix: float, *, invalid: bool = False) -> bytes:
     """M_SP_TB_1, spontaneous."""
     siq = int(on) | (0x80 if invalid else 0)
-    return _asdu(TYPE_M_SP_TB_1, COT_SPONTANEOUS, ca, [_ioa(ioa) + bytes((siq,)) + cp56(unix)])
+    return _asdu(TypeId.M_SP_TB_1, Cause.SPONTANEOUS, ca, [_ioa(ioa) + bytes((siq,)) + cp56(unix)])
 
 
 def breaker_command(ca: int, close: bool, *, select: bool = False, ioa: int = IOA_BREAKER_CMD) -> bytes:
     """C_DC_NA_1 activation: ON (2) close, OFF (1) open; S/E bit for the select."""
     dco = (2 if close else 1) | (0x80 if select else 0)
-    return _asdu(TYPE_C_DC_NA_1, COT_ACTIVATION, ca, [_ioa(ioa) + bytes((dco,))])
+    return _asdu(TypeId.C_DC_NA_1, Cause.ACTIVATION, ca, [_ioa(ioa) + bytes((dco,))])
 
 
 def release_command(ca: int, *, select: bool = False, ioa: int = IOA_RELEASE_CMD) -> bytes:
     """C_SC_NA_1 activation ON: the release of the shedding."""
-    return _asdu(TYPE_C_SC_NA_1, COT_ACTIVATION, ca, [_ioa(ioa) + bytes((0x01 | (0x80 if select else 0),))])
+    return _asdu(TypeId.C_SC_NA_1, Cause.ACTIVATION, ca, [_ioa(ioa) + bytes((0x01 | (0x80 if select else 0),))])
 
 
 def load_power_ioa(load: int) -> int:

@@ -23,17 +23,15 @@ from dataclasses import dataclass
 
 import trio
 
+from ..iec104.asdu import Cause
+from ..iec104.decode import TypeId
 from .codec_peers import QueueingStation
 from .points import (
-    COT_ACTIVATION,
-    COT_ACTIVATION_CON,
     IOA_BREAKER,
     IOA_BREAKER_CMD,
     IOA_LOCK,
     IOA_RELEASE_CMD,
     IOA_TOTAL_POWER,
-    TYPE_C_DC_NA_1,
-    TYPE_C_SC_NA_1,
     double_point,
     float_measurements,
     load_power_ioa,
@@ -118,18 +116,18 @@ class SheddingSite:
                 self._command(asdu, nursery)
 
     def _command(self, asdu: bytes, nursery: trio.Nursery) -> None:
-        if asdu[0] not in (TYPE_C_DC_NA_1, TYPE_C_SC_NA_1) or asdu[2] & 0x3F != COT_ACTIVATION:
+        if asdu[0] not in (TypeId.C_DC_NA_1, TypeId.C_SC_NA_1) or asdu[2] & 0x3F != Cause.ACTIVATION:
             return
         self.commands.append(asdu)
         confirmation = bytearray(asdu)
-        confirmation[2] = (confirmation[2] & 0xC0) | COT_ACTIVATION_CON
+        confirmation[2] = (confirmation[2] & 0xC0) | Cause.ACTIVATION_CON
         self.station.enqueue(bytes(confirmation))
         ioa, octet = int.from_bytes(asdu[6:9], "little"), asdu[9]
         if octet & 0x80:  # a select: confirmed, nothing done yet
             return
-        if asdu[0] == TYPE_C_DC_NA_1 and ioa == IOA_BREAKER_CMD and octet & 0x03 == 1:
+        if asdu[0] == TypeId.C_DC_NA_1 and ioa == IOA_BREAKER_CMD and octet & 0x03 == 1:
             nursery.start_soon(self._open)
-        elif asdu[0] == TYPE_C_SC_NA_1 and ioa == IOA_RELEASE_CMD and octet & 0x01:
+        elif asdu[0] == TypeId.C_SC_NA_1 and ioa == IOA_RELEASE_CMD and octet & 0x01:
             self._set_lock(False)
 
     async def _open(self) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from concentrator.sim.loadgen import LoadGen, read_stamped, stamped_asdu
+from bench.loadgen import LoadGen, read_stamped, stamped_asdu
 
 SITES = 3
 

@@ -15,25 +15,14 @@ from functools import partial
 import c104
 import pytest
 
-from concentrator.iec104.asdu import AsduHeader
+from concentrator.iec104.asdu import AsduHeader, Cause
+from concentrator.iec104.decode import TypeId
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.points import (
-    COT_ACTIVATION_CON,
-    COT_ACTIVATION_TERMINATION,
-    COT_INTERROGATED_BY_STATION,
-    COT_PERIODIC,
-    COT_SPONTANEOUS,
-    COT_UNKNOWN_CA,
     IOA_BREAKER,
     IOA_BREAKER_CMD,
     IOA_LOCK,
     IOA_TOTAL_POWER,
-    TYPE_C_CS_NA_1,
-    TYPE_C_DC_NA_1,
-    TYPE_C_IC_NA_1,
-    TYPE_M_DP_TB_1,
-    TYPE_M_ME_TF_1,
-    TYPE_M_SP_TB_1,
     load_power_ioa,
     wait_until,
 )
@@ -143,7 +132,7 @@ def settled(updc: UpdcSimulator, bmi: BmiSimulator, expected: set[tuple[int, int
 def test_time_tagged_measurements_arrive_every_period(pairs: list[Pair]) -> None:
     for updc, bmi in pairs:
         ca = updc.common_address
-        samples = bmi.wait_received(is_(TYPE_M_ME_TF_1, COT_SPONTANEOUS, ca), count=2, timeout=3.0)
+        samples = bmi.wait_received(is_(TypeId.M_ME_TF_1, Cause.SPONTANEOUS, ca), count=2, timeout=3.0)
         assert len(samples) >= 2
         now = datetime.datetime.now(datetime.UTC)
         for asdu in samples[:2]:
@@ -166,24 +155,24 @@ def test_interrogation_is_answered_by_each_station(pairs: list[Pair]) -> None:
     for updc, bmi in pairs:
         ca = updc.common_address
         assert bmi.interrogation(ca)
-        assert bmi.wait_received(is_(TYPE_C_IC_NA_1, COT_ACTIVATION_TERMINATION, ca))
+        assert bmi.wait_received(is_(TypeId.C_IC_NA_1, Cause.ACTIVATION_TERMINATION, ca))
         gi = [AsduHeader.parse(a) for a in bmi.received_asdus()]
-        gi = [h for h in gi if h.type_id == TYPE_C_IC_NA_1 or h.cause == COT_INTERROGATED_BY_STATION]
+        gi = [h for h in gi if h.type_id == TypeId.C_IC_NA_1 or h.cause == Cause.INTERROGATED_BY_STATION]
         assert [h.type_id for h in gi] == [
-            TYPE_C_IC_NA_1,
-            TYPE_M_SP_TB_1,
-            TYPE_M_DP_TB_1,
-            TYPE_M_ME_TF_1,
-            TYPE_C_IC_NA_1,
+            TypeId.C_IC_NA_1,
+            TypeId.M_SP_TB_1,
+            TypeId.M_DP_TB_1,
+            TypeId.M_ME_TF_1,
+            TypeId.C_IC_NA_1,
         ]
-        assert [h.cause for h in gi][0::4] == [COT_ACTIVATION_CON, COT_ACTIVATION_TERMINATION]
+        assert [h.cause for h in gi][0::4] == [Cause.ACTIVATION_CON, Cause.ACTIVATION_TERMINATION]
         assert {h.common_address for h in gi} == {ca}
 
 
 def test_broadcast_interrogation_is_confirmed_with_the_station_ca(pairs: list[Pair]) -> None:
     updc, bmi = pairs[0]
     assert bmi.interrogation()  # CA 65535
-    terms = bmi.wait_received(is_(TYPE_C_IC_NA_1, COT_ACTIVATION_TERMINATION))
+    terms = bmi.wait_received(is_(TypeId.C_IC_NA_1, Cause.ACTIVATION_TERMINATION))
     assert [AsduHeader.parse(a).common_address for a in terms] == [updc.common_address]
     assert AsduHeader.parse(bmi.sent_asdus()[-1]).common_address == 0xFFFF
 
@@ -194,8 +183,8 @@ def test_unknown_ca_is_answered_twice(pairs: list[Pair]) -> None:
     # random; BmiSimulator judges from the captures).
     updc, bmi = pairs[0]
     assert not bmi.interrogation(99)
-    assert bmi.wait_received(is_(TYPE_C_IC_NA_1, COT_UNKNOWN_CA, 99))
-    assert bmi.wait_received(is_(TYPE_C_IC_NA_1, COT_ACTIVATION_CON, 99, negative=True))
+    assert bmi.wait_received(is_(TypeId.C_IC_NA_1, Cause.UNKNOWN_COMMON_ADDRESS, 99))
+    assert bmi.wait_received(is_(TypeId.C_IC_NA_1, Cause.ACTIVATION_CON, 99, negative=True))
 
 
 def test_breaker_select_and_execute(pairs: list[Pair]) -> None:
@@ -207,21 +196,21 @@ def test_breaker_select_and_execute(pairs: list[Pair]) -> None:
     assert not updc.breaker_closed
     assert [c.close for c in updc.executed_commands] == [False]
 
-    assert bmi.wait_received(is_(TYPE_C_DC_NA_1, COT_ACTIVATION_TERMINATION, ca))
+    assert bmi.wait_received(is_(TypeId.C_DC_NA_1, Cause.ACTIVATION_TERMINATION, ca))
     # select con (S/E bit 0x80, DCS 1 = OFF), execute con, termination; c104 echoes
     # the select's S/E bit in ACT_TERM. BmiSimulator selects a second time when
     # c104's client misses the first select confirmation (about 1 in 100 here).
-    commands = [(a[2], objects(a, 1)) for a in bmi.received_asdus() if a[0] == TYPE_C_DC_NA_1]
-    select_con = (COT_ACTIVATION_CON, [(IOA_BREAKER_CMD, b"\x81")])
+    commands = [(a[2], objects(a, 1)) for a in bmi.received_asdus() if a[0] == TypeId.C_DC_NA_1]
+    select_con = (Cause.ACTIVATION_CON, [(IOA_BREAKER_CMD, b"\x81")])
     while commands[:2] == [select_con, select_con]:
         commands.pop(0)
     assert commands == [
         select_con,
-        (COT_ACTIVATION_CON, [(IOA_BREAKER_CMD, b"\x01")]),
-        (COT_ACTIVATION_TERMINATION, [(IOA_BREAKER_CMD, b"\x81")]),
+        (Cause.ACTIVATION_CON, [(IOA_BREAKER_CMD, b"\x01")]),
+        (Cause.ACTIVATION_TERMINATION, [(IOA_BREAKER_CMD, b"\x81")]),
     ]
     # The breaker change, time-tagged (DIQ 1 + CP56Time2a 7).
-    [change] = bmi.wait_received(is_(TYPE_M_DP_TB_1, COT_SPONTANEOUS, ca))
+    [change] = bmi.wait_received(is_(TypeId.M_DP_TB_1, Cause.SPONTANEOUS, ca))
     [(ioa, element)] = objects(change, 8)
     assert (ioa, element[0]) == (IOA_BREAKER, 0x01)  # DPI 1 = OFF = open
     age = datetime.datetime.now(datetime.UTC) - cp56(element[1:])
@@ -229,7 +218,7 @@ def test_breaker_select_and_execute(pairs: list[Pair]) -> None:
 
     # Open breaker: the loads read zero in the following samples.
     def loads_zero() -> bool:
-        samples = [a for a in bmi.received_asdus() if a[0] == TYPE_M_ME_TF_1 and a[2] == COT_SPONTANEOUS]
+        samples = [a for a in bmi.received_asdus() if a[0] == TypeId.M_ME_TF_1 and a[2] == Cause.SPONTANEOUS]
         return any(all(e[:4] == bytes(4) for _, e in objects(a, 12)[1:]) for a in samples)
 
     assert wait_until(loads_zero, 2.0)
@@ -238,7 +227,7 @@ def test_breaker_select_and_execute(pairs: list[Pair]) -> None:
     assert updc.breaker_closed
     # The other site saw nothing of it.
     assert other.breaker_closed and not other.executed_commands
-    assert not [a for a in other_bmi.received_asdus() if a[0] == TYPE_C_DC_NA_1]
+    assert not [a for a in other_bmi.received_asdus() if a[0] == TypeId.C_DC_NA_1]
 
 
 def test_refused_breaker_command_is_confirmed_negative(pairs: list[Pair]) -> None:
@@ -246,7 +235,7 @@ def test_refused_breaker_command_is_confirmed_negative(pairs: list[Pair]) -> Non
     updc.accept_commands = False
     assert not bmi.select_and_execute_breaker(updc.common_address, on=False)
     assert updc.breaker_closed and not updc.executed_commands
-    assert bmi.wait_received(is_(TYPE_C_DC_NA_1, COT_ACTIVATION_CON, negative=True))
+    assert bmi.wait_received(is_(TypeId.C_DC_NA_1, Cause.ACTIVATION_CON, negative=True))
 
 
 def test_spontaneous_signals_and_clock_sync(pairs: list[Pair]) -> None:
@@ -254,13 +243,13 @@ def test_spontaneous_signals_and_clock_sync(pairs: list[Pair]) -> None:
         ca = updc.common_address
         assert updc.toggle_breaker() is False
         assert updc.toggle_lock() is True
-        [dp] = bmi.wait_received(is_(TYPE_M_DP_TB_1, COT_SPONTANEOUS, ca))
-        [sp] = bmi.wait_received(is_(TYPE_M_SP_TB_1, COT_SPONTANEOUS, ca))
+        [dp] = bmi.wait_received(is_(TypeId.M_DP_TB_1, Cause.SPONTANEOUS, ca))
+        [sp] = bmi.wait_received(is_(TypeId.M_SP_TB_1, Cause.SPONTANEOUS, ca))
         assert objects(dp, 8)[0][0] == IOA_BREAKER and objects(dp, 8)[0][1][0] == 0x01
         assert objects(sp, 8)[0][0] == IOA_LOCK and objects(sp, 8)[0][1][0] == 0x01
 
         assert bmi.clock_sync(ca)
-        assert bmi.wait_received(is_(TYPE_C_CS_NA_1, COT_ACTIVATION_CON, ca))
+        assert bmi.wait_received(is_(TypeId.C_CS_NA_1, Cause.ACTIVATION_CON, ca))
         assert len(updc.clock_syncs) == 1
 
 
@@ -271,25 +260,25 @@ def test_raw_captures_are_byte_equal_at_both_ends(pairs: list[Pair]) -> None:
         assert bmi.clock_sync(ca)
         assert bmi.select_and_execute_breaker(ca, on=False)
         updc.toggle_lock()
-        bmi.wait_received(is_(TYPE_M_ME_TF_1, COT_SPONTANEOUS, ca), count=2)
+        bmi.wait_received(is_(TypeId.M_ME_TF_1, Cause.SPONTANEOUS, ca), count=2)
     expected = {
-        (TYPE_C_IC_NA_1, COT_ACTIVATION_CON),
-        (TYPE_M_ME_TF_1, COT_INTERROGATED_BY_STATION),
-        (TYPE_C_IC_NA_1, COT_ACTIVATION_TERMINATION),
-        (TYPE_C_CS_NA_1, COT_ACTIVATION_CON),
-        (TYPE_C_DC_NA_1, COT_ACTIVATION_CON),
-        (TYPE_C_DC_NA_1, COT_ACTIVATION_TERMINATION),
-        (TYPE_M_DP_TB_1, COT_SPONTANEOUS),
-        (TYPE_M_SP_TB_1, COT_SPONTANEOUS),
-        (TYPE_M_ME_TF_1, COT_SPONTANEOUS),
+        (TypeId.C_IC_NA_1, Cause.ACTIVATION_CON),
+        (TypeId.M_ME_TF_1, Cause.INTERROGATED_BY_STATION),
+        (TypeId.C_IC_NA_1, Cause.ACTIVATION_TERMINATION),
+        (TypeId.C_CS_NA_1, Cause.ACTIVATION_CON),
+        (TypeId.C_DC_NA_1, Cause.ACTIVATION_CON),
+        (TypeId.C_DC_NA_1, Cause.ACTIVATION_TERMINATION),
+        (TypeId.M_DP_TB_1, Cause.SPONTANEOUS),
+        (TypeId.M_SP_TB_1, Cause.SPONTANEOUS),
+        (TypeId.M_ME_TF_1, Cause.SPONTANEOUS),
     }
     for updc, bmi in pairs:
         # Both lists grow while we look; poll for a moment when they agree.
         assert wait_until(partial(settled, updc, bmi, expected), 2.0), expected - kinds(updc)
         assert {(a[0], a[2]) for a in bmi.sent_asdus()} == {
-            (TYPE_C_IC_NA_1, 6),
-            (TYPE_C_CS_NA_1, 6),
-            (TYPE_C_DC_NA_1, 6),
+            (TypeId.C_IC_NA_1, 6),
+            (TypeId.C_CS_NA_1, 6),
+            (TypeId.C_DC_NA_1, 6),
         }
         # The APCI differs per direction but every frame is whole.
         for _, frame in updc.sent.snapshot() + bmi.received.snapshot():
@@ -301,7 +290,7 @@ def test_random_changes_are_reported() -> None:
         with BmiSimulator("127.0.0.1", updc.port, [21], unmute_after=UNMUTE_AFTER) as bmi:
             assert bmi.wait_started(3.0)
             assert bmi.wait_received(
-                lambda h: h.cause == COT_SPONTANEOUS and h.type_id in (TYPE_M_DP_TB_1, TYPE_M_SP_TB_1),
+                lambda h: h.cause == Cause.SPONTANEOUS and h.type_id in (TypeId.M_DP_TB_1, TypeId.M_SP_TB_1),
                 count=3,
                 timeout=3.0,
             )
@@ -311,8 +300,8 @@ def test_init_all_interrogates_and_syncs_on_connect() -> None:
     with UpdcSimulator("init", 31, sample_period=5.0) as updc:
         with BmiSimulator("127.0.0.1", updc.port, [31], init=c104.Init.ALL, unmute_after=UNMUTE_AFTER) as bmi:
             assert bmi.wait_started(3.0)
-            assert bmi.wait_received(is_(TYPE_C_IC_NA_1, COT_ACTIVATION_TERMINATION, 31))
-            assert bmi.wait_received(is_(TYPE_C_CS_NA_1, COT_ACTIVATION_CON, 31))
+            assert bmi.wait_received(is_(TypeId.C_IC_NA_1, Cause.ACTIVATION_TERMINATION, 31))
+            assert bmi.wait_received(is_(TypeId.C_CS_NA_1, Cause.ACTIVATION_CON, 31))
             assert [AsduHeader.parse(a).common_address for a in bmi.sent_asdus()] == [0xFFFF, 0xFFFF]
             assert wait_until(lambda: len(updc.clock_syncs) == 1, 2.0)
 
@@ -328,7 +317,7 @@ def test_bmi_reconnects_when_the_updc_restarts() -> None:
             # c104's client waits about 1 s before it reconnects.
             assert bmi.wait_started(5.0)
             assert time.monotonic() - started < 3.0
-            assert bmi.wait_received(is_(TYPE_M_ME_TF_1, COT_SPONTANEOUS, 41))
+            assert bmi.wait_received(is_(TypeId.M_ME_TF_1, Cause.SPONTANEOUS, 41))
 
 
 def test_periodic_cause_and_invalid_quality_options() -> None:
@@ -336,7 +325,7 @@ def test_periodic_cause_and_invalid_quality_options() -> None:
         updc.invalid_measurements = True
         with BmiSimulator("127.0.0.1", updc.port, [51], unmute_after=UNMUTE_AFTER) as bmi:
             assert bmi.wait_started(3.0)
-            [sample, *_] = bmi.wait_received(is_(TYPE_M_ME_TF_1, COT_PERIODIC, 51))
+            [sample, *_] = bmi.wait_received(is_(TypeId.M_ME_TF_1, Cause.PERIODIC, 51))
             assert [(ioa, e[4]) for ioa, e in objects(sample, 12)] == [
                 (IOA_TOTAL_POWER, 0x80),  # QDS IV
                 (load_power_ioa(1), 0x80),

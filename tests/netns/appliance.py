@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from netconfig.harness import BMI_SERVICE, CONC_SERVICE, Iec104Stream, Lab, TripTraffic, run, wait_for
+from tests.lab.harness import BMI_SERVICE, CONC_SERVICE, Iec104Stream, Lab, TripTraffic, run, wait_for
 
 DURATION = 4.0
 UNICAST = """
@@ -42,7 +42,7 @@ class Appliance:
         py = [sys.executable, "-m"]
         for i, site in enumerate(lab.sites, start=1):
             listen = "0.0.0.0" if lab.site_paths == "endpoints" else site.peer_service
-            lab.spawn(site.peer, f"station-{site.name}", [*py, "netconfig.harness_peers", "station", "--listen",
+            lab.spawn(site.peer, f"station-{site.name}", [*py, "tests.lab.harness_peers", "station", "--listen",
                                                          f"{listen}:2404", "--ca", str(100 + i),
                                                          "--rate", str(self.rate)])
         for site in lab.sites:
@@ -76,7 +76,7 @@ class Appliance:
         lab, py = self.lab, [sys.executable, "-m"]
         count = str(int((duration + 30) * 50))  # scapy builds them all before the first leaves
         senders = [
-            lab.spawn("bmi", "trip-sender", [*py, "netconfig.trip_peers", "send", "--group", self.group, "--port",
+            lab.spawn("bmi", "trip-sender", [*py, "tests.lab.trip_peers", "send", "--group", self.group, "--port",
                                              str(self.trips.port), "--src", BMI_SERVICE, "--iface",
                                              lab.uplink.primary.peer_if, "--count", count, "--interval", "0.02",
                                              "--out", self.trips.sent_file]),

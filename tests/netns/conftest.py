@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from netconfig.harness import cleanup_stale
+from tests.lab.harness import cleanup_stale
 
 
 def _missing() -> str | None:

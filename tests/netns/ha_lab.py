@@ -11,10 +11,10 @@ a BMI and twelve UPDCs, in network namespaces joined by two bridged LANs.
 Each appliance runs `concentrator ha` (which runs keepalived and, while active, the
 relay) and its own smcrouted forwarding the trip group from the uplink LAN to the sites'
 LAN, always (docs/ha.md: both appliances forward trips). The BMI is
-netconfig.harness_peers' `master` (logs every ASDU with its arrival), the sites are
+tests.lab.harness_peers' `master` (logs every ASDU with its arrival), the sites are
 tests.netns.ha_peers (twelve QueueingStations in one process, logging their connections).
 
-Namespace names use netconfig.harness's prefix with the owner's pid, so its
+Namespace names use tests.lab.harness's prefix with the owner's pid, so its
 `cleanup_stale()` removes what a crashed run left.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import IO, Any
 
 import yaml
 
-from netconfig.harness import BASE, _kill_ns_processes, run, wait_for
-from netconfig.harness_peers import read_sink
+from tests.lab.harness import BASE, _kill_ns_processes, run, wait_for
+from tests.lab.harness_peers import read_sink
 
 _counter = itertools.count()
 
@@ -89,7 +89,7 @@ class HaLab:
         for bridge in ("br-up", "br-site"):
             run(["ip", "-n", self.ns("sw"), "link", "add", bridge, "type", "bridge", "mcast_snooping", "0"])
             run(["ip", "-n", self.ns("sw"), "link", "set", bridge, "up"])
-        index = itertools.count(2000)  # distinct ifindexes on the two ends (see netconfig.harness)
+        index = itertools.count(2000)  # distinct ifindexes on the two ends (see tests.lab.harness)
         self._port("br-up", "bu-bmi", "bmi", "eth0", [f"{BMI_IP}/24"], index)
         self._port("br-site", "bs-sites", "sites", "eth0",
                    [f"198.51.100.{100 + i}/24" for i in range(1, self.n_sites + 1)], index)
@@ -248,7 +248,7 @@ class HaLab:
                                          "--count", str(self.n_sites), "--rate", str(self.rate),
                                          "--log", self.station_log])
         wait_for(lambda: "listening" in self.log("stations"), timeout, "stations", lambda: self.log("stations"))
-        self.spawn("bmi", "bmi", [sys.executable, "-m", "netconfig.harness_peers", "master",
+        self.spawn("bmi", "bmi", [sys.executable, "-m", "tests.lab.harness_peers", "master",
                                   "--target", f"{UP_VIP}:{PORT}", "--out", self.bmi_out])
         self.wait_all_flowing(time.monotonic(), timeout)
 
@@ -281,14 +281,14 @@ class HaLab:
         Sequence numbers continue from earlier calls."""
         first = len(self.trips()[0])
         proc = self.spawn("bmi", "trip-send", [
-            sys.executable, "-m", "netconfig.trip_peers", "send", "--group", TRIP_GROUP, "--port", str(TRIP_PORT),
+            sys.executable, "-m", "tests.lab.trip_peers", "send", "--group", TRIP_GROUP, "--port", str(TRIP_PORT),
             "--src", BMI_IP, "--iface", "eth0", "--count", str(count), "--interval", str(interval),
             "--first", str(first), "--out", os.path.join(self.workdir, "trip-sent.jsonl")])
         wait_for(lambda: len(self.trips()[0]) >= first + lead, 60, f"{lead} trips sent", lambda: self.log("trip-send"))
         return proc
 
     def start_trip_receiver(self) -> None:
-        self.spawn("sites", "trip-recv", [sys.executable, "-m", "netconfig.trip_peers", "receive", "--group",
+        self.spawn("sites", "trip-recv", [sys.executable, "-m", "tests.lab.trip_peers", "receive", "--group",
                                           TRIP_GROUP, "--port", str(TRIP_PORT), "--ifaces", "eth0",
                                           "--out", os.path.join(self.workdir, "trip-recv.jsonl")])
         wait_for(lambda: "receiver: ready" in self.log("trip-recv"), 10, "trip receiver")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from netconfig.harness import Lab, wait_for
 from tests.conftest import require_root, require_tool
+from tests.lab.harness import Lab, wait_for
 from tests.netns.appliance import Appliance
 
 pytestmark = pytest.mark.netns

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from netconfig.harness import Lab
 from tests.conftest import require_root, require_tool
+from tests.lab.harness import Lab
 from tests.netns.appliance import Appliance
 
 pytestmark = pytest.mark.netns

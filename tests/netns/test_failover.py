@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from netconfig.harness import Iec104Stream, Lab, list_namespaces, wait_for
 from netconfig.measure import FaultResult, analyze
+from tests.lab.harness import Iec104Stream, Lab, list_namespaces, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from netconfig.harness import Iec104Stream, Lab, TripTraffic, run, wait_for
 from netconfig.multicast import NFT_TABLE, path_status
 from tests.conftest import require_root, require_tool
+from tests.lab.harness import Iec104Stream, Lab, TripTraffic, run, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -16,7 +16,7 @@ import pytest
 from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.tap import CHILD, config_frame
-from netconfig.harness import Lab, TripTraffic
+from tests.lab.harness import Lab, TripTraffic
 from tests.netns.test_trip_path import GROUP, assert_nobody_joined, lab, trips  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.netns

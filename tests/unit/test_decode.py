@@ -12,7 +12,7 @@ import zoneinfo
 import pytest
 from scapy.contrib.scada.iec104 import IEC104_I_Message_SeqIOA, IEC104_I_Message_SingleIOA
 
-from concentrator.iec104.decode import TYPES, DecodeError, ValueKind, decode_asdu
+from concentrator.iec104.decode import CYCLIC_TYPES, TYPES, DecodeError, ValueKind, decode_asdu
 
 # Captured from the UPDC simulator (c104 2.2.1 server) talking to a c104 client, Nov 2026:
 # interrogation answer (cause 20) with SQ = 1, spontaneous samples and changes (cause 3).
@@ -321,3 +321,9 @@ def test_command_confirmations_decoded_with_their_time_tag():
     assert tag is not None and tag.isoformat() == "2026-11-22T04:06:50.187Z"
     pulse = decode_asdu(BUILT["C_DC_NA_1 execute ON, long pulse"]).objects[0]
     assert pulse.value == 2 and pulse.extra == {"select": False, "qualifier": 2}
+
+
+def test_cyclic_types_are_the_measurements_and_totals_docs_mqtt_lists():
+    # docs/mqtt.md: the mirror drops "types 9-16, 21, 34-37" first and publishes them at QoS 0.
+    assert CYCLIC_TYPES == {*range(9, 17), 21, *range(34, 38)}
+    assert not CYCLIC_TYPES & {1, 3, 7, 30, 31, 33, 45, 70, 100}  # points, bitstrings, commands: events

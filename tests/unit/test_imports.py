@@ -8,17 +8,29 @@ function is still a dependency, and hiding a circle there is what this test forb
 from __future__ import annotations
 
 import ast
+import fnmatch
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("concentrator", "netconfig", "monitoring")
-# The namespace lab is leaving the installed packages (issue 14); until it has, it is
-# not part of the link manager that runs on the appliance.
-LAB = {"netconfig.harness", "netconfig.harness_peers"}
+PACKAGES = ("concentrator", "netconfig", "monitoring")  # what `pip install .` installs
+# Lab and bench code lives beside the packages and is not installed: the product must not need it.
+NOT_INSTALLED = ("tests", "bench")
 CONFIG_PRIMITIVES = "concentrator.configbase"
 
 Graph = Mapping[str, set[str]]
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The first component of every absolute import in a file (function-level ones too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
 
 
 def module_name(path: Path) -> str:
@@ -137,6 +149,22 @@ def test_the_config_primitives_import_nothing_of_the_project() -> None:
 def test_netconfig_depends_on_nothing_of_the_relay_but_the_config_primitives() -> None:
     graph = import_graph()
     for name in graph:
-        if name.startswith("netconfig") and name not in LAB:
+        if name.startswith("netconfig"):
             relay = {m for m in reachable(graph, name) if m.startswith("concentrator") and m != CONFIG_PRIMITIVES}
             assert not relay, f"{name} depends on {sorted(relay)}"
+
+
+def test_the_installed_packages_are_the_ones_pyproject_installs() -> None:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(include) == sorted(f"{p}*" for p in PACKAGES)
+    assert not any(fnmatch.fnmatch(name, pattern) for name in NOT_INSTALLED for pattern in include)
+
+
+def test_the_installed_packages_need_no_lab_or_bench_code(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.py"
+    lab.write_text("def f():\n    from tests.lab.harness import Lab\n")
+    assert top_level_imports(lab) & set(NOT_INSTALLED) == {"tests"}  # the check sees a hidden one
+    for name, path in project_modules().items():
+        needed = top_level_imports(path) & set(NOT_INSTALLED)
+        assert not needed, f"{name} imports {sorted(needed)}, which is not installed"

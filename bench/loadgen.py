@@ -22,7 +22,7 @@ ASDU at the receiver, on the same clock (CLOCK_MONOTONIC via `time.perf_counter_
 The BMI either holds one connection (to the relay) or one connection per site (the
 direct and haproxy baselines: port `first_port + i` reaches site i).
 
-    python -m concentrator.sim.loadgen steady --sites 100 --rate 10 --site-port 30000 \
+    python -m bench.loadgen steady --sites 100 --rate 10 --site-port 30000 \
         --bmi-port 2404 --duration 15 --watch-pid 1234
 prints one JSON object with the measurements on stdout.
 """
@@ -44,7 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..iec104.link import (
+from concentrator.iec104.asdu import BROADCAST_CA, Cause
+from concentrator.iec104.decode import TypeId
+from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
     DataTransferStarted,
@@ -57,15 +59,6 @@ from ..iec104.link import (
 now_ns = time.perf_counter_ns
 monotonic = time.monotonic
 
-M_BO_NA_1 = 7
-C_SC_NA_1 = 45
-C_IC_NA_1 = 100
-COT_SPONTANEOUS = 3
-COT_ACTIVATION = 6
-COT_ACTIVATION_CON = 7
-COT_ACTIVATION_TERM = 10
-COT_INTERROGATED = 20
-BROADCAST_CA = 65535
 STAMPED_IOA = 1000
 COMMAND_IOA = 5000
 
@@ -79,7 +72,7 @@ _stamped_unpack = _STAMPED.unpack_from
 
 def stamped_asdu(ca: int, cause: int, ioa: int, sequence: int, sent_ns: int) -> bytes:
     return _stamped_pack(
-        M_BO_NA_1, 0x83, cause, 0, ca, ioa & 0xFFFF, ioa >> 16, sequence & 0xFFFFFFFF, 0,
+        TypeId.M_BO_NA_1, 0x83, cause, 0, ca, ioa & 0xFFFF, ioa >> 16, sequence & 0xFFFFFFFF, 0,
         sent_ns & 0xFFFFFFFF, 0, sent_ns >> 32, 0,
     )  # fmt: skip
 
@@ -97,12 +90,12 @@ def read_stamped(asdu: bytes) -> tuple[int, int, int, int]:
 
 def command_asdu(ca: int, cause: int, select: bool) -> bytes:
     """C_SC_NA_1, IOA 5000, ON; S/E bit set for select."""
-    return bytes((C_SC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, COMMAND_IOA & 0xFF, COMMAND_IOA >> 8, 0,
+    return bytes((TypeId.C_SC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, COMMAND_IOA & 0xFF, COMMAND_IOA >> 8, 0,
                   0x81 if select else 0x01))  # fmt: skip
 
 
-def interrogation_asdu(ca: int, cause: int = COT_ACTIVATION) -> bytes:
-    return bytes((C_IC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, 0, 0, 0, 20))
+def interrogation_asdu(ca: int, cause: int = Cause.ACTIVATION) -> bytes:
+    return bytes((TypeId.C_IC_NA_1, 1, cause, 0, ca & 0xFF, ca >> 8, 0, 0, 0, 20))
 
 
 def _mirror(asdu: bytes, cause: int, ca: int) -> bytes:
@@ -303,20 +296,20 @@ class SiteEndpoint(Endpoint):
         gen = self.gen
         site = self.site
         type_id = asdu[0]
-        if type_id == C_SC_NA_1:
+        if type_id == TypeId.C_SC_NA_1:
             sent = gen.down_sent.pop(site.ca, None)
             if sent is not None and gen.measuring:
                 gen.down_latency.append(received_ns - sent)
-            self.send(_mirror(asdu, COT_ACTIVATION_CON, site.ca))
+            self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             if not asdu[9] & 0x80:  # execute: the command ran
-                self.send(_mirror(asdu, COT_ACTIVATION_TERM, site.ca))
-        elif type_id == C_IC_NA_1:
-            self.send(_mirror(asdu, COT_ACTIVATION_CON, site.ca))
+                self.send(_mirror(asdu, Cause.ACTIVATION_TERMINATION, site.ca))
+        elif type_id == TypeId.C_IC_NA_1:
+            self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             ca = site.ca
             for n in range(gen.storm_objects):
                 ioa = STAMPED_IOA + 1 + n
-                self.waiting.append(partial(_stamp_now, ca, COT_INTERROGATED, ioa, 0))
-            self.send(_mirror(asdu, COT_ACTIVATION_TERM, ca))
+                self.waiting.append(partial(_stamp_now, ca, Cause.INTERROGATED_BY_STATION, ioa, 0))
+            self.send(_mirror(asdu, Cause.ACTIVATION_TERMINATION, ca))
         else:
             gen.other_down += 1
 
@@ -349,9 +342,9 @@ class BmiEndpoint(Endpoint):
     def on_asdu(self, asdu: bytes, received_ns: int) -> None:
         gen = self.gen
         type_id = asdu[0]
-        if type_id == M_BO_NA_1 and len(asdu) == STAMPED_LENGTH:
+        if type_id == TypeId.M_BO_NA_1 and len(asdu) == STAMPED_LENGTH:
             cause, ca, sequence, sent = read_stamped(asdu)
-            if cause == COT_SPONTANEOUS:
+            if cause == Cause.SPONTANEOUS:
                 site = gen.site_by_ca[ca]
                 if sequence != site.next_expected:
                     if sequence < site.next_expected:
@@ -366,13 +359,13 @@ class BmiEndpoint(Endpoint):
                 gen.storm_received += 1
                 gen.storm_latency.append(received_ns - sent)
                 gen.storm_last_ns = received_ns
-        elif type_id == C_SC_NA_1:
+        elif type_id == TypeId.C_SC_NA_1:
             gen.command_answer(asdu, received_ns)
-        elif type_id == C_IC_NA_1:
+        elif type_id == TypeId.C_IC_NA_1:
             cause = asdu[2] & 0x3F
-            if cause == COT_ACTIVATION_CON:
+            if cause == Cause.ACTIVATION_CON:
                 gen.storm_confirmations += 1
-            elif cause == COT_ACTIVATION_TERM:
+            elif cause == Cause.ACTIVATION_TERMINATION:
                 gen.storm_terminations += 1
                 gen.storm_last_ns = received_ns
         else:
@@ -502,7 +495,7 @@ class LoadGen:
             ca = site.ca
             # Stamped when the event arises, not when the window lets it leave: a UPDC
             # waiting for confirmations (end to end through the relay) is part of the delay.
-            endpoint.send(stamped_asdu(ca, COT_SPONTANEOUS, STAMPED_IOA, sequence, now_ns()))
+            endpoint.send(stamped_asdu(ca, Cause.SPONTANEOUS, STAMPED_IOA, sequence, now_ns()))
             loop.call_at(when + period, fire, when + period)
 
         first = loop.time() + random.random() * period
@@ -514,7 +507,7 @@ class LoadGen:
         sent = now_ns()
         self.command_state[ca] = [0, sent]
         self.down_sent[ca] = sent
-        self.bmi_for(ca).send(command_asdu(ca, COT_ACTIVATION, select=True))
+        self.bmi_for(ca).send(command_asdu(ca, Cause.ACTIVATION, select=True))
 
     def command_answer(self, asdu: bytes, received_ns: int) -> None:
         ca = asdu[4] | asdu[5] << 8
@@ -524,18 +517,18 @@ class LoadGen:
             self.other_up += 1
             return
         phase, sent = state
-        if phase == 0 and cause == COT_ACTIVATION_CON:
+        if phase == 0 and cause == Cause.ACTIVATION_CON:
             if self.measuring:
                 self.select_rtt.append(received_ns - sent)
             sent = now_ns()
             state[0], state[1] = 1, sent
             self.down_sent[ca] = sent
-            self.bmi_for(ca).send(command_asdu(ca, COT_ACTIVATION, select=False))
-        elif phase == 1 and cause == COT_ACTIVATION_CON:
+            self.bmi_for(ca).send(command_asdu(ca, Cause.ACTIVATION, select=False))
+        elif phase == 1 and cause == Cause.ACTIVATION_CON:
             if self.measuring:
                 self.execute_con_rtt.append(received_ns - sent)
             state[0] = 2
-        elif phase == 2 and cause == COT_ACTIVATION_TERM:
+        elif phase == 2 and cause == Cause.ACTIVATION_TERMINATION:
             if self.measuring:
                 self.execute_term_rtt.append(received_ns - sent)
             del self.command_state[ca]
@@ -725,7 +718,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="loadgen", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=["steady", "storm"])
     parser.add_argument("--sites", type=int, required=True)
     parser.add_argument("--site-port", type=int, required=True, help="site i listens on this port + i")

@@ -24,6 +24,7 @@ down, and restore. Namespace names carry a per-run prefix with the owner's pid;
 `Lab.close()` (context manager, atexit) kills every process started in them and
 deletes them, and `cleanup_stale()` removes leftovers of dead owners.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -38,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Any
 
 import yaml
@@ -61,15 +63,15 @@ class Veth:
 
     conc_if: str
     conc_ip: str
-    peer_ns: str       # lab role name: "bmi" or "site<i>"
+    peer_ns: str  # lab role name: "bmi" or "site<i>"
     peer_if: str
     peer_ip: str
 
 
 @dataclass(frozen=True)
 class LabLink:
-    name: str          # "uplink" or "site<i>"
-    peer: str          # namespace role of the far end
+    name: str  # "uplink" or "site<i>"
+    peer: str  # namespace role of the far end
     peer_service: str
     primary: Veth
     backup: Veth
@@ -122,7 +124,7 @@ def cleanup_stale() -> list[str]:
         if not ns.startswith(BASE):
             continue
         try:
-            owner = int(ns[len(BASE):].split("x", 1)[0])
+            owner = int(ns[len(BASE) :].split("x", 1)[0])
         except ValueError:
             continue
         if not _pid_alive(owner):
@@ -183,13 +185,17 @@ class Lab:
         self.procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
         self.namespaces: list[str] = []
         self.uplink = LabLink(
-            "uplink", "bmi", BMI_SERVICE,
+            "uplink",
+            "bmi",
+            BMI_SERVICE,
             Veth("up0", "172.16.0.1", "bmi", "c0", "172.16.0.2"),
             Veth("up1", "172.16.1.1", "bmi", "c1", "172.16.1.2"),
         )
         self.sites = [
             LabLink(
-                f"site{i}", f"site{i}", site_service(i),
+                f"site{i}",
+                f"site{i}",
+                site_service(i),
                 Veth(f"s{i}p", f"172.20.{i}.1", f"site{i}", "p0", f"172.20.{i}.2"),
                 Veth(f"s{i}b", f"172.21.{i}.1", f"site{i}", "p1", f"172.21.{i}.2"),
             )
@@ -249,9 +255,23 @@ class Lab:
                 # on a device whose iflink differs from its ifindex as urgent and
                 # notifies at once; with equal indexes (easy across namespaces, both
                 # count from 1) the notification is rate-limited to one per second.
-                self.ip("conc", "link", "add", veth.conc_if, "index", str(next(index)), "type", "veth",
-                        "peer", "name", veth.peer_if, "index", str(next(index)),
-                        "netns", self.ns(veth.peer_ns))
+                self.ip(
+                    "conc",
+                    "link",
+                    "add",
+                    veth.conc_if,
+                    "index",
+                    str(next(index)),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    veth.peer_if,
+                    "index",
+                    str(next(index)),
+                    "netns",
+                    self.ns(veth.peer_ns),
+                )
                 self.ip("conc", "addr", "add", f"{veth.conc_ip}/30", "dev", veth.conc_if)
                 self.ip(veth.peer_ns, "addr", "add", f"{veth.peer_ip}/30", "dev", veth.peer_if)
                 self.ip("conc", "link", "set", veth.conc_if, "up")
@@ -298,34 +318,48 @@ class Lab:
             return {"interface": v.conc_if, "gateway": v.peer_ip}
 
         if role == "conc":
-            return {**self._multicast_config(), "network": {
-                "service_address": CONC_SERVICE, **common,
-                "metrics_listen": NETD_METRICS,
-                "uplink": {
-                    "destinations": [f"{BMI_SERVICE}/32"],
-                    "primary": path(self.uplink.primary, False),
-                    "backup": path(self.uplink.backup, False),
+            return {
+                **self._multicast_config(),
+                "network": {
+                    "service_address": CONC_SERVICE,
+                    **common,
+                    "metrics_listen": NETD_METRICS,
+                    "uplink": {
+                        "destinations": [f"{BMI_SERVICE}/32"],
+                        "primary": path(self.uplink.primary, False),
+                        "backup": path(self.uplink.backup, False),
+                    },
+                    "sites": [
+                        {
+                            "name": s.name,
+                            "destinations": [f"{s.peer_service}/32"],
+                            "primary": path(s.primary, False),
+                            "backup": path(s.backup, False),
+                        }
+                        for s in self.sites
+                        if self.site_paths == "netd"
+                    ],
                 },
-                "sites": [
-                    {"name": s.name, "destinations": [f"{s.peer_service}/32"],
-                     "primary": path(s.primary, False), "backup": path(s.backup, False)}
-                    for s in self.sites if self.site_paths == "netd"
-                ],
-            }}
+            }
         link = self.uplink if role == "bmi" else self.link(role)
-        return {"network": {
-            "service_address": link.peer_service, **common,
-            "uplink": {
-                "destinations": [f"{CONC_SERVICE}/32"],
-                "primary": path(link.primary, True),
-                "backup": path(link.backup, True),
-            },
-        }}
+        return {
+            "network": {
+                "service_address": link.peer_service,
+                **common,
+                "uplink": {
+                    "destinations": [f"{CONC_SERVICE}/32"],
+                    "primary": path(link.primary, True),
+                    "backup": path(link.backup, True),
+                },
+            }
+        }
 
     def smcroute_files(self) -> dict[str, str]:
         """The concentrator's smcrouted: its own socket and pid file (one per namespace)."""
-        return {key: os.path.join(self.workdir, f"smcroute.{ext}")
-                for key, ext in (("config_file", "conf"), ("socket", "sock"), ("pid_file", "pid"))}
+        return {
+            key: os.path.join(self.workdir, f"smcroute.{ext}")
+            for key, ext in (("config_file", "conf"), ("socket", "sock"), ("pid_file", "pid"))
+        }
 
     def _multicast_config(self) -> dict[str, Any]:
         if not self.trip_groups:
@@ -334,27 +368,33 @@ class Lab:
         inbound = [self.uplink.path(p).conc_if for p in paths]
         outbound = [s.path(p).conc_if for s in self.sites for p in paths]
         engine = {} if self.trip_engine == "auto" else {"engine": self.trip_engine}  # auto: the default
-        return {"multicast": {
-            **engine,
-            "smcroute": self.smcroute_files(),
-            "groups": [
-                {"group": group, "port": port, "sources": [BMI_SERVICE],
-                 "inbound": inbound, "outbound": outbound}
-                for group, port in self.trip_groups
-            ],
-        }}
+        return {
+            "multicast": {
+                **engine,
+                "smcroute": self.smcroute_files(),
+                "groups": [
+                    {"group": group, "port": port, "sources": [BMI_SERVICE], "inbound": inbound, "outbound": outbound}
+                    for group, port in self.trip_groups
+                ],
+            }
+        }
 
     def state_file(self, role: str) -> str:
         return os.path.join(self.workdir, f"netd-{role}.json")
 
-    def _start_netd(self, role: str, config: dict[str, Any] | None = None,
-                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _start_netd(
+        self, role: str, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `role`'s netd with its configuration (`config` in place of the lab's)."""
         conf = os.path.join(self.workdir, f"netd-{role}.yaml")
         with open(conf, "w") as f:
             yaml.safe_dump(config if config is not None else self.netd_config(role), f)
-        return self.spawn(role, f"netd-{role}", [sys.executable, "-m", "netconfig.netd",
-                                                 "--config", conf, "--state", self.state_file(role)], env=env)
+        return self.spawn(
+            role,
+            f"netd-{role}",
+            [sys.executable, "-m", "netconfig.netd", "--config", conf, "--state", self.state_file(role)],
+            env=env,
+        )
 
     def kill_netd(self, role: str = "conc") -> None:
         """SIGKILL `role`'s netd (a crash: no cleanup of its own)."""
@@ -374,16 +414,23 @@ class Lab:
 
     def netd_metrics(self, role: str = "conc") -> str:
         """The link manager's Prometheus exposition, fetched inside its namespace."""
-        fetch = f"import urllib.request; print(urllib.request.urlopen('http://{NETD_METRICS}/metrics', timeout=5).read().decode())"
+        url = f"http://{NETD_METRICS}/metrics"
+        fetch = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
         return run(["ip", "netns", "exec", self.ns(role), sys.executable, "-c", fetch]).stdout
 
     def wait_netd_ready(self, role: str, timeout: float = 15.0) -> None:
         """Until the netd started last in `role` says it is ready (not the state file an
         earlier one left: `ip netns exec` execs, so the pid is the process's)."""
         pid = [proc.pid for label, proc, _log in self.procs if label == f"netd-{role}"][-1]
-        wait_for(lambda: self.assert_running() or (self.netd_state(role).get("ready") is True
-                                                   and self.netd_state(role).get("pid") == pid), timeout,
-                 f"netd in {role} ready", self._log_tail(f"netd-{role}"))
+        wait_for(
+            lambda: (
+                self.assert_running()
+                or (self.netd_state(role).get("ready") is True and self.netd_state(role).get("pid") == pid)
+            ),
+            timeout,
+            f"netd in {role} ready",
+            self._log_tail(f"netd-{role}"),
+        )
 
     def active(self, link: str, role: str = "conc") -> str | None:
         st = self.netd_state(role).get("links", {}).get(link)
@@ -394,16 +441,19 @@ class Lab:
         lab_link = self.link(link)
         for role in roles or ("conc", lab_link.peer):
             name = link if role == "conc" else "uplink"
-            wait_for(lambda: self.active(name, role) == path and
-                     not self.netd_state(role)["links"][name]["all_down"],
-                     timeout, f"{role}: {link} on {path}")
+            wait_for(partial(self._carries, name, role, path), timeout, f"{role}: {link} on {path}")
+
+    def _carries(self, name: str, role: str, path: str) -> bool:
+        return self.active(name, role) == path and not self.netd_state(role)["links"][name]["all_down"]
 
     def wait_healthy(self, link: str, path: str, timeout: float = 20.0) -> None:
         lab_link = self.link(link)
         for role in ("conc", lab_link.peer):
             name = link if role == "conc" else "uplink"
-            wait_for(lambda: self.netd_state(role).get("links", {}).get(name, {})
-                     .get("healthy", {}).get(path) is True, timeout, f"{role}: {link} {path} healthy")
+            wait_for(partial(self._healthy, name, role, path), timeout, f"{role}: {link} {path} healthy")
+
+    def _healthy(self, name: str, role: str, path: str) -> bool:
+        return self.netd_state(role).get("links", {}).get(name, {}).get("healthy", {}).get(path) is True
 
     def switch_count(self, link: str, role: str = "conc") -> int:
         """Switches so far (the recent_switches list keeps only the last 100)."""
@@ -418,17 +468,22 @@ class Lab:
 
     # ------------------------------------------------------------------ processes
 
-    def spawn(self, role: str, label: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, role: str, label: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(os.path.join(self.workdir, f"{label}.log"), "wb")
         full_env = dict(os.environ)
         # Run our own packages from the source tree whatever the caller's cwd is.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(role), *argv],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=full_env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
         )
         self.procs.append((label, proc, log))
         return proc
@@ -448,6 +503,7 @@ class Lab:
                     return f.read()[-3000:].decode(errors="replace")
             except OSError:
                 return ""
+
         return tail
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
@@ -523,8 +579,9 @@ class Lab:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str,
-             detail: Callable[[], str] | None = None, interval: float = 0.01) -> float:
+def wait_for(
+    cond: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] | None = None, interval: float = 0.01
+) -> float:
     """Poll `cond` until true; returns the seconds waited; raises TimeoutError with `what`."""
     start = time.monotonic()
     while True:
@@ -544,8 +601,10 @@ def _close_all() -> None:
 
 def install_signal_cleanup() -> None:
     """For CLI entry points: SIGTERM/SIGHUP unwind (running every Lab.close())."""
+
     def handler(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
+
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
 
@@ -564,29 +623,28 @@ class Traffic:
         self.streams: list[int] = []
 
     def _listening(self, role: str, port: int) -> bool:
-        out = run(["ip", "netns", "exec", self.lab.ns(role), "ss", "-Hltn", f"sport = :{port}"],
-                  check=False).stdout
+        out = run(["ip", "netns", "exec", self.lab.ns(role), "ss", "-Hltn", f"sport = :{port}"], check=False).stdout
         self.lab.assert_running()
         return bool(out.strip())
 
     def rows(self) -> list[tuple[int, int, int, float]]:
         from .harness_peers import read_sink
+
         try:
             return read_sink(self.out)
         except OSError:
             return []
 
     def flowing(self, stream: int, since: float) -> bool:
-        return any(st == stream and t > since for _c, st, _s, t in self.rows()[-20000:])
+        """A record of `stream` arrived after `since` (raises if a lab process died)."""
+        return self.lab.assert_running() or any(st == stream and t > since for _c, st, _s, t in self.rows()[-20000:])
 
     def wait_flowing(self, stream: int | None = None, timeout: float = 10.0, since: float | None = None) -> float:
         """Wait for a record of `stream` (default: every stream) arriving after `since`."""
         start = time.monotonic() if since is None else since
         waited = 0.0
         for st in [stream] if stream is not None else self.streams:
-            waited = wait_for(lambda: self.lab.assert_running() or self.flowing(st, start), timeout,
-                              f"stream {st} flowing",
-                              interval=0.02)
+            waited = wait_for(partial(self.flowing, st, start), timeout, f"stream {st} flowing", interval=0.02)
         return waited
 
     def start(self, timeout: float = 15.0) -> None:
@@ -616,11 +674,14 @@ class Iec104Stream(Traffic):
 
     def relay_config(self) -> dict[str, Any]:
         return {
-            "uplink": {"listen": f"{CONC_SERVICE}:{self.PORT}", "allowed_peers": [BMI_SERVICE],
-                       **self.relay_extra},
+            "uplink": {"listen": f"{CONC_SERVICE}:{self.PORT}", "allowed_peers": [BMI_SERVICE], **self.relay_extra},
             "sites": [
-                {"name": s.name, "common_addresses": [100 + i],
-                 "endpoints": self.endpoints(s), "interruptibility": "instantaneous"}
+                {
+                    "name": s.name,
+                    "common_addresses": [100 + i],
+                    "endpoints": self.endpoints(s),
+                    "interruptibility": "instantaneous",
+                }
                 for i, s in enumerate(self.lab.sites, start=1)
             ],
             "metrics": {"listen": "127.0.0.1:9104"},
@@ -632,40 +693,53 @@ class Iec104Stream(Traffic):
         return [f"{site.peer_service}:{self.PORT}"]
 
     def start(self, timeout: float = 15.0) -> None:
-        py = [sys.executable, "-m", "netconfig.harness_peers"]
+        py = [sys.executable, "-m", "tests.lab.harness_peers"]
         for i, site in enumerate(self.lab.sites, start=1):
             listen = "0.0.0.0" if self.lab.site_paths == "endpoints" else site.peer_service
-            self.procs.append(self.lab.spawn(site.peer, f"station-{site.name}", [
-                *py, "station", "--listen", f"{listen}:{self.PORT}",
-                "--ca", str(100 + i), "--rate", str(self.rate)]))
+            self.procs.append(
+                self.lab.spawn(
+                    site.peer,
+                    f"station-{site.name}",
+                    [
+                        *py,
+                        "station",
+                        "--listen",
+                        f"{listen}:{self.PORT}",
+                        "--ca",
+                        str(100 + i),
+                        "--rate",
+                        str(self.rate),
+                    ],
+                )
+            )
         for site in self.lab.sites:
-            wait_for(lambda: self._listening(site.peer, self.PORT), timeout, f"station {site.name}")
+            wait_for(partial(self._listening, site.peer, self.PORT), timeout, f"station {site.name}")
         conf = os.path.join(self.lab.workdir, "relay.yaml")
         with open(conf, "w") as f:
             yaml.safe_dump(self.relay_config(), f)
-        self.relay = self.lab.spawn("conc", "relay", [sys.executable, "-m", "concentrator", "relay",
-                                                       "--config", conf])
+        self.relay = self.lab.spawn("conc", "relay", [sys.executable, "-m", "concentrator", "relay", "--config", conf])
         self.procs.append(self.relay)
-        wait_for(lambda: self._listening("conc", self.PORT), timeout, "relay listening",
-                 self.lab._log_tail("relay"))
+        wait_for(lambda: self._listening("conc", self.PORT), timeout, "relay listening", self.lab._log_tail("relay"))
         self._master_label = "master"
-        self.procs.append(self.lab.spawn("bmi", "master", [
-            *py, "master", "--target", f"{CONC_SERVICE}:{self.PORT}", "--out", self.out]))
+        self.procs.append(
+            self.lab.spawn(
+                "bmi", "master", [*py, "master", "--target", f"{CONC_SERVICE}:{self.PORT}", "--out", self.out]
+            )
+        )
         self.wait_flowing(timeout=timeout)
-
 
     def site_connections(self, site: str) -> int:
         """How many connections the relay opened to `site`'s station so far."""
         text = self.lab._log_tail(f"station-{site}")()
-        counts = [int(line.rsplit("=", 1)[1]) for line in text.splitlines()
-                  if line.startswith("station: connections=")]
+        counts = [int(line.rsplit("=", 1)[1]) for line in text.splitlines() if line.startswith("station: connections=")]
         return max(counts, default=0)
 
     def bmi_connections(self) -> int:
         """How many IEC 104 connections the BMI opened to the relay so far."""
         text = self.lab._log_tail("master")()
-        return sum(1 for line in text.splitlines() if line.startswith("master: connection ")
-                   and line.rstrip()[-1].isdigit())
+        return sum(
+            1 for line in text.splitlines() if line.startswith("master: connection ") and line.rstrip()[-1].isdigit()
+        )
 
 
 class TcpStream(Traffic):
@@ -686,24 +760,51 @@ class TcpStream(Traffic):
         self.streams = list(range(1, len(lab.sites) + 1))
 
     def start(self, timeout: float = 10.0) -> None:
-        py = [sys.executable, "-m", "netconfig.harness_peers"]
-        self.procs.append(self.lab.spawn("bmi", "sink", [*py, "sink", "--listen",
-                          f"{BMI_SERVICE}:{self.PORT_SINK}", "--out", self.out]))
+        py = [sys.executable, "-m", "tests.lab.harness_peers"]
+        self.procs.append(
+            self.lab.spawn(
+                "bmi", "sink", [*py, "sink", "--listen", f"{BMI_SERVICE}:{self.PORT_SINK}", "--out", self.out]
+            )
+        )
         wait_for(lambda: self._listening("bmi", self.PORT_SINK), timeout, "sink listening")
-        self.procs.append(self.lab.spawn("conc", "forward", [*py, "forward", "--listen",
-                          f"{CONC_SERVICE}:{self.PORT_FWD}", "--target", f"{BMI_SERVICE}:{self.PORT_SINK}"]))
+        self.procs.append(
+            self.lab.spawn(
+                "conc",
+                "forward",
+                [
+                    *py,
+                    "forward",
+                    "--listen",
+                    f"{CONC_SERVICE}:{self.PORT_FWD}",
+                    "--target",
+                    f"{BMI_SERVICE}:{self.PORT_SINK}",
+                ],
+            )
+        )
         wait_for(lambda: self._listening("conc", self.PORT_FWD), timeout, "forwarder listening")
         for i, site in enumerate(self.lab.sites, start=1):
-            self.procs.append(self.lab.spawn(site.peer, f"source-{site.name}", [
-                *py, "source", "--target", f"{CONC_SERVICE}:{self.PORT_FWD}",
-                "--stream", str(i), "--rate", str(self.rate)]))
+            self.procs.append(
+                self.lab.spawn(
+                    site.peer,
+                    f"source-{site.name}",
+                    [
+                        *py,
+                        "source",
+                        "--target",
+                        f"{CONC_SERVICE}:{self.PORT_FWD}",
+                        "--stream",
+                        str(i),
+                        "--rate",
+                        str(self.rate),
+                    ],
+                )
+            )
         self.wait_flowing(timeout=timeout)
-
 
 
 class TripTraffic:
     """Multicast trip datagrams from the BMI namespace to a receiver in every site
-    namespace (netconfig.trip_peers): what was sent and what each site got, by hash."""
+    namespace (tests.lab.trip_peers): what was sent and what each site got, by hash."""
 
     def __init__(self, lab: Lab, group: str, port: int) -> None:
         self.lab, self.group, self.port = lab, group, port
@@ -716,28 +817,72 @@ class TripTraffic:
     def start(self, timeout: float = 30.0, unicast_port: int | None = None) -> None:
         """One receiver process for every site (its sockets in the sites' namespaces);
         with `unicast_port` it also logs unicast datagrams to each site's service address."""
-        spec = [{"netns": self.lab.ns(site.peer), "ifaces": f"{site.primary.peer_if},{site.backup.peer_if}",
-                 "out": self.received_file(site),
-                 **({"unicast": f"{site.peer_service}:{unicast_port}"} if unicast_port else {})}
-                for site in self.lab.sites]
+        spec = [
+            {
+                "netns": self.lab.ns(site.peer),
+                "ifaces": f"{site.primary.peer_if},{site.backup.peer_if}",
+                "out": self.received_file(site),
+                **({"unicast": f"{site.peer_service}:{unicast_port}"} if unicast_port else {}),
+            }
+            for site in self.lab.sites
+        ]
         spec_file = os.path.join(self.lab.workdir, f"trip-recv-{self.group}.json")
         with open(spec_file, "w") as f:
             json.dump(spec, f)
         label = f"trip-recv-{self.group}"
-        self.lab.spawn(self.lab.sites[0].peer, label, [
-            sys.executable, "-m", "netconfig.trip_peers", "receive", "--group", self.group,
-            "--port", str(self.port), "--spec", spec_file])
-        wait_for(lambda: "receiver: ready" in self.lab._log_tail(label)() or bool(self.lab.assert_running()),
-                 timeout, "trip receiver")
+        self.lab.spawn(
+            self.lab.sites[0].peer,
+            label,
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.trip_peers",
+                "receive",
+                "--group",
+                self.group,
+                "--port",
+                str(self.port),
+                "--spec",
+                spec_file,
+            ],
+        )
+        wait_for(
+            lambda: "receiver: ready" in self.lab._log_tail(label)() or bool(self.lab.assert_running()),
+            timeout,
+            "trip receiver",
+        )
 
     def send(self, count: int, path: str = "primary", timeout: float = 30.0) -> list[dict[str, Any]]:
         """Send `count` datagrams out of the BMI's end of the uplink's `path`; returns them."""
         first = self.next_seq
         self.next_seq += count
         iface = self.lab.uplink.path(path).peer_if
-        run(["ip", "netns", "exec", self.lab.ns("bmi"), sys.executable, "-m", "netconfig.trip_peers", "send",
-             "--group", self.group, "--port", str(self.port), "--src", BMI_SERVICE, "--iface", iface,
-             "--count", str(count), "--first", str(first), "--out", self.sent_file])
+        run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.lab.ns("bmi"),
+                sys.executable,
+                "-m",
+                "tests.lab.trip_peers",
+                "send",
+                "--group",
+                self.group,
+                "--port",
+                str(self.port),
+                "--src",
+                BMI_SERVICE,
+                "--iface",
+                iface,
+                "--count",
+                str(count),
+                "--first",
+                str(first),
+                "--out",
+                self.sent_file,
+            ]
+        )
         return [s for s in _jsonl(self.sent_file) if first <= s["seq"] < first + count]
 
     def received(self, site: LabLink) -> list[dict[str, Any]]:
@@ -747,9 +892,18 @@ class TripTraffic:
         """Until every site has received every datagram of `sent` (matched by hash)."""
         want = {s["sha256"] for s in sent}
         for site in self.lab.sites:
-            wait_for(lambda: want <= {r["sha256"] for r in self.received(site)}, timeout,
-                     f"{len(want)} trip datagrams at {site.name}",
-                     lambda: f"got {len(want & {r['sha256'] for r in self.received(site)})}")
+            wait_for(
+                partial(self._delivered, site, want),
+                timeout,
+                f"{len(want)} trip datagrams at {site.name}",
+                partial(self._delivered_count, site, want),
+            )
+
+    def _delivered(self, site: LabLink, want: set[str]) -> bool:
+        return want <= {r["sha256"] for r in self.received(site)}
+
+    def _delivered_count(self, site: LabLink, want: set[str]) -> str:
+        return f"got {len(want & {r['sha256'] for r in self.received(site)})}"
 
 
 def _jsonl(path: str) -> list[dict[str, Any]]:
@@ -764,13 +918,13 @@ def _jsonl(path: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m netconfig.harness up|cleanup`: a lab to look at by hand, or tidy up.
+    """`python -m tests.lab.harness up|cleanup`: a lab to look at by hand, or tidy up.
 
     Measurements: bench/failover.py (same harness, repeated faults, statistics).
     """
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m netconfig.harness", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tests.lab.harness", description=main.__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build a lab (and traffic) and keep it until Ctrl-C")
     up.add_argument("--sites", type=int, default=2)
@@ -786,8 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deleted {ns}")
         return 0
     install_signal_cleanup()
-    with Lab(args.sites, probe_interval=args.probe_interval, probe_misses=args.misses,
-             hold_time=args.hold_time) as lab:
+    with Lab(args.sites, probe_interval=args.probe_interval, probe_misses=args.misses, hold_time=args.hold_time) as lab:
         traffic: Traffic | None = None
         if args.traffic == "iec104":
             traffic = Iec104Stream(lab, rate=args.rate)

@@ -1,9 +1,9 @@
 """Trip-message peers for the lab and the benchmark (run inside a namespace).
 
-    python -m netconfig.trip_peers receive --group G --port P --ifaces p0,p1 --out FILE
+    python -m tests.lab.trip_peers receive --group G --port P --ifaces p0,p1 --out FILE
         [--unicast ADDR:PORT]
-    python -m netconfig.trip_peers receive --group G --port P --spec SITES.json
-    python -m netconfig.trip_peers send --group G --port P --src S --iface c0 --count N --out FILE
+    python -m tests.lab.trip_peers receive --group G --port P --spec SITES.json
+    python -m tests.lab.trip_peers send --group G --port P --src S --iface c0 --count N --out FILE
 
 `receive` stands for a UPDC: it joins the group on its interfaces (a site is allowed
 to; the concentrator is not) and writes one JSON line per datagram: SHA-256 of the
@@ -16,6 +16,7 @@ one process does this for many sites, each socket opened in its site's namespace
 APDU inside UDP, TTL 16 so that it may be routed) and sends it out of one interface
 as a raw frame; one JSON line per datagram with the same hash.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ class _Site:
     """One site's sockets (opened in its namespace) and its log."""
 
     socks: list[tuple[socket.socket, str]]
-    names: dict[int, str]          # ifindex -> name, in the site's namespace
+    names: dict[int, str]  # ifindex -> name, in the site's namespace
     out: IO[str]
 
 
@@ -117,11 +118,21 @@ def receive(args: argparse.Namespace) -> int:
                     t_ns = sec * 1_000_000_000 + nsec
                 elif level == socket.IPPROTO_IP and typ == IP_PKTINFO:
                     ifname = names.get(struct.unpack("=i", value[:4])[0])
-            out.write(json.dumps({
-                "kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "len": len(data),
-                "src": addr[0], "sport": addr[1], "iface": ifname, "t_ns": t_ns,
-                "seq": int.from_bytes(data[6:10], "big") if len(data) >= 10 else None,
-            }) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "kind": kind,
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "len": len(data),
+                        "src": addr[0],
+                        "sport": addr[1],
+                        "iface": ifname,
+                        "t_ns": t_ns,
+                        "seq": int.from_bytes(data[6:10], "big") if len(data) >= 10 else None,
+                    }
+                )
+                + "\n"
+            )
 
 
 def trip_payload(seq: int, size: int = 40) -> bytes:
@@ -146,11 +157,22 @@ def send(args: argparse.Namespace) -> int:
     for i in range(args.count):
         seq = args.first + i
         data = trip_payload(seq)
-        frames.append(Ether(dst=mac, src=get_if_hwaddr(args.iface))
-                      / IP(src=args.src, dst=args.group, ttl=args.ttl) / UDP(sport=args.sport, dport=args.port)
-                      / Raw(data))
-        lines.append({"seq": seq, "sha256": hashlib.sha256(data).hexdigest(), "len": len(data),
-                      "src": args.src, "sport": args.sport, "iface": args.iface})
+        frames.append(
+            Ether(dst=mac, src=get_if_hwaddr(args.iface))
+            / IP(src=args.src, dst=args.group, ttl=args.ttl)
+            / UDP(sport=args.sport, dport=args.port)
+            / Raw(data)
+        )
+        lines.append(
+            {
+                "seq": seq,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "len": len(data),
+                "src": args.src,
+                "sport": args.sport,
+                "iface": args.iface,
+            }
+        )
     with open(args.out, "a") as out:
         for frame, line in zip(frames, lines, strict=True):
             sendp(frame, iface=args.iface, verbose=False)
@@ -162,7 +184,7 @@ def send(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m netconfig.trip_peers")
+    ap = argparse.ArgumentParser(prog="python -m tests.lab.trip_peers")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("receive")
     r.add_argument("--group", required=True)

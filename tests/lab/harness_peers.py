@@ -1,4 +1,4 @@
-"""Traffic peers run inside the lab's namespaces: `python -m netconfig.harness_peers`.
+"""Traffic peers run inside the lab's namespaces: `python -m tests.lab.harness_peers`.
 
     source   connects to HOST:PORT and sends numbered records at a fixed rate
     forward  listens and relays each connection to a target (a stand-in relay:
@@ -15,6 +15,7 @@ A record is 24 bytes: stream id (u32), pad, sequence number (u64), send time (f6
 All namespaces share CLOCK_MONOTONIC, so arrival times compare with the harness's
 own `time.monotonic()` fault timestamps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from functools import partial
 
 import trio
 
-RECORD = struct.Struct("!IIQd")          # stream, pad, seq, send time
-LOGREC = struct.Struct("<IIQd")          # conn, stream, seq, arrival time
+RECORD = struct.Struct("!IIQd")  # stream, pad, seq, send time
+LOGREC = struct.Struct("<IIQd")  # conn, stream, seq, arrival time
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -208,10 +209,9 @@ async def master(target: str, out: str) -> None:
     while True:
         conn_id += 1
         m = CodecMaster()
-        done = 0
 
-        async def drain() -> None:
-            nonlocal done
+        async def drain(m: CodecMaster, conn_id: int) -> None:
+            done = 0
             while True:
                 rows = []
                 for at, asdu in m.received[done:]:
@@ -224,7 +224,7 @@ async def master(target: str, out: str) -> None:
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(drain)
+                nursery.start_soon(drain, m, conn_id)
                 print(f"master: connection {conn_id}", flush=True)
                 reason = await m.run(host, port)
                 print(f"master: connection {conn_id} ended: {reason}", flush=True)
@@ -239,7 +239,7 @@ async def master(target: str, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m netconfig.harness_peers")
+    ap = argparse.ArgumentParser(prog="python -m tests.lab.harness_peers")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("source")
     s.add_argument("--target", required=True)
