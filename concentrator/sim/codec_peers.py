@@ -36,7 +36,7 @@ from ..iec104.link import (
     LinkParams,
     Role,
 )
-from ..session import LinkSession, set_nodelay
+from .session import LinkSession, set_nodelay
 
 SEQUENCE_IOA = 7001
 

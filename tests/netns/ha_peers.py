@@ -24,7 +24,7 @@ from typing import IO
 import trio
 
 from concentrator.iec104.link import DataTransferStarted, Event
-from concentrator.session import LinkSession
+from concentrator.sim.session import LinkSession
 from concentrator.sim.codec_peers import QueueingStation
 
 

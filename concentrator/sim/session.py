@@ -1,21 +1,18 @@
-"""Drives one IEC 104 `Link` over one trio stream.
+"""Drives one IEC 104 `Link` over one trio stream: the own-codec test peers' driver
+(codec_peers.py). The relay has its own driver around its core (concentrator/relay.py).
 
 One task reads and feeds the link; one task writes what the link has to send and runs
 its timers. Code elsewhere that makes the link send something (a forwarded ASDU, an
 acknowledgement) calls `wake()`.
 
-On a socket (the relay's case) the hot path takes no extra task switch: `wake()` called
-while a reader dispatches a received chunk only marks the session, and when the chunk
-is done every marked session writes what its link has, in one non-blocking write per
-session, straight from the reader's task. So a chunk of frames from a site leaves on
-the uplink as one write, and a BMI confirmation releases the sites' S-frames at once.
-The writer task takes over only when the socket would block (it then waits until
-writable and sends the rest, before anything newer) and for the link's timers. The
-reader waits for readability and reads once, instead of trying a read that would block
-first. Other streams (memory streams in tests) go through the writer task and
-`send_all` as before.
+On a socket the hot path takes no extra task switch: `wake()` called while a reader
+dispatches a received chunk only marks the session, and when the chunk is done every
+marked session writes what its link has, in one non-blocking write per session,
+straight from the reader's task. The writer task takes over only when the socket would
+block (it then waits until writable and sends the rest, before anything newer) and for
+the link's timers. Other streams (memory streams in tests) go through the writer task
+and `send_all`.
 """
-
 from __future__ import annotations
 
 import logging
@@ -26,7 +23,7 @@ from collections.abc import Callable
 
 import trio
 
-from .iec104.link import Event, Link, LinkFailed
+from ..iec104.link import Event, Link, LinkFailed
 
 log = logging.getLogger(__name__)
 
