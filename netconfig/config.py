@@ -148,7 +148,8 @@ class _Parser:
         primary = self.path(m["primary"], f"{key}.primary")
         backup = self.path(m["backup"], f"{key}.backup")
         if backup.interface == primary.interface:
-            raise self.error(f"{key}.backup.interface", f"an interface other than the primary's ({primary.interface})", backup.interface)
+            expected = f"an interface other than the primary's ({primary.interface})"
+            raise self.error(f"{key}.backup.interface", expected, backup.interface)
         return LinkConfig(name or "uplink", dests, primary, backup)
 
 
@@ -223,7 +224,8 @@ def parse_network(raw: object, file: str) -> NetworkConfig:
         seen_name.add(link.name)
         for role, path in (("primary", link.primary), ("backup", link.backup)):
             if path.interface in seen_if:
-                raise p.error(f"{key}.{role}.interface", f"an interface not already used by {seen_if[path.interface]}", path.interface)
+                expected = f"an interface not already used by {seen_if[path.interface]}"
+                raise p.error(f"{key}.{role}.interface", expected, path.interface)
             seen_if[path.interface] = link.name
         dests += ((dest, link.name, f"{key}.destinations[{j}]") for j, dest in enumerate(link.destinations))
     overlap = _first_overlap([dest for dest, _, _ in dests])

@@ -53,7 +53,7 @@ def analyze(
     after = [t for t in arrivals if t > fault_at]
     if after:
         outage = after[0] - (before[-1] if before else fault_at)
-        for a, b in zip(after, after[1:]):
+        for a, b in zip(after, after[1:], strict=False):
             outage = max(outage, b - a)
     unique = set(seqs)
     lost = (max(unique) - min(unique) + 1 - len(unique)) if unique else 0

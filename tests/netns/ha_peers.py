@@ -24,8 +24,8 @@ from typing import IO
 import trio
 
 from concentrator.iec104.link import DataTransferStarted, Event
-from concentrator.sim.session import LinkSession
 from concentrator.sim.codec_peers import QueueingStation
+from concentrator.sim.session import LinkSession
 
 
 class LoggedStation(QueueingStation):

@@ -192,7 +192,8 @@ def test_unknown_top_level_key() -> None:
 
 def test_unknown_uplink_key() -> None:
     err = error(lambda d: d["uplink"].update(lisen="0.0.0.0:2404"))
-    check(err, "uplink.lisen", "a key allowed in uplink (listen, allowed_peers, max_connections, foreign_ca, k, w, t0, t1, t2, t3)")
+    allowed = "listen, allowed_peers, max_connections, foreign_ca, k, w, t0, t1, t2, t3"
+    check(err, "uplink.lisen", f"a key allowed in uplink ({allowed})")
     assert err.got == "lisen"
 
 

@@ -12,7 +12,8 @@ def test_check_stream_counts_loss_order_and_duplicates() -> None:
     lost = [(1, 0, 0.0), (1, 2, 0.1)]
     assert check_stream(lost)["missing"] == 1
     swapped = [(1, 0, 0.0), (1, 2, 0.1), (1, 1, 0.2)]
-    assert check_stream(swapped)["out_of_order"] == 2 and check_stream(swapped)["missing"] == 0  # the jump, the late one
+    # out of order: the jump and the late one
+    assert check_stream(swapped)["out_of_order"] == 2 and check_stream(swapped)["missing"] == 0
 
 
 def test_outage_is_the_longest_gap_around_the_fault() -> None:

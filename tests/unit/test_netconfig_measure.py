@@ -13,7 +13,7 @@ from netconfig.probe import echo_request, parse_echo_reply
 
 def rows(times: list[float], seqs: list[int] | None = None, conn: int = 1, stream: int = 101):
     seqs = seqs if seqs is not None else list(range(len(times)))
-    return [(conn, stream, s, t) for s, t in zip(seqs, times)]
+    return [(conn, stream, s, t) for s, t in zip(seqs, times, strict=True)]
 
 
 def test_outage_is_last_before_to_first_after() -> None:
