@@ -3,7 +3,7 @@
     python bench/run_all.py            # the whole suite, about 5 minutes
     python bench/run_all.py --quick    # shorter runs, for a look (2 minutes)
 
-Options: `--only latency|nominal|10x,storm,scale` and `--modes direct,haproxy,relay` pick
+Options: `--only latency|nominal|10x,storm,stream,scale` and `--modes direct,haproxy,relay` pick
 runs; `--relay-tree DIR` runs the relay from another source tree (before/after
 comparisons); `--render-only results.json` writes RESULTS.md again (bench/NOTES.md, the
 hand-written analysis, is appended to it); `BENCH_PROFILE=DIR` records a py-spy profile of
@@ -295,6 +295,12 @@ def scenarios(bench: Bench, only: set[str], modes: tuple[str, ...]) -> dict[str,
             results["storm"][f"relay k={k} w={w}"] = bench.run(
                 "relay", "storm", storm_sites, uplink_kw=WIDE_WINDOW, loadgen_args=storm_args
             )
+    # Streaming: 12 sites each sending as fast as k 12 / w 8 allow (the storm's shape with
+    # few sites and many objects: what one uplink window turns over).
+    if "stream" in only:
+        stream_args = ["--objects", "1000" if q else "5000", "--repeats", "1" if q else "3"]
+        for mode in modes:
+            results["storm"][f"{mode}, 12 sites streaming"] = bench.run(mode, "storm", 12, loadgen_args=stream_args)
     # Scale: resident memory and CPU per 1,000 ASDU/s with 10, 100, 1,000 sites at 10 ASDU/s each.
     if "scale" in only:
         args = ["--rate", "10", "--commands", "0", "--duration", "6" if q else "15", "--warmup", warmup_s]
@@ -408,8 +414,8 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
         "the relay's uplink (and the generator's BMI) use that k and w.",
         "",
         "| path | sites | ASDUs | time to all (s) | ASDU/s overall | ASDU/s sustained | path CPU | path CPU s per"
-        " 1,000 ASDU | path RSS after | generator CPU | others (cores) | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        " 1,000 ASDU | path RSS after | generator CPU | others (cores) | runs | bytes, loss, order per site |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for mode, r in storm.items():
         if r.get("failed"):
@@ -425,7 +431,7 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
             f"{fmt(m['sustained_asdus_per_s'])} | {cpu} | {w.get('cpu_s_per_1000_asdu', float('nan')):.3f} | {rss} | "
             f"{m['loadgen_cpu_s_per_s'] * 100:.0f} % | {others(m)} | "
             + ", ".join(f"{x['total_s']:.2f} s" for x in r["runs"])
-            + " |"
+            + f" | {_storm_check(r['runs'])} |"
         )
     out += [
         "",
@@ -465,6 +471,14 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(out)
 
 
+def _storm_check(runs: list[dict]) -> str:  # type: ignore[type-arg]
+    """What the generator's per-site CRC-32 of the storm's answers found, over all runs."""
+    if any("sites_differing" not in x for x in runs):
+        return "not checked"
+    differing = sum(x["sites_differing"] for x in runs)
+    return "identical in every run" if differing == 0 else f"**{differing} site answers differ**"
+
+
 def _without_out(argv: list[str]) -> list[str]:
     """The arguments that change what is measured (not where the files go)."""
     out, skip = [], False
@@ -484,7 +498,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md and results.json go")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (configs, logs)")
     parser.add_argument(
-        "--only", default="latency,storm,scale", help="comma-separated: latency|nominal|10x, storm, scale"
+        "--only",
+        default="latency,storm,stream,scale",
+        help="comma-separated: latency|nominal|10x, storm, stream, scale",
     )
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated paths: direct, haproxy, relay")
     parser.add_argument(

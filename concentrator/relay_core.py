@@ -182,7 +182,7 @@ class RelayCore:
         ceiling on open BMI connections (None: no ceiling)."""
         self.uplink_params = uplink
         self.stats = RelayStats()
-        self.queue: UplinkQueue[Conn] = UplinkQueue()
+        self.queue: UplinkQueue[Conn] = UplinkQueue(turn=uplink.w)
         self.sites = [SiteState(n, site, now) for n, site in enumerate(sites)]
         for site in self.sites:
             self.stats.sites[site.name] = site.stats

@@ -38,14 +38,25 @@ class Item(Generic[Origin]):
 
 class UplinkQueue(Generic[Origin]):
     """Sites take turns: each site with something to send has its own FIFO, and the sites
-    are served round robin, so that one site's burst (an interrogation answer) cannot hold
-    back another site's frames, a command confirmation for instance. Per-site order is
-    kept (each site's frames leave in arrival order) and the BMI confirms frames in the
-    order they were sent, which the in-flight FIFO records."""
+    are served round robin, at most `turn` frames each per turn, so that one site's burst
+    (an interrogation answer) cannot hold back another site's frames, a command
+    confirmation for instance, by more than `turn` frames. Per-site order is kept (each
+    site's frames leave in arrival order) and the BMI confirms frames in the order they
+    were sent, which the in-flight FIFO records.
 
-    def __init__(self) -> None:
+    The relay sets `turn` to the uplink's w: the BMI confirms w frames at a time, and a
+    confirmation that covers consecutive frames of one site is released to it as one
+    S-frame, to which the site answers with one write. With one frame per turn, every
+    BMI confirmation released one frame to each of w sites: w writes to the sites and w
+    reads from them per w ASDUs, most of the relay's CPU in a storm (bench/PERF.md)."""
+
+    def __init__(self, turn: int = 1) -> None:
+        if turn < 1:
+            raise ValueError(f"turn of {turn} frames, expected at least 1")
+        self._turn = turn
         self._pending: dict[Origin | None, deque[Item[Origin]]] = {}
         self._turns: deque[Origin | None] = deque()  # origins with pending frames, next first
+        self._taken = 0  # frames the first origin in _turns has sent in its current turn
         self._count = 0
         self._in_flight: deque[Item[Origin]] = deque()
 
@@ -68,15 +79,20 @@ class UplinkQueue(Generic[Origin]):
 
     def take(self, now: float) -> Item[Origin] | None:
         """The next ASDU to send on the active uplink connection, now counted in flight."""
-        if not self._turns:
+        turns = self._turns
+        if not turns:
             return None
-        origin = self._turns.popleft()
+        origin = turns[0]
         queue = self._pending[origin]
         item = queue.popleft()
-        if queue:
-            self._turns.append(origin)
-        else:
+        self._taken += 1
+        if not queue:
+            turns.popleft()
             del self._pending[origin]
+            self._taken = 0
+        elif self._taken >= self._turn:
+            turns.rotate(-1)  # its turn is over: to the back
+            self._taken = 0
         self._count -= 1
         item.sent_at = now
         self._in_flight.append(item)
@@ -101,6 +117,7 @@ class UplinkQueue(Generic[Origin]):
             if item.origin not in first:
                 first.append(item.origin)
         self._turns = deque(first + [origin for origin in self._turns if origin not in first])
+        self._taken = 0
         self._count += len(self._in_flight)
         self._in_flight.clear()
 
@@ -111,6 +128,8 @@ class UplinkQueue(Generic[Origin]):
         queue = self._pending.pop(origin, None)
         if queue is None:
             return 0
+        if self._turns[0] is origin:
+            self._taken = 0
         self._turns.remove(origin)
         self._count -= len(queue)
         return len(queue)
@@ -118,6 +137,6 @@ class UplinkQueue(Generic[Origin]):
     def clear(self) -> None:
         self._pending.clear()
         self._turns.clear()
+        self._taken = 0
         self._count = 0
         self._in_flight.clear()
-

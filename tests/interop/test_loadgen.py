@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.loadgen import LoadGen, read_stamped, stamped_asdu
+from bench.loadgen import BmiEndpoint, LoadGen, read_stamped, stamped_asdu
 
 SITES = 3
 
@@ -54,6 +54,7 @@ def _check(gen: LoadGen, steady: dict, storm: dict) -> None:  # type: ignore[typ
         assert steady[key]["n"] > 0 and 0 < steady[key]["p50"] < 1e6, key  # µs, below a second
     (run,) = storm["runs"]
     assert run["asdus"] == SITES * (gen.storm_objects + 2) and run["asdus_per_s"] > 0
+    assert run["sites_differing"] == 0
 
 
 def test_stamped_asdu_round_trip():
@@ -102,3 +103,24 @@ def test_through_the_relay_process(tmp_path: Path):
 
     steady, storm = asyncio.run(scenario())
     _check(gen, steady, storm)
+
+
+def test_storm_check_tells_altered_lost_and_reordered_answers_apart():
+    """The storm's per-site CRC-32 says equal only for the same bytes in the same order."""
+    gen = LoadGen(sites_count=1, site_port=1, bmi_port=1, per_site_bmi=False)
+    (site,) = gen.sites
+    bmi = BmiEndpoint(gen)
+    cases = {
+        "intact": lambda a: a,
+        "reordered": lambda a: [a[1], a[0], a[2]],
+        "lost": lambda a: a[:2],
+        "altered": lambda a: [a[0], a[1][:-1] + b"\x80", a[2]],  # QDS of the last element
+    }
+    verdict = {}
+    for name, change in cases.items():
+        site.storm_sent_crc = site.storm_received_crc = 0
+        sent = [site.storm_asdu(1001 + n) for n in range(3)]
+        for asdu in change(sent):
+            bmi.on_asdu(asdu, 0)
+        verdict[name] = site.storm_sent_crc == site.storm_received_crc
+    assert verdict == {"intact": True, "reordered": False, "lost": False, "altered": False}

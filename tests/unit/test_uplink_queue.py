@@ -77,3 +77,34 @@ def test_requeued_frames_go_before_the_sites_newer_ones():
     assert order.index(b"a1") < order.index(b"a2") and order.index(b"b1") < order.index(b"b2")
     assert order[:2] == [b"a1", b"b1"]
     assert queue.take(1.0) is None and len(queue) == 0
+
+
+def test_a_turn_of_several_frames_holds_another_site_back_by_at_most_that_many():
+    storm, other = Site("storm"), Site("other")
+    queue: UplinkQueue[Site] = UplinkQueue(turn=3)
+    for n in range(10):
+        queue.push(storm, bytes([n]), 0.0)
+    queue.push(other, b"\xff", 0.0)
+    queue.push(other, b"\xfe", 0.0)
+    taken = [item.asdu for _ in range(8) if (item := queue.take(0.0)) is not None]
+    # storm's first turn (3 frames), then other's (both of its frames), then storm again.
+    assert taken == [b"\x00", b"\x01", b"\x02", b"\xff", b"\xfe", b"\x03", b"\x04", b"\x05"]
+    # The BMI confirms in sending order; each site's frames come out in arrival order.
+    assert [item.origin for item in queue.confirmed(5)] == [storm, storm, storm, other, other]
+
+
+def test_a_site_dropped_in_its_turn_does_not_shorten_the_next_sites_turn():
+    a, b, c = Site("a"), Site("b"), Site("c")
+    queue: UplinkQueue[Site] = UplinkQueue(turn=2)
+    for n in range(3):
+        queue.push(a, bytes([n]), 0.0)
+        queue.push(b, bytes([10 + n]), 0.0)
+        queue.push(c, bytes([20 + n]), 0.0)
+    queue.take(0.0)  # a's turn has begun
+    queue.discard_pending(a)
+    assert [queue.take(0.0).asdu for _ in range(2)] == [b"\x0a", b"\x0b"]  # type: ignore[union-attr]
+
+
+def test_a_turn_is_at_least_one_frame():
+    with pytest.raises(ValueError):
+        UplinkQueue(turn=0)
