@@ -36,6 +36,17 @@ SITE_STATES = ("disconnected", "connecting", "connected", "started")
 
 
 @dataclass
+class Buffers:
+    """One connection's buffers against their budgets (bytes; README "A hostile or broken
+    peer"). The driver writes them when they change, never per frame on the fast path."""
+
+    send_budget: int = 0  # bytes the peer may leave unread in the relay before it is closed
+    send_buffered: int = 0  # bytes written to it that its socket did not take yet
+    receive_budget: int = 0  # bytes read from it at once (one read) at most
+    receive_buffered: int = 0  # bytes read from it and not yet handled (part of a frame)
+
+
+@dataclass
 class SiteStats:
     name: str
     common_addresses: tuple[int, ...]
@@ -71,6 +82,7 @@ class SiteStats:
     invalid_measured_values: int = 0
     malformed_measurements: int = 0
     last_measurement_at: float | None = None
+    buffers: Buffers = field(default_factory=Buffers)  # of the current connection
     state_version: int = 0  # odd while set_state() is changing the state fields
 
     def set_state(self, state: str, now: float) -> None:
@@ -154,6 +166,7 @@ class UplinkStats:
     last_test_round_trip: float | None = None
     last_close_reason: str = ""
     disconnects: Counter[str] = field(default_factory=Counter)  # by cause (iec104.errors.Cause values)
+    buffers: dict[int, Buffers] = field(default_factory=dict)  # of each open BMI connection
 
 
 @dataclass

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
 from concentrator.stats import SITE_STATES, RelayStats
+from concentrator.windows import budget
 
 from .primitives import PREFIX, Histogram, histogram_buckets
 
@@ -234,6 +235,20 @@ class RelayMetrics:
         asdus.add_metric(["up"], uplink.asdus_up)
         asdus.add_metric(["down"], uplink.asdus_down)
         yield asdus
+        buffers = list(dict(uplink.buffers).values())  # one C-level copy: connections come and go
+        limit = budget(self.config.uplink.params.k)
+        for direction in ("send", "receive"):
+            yield GaugeMetricFamily(
+                f"{PREFIX}uplink_{direction}_buffer_bytes",
+                f"Largest {direction} buffer of the open BMI connections (README, budgets).",
+                value=max((getattr(b, f"{direction}_buffered") for b in buffers), default=0),
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}uplink_{direction}_budget_bytes",
+                f"{direction.capitalize()} budget of each BMI connection: beyond it the connection is closed "
+                f"({direction}_budget_exceeded).",
+                value=limit,
+            )
         round_trip = GaugeMetricFamily(
             f"{PREFIX}uplink_test_round_trip_seconds", "Round trip of the last TESTFR to the BMI."
         )
@@ -338,6 +353,17 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         ended = dict(site.disconnects)  # one C-level copy: the relay may add keys
         for code in CAUSES:
             add(f'{PREFIX}site_disconnects_total{{{label},cause="{code.value}"}} {ended.get(code.value, 0)}\n')
+    for direction in ("send", "receive"):
+        family(f"site_{direction}_buffer_bytes", "gauge",
+               f"Bytes in the {direction} buffer of the site's connection (README, budgets).")  # fmt: skip
+        for label, site, *_ in sites:
+            add(f"{PREFIX}site_{direction}_buffer_bytes{{{label}}} {getattr(site.buffers, f'{direction}_buffered')}\n")
+        family(f"site_{direction}_budget_bytes", "gauge",
+               f"{direction.capitalize()} budget of the site's connection: beyond it the connection is closed "
+               f"({direction}_budget_exceeded).")  # fmt: skip
+        for label, _, site_config, *_ in sites:
+            if site_config is not None:
+                add(f"{PREFIX}site_{direction}_budget_bytes{{{label}}} {budget(site_config.params.k)}\n")
     family("site_foreign_ca_asdus_total", "counter",
            "ASDUs from the site whose common address is not one of the site's: not forwarded.")  # fmt: skip
     for label, site, *_ in sites:
