@@ -34,6 +34,13 @@ ACK_DELAY_BUCKETS = (
 
 SITE_STATES = ("disconnected", "connecting", "connected", "started")
 
+# Distinct (type id, cause) pairs counted per site and direction. The peer chooses them (a
+# fuzzing or hostile one all 16,384: 60 MB more of the relay's memory and as many series in
+# every scrape, seen in bench/FUZZ.md); past this many, new pairs count under OTHER_KIND,
+# exported as type_id="other", cause="other".
+KIND_LIMIT = 128
+OTHER_KIND = (-1, -1)
+
 
 @dataclass
 class Buffers:
@@ -111,9 +118,12 @@ class SiteStats:
     def record_up(self, asdu: bytes, now: float | None = None) -> None:
         size = len(asdu)
         kind = asdu[0], asdu[2] & 0x3F
+        counts = self.asdus_up_by_kind
+        if kind not in counts and len(counts) >= KIND_LIMIT:
+            kind = OTHER_KIND
         self.asdus_up += 1
         self.bytes_up += size
-        self.asdus_up_by_kind[kind] += 1
+        counts[kind] += 1
         self.bytes_up_by_kind[kind] += size
         if asdu[0] in MEASURED_VALUE_TYPES:
             self._record_measurement(asdu, now)
@@ -138,9 +148,12 @@ class SiteStats:
     def record_down(self, asdu: bytes, latency: float) -> None:
         size = len(asdu)
         kind = asdu[0], asdu[2] & 0x3F
+        counts = self.asdus_down_by_kind
+        if kind not in counts and len(counts) >= KIND_LIMIT:
+            kind = OTHER_KIND
         self.asdus_down += 1
         self.bytes_down += size
-        self.asdus_down_by_kind[kind] += 1
+        counts[kind] += 1
         self.bytes_down_by_kind[kind] += size
         self.latency_down.observe(latency)
 

@@ -295,6 +295,11 @@ def _number(value: float) -> str:
     return repr(value)  # "nan" is read as NaN too
 
 
+def _kind(value: int) -> str:
+    """A type id or cause as a label value; stats.OTHER_KIND's -1 is "other"."""
+    return "other" if value < 0 else str(value)
+
+
 def _path(config: SiteConfig | None, endpoint: str) -> str:
     if config is not None:
         for index, configured in enumerate(config.endpoints):
@@ -387,13 +392,13 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
     family("site_asdus_total", "counter", "ASDUs relayed, by direction, type identification and cause.")
     for label, direction, counts, _ in kinds:
         for (type_id, cause), count in sorted(counts.items()):
-            add(f'{PREFIX}site_asdus_total{{{label},direction="{direction}",type_id="{type_id}",cause="{cause}"}} '
-                f"{count}\n")  # fmt: skip
+            add(f'{PREFIX}site_asdus_total{{{label},direction="{direction}",type_id="{_kind(type_id)}",'
+                f'cause="{_kind(cause)}"}} {count}\n')  # fmt: skip
     family("site_asdu_bytes_total", "counter", "ASDU octets relayed, by direction, type identification and cause.")
     for label, direction, counts, sizes in kinds:
         for type_id, cause in sorted(counts):
-            add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{type_id}",'
-                f'cause="{cause}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
+            add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{_kind(type_id)}",'
+                f'cause="{_kind(cause)}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
     family(
         "site_dropped_asdus_total",
         "counter",

@@ -315,3 +315,15 @@ def test_buffers_against_their_budgets_per_site_and_uplink(rig: Rig) -> None:
     assert value(busy, "concentrator_uplink_send_buffer_bytes") == 700
     assert value(busy, "concentrator_uplink_receive_buffer_bytes") == 3
     assert value(busy, "concentrator_site_disconnects_total", site="site-01", cause="send_budget_exceeded") == 1
+
+
+def test_kinds_beyond_the_limit_are_exported_as_other(rig: Rig) -> None:
+    from concentrator.stats import KIND_LIMIT
+
+    for type_id in range(KIND_LIMIT + 5):
+        rig.site().record_up(bytes((type_id, 1, 3, 0, 101, 0)))
+    samples = scrape(rig.collector)
+    kinds = [k for k in samples if k[0] == "concentrator_site_asdus_total" and ("site", "site-01") in k[1]]
+    assert len(kinds) == KIND_LIMIT + 1
+    other = {"site": "site-01", "direction": "up", "type_id": "other", "cause": "other"}
+    assert value(samples, "concentrator_site_asdus_total", **other) == 5
