@@ -94,15 +94,16 @@ class Mutator:
             + body
         )
 
-    def harmless(self) -> bytes:
-        """A U- or S-frame a stopped or started link accepts from its peer."""
+    def harmless(self, confirm: int = 0) -> bytes:
+        """A U- or S-frame a stopped or started link accepts from its peer; `confirm` is
+        the N(R) that is right for it (what the relay has sent on that connection)."""
         r = self.rng
         kind = r.randrange(4)
         self.counts[("testfr_act", "testfr_con", "s_frame", "testfr_act")[kind]] += 1
         if kind == 1:
             return encode_u(UFunction.TESTFR_CON)  # unsolicited: ignored, as lib60870 does
         if kind == 2:
-            return encode_s(0)  # the relay sent the fuzzer no I-frame: N(R) 0 is right
+            return encode_s(confirm)
         return encode_u(UFunction.TESTFR_ACT)
 
     def destructive(self, own_ca: int) -> bytes:
@@ -210,7 +211,7 @@ class FuzzSite:
                             out += link.data_to_send()
                             mutated += 1
                         else:
-                            out += m.harmless()
+                            out += m.harmless(link.recv_seq)  # the relay sends broadcast commands
                         frames += 1
                     await m.write_split(stream, bytes(out))
                     stats.frames += frames
