@@ -99,7 +99,7 @@ async def test_the_core_closing_a_connection_closes_the_socket():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_that_stops_reading_is_closed_at_its_send_budget():
+async def test_a_peer_that_floods_without_reading_is_closed_at_its_receive_budget():
     async with trio.open_nursery() as nursery:
         relay, connection, peer = await serve_pair(nursery)
         # TESTFR acts, never reading the confirmations: they pile up in the relay.
