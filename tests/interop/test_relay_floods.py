@@ -88,7 +88,7 @@ async def relay_process(site_ports: list[int], **uplink: object) -> AsyncIterato
             )  # fmt: skip
         try:
             relay = RelayProcess(process, uplink_port, metrics_port, log)
-            await wait_for(lambda: _answers(metrics_port), timeout=20, what="the relay's metrics")
+            await wait_for(lambda: _answers(metrics_port), timeout=60, what="the relay's metrics")
             yield relay
             assert process.poll() is None, f"the relay exited: {log.read_text()[-2000:]}"
         finally:
@@ -161,7 +161,8 @@ async def test_a_site_flooding_testfr_without_reading_is_closed_within_its_budge
             assert max(highest, peak) < RSS_LIMIT_MIB, (highest, peak)
             # The honest site never noticed.
             sequence = honest.enqueue_counter()
-            await wait_for(lambda: counter_asdu(101, sequence) in master.asdus(), what="the honest site's ASDU")
+            arrived = lambda: counter_asdu(101, sequence) in master.asdus()  # noqa: E731
+            await wait_for(arrived, timeout=20, what="the honest site's ASDU")
             assert relay.sample("concentrator_site_connections_total", site="site-01") == 1
         nursery.cancel_scope.cancel()
     print(f"\nTESTFR-flooding site: relay RSS max sampled {highest:.1f} MiB, peak (VmHWM) {peak:.1f} MiB")
