@@ -14,11 +14,13 @@ the core's next deadline. See README, "Architecture".
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import socket
 import struct
+import termios
 
 import trio
 
@@ -28,14 +30,14 @@ from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
 from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
 from .shedding.tap import ShedFeeder, ShedTap
+from .stats import Buffers
+from .windows import budget
 
 log = logging.getLogger(__name__)
 
-RECEIVE_SIZE = 65536
-# Bytes written to a connection that its peer has not read yet, at most: beyond that the
-# peer is not reading (it may still be sending, TESTFR acts for instance, whose answers
-# pile up) and the connection is closed rather than let it hold the relay's memory.
-SEND_BUDGET = 1 << 20
+# How often a connection whose peer does not read checks whether the peer still sends
+# (the budgets: concentrator/windows.py).
+PAUSED_CHECK = 0.05
 # SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (refused connections).
 _RESET = struct.pack("ii", 1, 0)
 
@@ -182,7 +184,14 @@ class Relay:
         self._act()
 
     def _serve(self, conn_id: ConnId, stream: trio.abc.Stream) -> None:
-        connection = Connection(self, conn_id, stream)
+        conn = self.core.conns[conn_id]
+        size = budget(conn.link.params.k)
+        buffers = Buffers(send_budget=size, receive_budget=size)
+        if conn.site is not None:
+            conn.site.stats.buffers = buffers
+        else:
+            self.stats.uplink.buffers[conn_id] = buffers
+        connection = Connection(self, conn_id, stream, buffers)
         self._connections[conn_id] = connection
         assert self._nursery is not None
         self._nursery.start_soon(connection.run)
@@ -193,41 +202,48 @@ class Relay:
         self.core.connection_lost(connection.id, cause, detail, trio.current_time())
         self._act()
 
+    def _forget_buffers(self, connection: Connection) -> None:
+        connection.buffers.send_buffered = connection.buffers.receive_buffered = 0
+        self.stats.uplink.buffers.pop(connection.id, None)
+
 
 class Connection:
     """One socket: reads into the core, writes what the core transmits."""
 
-    def __init__(self, relay: Relay, conn_id: ConnId, stream: trio.abc.Stream) -> None:
+    def __init__(self, relay: Relay, conn_id: ConnId, stream: trio.abc.Stream, buffers: Buffers) -> None:
         self.relay = relay
         self.id = conn_id
         self.stream = stream
+        self.buffers = buffers
+        self._link = relay.core.conns[conn_id].link
         # The os.read/os.write fast path needs the file descriptor; other streams (memory
         # streams in tests) go through receive_some/send_all.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._unsent = bytearray()
         self._sending = False
         self._wake = trio.Event()
+        self._drained = trio.Event()  # set when the writer has nothing left
         self._scope = trio.CancelScope()
 
     def send(self, data: bytes) -> None:
         """Write now if the socket takes it without blocking; the writer task sends the
-        rest, in order, before anything newer."""
-        if self._sending or self._unsent or self._fd < 0:
-            self._unsent += data
-            self._wake.set()
-            if len(self._unsent) > SEND_BUDGET:
-                detail = f"{len(self._unsent)} bytes unread by the peer, budget {SEND_BUDGET}"
-                self.relay.core.close(self.id, Cause.SEND_BUDGET_EXCEEDED, detail, trio.current_time())
-            return
-        try:
-            written = os.write(self._fd, data)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            written = 0  # the writer meets the error again and ends the connection
-        if written < len(data):
-            self._unsent += data[written:]
-            self._wake.set()
+        rest, in order, before anything newer, within the send budget."""
+        if not (self._sending or self._unsent or self._fd < 0):
+            try:
+                written = os.write(self._fd, data)
+            except OSError:  # BlockingIOError, or the writer meets the error again and ends it
+                written = 0
+            if written == len(data):
+                return
+            data = data[written:]
+        unsent = self._unsent
+        unsent += data
+        self._wake.set()
+        buffers = self.buffers
+        buffers.send_buffered = len(unsent)
+        if len(unsent) > buffers.send_budget:
+            detail = f"{len(unsent)} bytes unread by the peer, budget {buffers.send_budget}"
+            self.relay.core.close(self.id, Cause.SEND_BUDGET_EXCEEDED, detail, trio.current_time())
 
     def close(self) -> None:
         """The core closed this connection: stop serving it."""
@@ -247,22 +263,28 @@ class Connection:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
+            self.relay._forget_buffers(self)
             if not self._scope.cancelled_caught:
                 self.relay._ended(self, cause, detail)
 
     async def _read(self) -> None:
         """Until the peer closes (returns) or the socket fails (raises)."""
         relay, core, fd = self.relay, self.relay.core, self._fd
+        buffers = self.buffers
+        size = buffers.receive_budget
+        link = self._link
         data: bytes | bytearray
         while True:
+            if (self._sending or self._unsent) and not await self._paused():
+                return
             if fd >= 0:
                 await trio.lowlevel.wait_readable(fd)
                 try:
-                    data = os.read(fd, RECEIVE_SIZE)
+                    data = os.read(fd, size)
                 except BlockingIOError:
                     continue
             else:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.stream.receive_some(size)
             if not data:
                 return
             while True:
@@ -279,6 +301,23 @@ class Connection:
                     break
                 await trio.lowlevel.checkpoint()  # the rest of a burst after the others' turn
                 data = b""
+            buffers.receive_buffered = link.buffered_input
+
+    async def _paused(self) -> bool:
+        """The peer has not read what we sent: read (and answer) no more of it until it
+        has. False if it sent a receive budget meanwhile: closed, sending without reading."""
+        budget = self.buffers.receive_budget
+        while self._sending or self._unsent:
+            self._drained = trio.Event()
+            with trio.move_on_after(PAUSED_CHECK):
+                await self._drained.wait()
+            still = self._sending or self._unsent
+            if still and self._fd >= 0 and (waiting := _readable(self._fd)) > budget:
+                detail = f"{waiting} bytes sent while not reading ours, budget {budget}"
+                self.relay.core.close(self.id, Cause.RECEIVE_BUDGET_EXCEEDED, detail, trio.current_time())
+                self.relay._act()
+                return False
+        return True
 
     async def _write(self) -> None:
         while True:
@@ -302,6 +341,13 @@ class Connection:
                             await trio.lowlevel.wait_writable(self._fd)
             finally:
                 self._sending = False
+                self.buffers.send_buffered = len(self._unsent)
+                self._drained.set()
+
+
+def _readable(fd: int) -> int:
+    """Bytes waiting in the socket's receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -34,6 +34,24 @@ ACK_DELAY_BUCKETS = (
 
 SITE_STATES = ("disconnected", "connecting", "connected", "started")
 
+# Distinct (type id, cause) pairs counted per site and direction. The peer chooses them (a
+# fuzzing or hostile one all 16,384: 60 MB more of the relay's memory and as many series in
+# every scrape, seen in bench/FUZZ.md); past this many, new pairs count under OTHER_KIND,
+# exported as type_id="other", cause="other".
+KIND_LIMIT = 128
+OTHER_KIND = (-1, -1)
+
+
+@dataclass
+class Buffers:
+    """One connection's buffers against their budgets (bytes; README "A hostile or broken
+    peer"). The driver writes them when they change, never per frame on the fast path."""
+
+    send_budget: int = 0  # bytes the peer may leave unread in the relay before it is closed
+    send_buffered: int = 0  # bytes written to it that its socket did not take yet
+    receive_budget: int = 0  # bytes read from it at once (one read) at most
+    receive_buffered: int = 0  # bytes read from it and not yet handled (part of a frame)
+
 
 @dataclass
 class SiteStats:
@@ -71,6 +89,7 @@ class SiteStats:
     invalid_measured_values: int = 0
     malformed_measurements: int = 0
     last_measurement_at: float | None = None
+    buffers: Buffers = field(default_factory=Buffers)  # of the current connection
     state_version: int = 0  # odd while set_state() is changing the state fields
 
     def set_state(self, state: str, now: float) -> None:
@@ -99,9 +118,12 @@ class SiteStats:
     def record_up(self, asdu: bytes, now: float | None = None) -> None:
         size = len(asdu)
         kind = asdu[0], asdu[2] & 0x3F
+        counts = self.asdus_up_by_kind
+        if kind not in counts and len(counts) >= KIND_LIMIT:
+            kind = OTHER_KIND
         self.asdus_up += 1
         self.bytes_up += size
-        self.asdus_up_by_kind[kind] += 1
+        counts[kind] += 1
         self.bytes_up_by_kind[kind] += size
         if asdu[0] in MEASURED_VALUE_TYPES:
             self._record_measurement(asdu, now)
@@ -126,9 +148,12 @@ class SiteStats:
     def record_down(self, asdu: bytes, latency: float) -> None:
         size = len(asdu)
         kind = asdu[0], asdu[2] & 0x3F
+        counts = self.asdus_down_by_kind
+        if kind not in counts and len(counts) >= KIND_LIMIT:
+            kind = OTHER_KIND
         self.asdus_down += 1
         self.bytes_down += size
-        self.asdus_down_by_kind[kind] += 1
+        counts[kind] += 1
         self.bytes_down_by_kind[kind] += size
         self.latency_down.observe(latency)
 
@@ -154,6 +179,7 @@ class UplinkStats:
     last_test_round_trip: float | None = None
     last_close_reason: str = ""
     disconnects: Counter[str] = field(default_factory=Counter)  # by cause (iec104.errors.Cause values)
+    buffers: dict[int, Buffers] = field(default_factory=dict)  # of each open BMI connection
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Whether the uplink's windows can make progress with the sites behind it (pure; the
 relay core's end-to-end acknowledgement is what makes this rule, see relay_core.py).
-`check-config` and the relay refuse a configuration that breaks it."""
+`check-config` and the relay refuse a configuration that breaks it. And the buffer
+budget of a connection, which its k window sets."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .iec104.apci import MAX_LENGTH
 from .iec104.link import LinkParams
 
 
@@ -32,3 +34,21 @@ def window_problems(uplink: LinkParams, sites: Sequence[LinkParams]) -> list[tup
             )
         ]
     return []
+
+
+# Each connection's budget, in both directions, is its k window plus a margin of frames
+# of the largest size (README, "A hostile or broken peer"): a well-behaved peer never has
+# more than k I-frames and a few S/U-frames under way, so it never meets it.
+#   send: bytes written to it that its socket did not take (the peer is not reading).
+#     Beyond the budget (TESTFR cons, S-frames, commands it does not read) it is closed.
+#   receive: bytes read from it at once (plus a partial frame held between reads). While
+#     any of our bytes wait for the peer, the relay stops reading from it, so its own
+#     requests cannot pile up answers; if it sends a receive budget more meanwhile
+#     (waiting in our socket), it sends without reading and is closed
+#     (receive_budget_exceeded). relay.Connection enforces both.
+BUDGET_MARGIN_FRAMES = 32
+
+
+def budget(k: int) -> int:
+    """The send and the receive budget of a connection whose window is `k`, in bytes."""
+    return (k + BUDGET_MARGIN_FRAMES) * (MAX_LENGTH + 2)

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
 from concentrator.stats import SITE_STATES, RelayStats
+from concentrator.windows import budget
 
 from .primitives import PREFIX, Histogram, histogram_buckets
 
@@ -234,6 +235,20 @@ class RelayMetrics:
         asdus.add_metric(["up"], uplink.asdus_up)
         asdus.add_metric(["down"], uplink.asdus_down)
         yield asdus
+        buffers = list(dict(uplink.buffers).values())  # one C-level copy: connections come and go
+        limit = budget(self.config.uplink.params.k)
+        for direction in ("send", "receive"):
+            yield GaugeMetricFamily(
+                f"{PREFIX}uplink_{direction}_buffer_bytes",
+                f"Largest {direction} buffer of the open BMI connections (README, budgets).",
+                value=max((getattr(b, f"{direction}_buffered") for b in buffers), default=0),
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}uplink_{direction}_budget_bytes",
+                f"{direction.capitalize()} budget of each BMI connection: beyond it the connection is closed "
+                f"({direction}_budget_exceeded).",
+                value=limit,
+            )
         round_trip = GaugeMetricFamily(
             f"{PREFIX}uplink_test_round_trip_seconds", "Round trip of the last TESTFR to the BMI."
         )
@@ -278,6 +293,11 @@ def _number(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(value)  # "nan" is read as NaN too
+
+
+def _kind(value: int) -> str:
+    """A type id or cause as a label value; stats.OTHER_KIND's -1 is "other"."""
+    return "other" if value < 0 else str(value)
 
 
 def _path(config: SiteConfig | None, endpoint: str) -> str:
@@ -338,6 +358,17 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         ended = dict(site.disconnects)  # one C-level copy: the relay may add keys
         for code in CAUSES:
             add(f'{PREFIX}site_disconnects_total{{{label},cause="{code.value}"}} {ended.get(code.value, 0)}\n')
+    for direction in ("send", "receive"):
+        family(f"site_{direction}_buffer_bytes", "gauge",
+               f"Bytes in the {direction} buffer of the site's connection (README, budgets).")  # fmt: skip
+        for label, site, *_ in sites:
+            add(f"{PREFIX}site_{direction}_buffer_bytes{{{label}}} {getattr(site.buffers, f'{direction}_buffered')}\n")
+        family(f"site_{direction}_budget_bytes", "gauge",
+               f"{direction.capitalize()} budget of the site's connection: beyond it the connection is closed "
+               f"({direction}_budget_exceeded).")  # fmt: skip
+        for label, _, site_config, *_ in sites:
+            if site_config is not None:
+                add(f"{PREFIX}site_{direction}_budget_bytes{{{label}}} {budget(site_config.params.k)}\n")
     family("site_foreign_ca_asdus_total", "counter",
            "ASDUs from the site whose common address is not one of the site's: not forwarded.")  # fmt: skip
     for label, site, *_ in sites:
@@ -361,13 +392,13 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
     family("site_asdus_total", "counter", "ASDUs relayed, by direction, type identification and cause.")
     for label, direction, counts, _ in kinds:
         for (type_id, cause), count in sorted(counts.items()):
-            add(f'{PREFIX}site_asdus_total{{{label},direction="{direction}",type_id="{type_id}",cause="{cause}"}} '
-                f"{count}\n")  # fmt: skip
+            add(f'{PREFIX}site_asdus_total{{{label},direction="{direction}",type_id="{_kind(type_id)}",'
+                f'cause="{_kind(cause)}"}} {count}\n')  # fmt: skip
     family("site_asdu_bytes_total", "counter", "ASDU octets relayed, by direction, type identification and cause.")
     for label, direction, counts, sizes in kinds:
         for type_id, cause in sorted(counts):
-            add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{type_id}",'
-                f'cause="{cause}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
+            add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{_kind(type_id)}",'
+                f'cause="{_kind(cause)}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
     family(
         "site_dropped_asdus_total",
         "counter",

@@ -30,6 +30,7 @@ class Cause(Enum):
     MALFORMED_ASDU = "malformed_asdu"
     FOREIGN_CA = "foreign_ca"  # a site's ASDU carries a CA the site is not configured for
     SEND_BUDGET_EXCEEDED = "send_budget_exceeded"  # the peer stopped reading what we send
+    RECEIVE_BUDGET_EXCEEDED = "receive_budget_exceeded"  # it kept sending while not reading
     INTERNAL_ERROR = "internal_error"
     SHUTDOWN = "shutdown"
 

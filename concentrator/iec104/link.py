@@ -178,6 +178,11 @@ class Link:
         """I-frames received that we have not confirmed yet."""
         return _seq_distance(self.recv_seq, self._acked_recv)
 
+    @property
+    def buffered_input(self) -> int:
+        """Octets received that do not make a whole frame yet."""
+        return self._reader.buffered
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 

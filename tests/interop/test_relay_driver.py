@@ -9,7 +9,7 @@ import socket
 import trio
 
 from concentrator.iec104.apci import UFrame, UFunction, decode, encode_u
-from concentrator.relay import SEND_BUDGET, Connection, Relay
+from concentrator.relay import Connection, Relay
 from tests.helpers import relay_config
 
 
@@ -99,7 +99,7 @@ async def test_the_core_closing_a_connection_closes_the_socket():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_that_stops_reading_is_closed_at_its_send_budget():
+async def test_a_peer_that_floods_without_reading_is_closed_at_its_receive_budget():
     async with trio.open_nursery() as nursery:
         relay, connection, peer = await serve_pair(nursery)
         # TESTFR acts, never reading the confirmations: they pile up in the relay.
@@ -113,6 +113,27 @@ async def test_a_peer_that_stops_reading_is_closed_at_its_send_budget():
                 except OSError:
                     break  # the relay closed the connection
                 await trio.sleep(0)
+        # Its answers wait unread, so the relay stops reading it; it goes on sending.
+        assert relay.stats.uplink.disconnects == {"receive_budget_exceeded": 1}
+        assert len(connection._unsent) <= connection.buffers.send_budget
+        nursery.cancel_scope.cancel()
+
+
+async def test_what_the_peer_leaves_unread_is_bounded_by_its_send_budget():
+    async with trio.open_nursery() as nursery:
+        relay, connection, peer = await serve_pair(nursery, tcp=True)
+        chunk = encode_u(UFunction.TESTFR_CON) * 500  # answers the peer never reads
+        buffered = []
+        with trio.fail_after(20):
+            while connection.id in relay._connections:
+                connection.send(chunk)
+                relay._act()
+                buffered.append(connection.buffers.send_buffered)
+                await trio.sleep(0)
+        budget = connection.buffers.send_budget
         assert relay.stats.uplink.disconnects == {"send_budget_exceeded": 1}
-        assert len(connection._unsent) <= SEND_BUDGET + len(flood)
+        assert 0 < max(buffered) <= budget + len(chunk)  # the gauge rose to the budget, not past it
+        with trio.fail_after(5):  # a closed connection leaves no gauge behind, once its task ended
+            while relay.stats.uplink.buffers:
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()

@@ -292,3 +292,38 @@ async def test_the_relays_exporter_reports_an_address_it_cannot_listen_on() -> N
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             serve_relay(RelayStats(), relay_config([2404]), Endpoint("127.0.0.1", port))
+
+
+def test_buffers_against_their_budgets_per_site_and_uplink(rig: Rig) -> None:
+    from concentrator.stats import Buffers
+    from concentrator.windows import budget
+
+    quiet = scrape(rig.collector)
+    limit = budget(12)  # the default k
+    assert value(quiet, "concentrator_site_send_budget_bytes", site="site-01") == limit
+    assert value(quiet, "concentrator_uplink_receive_budget_bytes") == limit
+    assert value(quiet, "concentrator_uplink_send_buffer_bytes") == 0
+    assert value(quiet, "concentrator_site_disconnects_total", site="site-01", cause="send_budget_exceeded") == 0
+    # A site that stopped reading, and two BMI connections: the largest buffer is shown.
+    rig.site().buffers = Buffers(limit, 4000, limit, 100)
+    rig.stats.uplink.buffers = {1: Buffers(limit, 10, limit, 0), 2: Buffers(limit, 700, limit, 3)}
+    rig.site().disconnects["send_budget_exceeded"] += 1
+    busy = scrape(rig.collector)
+    assert value(busy, "concentrator_site_send_buffer_bytes", site="site-01") == 4000
+    assert value(busy, "concentrator_site_receive_buffer_bytes", site="site-01") == 100
+    assert value(busy, "concentrator_site_send_buffer_bytes", site="site-02") == 0
+    assert value(busy, "concentrator_uplink_send_buffer_bytes") == 700
+    assert value(busy, "concentrator_uplink_receive_buffer_bytes") == 3
+    assert value(busy, "concentrator_site_disconnects_total", site="site-01", cause="send_budget_exceeded") == 1
+
+
+def test_kinds_beyond_the_limit_are_exported_as_other(rig: Rig) -> None:
+    from concentrator.stats import KIND_LIMIT
+
+    for type_id in range(KIND_LIMIT + 5):
+        rig.site().record_up(bytes((type_id, 1, 3, 0, 101, 0)))
+    samples = scrape(rig.collector)
+    kinds = [k for k in samples if k[0] == "concentrator_site_asdus_total" and ("site", "site-01") in k[1]]
+    assert len(kinds) == KIND_LIMIT + 1
+    other = {"site": "site-01", "direction": "up", "type_id": "other", "cause": "other"}
+    assert value(samples, "concentrator_site_asdus_total", **other) == 5

@@ -31,3 +31,20 @@ def test_records_by_type_and_cause():
     stats.record_up(asdu)
     stats.record_up(bytes((36, 1, 0x43, 0, 101, 0)))  # cause 3 with the P/N bit
     assert stats.asdus_up_by_kind == {(36, 3): 2} and stats.bytes_up == 12
+
+
+def test_kinds_a_peer_chooses_are_counted_apart_up_to_a_limit_then_as_other():
+    from concentrator.stats import KIND_LIMIT, OTHER_KIND
+
+    stats = SiteStats("s", (101,))
+    for type_id in range(256):  # a fuzzing peer: every type id, two causes
+        for cause in (3, 20):
+            stats.record_up(bytes((type_id, 1, cause, 0, 101, 0)))
+            stats.record_down(bytes((type_id, 1, cause, 0, 101, 0)), 0.0)
+    for counts in (stats.asdus_up_by_kind, stats.asdus_down_by_kind, stats.bytes_up_by_kind):
+        assert len(counts) == KIND_LIMIT + 1
+        assert counts[0, 3] > 0 and (255, 20) not in counts
+    assert stats.asdus_up_by_kind[OTHER_KIND] == 512 - KIND_LIMIT
+    assert sum(stats.asdus_up_by_kind.values()) == stats.asdus_up == 512
+    stats.record_up(bytes((0, 1, 3, 0, 101, 0)))  # a pair seen before the limit still counts as itself
+    assert stats.asdus_up_by_kind[0, 3] == 2
