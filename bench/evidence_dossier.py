@@ -9,6 +9,7 @@ the concentrator's namespace. Reports the command's wall time (with and without 
 PDF), its CPU time (capture and analysis, its own process), the pcap bytes and the
 ASDUs matched, and the machine's load (other work shares the cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "evidence-dossier.json"))
     args = ap.parse_args()
-    with Lab(n_sites=args.sites, site_paths="endpoints", hold_time=1.0,
-             trip_groups=[("239.192.10.9", 30109)]) as lab:
+    with Lab(n_sites=args.sites, site_paths="endpoints", hold_time=1.0, trip_groups=[("239.192.10.9", 30109)]) as lab:
         app = Appliance(lab, "239.192.10.9", 30109, rate=args.rate)
         app.start()
         t0 = time.monotonic()
@@ -43,14 +43,23 @@ def main() -> int:
         assert own is not None, text
         ident = doc["sections"][1]["facts"]
         result = {
-            "sites": args.sites, "duration_s": args.duration, "rate_per_site": args.rate, "exit": code,
+            "sites": args.sites,
+            "duration_s": args.duration,
+            "rate_per_site": args.rate,
+            "exit": code,
             "verdicts": [s["verdict"] for s in doc["sections"]],
-            "wall_s_with_pdf": round(wall, 1), "wall_s_before_pdf": float(own.group(1)),
+            "wall_s_with_pdf": round(wall, 1),
+            "wall_s_before_pdf": float(own.group(1)),
             "cpu_s_before_pdf": float(own.group(2)),
-            "pcap_bytes": sum(ident["pcap_bytes"].values()), "interfaces": len(ident["pcap_bytes"]),
-            "segments": ident["segments"], "iframes": ident["apdus"], "uplink_asdus": ident["match"]["up"],
-            "bmi_asdus": ident["match"]["bmi"], "kernel_drops": sum(ident["kernel_drops"].values()),
-            "cpus": os.cpu_count(), "load_1min_at_end": os.getloadavg()[0],
+            "pcap_bytes": sum(ident["pcap_bytes"].values()),
+            "interfaces": len(ident["pcap_bytes"]),
+            "segments": ident["segments"],
+            "iframes": ident["apdus"],
+            "uplink_asdus": ident["match"]["up"],
+            "bmi_asdus": ident["match"]["bmi"],
+            "kernel_drops": sum(ident["kernel_drops"].values()),
+            "cpus": os.cpu_count(),
+            "load_1min_at_end": os.getloadavg()[0],
         }
     print(json.dumps(result, indent=1))
     with open(args.out, "w") as f:

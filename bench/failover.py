@@ -11,6 +11,7 @@ outage at the BMI (last ASDU before, first after; the worst CA behind the faulte
 link), ASDUs lost and duplicated, whether the IEC 104 sessions were kept, and the
 link manager's own detection time. Prints a table and writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,18 @@ def baseline_run(lab: Lab, stream: Iec104Stream) -> dict[str, Any]:
     until = settle(stream, 1.1)
     rows = stream.rows()
     res = [analyze(rows, start, stream=ca, since=start - 2.0, until=until) for ca in stream.streams]
-    return {"fault": "baseline", "outage_s": max(r.outage for r in res), "lost": sum(r.lost for r in res),
-            "duplicated": sum(r.duplicated for r in res), "sessions_kept": True, "switch_reason": "-",
-            "detection_s": 0.0, "route_s": 0.0, "failback_outage_s": 0.0, "failback_lost": 0}
+    return {
+        "fault": "baseline",
+        "outage_s": max(r.outage for r in res),
+        "lost": sum(r.lost for r in res),
+        "duplicated": sum(r.duplicated for r in res),
+        "sessions_kept": True,
+        "switch_reason": "-",
+        "detection_s": 0.0,
+        "route_s": 0.0,
+        "failback_outage_s": 0.0,
+        "failback_lost": 0,
+    }
 
 
 def one_run(lab: Lab, stream: Iec104Stream, fault: str) -> dict[str, Any]:
@@ -103,8 +113,7 @@ def one_run(lab: Lab, stream: Iec104Stream, fault: str) -> dict[str, Any]:
     until = settle(stream, 0.8)
     rows = stream.rows()
     res = [analyze(rows, fault_at, stream=ca, since=fault_at - 2.0, until=until) for ca in cas]
-    switch: dict[str, Any] = {"reason": "relay-endpoint", "detection_seconds": math.nan,
-                              "route_seconds": math.nan}
+    switch: dict[str, Any] = {"reason": "relay-endpoint", "detection_seconds": math.nan, "route_seconds": math.nan}
     if not by_relay:
         # The first switch of this run (the state file keeps the last 100).
         switch = lab.switches(link)[-(lab.switch_count(link) - before)]
@@ -122,8 +131,7 @@ def one_run(lab: Lab, stream: Iec104Stream, fault: str) -> dict[str, Any]:
         back_at = time.monotonic()
         until_back = settle(stream, 0.5)
         rows = stream.rows()
-        back = [analyze(rows, back_at - lab.hold_time, stream=ca, since=fault_at, until=until_back)
-                for ca in cas]
+        back = [analyze(rows, back_at - lab.hold_time, stream=ca, since=fault_at, until=until_back) for ca in cas]
         failback = max(r.outage for r in back)
         failback_lost = sum(r.lost for r in back)
     # Expected: the failover and the fail-back on the faulted link, nothing elsewhere
@@ -131,7 +139,8 @@ def one_run(lab: Lab, stream: Iec104Stream, fault: str) -> dict[str, Any]:
     switches_in_run = lab.switch_count(link) - before
     other_switches = sum(lab.switch_count(name) for name in others) - others_before
     kept = stream.bmi_connections() == bmi_before and all(
-        stream.site_connections(name) == n for name, n in sites_before.items())
+        stream.site_connections(name) == n for name, n in sites_before.items()
+    )
     return {
         "fault": fault,
         "outage_s": max(r.outage for r in res),
@@ -158,14 +167,24 @@ def main() -> int:
     ap.add_argument("--hold-time", type=float, default=1.0)
     ap.add_argument("--rto-min", type=float, default=None, help="network.rto_min (seconds)")
     ap.add_argument("--faults", default=DEFAULT_FAULTS, help=f"comma-separated, of: baseline, {', '.join(FAULTS)}")
-    ap.add_argument("--site-paths", choices=["netd", "endpoints"], default="netd",
-                    help="site links moved by the link manager, or left to the relay's second endpoint")
+    ap.add_argument(
+        "--site-paths",
+        choices=["netd", "endpoints"],
+        default="netd",
+        help="site links moved by the link manager, or left to the relay's second endpoint",
+    )
     ap.add_argument("--json", help="write every run here")
     args = ap.parse_args()
     install_signal_cleanup()
     runs: list[dict[str, Any]] = []
-    with Lab(n_sites=args.sites, probe_interval=args.probe_interval, probe_misses=args.misses,
-             hold_time=args.hold_time, rto_min=args.rto_min, site_paths=args.site_paths) as lab:
+    with Lab(
+        n_sites=args.sites,
+        probe_interval=args.probe_interval,
+        probe_misses=args.misses,
+        hold_time=args.hold_time,
+        rto_min=args.rto_min,
+        site_paths=args.site_paths,
+    ) as lab:
         stream = Iec104Stream(lab, rate=args.rate)
         stream.start()
         try:
@@ -173,29 +192,38 @@ def main() -> int:
                 for n in range(args.runs):
                     r = one_run(lab, stream, fault)
                     runs.append(r)
-                    print(f"{fault} run {n + 1}: outage {r['outage_s'] * 1000:.1f} ms, lost {r['lost']}, "
-                          f"dup {r['duplicated']}, kept {r['sessions_kept']}, detection "
-                          f"{r['detection_s'] * 1000:.1f} ms ({r['switch_reason']}), fail-back outage "
-                          f"{r['failback_outage_s'] * 1000:.1f} ms", flush=True)
+                    print(
+                        f"{fault} run {n + 1}: outage {r['outage_s'] * 1000:.1f} ms, lost {r['lost']}, "
+                        f"dup {r['duplicated']}, kept {r['sessions_kept']}, detection "
+                        f"{r['detection_s'] * 1000:.1f} ms ({r['switch_reason']}), fail-back outage "
+                        f"{r['failback_outage_s'] * 1000:.1f} ms",
+                        flush=True,
+                    )
         finally:
             stream.stop()
     print()
     rto = "kernel default" if args.rto_min is None else f"{args.rto_min * 1000:.0f} ms"
-    print(f"probe {args.probe_interval * 1000:.0f} ms x {args.misses}, rto_min {rto}, "
-          f"site paths by {args.site_paths}, {args.sites} sites x "
-          f"{args.rate:.0f} ASDU/s, {args.runs} runs per fault, kernel {platform.release()}")
-    print("| fault | outage median | outage max | detection median | lost | duplicated | sessions kept "
-          "| fail-back outage max |")
+    print(
+        f"probe {args.probe_interval * 1000:.0f} ms x {args.misses}, rto_min {rto}, "
+        f"site paths by {args.site_paths}, {args.sites} sites x "
+        f"{args.rate:.0f} ASDU/s, {args.runs} runs per fault, kernel {platform.release()}"
+    )
+    print(
+        "| fault | outage median | outage max | detection median | lost | duplicated | sessions kept "
+        "| fail-back outage max |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for fault in args.faults.split(","):
         rs = [r for r in runs if r["fault"] == fault]
         out = [r["outage_s"] * 1000 for r in rs]
         det = [r["detection_s"] * 1000 for r in rs if not math.isnan(r["detection_s"])] or [math.nan]
         back = [r["failback_outage_s"] for r in rs if not math.isnan(r["failback_outage_s"])] or [math.nan]
-        print(f"| {fault} | {statistics.median(out):.1f} ms | {max(out):.1f} ms | "
-              f"{statistics.median(det):.1f} ms | {sum(r['lost'] for r in rs)} | "
-              f"{sum(r['duplicated'] for r in rs)} | {sum(r['sessions_kept'] for r in rs)}/{len(rs)} | "
-              f"{max(back) * 1000:.1f} ms |")
+        print(
+            f"| {fault} | {statistics.median(out):.1f} ms | {max(out):.1f} ms | "
+            f"{statistics.median(det):.1f} ms | {sum(r['lost'] for r in rs)} | "
+            f"{sum(r['duplicated'] for r in rs)} | {sum(r['sessions_kept'] for r in rs)}/{len(rs)} | "
+            f"{max(back) * 1000:.1f} ms |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "runs": runs}, f, indent=1)

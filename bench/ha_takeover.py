@@ -15,6 +15,7 @@ fault for 3 s) counted at the sites: lost, largest gap between distinct trips, c
 (two per trip while both appliances forward).
 Prints a summary and writes JSON with the machine's load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,8 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
     got = [r for r in received if r["seq"] in seqs]
     first = sorted(min(r["t_ns"] for r in got if r["seq"] == seq) for seq in {r["seq"] for r in got})
     result = {
-        "fault": fault, "failed": active,
+        "fault": fault,
+        "failed": active,
         "outage_s": outage(rows, at),
         "backup_active_after_s": became_active,
         "master_to_listening_s": lab.state(backup)["last_takeover_seconds"],
@@ -72,8 +74,8 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
         "trip_copies": len(got),
         "trip_largest_gap_s": max((b - a for a, b in zip(first, first[1:], strict=False)), default=0) / 1e9,
         # The sender's own largest gap (scapy, one frame at a time on a loaded machine): the baseline.
-        "trip_send_largest_gap_s":
-            max((b["t_ns"] - a["t_ns"] for a, b in zip(sent, sent[1:], strict=False)), default=0) / 1e9,
+        "trip_send_largest_gap_s": max((b["t_ns"] - a["t_ns"] for a, b in zip(sent, sent[1:], strict=False)), default=0)
+        / 1e9,
     }
     # The failed appliance comes back as the backup.
     if fault == "kill":
@@ -107,25 +109,34 @@ def main() -> int:
         for i in range(args.runs):
             r = one_run(lab, args.fault, active)
             results.append(r)
-            print(f"run {i + 1}: {r['failed']} {args.fault}: outage {r['outage_s']:.3f} s, "
-                  f"master->listening {r['master_to_listening_s']:.3f} s, missing {r['missing']}, "
-                  f"out of order {r['out_of_order']}, dups/site <= {r['duplicates_max_per_site']}, "
-                  f"trips lost {r['trips_lost']}/{r['trips_sent']} (gap {r['trip_largest_gap_s'] * 1000:.0f} ms, "
-                  f"sender's own {r['trip_send_largest_gap_s'] * 1000:.0f} ms)",
-                  flush=True)
+            print(
+                f"run {i + 1}: {r['failed']} {args.fault}: outage {r['outage_s']:.3f} s, "
+                f"master->listening {r['master_to_listening_s']:.3f} s, missing {r['missing']}, "
+                f"out of order {r['out_of_order']}, dups/site <= {r['duplicates_max_per_site']}, "
+                f"trips lost {r['trips_lost']}/{r['trips_sent']} (gap {r['trip_largest_gap_s'] * 1000:.0f} ms, "
+                f"sender's own {r['trip_send_largest_gap_s'] * 1000:.0f} ms)",
+                flush=True,
+            )
             active = "b" if active == "a" else "a"
     outages = [r["outage_s"] for r in results]
     summary = {
-        "fault": args.fault, "runs": len(results), "advert_interval": args.advert_interval,
-        "rate_per_site": args.rate, "sites": 12,
-        "outage_median_s": statistics.median(outages), "outage_max_s": max(outages), "outage_min_s": min(outages),
+        "fault": args.fault,
+        "runs": len(results),
+        "advert_interval": args.advert_interval,
+        "rate_per_site": args.rate,
+        "sites": 12,
+        "outage_median_s": statistics.median(outages),
+        "outage_max_s": max(outages),
+        "outage_min_s": min(outages),
         "missing_total": sum(r["missing"] for r in results),
         "out_of_order_total": sum(r["out_of_order"] for r in results),
         "trips_lost_total": sum(r["trips_lost"] for r in results),
         "trip_largest_gap_max_s": max(r["trip_largest_gap_s"] for r in results),
         "trip_send_largest_gap_max_s": max(r["trip_send_largest_gap_s"] for r in results),
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-        "cpus": os.cpu_count(), "kernel": platform.release(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
     }
     print(json.dumps(summary, indent=2))
     if args.out:

@@ -18,6 +18,7 @@ Three relay conditions, with the relay as a process in the concentrator namespac
              faster than it can relay: it takes a full core (its CPU share is reported)
   stopped    relay terminated
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def _tx_socket(iface: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((BMI_SERVICE, 0))
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 16)  # routed: TTL > 1
-    mreqn = struct.pack("=4s4si", socket.inet_aton("0.0.0.0"), socket.inet_aton(BMI_SERVICE),
-                        socket.if_nametoindex(iface))
+    mreqn = struct.pack(
+        "=4s4si", socket.inet_aton("0.0.0.0"), socket.inet_aton(BMI_SERVICE), socket.if_nametoindex(iface)
+    )
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, SOF_TX_SOFTWARE | SOF_SOFTWARE | SOF_OPT_TSONLY)
     return s
@@ -130,26 +132,56 @@ def busy_jiffies() -> tuple[int, int]:
 
 def summary(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
-    return {"n": len(xs), "p50_us": round(statistics.median(xs), 2),
-            "p90_us": round(xs[int(0.9 * (len(xs) - 1))], 2), "p99_us": round(xs[int(0.99 * (len(xs) - 1))], 2),
-            "max_us": round(xs[-1], 2), "mean_us": round(statistics.fmean(xs), 2)}
+    return {
+        "n": len(xs),
+        "p50_us": round(statistics.median(xs), 2),
+        "p90_us": round(xs[int(0.9 * (len(xs) - 1))], 2),
+        "p99_us": round(xs[int(0.99 * (len(xs) - 1))], 2),
+        "max_us": round(xs[-1], 2),
+        "mean_us": round(statistics.fmean(xs), 2),
+    }
 
 
-def measure(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: float, first: int,
-            relay_pid: int | None) -> dict[str, Any]:
+def measure(
+    lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: float, first: int, relay_pid: int | None
+) -> dict[str, Any]:
     sent_file = os.path.join(lab.workdir, f"sent-{label}.jsonl")
     cpu0, t0 = (cpu_seconds(relay_pid), time.monotonic()) if relay_pid else (0.0, 0.0)
     busy0, total0 = busy_jiffies()
-    run(["ip", "netns", "exec", lab.ns("bmi"), sys.executable, os.path.abspath(__file__), "sender",
-         "--iface", lab.uplink.primary.peer_if, "--unicast", site_service(1), "--pairs", str(pairs),
-         "--rate", str(rate), "--first", str(first), "--out", sent_file])
+    run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("bmi"),
+            sys.executable,
+            os.path.abspath(__file__),
+            "sender",
+            "--iface",
+            lab.uplink.primary.peer_if,
+            "--unicast",
+            site_service(1),
+            "--pairs",
+            str(pairs),
+            "--rate",
+            str(rate),
+            "--first",
+            str(first),
+            "--out",
+            sent_file,
+        ]
+    )
     relay_cpu = (cpu_seconds(relay_pid) - cpu0) / (time.monotonic() - t0) if relay_pid else None
     busy1, total1 = busy_jiffies()
     machine_busy = (busy1 - busy0) / max(1, total1 - total0)
     sent = {r["seq"]: r for r in _jsonl(sent_file)}
     want = set(sent)
-    wait_for(lambda: want <= {r["seq"] for r in trips.received(lab.sites[0])}, 10.0, f"{label}: all received",
-             lambda: f"{len(want - {r['seq'] for r in trips.received(lab.sites[0])})} missing")
+    wait_for(
+        lambda: want <= {r["seq"] for r in trips.received(lab.sites[0])},
+        10.0,
+        f"{label}: all received",
+        lambda: f"{len(want - {r['seq'] for r in trips.received(lab.sites[0])})} missing",
+    )
     got = {r["seq"]: r for r in trips.received(lab.sites[0]) if r["seq"] in want}
     lat: dict[str, list[float]] = {"multicast": [], "unicast": []}
     paired: list[float] = []
@@ -162,17 +194,22 @@ def measure(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: float, f
             paired.append(us - (got[seq + 1]["t_ns"] - sent[seq + 1]["tx_ns"]) / 1000)
 
     result: dict[str, Any] = {
-        "multicast": summary(lat["multicast"]), "unicast": summary(lat["unicast"]),
+        "multicast": summary(lat["multicast"]),
+        "unicast": summary(lat["unicast"]),
         "added_p50_us": round(statistics.median(lat["multicast"]) - statistics.median(lat["unicast"]), 2),
         "added_paired_p50_us": round(statistics.median(paired), 2),
         "added_p99_us": round(summary(lat["multicast"])["p99_us"] - summary(lat["unicast"])["p99_us"], 2),
-        "lost": len(want - set(got)), "relay_cpu_share": None if relay_cpu is None else round(relay_cpu, 2),
+        "lost": len(want - set(got)),
+        "relay_cpu_share": None if relay_cpu is None else round(relay_cpu, 2),
         "machine_busy_share": round(machine_busy, 2),
     }
-    print(f"{label:10s} multicast p50 {result['multicast']['p50_us']:7.1f} us p99 {result['multicast']['p99_us']:7.1f}"
-          f" | unicast p50 {result['unicast']['p50_us']:7.1f} us p99 {result['unicast']['p99_us']:7.1f}"
-          f" | added p50 {result['added_p50_us']:+6.1f} us (paired {result['added_paired_p50_us']:+6.1f})"
-          f" | relay CPU {result['relay_cpu_share']} machine busy {result['machine_busy_share']}", flush=True)
+    print(
+        f"{label:10s} multicast p50 {result['multicast']['p50_us']:7.1f} us p99 {result['multicast']['p99_us']:7.1f}"
+        f" | unicast p50 {result['unicast']['p50_us']:7.1f} us p99 {result['unicast']['p99_us']:7.1f}"
+        f" | added p50 {result['added_p50_us']:+6.1f} us (paired {result['added_paired_p50_us']:+6.1f})"
+        f" | relay CPU {result['relay_cpu_share']} machine busy {result['machine_busy_share']}",
+        flush=True,
+    )
     return result
 
 
@@ -183,46 +220,88 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with Lab(n_sites=1, hold_time=60.0, trip_groups=[(GROUP, PORT)]) as lab:
         # Unicast baseline: the BMI reaches the site's service address through the
         # concentrator's kernel, over the same primary uplink and site path.
-        lab.ip("bmi", "route", "add", "10.1.0.0/16", "via", lab.uplink.primary.conc_ip,
-               "dev", lab.uplink.primary.peer_if)
+        lab.ip(
+            "bmi", "route", "add", "10.1.0.0/16", "via", lab.uplink.primary.conc_ip, "dev", lab.uplink.primary.peer_if
+        )
         run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         trips = TripTraffic(lab, GROUP, PORT)
         trips.start(unicast_port=UNICAST_PORT)
-        wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True, 10.0,
-                 "trip path installed")
+        wait_for(
+            lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True,
+            10.0,
+            "trip path installed",
+        )
 
         # The relay with 100 sites and a wide window, on the concentrator's loopback.
         sites, site_port, bmi_port = 100, 24000, 24100
         relay_conf = os.path.join(lab.workdir, "bench-relay.yaml")
         with open(relay_conf, "w") as f:
             f.write(relay_yaml(sites, site_port, bmi_port, bmi_port + 1, (600, 400)))
-        relay = lab.spawn("conc", "bench-relay", [sys.executable, "-m", "concentrator", "--log-level", "WARNING",
-                                                   "relay", "--config", relay_conf])
+        relay = lab.spawn(
+            "conc",
+            "bench-relay",
+            [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", relay_conf],
+        )
         # The relay runs under `ip netns exec`, which execs: same pid. Let it settle
         # (imports, first connection attempts) before calling it idle.
         time.sleep(2.0)
         first = 0
         for rep in range(args.repeats):
-            results["runs"].append({"repeat": rep, "condition": "idle",
-                                    **measure(lab, trips, f"idle-{rep}", args.pairs, args.rate, first, relay.pid)})
+            results["runs"].append(
+                {
+                    "repeat": rep,
+                    "condition": "idle",
+                    **measure(lab, trips, f"idle-{rep}", args.pairs, args.rate, first, relay.pid),
+                }
+            )
             first += 2 * args.pairs
-            loadgen = lab.spawn("conc", f"bench-loadgen-{rep}", [
-                sys.executable, "-m", "bench.loadgen", "steady", "--sites", str(sites),
-                "--site-port", str(site_port), "--bmi-port", str(bmi_port), "--bmi-k", "600", "--bmi-w", "400",
-                "--duration", "600", "--warmup", "1", *args.load.split()])
+            loadgen = lab.spawn(
+                "conc",
+                f"bench-loadgen-{rep}",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.loadgen",
+                    "steady",
+                    "--sites",
+                    str(sites),
+                    "--site-port",
+                    str(site_port),
+                    "--bmi-port",
+                    str(bmi_port),
+                    "--bmi-k",
+                    "600",
+                    "--bmi-w",
+                    "400",
+                    "--duration",
+                    "600",
+                    "--warmup",
+                    "1",
+                    *args.load.split(),
+                ],
+            )
             # The relay reconnects its sites with a backoff (up to 10 s): wait until it
             # runs flat out (its CPU share over 1 s), not for a fixed time.
             ramp = wait_for(lambda: relay_busy(relay.pid) >= 0.6, 30.0, "relay saturated", interval=0.0)
             print(f"relay saturated after {ramp:.1f} s", flush=True)
-            results["runs"].append({"repeat": rep, "condition": "saturated",
-                                    **measure(lab, trips, f"saturated-{rep}", args.pairs, args.rate, first,
-                                              relay.pid)})
+            results["runs"].append(
+                {
+                    "repeat": rep,
+                    "condition": "saturated",
+                    **measure(lab, trips, f"saturated-{rep}", args.pairs, args.rate, first, relay.pid),
+                }
+            )
             first += 2 * args.pairs
             lab.stop(loadgen)
         lab.stop(relay)
         for rep in range(args.repeats):
-            results["runs"].append({"repeat": rep, "condition": "stopped",
-                                    **measure(lab, trips, f"stopped-{rep}", args.pairs, args.rate, first, None)})
+            results["runs"].append(
+                {
+                    "repeat": rep,
+                    "condition": "stopped",
+                    **measure(lab, trips, f"stopped-{rep}", args.pairs, args.rate, first, None),
+                }
+            )
             first += 2 * args.pairs
         results["smcroute_mroute"] = lab.ip("conc", "-s", "mroute", "show").stdout
         results["kernel"] = os.uname().release
@@ -242,17 +321,40 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
     sent_file = os.path.join(lab.workdir, f"sent-{label}.jsonl")
     busy0, total0 = busy_jiffies()
     targets = ",".join(site_service(i) for i in range(1, len(lab.sites) + 1))
-    run(["ip", "netns", "exec", lab.ns("bmi"), sys.executable, os.path.abspath(__file__), "sender",
-         "--iface", lab.uplink.primary.peer_if, "--unicast", targets, "--pairs", str(pairs),
-         "--rate", str(rate), "--first", str(first), "--out", sent_file])
+    run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("bmi"),
+            sys.executable,
+            os.path.abspath(__file__),
+            "sender",
+            "--iface",
+            lab.uplink.primary.peer_if,
+            "--unicast",
+            targets,
+            "--pairs",
+            str(pairs),
+            "--rate",
+            str(rate),
+            "--first",
+            str(first),
+            "--out",
+            sent_file,
+        ]
+    )
     busy1, total1 = busy_jiffies()
     sent = {r["seq"]: r for r in _jsonl(sent_file)}
     by_site = {f"10.1.{i}.1": site for i, site in enumerate(lab.sites, start=1)}
     got: dict[str, dict[int, dict[str, Any]]] = {}
     for site in lab.sites:
         want = {q for q, r in sent.items() if r["kind"] == "multicast" or by_site[r["to"]] is site}
-        wait_for(lambda want=want, site=site: want <= {r["seq"] for r in trips.received(site)}, 30.0,
-                 f"{label}: {site.name} received")
+        wait_for(
+            lambda want=want, site=site: want <= {r["seq"] for r in trips.received(site)},
+            30.0,
+            f"{label}: {site.name} received",
+        )
         got[site.name] = {r["seq"]: r for r in trips.received(site) if r["seq"] in want}
     multicast, unicast, paired, first_site, last_site = [], [], [], [], []
     for seq, s in sent.items():
@@ -274,18 +376,24 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
                 paired.append((got[site.name][seq]["t_ns"] - s["tx_ns"]) / 1000 - uc)
     mc, uc = summary(multicast), summary(unicast)
     result = {
-        "multicast_all_sites": mc, "multicast_first_site": summary(first_site),
-        "multicast_last_site": summary(last_site), "unicast": uc,
-        "added_p50_us": round(mc["p50_us"] - uc["p50_us"], 2), "added_p99_us": round(mc["p99_us"] - uc["p99_us"], 2),
+        "multicast_all_sites": mc,
+        "multicast_first_site": summary(first_site),
+        "multicast_last_site": summary(last_site),
+        "unicast": uc,
+        "added_p50_us": round(mc["p50_us"] - uc["p50_us"], 2),
+        "added_p99_us": round(mc["p99_us"] - uc["p99_us"], 2),
         "added_paired_p50_us": round(statistics.median(paired), 2),
         "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
     }
     first, last = result["multicast_first_site"], result["multicast_last_site"]
-    print(f"{label:22s} multicast p50 {mc['p50_us']:7.1f} p99 {mc['p99_us']:7.1f} (site 1 p50 "
-          f"{first['p50_us']:.1f}, last site p50 {last['p50_us']:.1f})"
-          f" | unicast p50 {uc['p50_us']:6.1f} p99 {uc['p99_us']:6.1f} | added p50 {result['added_p50_us']:+.1f}"
-          f" p99 {result['added_p99_us']:+.1f} paired {result['added_paired_p50_us']:+.1f}"
-          f" | machine busy {result['machine_busy_share']}", flush=True)
+    print(
+        f"{label:22s} multicast p50 {mc['p50_us']:7.1f} p99 {mc['p99_us']:7.1f} (site 1 p50 "
+        f"{first['p50_us']:.1f}, last site p50 {last['p50_us']:.1f})"
+        f" | unicast p50 {uc['p50_us']:6.1f} p99 {uc['p99_us']:6.1f} | added p50 {result['added_p50_us']:+.1f}"
+        f" p99 {result['added_p99_us']:+.1f} paired {result['added_paired_p50_us']:+.1f}"
+        f" | machine busy {result['machine_busy_share']}",
+        flush=True,
+    )
     return result
 
 
@@ -295,32 +403,59 @@ def bench_sites(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {"pairs": args.pairs, "rate_pairs_per_s": args.rate, "runs": []}
     for n, engine in SCALE_PLAN:
-        with Lab(n_sites=n, hold_time=60.0, probe_interval=0.5, trip_groups=[(GROUP, PORT)], trip_engine=engine,
-                 start_netd=False) as lab:
+        with Lab(
+            n_sites=n,
+            hold_time=60.0,
+            probe_interval=0.5,
+            trip_groups=[(GROUP, PORT)],
+            trip_engine=engine,
+            start_netd=False,
+        ) as lab:
             for role in ("conc", "bmi"):  # sites need no return route for one-way datagrams
                 lab._start_netd(role)
             for role in ("conc", "bmi"):
                 lab.wait_netd_ready(role, timeout=60.0)
             _, mc = load_sections(os.path.join(lab.workdir, "netd-conc.yaml"))
             assert mc is not None
-            wait_for(lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True, 30.0,
-                     "trip path installed")
-            lab.ip("bmi", "route", "add", "10.1.0.0/16", "via", lab.uplink.primary.conc_ip,
-                   "dev", lab.uplink.primary.peer_if)
+            wait_for(
+                lambda: lab.netd_state().get("trip", {}).get("installed", {}).get(GROUP) is True,
+                30.0,
+                "trip path installed",
+            )
+            lab.ip(
+                "bmi",
+                "route",
+                "add",
+                "10.1.0.0/16",
+                "via",
+                lab.uplink.primary.conc_ip,
+                "dev",
+                lab.uplink.primary.peer_if,
+            )
             run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
             trips = TripTraffic(lab, GROUP, PORT)
             trips.start(unicast_port=UNICAST_PORT)
             conf = os.path.join(lab.workdir, "relay.yaml")
             with open(conf, "w") as f:
                 yaml.safe_dump(Iec104Stream(lab).relay_config(), f)
-            lab.spawn("conc", "relay", [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay",
-                                        "--config", conf])
+            lab.spawn(
+                "conc",
+                "relay",
+                [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", conf],
+            )
             time.sleep(2.0)  # relay idle: started, its sites unreachable
             first = 0
             for rep in range(args.repeats):
                 label = f"{n}-sites-{mc.engine}-{rep}"
-                results["runs"].append({"sites": n, "engine": mc.engine, "repeat": rep, "relay": "idle",
-                                        **measure_sites(lab, trips, label, args.pairs, args.rate, first)})
+                results["runs"].append(
+                    {
+                        "sites": n,
+                        "engine": mc.engine,
+                        "repeat": rep,
+                        "relay": "idle",
+                        **measure_sites(lab, trips, label, args.pairs, args.rate, first),
+                    }
+                )
                 first += 2 * args.pairs
     results["kernel"] = os.uname().release
     return results
@@ -339,10 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=3000)
     ap.add_argument("--rate", type=float, default=500.0, help="pairs per second")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--load", default="--rate 2000 --site-k 100 --site-w 80 --commands 0",
-                    help="load generator options (100 sites); the default offers more than the relay carries")
-    ap.add_argument("--sites", action="store_true",
-                    help="instead: 1, 15 and 100 two-path sites, relay idle (bench/trip-sites.json)")
+    ap.add_argument(
+        "--load",
+        default="--rate 2000 --site-k 100 --site-w 80 --commands 0",
+        help="load generator options (100 sites); the default offers more than the relay carries",
+    )
+    ap.add_argument(
+        "--sites", action="store_true", help="instead: 1, 15 and 100 two-path sites, relay idle (bench/trip-sites.json)"
+    )
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.cmd == "sender":

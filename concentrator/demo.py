@@ -4,6 +4,7 @@ N simulated UPDCs (c104 servers), the relay, and a simulated BMI (a c104 client 
 interrogates and synchronises the clock on connect, then sends a select-and-execute
 breaker command to one site after another), with a live per-site table each second.
 """
+
 from __future__ import annotations
 
 import socket

@@ -20,6 +20,7 @@ Its children get SIGTERM if it dies (PR_SET_PDEATHSIG): keepalived then releases
 addresses and sends a priority-0 advert (the peer takes over at once), and no relay
 outlives the process that decided it may run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,18 +48,18 @@ from netconfig.ha_tcp import connected_peers, listening, nudge
 
 log = logging.getLogger("ha")
 
-STOP_GRACE = 1.0          # SIGTERM, then SIGKILL after this many seconds
-FENCE_TIMEOUT = 0.25      # per side; the peer answers in a millisecond when alive
-FENCE_POLL = 0.2          # while not active: how often to ask whether the peer's relay is
+STOP_GRACE = 1.0  # SIGTERM, then SIGKILL after this many seconds
+FENCE_TIMEOUT = 0.25  # per side; the peer answers in a millisecond when alive
+FENCE_POLL = 0.2  # while not active: how often to ask whether the peer's relay is
 HANDOVER = STOP_GRACE + 0.5  # on MASTER, how long a preempted peer may take to stop its relay
 NUDGES = (0.0, 0.5, 1.0, 2.0)  # after a promotion: when to nudge the BMI's stale connections
-                          # (the BMI answers at most one unacceptable segment per 0.5 s, and
-                          # only once its ARP entry points here)
-RELEASE_MISSES = 2        # unanswered rounds before a held standby is released (one slow
-                          # answer on a loaded machine must not release it)
-DOWN = {"role": "down"}   # connection refused: the peer's host is up, its supervisor is not,
-                          # and its relay cannot run without it (PR_SET_PDEATHSIG)
-RELAY_RESTART = 0.5       # an active appliance restarts a relay that exited by itself
+# (the BMI answers at most one unacceptable segment per 0.5 s, and
+# only once its ARP entry points here)
+RELEASE_MISSES = 2  # unanswered rounds before a held standby is released (one slow
+# answer on a loaded machine must not release it)
+DOWN = {"role": "down"}  # connection refused: the peer's host is up, its supervisor is not,
+# and its relay cannot run without it (PR_SET_PDEATHSIG)
+RELAY_RESTART = 0.5  # an active appliance restarts a relay that exited by itself
 
 
 def _die_with_parent() -> None:
@@ -176,8 +177,11 @@ class Supervisor:
             if _stale(pid_file):
                 os.unlink(pid_file)
         for side in self.ha.sides:
-            subprocess.run(["ip", "addr", "del", str(side.virtual_address), "dev", side.interface],
-                           capture_output=True, check=False)
+            subprocess.run(
+                ["ip", "addr", "del", str(side.virtual_address), "dev", side.interface],
+                capture_output=True,
+                check=False,
+            )
 
     def _fence(self, on: bool) -> None:
         with open(track_file_path(self.ha), "w") as f:
@@ -266,14 +270,20 @@ class Supervisor:
                 if peer is not None:
                     self._peer_bmi = [str(c) for c in peer.get("bmi_connections", [])]
                 silent = 0 if peer is not None or sure else silent + 1
-                may_preempt = self.ha.preempt_delay is not None and peer is not None \
+                may_preempt = (
+                    self.ha.preempt_delay is not None
+                    and peer is not None
                     and self.ha.priority > int(peer.get("priority", 255))
+                )
                 held = peer is not None and not may_preempt
                 if not held and self.state.held and silent and silent < RELEASE_MISSES:
                     held = True  # silence once may be a slow answer: ask again first
                 if held != self.state.held and self.state.role in ("standby", "fault"):
-                    log.info("%s: the peer's relay is %s", "held" if held else "released",
-                             "active" if peer is not None else "not active" if sure else "not answering")
+                    log.info(
+                        "%s: the peer's relay is %s",
+                        "held" if held else "released",
+                        "active" if peer is not None else "not active" if sure else "not answering",
+                    )
                     self.state.held = held
                     self._fence(held)
                     if held:
@@ -332,8 +342,16 @@ class Supervisor:
         milliseconds, not an interpreter start (1-3 s on a loaded small machine). It says
         when it is loaded; until then this appliance is not a ready backup."""
         ours, theirs = socket.socketpair()
-        argv = [sys.executable, "-m", "concentrator", "relay", "--config", self.config.file,
-                "--start-fd", str(theirs.fileno())]
+        argv = [
+            sys.executable,
+            "-m",
+            "concentrator",
+            "relay",
+            "--config",
+            self.config.file,
+            "--start-fd",
+            str(theirs.fileno()),
+        ]
         self.relay = Child(argv, "relay", pass_fds=(theirs.fileno(),))
         theirs.close()
         self._control = ours
@@ -461,9 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", help="also write the status line to this file on every change")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
     try:
         config = load(args.config)
     except ConfigError as exc:
@@ -506,18 +527,25 @@ def status_main(argv: list[str] | None = None) -> int:
     assert config.ha is not None
     status = trio.run(peer_status, "127.0.0.1", config.ha.status_port, 2.0)
     if status is None or status is DOWN:
-        print(f"no HA supervisor answers on port {config.ha.status_port} (is `concentrator ha` running?)",
-              file=sys.stderr)
+        print(
+            f"no HA supervisor answers on port {config.ha.status_port} (is `concentrator ha` running?)", file=sys.stderr
+        )
         return 1
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
     takeover = status.get("last_takeover_seconds")
-    print(f"node {status['node']}: {status['role']} (vrrp {status['vrrp']}) since "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['since']))}")
-    print(f"  transitions {status['transitions']}, fenced {status['fenced']}, "
-          f"last takeover {'-' if takeover is None else f'{takeover:.3f} s'}")
-    print(f"  relay pid {status['relay_pid'] or '-'} ({'loaded' if status['relay_ready'] else 'NOT loaded'}), "
-          f"starts {status['relay_starts']}, "
-          f"crashes {status['relay_exits']}; keepalived {'up' if status['keepalived_up'] else 'DOWN'}")
+    print(
+        f"node {status['node']}: {status['role']} (vrrp {status['vrrp']}) since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['since']))}"
+    )
+    print(
+        f"  transitions {status['transitions']}, fenced {status['fenced']}, "
+        f"last takeover {'-' if takeover is None else f'{takeover:.3f} s'}"
+    )
+    print(
+        f"  relay pid {status['relay_pid'] or '-'} ({'loaded' if status['relay_ready'] else 'NOT loaded'}), "
+        f"starts {status['relay_starts']}, "
+        f"crashes {status['relay_exits']}; keepalived {'up' if status['keepalived_up'] else 'DOWN'}"
+    )
     return 0 if status["role"] in ("active", "standby") else 1

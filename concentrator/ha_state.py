@@ -17,17 +17,17 @@ class HaState:
 
     node: str
     priority: int = 0
-    role: str = "standby"             # standby | active | fenced | fault
-    vrrp: str = "INIT"                # the sync group's last state from keepalived
-    held: bool = False                # kept out of VRRP (keepalived FAULT): the peer is active
+    role: str = "standby"  # standby | active | fenced | fault
+    vrrp: str = "INIT"  # the sync group's last state from keepalived
+    held: bool = False  # kept out of VRRP (keepalived FAULT): the peer is active
     transitions: dict[str, int] = field(default_factory=dict)  # role -> times entered
     last_takeover_seconds: float | None = None  # MASTER notified -> relay listening
     relay_pid: int | None = None
-    relay_ready: bool = False         # a relay is loaded (standing by, or running)
+    relay_ready: bool = False  # a relay is loaded (standing by, or running)
     bmi_connections: list[str] = field(default_factory=list)  # "ip:port" of the BMI's, while active
     relay_starts: int = 0
-    relay_exits: int = 0              # exits while active (crashes), restarted
-    fenced: int = 0                   # promotions refused because the peer was active
+    relay_exits: int = 0  # exits while active (crashes), restarted
+    fenced: int = 0  # promotions refused because the peer was active
     keepalived_up: bool = False
     since: float = field(default_factory=time.time)
 

@@ -10,6 +10,7 @@ place where several fields must agree, the time in each state, is read through
 `SiteStats.state_snapshot()`, which retries while `set_state()` is half way through
 (a sequence counter, as a seqlock: the writer never waits).
 """
+
 from __future__ import annotations
 
 import time

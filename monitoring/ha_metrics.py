@@ -16,6 +16,7 @@
 The VRRP detection before MASTER (3 adverts + skew) is not in the takeover figure;
 docs/ha.md gives both. Alert rules: monitoring/alerts.yml (group concentrator-ha).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -48,8 +49,9 @@ class HaCollector(Collector):
         active = GaugeMetricFamily(f"{PREFIX}active", "1 while this appliance's relay runs.", labels=["node"])
         yield _one(active, node, 1 if s.role == "active" else 0)
         role = GaugeMetricFamily(f"{PREFIX}role", "1 for this appliance's current role.", labels=["node", "role"])
-        transitions = CounterMetricFamily(f"{PREFIX}transitions", "Times each role was entered.",
-                                          labels=["node", "role"])
+        transitions = CounterMetricFamily(
+            f"{PREFIX}transitions", "Times each role was entered.", labels=["node", "role"]
+        )
         for name in ROLES:
             role.add_metric([s.node, name], 1 if s.role == name else 0)
             transitions.add_metric([s.node, name], s.transitions.get(name, 0))
@@ -58,15 +60,32 @@ class HaCollector(Collector):
         takeover = GaugeMetricFamily(
             f"{PREFIX}last_takeover_seconds",
             "Last promotion: from keepalived's MASTER to the relay listening on the uplink's virtual address.",
-            labels=["node"])
+            labels=["node"],
+        )
         if s.last_takeover_seconds is not None:
             takeover.add_metric(node, s.last_takeover_seconds)
         yield takeover
-        yield _one(CounterMetricFamily(f"{PREFIX}fenced", "Promotions refused because the peer's relay was active.",
-                                       labels=["node"]), node, s.fenced)
-        yield _one(CounterMetricFamily(f"{PREFIX}relay_crashes", "Relay exits while active (restarted).",
-                                       labels=["node"]), node, s.relay_exits)
-        yield _one(GaugeMetricFamily(f"{PREFIX}keepalived_up", "1 while keepalived runs.", labels=["node"]),
-                   node, 1 if s.keepalived_up else 0)
-        yield _one(GaugeMetricFamily(f"{PREFIX}relay_ready", "1 while a relay is loaded (standing by or running).",
-                                     labels=["node"]), node, 1 if s.relay_ready else 0)
+        yield _one(
+            CounterMetricFamily(
+                f"{PREFIX}fenced", "Promotions refused because the peer's relay was active.", labels=["node"]
+            ),
+            node,
+            s.fenced,
+        )
+        yield _one(
+            CounterMetricFamily(f"{PREFIX}relay_crashes", "Relay exits while active (restarted).", labels=["node"]),
+            node,
+            s.relay_exits,
+        )
+        yield _one(
+            GaugeMetricFamily(f"{PREFIX}keepalived_up", "1 while keepalived runs.", labels=["node"]),
+            node,
+            1 if s.keepalived_up else 0,
+        )
+        yield _one(
+            GaugeMetricFamily(
+                f"{PREFIX}relay_ready", "1 while a relay is loaded (standing by or running).", labels=["node"]
+            ),
+            node,
+            1 if s.relay_ready else 0,
+        )

@@ -134,9 +134,7 @@ class LinkManagerCollector(Collector):
         )
         answers = CounterMetricFamily(f"{PREFIX}link_probe_answers", "Active probes answered.", labels=link_path)
         misses = CounterMetricFamily(f"{PREFIX}link_probe_misses", "Active probes unanswered.", labels=link_path)
-        route_errors = CounterMetricFamily(
-            f"{PREFIX}link_route_errors", "Route changes that failed.", labels=["link"]
-        )
+        route_errors = CounterMetricFamily(f"{PREFIX}link_route_errors", "Route changes that failed.", labels=["link"])
         # dict() copies in C under the GIL: safe while the link manager adds keys.
         for name, link in dict(manager.links).items():
             current = link.active

@@ -21,6 +21,7 @@
 Errors are `concentrator.configbase.ConfigError(file, key, expected, got)` with dotted key
 paths such as `network.uplink.primary.interface` or `network.sites[2].name`.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -42,7 +43,7 @@ class PathConfig:
 
 @dataclass(frozen=True, slots=True)
 class LinkConfig:
-    name: str                      # "uplink" or the site's name
+    name: str  # "uplink" or the site's name
     destinations: tuple[IPv4Network, ...]
     primary: PathConfig
     backup: PathConfig

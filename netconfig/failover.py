@@ -32,6 +32,7 @@ Rules
       toward a route that may come back) and the first path to become healthy
       gets the traffic, without waiting for a hold time.
 """
+
 from __future__ import annotations
 
 import enum
@@ -55,17 +56,17 @@ class FailbackMode(enum.Enum):
 class Reason(enum.Enum):
     """Why a path went down or why traffic moved."""
 
-    CARRIER_DOWN = "carrier-down"        # netlink: link or carrier lost
-    PROBE_LOSS = "probe-loss"            # N probes in a row unanswered
-    HOLD_ELAPSED = "hold-elapsed"        # primary healthy for hold_time: fail-back
-    MANUAL = "manual"                    # operator asked for fail-back
-    RECOVERED = "recovered"              # out of an all-paths-down state
+    CARRIER_DOWN = "carrier-down"  # netlink: link or carrier lost
+    PROBE_LOSS = "probe-loss"  # N probes in a row unanswered
+    HOLD_ELAPSED = "hold-elapsed"  # primary healthy for hold_time: fail-back
+    MANUAL = "manual"  # operator asked for fail-back
+    RECOVERED = "recovered"  # out of an all-paths-down state
 
 
 @dataclass(frozen=True, slots=True)
 class FailoverParams:
-    misses: int = 3               # consecutive unanswered probes that mark a path down
-    hold_time: float = 10.0       # seconds the primary must stay healthy before fail-back
+    misses: int = 3  # consecutive unanswered probes that mark a path down
+    hold_time: float = 10.0  # seconds the primary must stay healthy before fail-back
     failback: FailbackMode = FailbackMode.AUTO
 
 
@@ -118,9 +119,9 @@ Event = PathDown | PathUp | Switched | AllPathsDown | FailbackRefused
 @dataclass(slots=True)
 class _Path:
     carrier: bool
-    confirmed: bool = True          # optimistic at start-up, see module doc
+    confirmed: bool = True  # optimistic at start-up, see module doc
     misses: int = 0
-    last_good: float = 0.0          # last answered probe or carrier-up
+    last_good: float = 0.0  # last answered probe or carrier-up
     healthy_since: float | None = None
     down_reason: Reason | None = None
     down_last_good: float = 0.0
@@ -234,9 +235,7 @@ class Failover:
 
     # ------------------------------------------------------------------ logic
 
-    def _after_change(
-        self, role: Role, was: bool, now: float, down_reason: Reason, last_good: float
-    ) -> list[Event]:
+    def _after_change(self, role: Role, was: bool, now: float, down_reason: Reason, last_good: float) -> list[Event]:
         path = self._paths[role]
         now_healthy = self._healthy(role)
         events: list[Event] = []
@@ -260,9 +259,7 @@ class Failover:
                 failed = self._paths[self.active]
                 since = self._all_down_since
                 self._all_down_since = None
-                events.append(
-                    self._switch(role, Reason.RECOVERED, now, failed=failed, down_at=since)
-                )
+                events.append(self._switch(role, Reason.RECOVERED, now, failed=failed, down_at=since))
             elif self.active is not role and not self._healthy(self.active):
                 # Cannot happen while all_down is tracked, kept for safety.
                 events.append(self._switch(role, Reason.RECOVERED, now, failed=None))

@@ -31,6 +31,7 @@ a password with a sub-second interval rather than let keepalived ignore it.
 
 Errors are `concentrator.configbase.ConfigError(file, key, expected, got)`.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -50,8 +51,17 @@ _NODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PASSWORD = re.compile(r"[\x21-\x7e]{1,8}")  # VRRPv2 simple password: 8 printable octets
 
 _TOP_KEYS = (
-    "node", "priority", "virtual_router_id", "advert_interval", "preempt", "uplink", "sites",
-    "authentication", "status_port", "metrics_listen", "keepalived",
+    "node",
+    "priority",
+    "virtual_router_id",
+    "advert_interval",
+    "preempt",
+    "uplink",
+    "sites",
+    "authentication",
+    "status_port",
+    "metrics_listen",
+    "keepalived",
 )
 _SIDE_KEYS = ("interface", "virtual_address", "peer")
 _KEEPALIVED_KEYS = ("config_file", "pid_file", "vrrp_pid_file", "notify_fifo")
@@ -61,7 +71,7 @@ _KEEPALIVED_KEYS = ("config_file", "pid_file", "vrrp_pid_file", "notify_fifo")
 class HaSide:
     """One side of the pair (uplink or sites): where VRRP runs and what moves."""
 
-    name: str                       # "uplink" or "sites"
+    name: str  # "uplink" or "sites"
     interface: str
     virtual_address: IPv4Interface  # address with its prefix length
     peer: IPv4Address
@@ -81,7 +91,7 @@ class HaConfig:
     priority: int
     virtual_router_id: int
     advert_interval: float
-    preempt_delay: float | None     # None: never take the role back (nopreempt)
+    preempt_delay: float | None  # None: never take the role back (nopreempt)
     uplink: HaSide
     sites: HaSide
     password: str | None
@@ -129,8 +139,11 @@ def _parse(value: object) -> HaConfig:
     uplink = _side(m.get("uplink", MISSING), "uplink")
     sites = _side(m.get("sites", MISSING), "sites")
     if uplink.interface == sites.interface:
-        raise Invalid("ha.sites.interface", f"an interface other than ha.uplink.interface ({uplink.interface}): "
-                   "VRRP must run on two paths", sites.interface)
+        raise Invalid(
+            "ha.sites.interface",
+            f"an interface other than ha.uplink.interface ({uplink.interface}): VRRP must run on two paths",
+            sites.interface,
+        )
     password = _authentication(m.get("authentication", "none"), float(interval))
     metrics = endpoint(m.get("metrics_listen", DEFAULT_METRICS_LISTEN), "ha.metrics_listen", ip_only=True)
     return HaConfig(
@@ -181,8 +194,12 @@ def _authentication(value: object, interval: float) -> str | None:
     if not isinstance(password, str) or not _PASSWORD.fullmatch(password):
         raise Invalid("ha.authentication.password", "1 to 8 printable ASCII characters (no spaces)", "(hidden)")
     if not (interval >= 1 and interval.is_integer()):
-        raise Invalid("ha.authentication", "none when advert_interval is below 1 s or fractional (VRRPv3, RFC 5798, "
-                   "has no authentication; a password needs VRRPv2 and whole seconds)", "a password")
+        raise Invalid(
+            "ha.authentication",
+            "none when advert_interval is below 1 s or fractional (VRRPv3, RFC 5798, "
+            "has no authentication; a password needs VRRPv2 and whole seconds)",
+            "a password",
+        )
     return password
 
 
@@ -202,5 +219,6 @@ def check_against_relay(ha: HaConfig, listen_host: str, file: str) -> None:
     """The relay must listen on the uplink's virtual address: a relay on an appliance that
     does not hold it cannot listen (nor can a stray one on the backup)."""
     if ipaddress.ip_address(listen_host) != ha.uplink.virtual_address.ip:
-        raise ConfigError(file, "uplink.listen", f"the host {ha.uplink.virtual_address.ip} (ha.uplink.virtual_address)",
-                          listen_host)
+        raise ConfigError(
+            file, "uplink.listen", f"the host {ha.uplink.virtual_address.ip} (ha.uplink.virtual_address)", listen_host
+        )

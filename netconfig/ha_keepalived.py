@@ -11,6 +11,7 @@ reads: no process is started on a transition, lines arrive in order, one reader 
 the role. The track file lets the supervisor put both instances in FAULT (releasing the
 virtual addresses) when its fence check finds the peer active (docs/ha.md).
 """
+
 from __future__ import annotations
 
 from .ha_config import HaConfig, HaSide
@@ -44,7 +45,7 @@ def render(ha: HaConfig) -> str:
         "track_file concentrator_fence {",
         f'    file "{track_file_path(ha)}"',
         "    weight 0",  # non-zero content: FAULT (addresses released). No init_file: the
-                         # supervisor writes it before keepalived starts, and may set it at once.
+        # supervisor writes it before keepalived starts, and may set it at once.
         "}",
         "",
         f"vrrp_sync_group {GROUP} {{",
@@ -94,6 +95,13 @@ def command(ha: HaConfig) -> list[str]:
     every gratuitous ARP refresh); the supervisor logs every state change it reports."""
     k = ha.keepalived
     return [
-        "keepalived", "--dont-fork", "--vrrp",
-        "--use-file", k.config_file, "--pid", k.pid_file, "--vrrp_pid", k.vrrp_pid_file,
+        "keepalived",
+        "--dont-fork",
+        "--vrrp",
+        "--use-file",
+        k.config_file,
+        "--pid",
+        k.pid_file,
+        "--vrrp_pid",
+        k.vrrp_pid_file,
     ]

@@ -13,6 +13,7 @@ kernel has no such connection, only the relay's listener, and answers an ACK the
 a reset whose sequence number is the BMI's own acknowledgement: exactly in window, so
 the BMI drops the connection and reconnects to the relay now listening.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def listening(host: str, port: int) -> bool:
 
 
 def connected_peers(host: str, port: int) -> list[str]:
-    """"ip:port" of the peers with an established connection to host:port here."""
+    """ "ip:port" of the peers with an established connection to host:port here."""
     return [f"{ip}:{p}" for local, (ip, p), state in tcp_table() if local == (host, port) and state == ESTABLISHED]
 
 

@@ -6,6 +6,7 @@ arrival[i+1] > fault_at (last record before, first after). Loss and duplicates c
 from the sequence numbers; a new connection id at the receiver means the session
 was not kept.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FaultResult:
-    outage: float           # seconds; inf if nothing arrived after the fault
-    lost: int               # sequence numbers never received (inside the received range)
-    duplicated: int         # records received more than once
-    connections: int        # distinct connections that carried the stream
+    outage: float  # seconds; inf if nothing arrived after the fault
+    lost: int  # sequence numbers never received (inside the received range)
+    duplicated: int  # records received more than once
+    connections: int  # distinct connections that carried the stream
     received: int
 
     @property

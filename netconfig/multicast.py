@@ -24,6 +24,7 @@ routes use. Interfaces not under `network:` are used as listed (inbound: the fir
 This module has no I/O besides parsing text the caller read from /proc: the config,
 the choice of interfaces, smcroute's configuration text, and the kernel's tables.
 """
+
 from __future__ import annotations
 
 import socket
@@ -118,16 +119,20 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
         for i, g in enumerate(groups):
             for j, name in enumerate(g.inbound):
                 if name not in uplink_ifs:
-                    raise p.error(f"multicast.groups[{i}].inbound[{j}]",
-                                  f"an uplink interface ({', '.join(sorted(uplink_ifs))})", name)
+                    raise p.error(
+                        f"multicast.groups[{i}].inbound[{j}]",
+                        f"an uplink interface ({', '.join(sorted(uplink_ifs))})",
+                        name,
+                    )
     if network is not None:
         groups = tuple(_both_paths(g, network) for g in groups)
 
     seen: dict[IPv4Address, int] = {}
     for i, g in enumerate(groups):
         if g.group in seen:
-            raise p.error(f"multicast.groups[{i}].group", f"a group not already in groups[{seen[g.group]}]",
-                          str(g.group))
+            raise p.error(
+                f"multicast.groups[{i}].group", f"a group not already in groups[{seen[g.group]}]", str(g.group)
+            )
         seen[g.group] = i
     # An interface is inbound or outbound, never both: a trip must not be sent back
     # toward the BMI, and the kernel would count it as arriving on the wrong VIF.
@@ -135,8 +140,9 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
     for i, g in enumerate(groups):
         for j, name in enumerate(g.outbound):
             if name in inbound_all:
-                raise p.error(f"multicast.groups[{i}].outbound[{j}]", "an interface that is not inbound for any group",
-                              name)
+                raise p.error(
+                    f"multicast.groups[{i}].outbound[{j}]", "an interface that is not inbound for any group", name
+                )
     engine = m.get("engine", "auto")
     if engine not in _ENGINES:
         raise p.error("multicast.engine", " or ".join(_ENGINES), engine)
@@ -144,8 +150,12 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
     if engine == "auto":
         engine = SMCROUTE if count <= MAXVIFS else NFTABLES
     elif engine == SMCROUTE and count > MAXVIFS:
-        raise p.error("multicast.groups", f"at most {MAXVIFS} interfaces in all with engine smcroute (the kernel's "
-                      "VIF limit; engine auto or nftables has none)", count)
+        raise p.error(
+            "multicast.groups",
+            f"at most {MAXVIFS} interfaces in all with engine smcroute (the kernel's "
+            "VIF limit; engine auto or nftables has none)",
+            count,
+        )
     cfg = MulticastConfig(groups, files, engine)
     return cfg
 
@@ -154,8 +164,9 @@ def _group(p: Any, raw: object, key: str) -> GroupConfig:
     m = p.mapping(raw, key, _GROUP_KEYS, _GROUP_KEYS)
     group = p.ipv4(m["group"], f"{key}.group")
     if group not in _MULTICAST or group in _LINK_LOCAL:
-        raise p.error(f"{key}.group", "a multicast group in 224.0.1.0-239.255.255.255 (224.0.0.x is never routed)",
-                      m["group"])
+        raise p.error(
+            f"{key}.group", "a multicast group in 224.0.1.0-239.255.255.255 (224.0.0.x is never routed)", m["group"]
+        )
     port = m["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise p.error(f"{key}.port", "a UDP port from 1 to 65535", port)
@@ -261,10 +272,7 @@ def smcroute_conf(cfg: MulticastConfig, routes: list[MRoute]) -> str:
     mrdisc; and the routes, so that a restarted smcrouted installs them by itself."""
     lines = ["# written by concentrator netd: do not edit (rewritten on every switch)"]
     lines += [f"phyint {name} enable" for name in cfg.interfaces]
-    lines += [
-        f"mroute from {r.inbound} source {r.source} group {r.group} to {' '.join(r.outbound)}"
-        for r in routes
-    ]
+    lines += [f"mroute from {r.inbound} source {r.source} group {r.group} to {' '.join(r.outbound)}" for r in routes]
     return "\n".join(lines) + "\n"
 
 
@@ -309,8 +317,10 @@ def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
     inbound = dict.fromkeys(n for g in cfg.groups for n in g.inbound)
     lines = [f"table netdev {NFT_TABLE} {{}}", f"delete table netdev {NFT_TABLE}", f"table netdev {NFT_TABLE} {{"]
     for ifname in inbound:
-        lines += [f"  chain in_{ifname} {{",
-                  f'    type filter hook ingress device "{ifname}" priority 0; policy accept;']
+        lines += [
+            f"  chain in_{ifname} {{",
+            f'    type filter hook ingress device "{ifname}" priority 0; policy accept;',
+        ]
         for r in routes:
             lines.append("    " + nft_inbound_rule(r, r.inbound == ifname, nft_chain(cfg, r.source, r.group)))
         lines.append("  }")
@@ -328,7 +338,7 @@ class NftRule:
     handle: int
     comment: str
     packets: int
-    target: str | None          # jump target, or the dup device
+    target: str | None  # jump target, or the dup device
 
 
 def parse_nft(doc: Mapping[str, Any]) -> list[NftRule]:
@@ -380,10 +390,10 @@ class KernelEntry:
 
     group: IPv4Address
     source: IPv4Address
-    inbound: str | None       # None: unresolved entry (no route, packets queued)
+    inbound: str | None  # None: unresolved entry (no route, packets queued)
     packets: int
     bytes: int
-    wrong_if: int             # packets that arrived on another interface than `inbound`
+    wrong_if: int  # packets that arrived on another interface than `inbound`
     outbound: tuple[str, ...]
 
 
@@ -411,11 +421,17 @@ def parse_mr_cache(text: str, vifs: Mapping[int, str]) -> list[KernelEntry]:
             continue
         iif = int(parts[2])
         outs = tuple(vifs.get(int(o.split(":")[0]), f"vif{o.split(':')[0]}") for o in parts[6:] if ":" in o)
-        entries.append(KernelEntry(
-            _addr(parts[0]), _addr(parts[1]),
-            None if iif < 0 or iif == 65535 else vifs.get(iif, f"vif{iif}"),
-            int(parts[3]), int(parts[4]), int(parts[5]), outs,
-        ))
+        entries.append(
+            KernelEntry(
+                _addr(parts[0]),
+                _addr(parts[1]),
+                None if iif < 0 or iif == 65535 else vifs.get(iif, f"vif{iif}"),
+                int(parts[3]),
+                int(parts[4]),
+                int(parts[5]),
+                outs,
+            )
+        )
     return entries
 
 
@@ -431,9 +447,9 @@ class PathStatus:
     installed: bool
     inbound: str | None
     outbound: tuple[str, ...]
-    forwarded: int            # packets the entry forwarded (arrivals on its inbound interface)
-    wrong_if: int             # arrivals on another interface, dropped, since the entry exists
-    wrong_if_new: int         # of those, since the last check
+    forwarded: int  # packets the entry forwarded (arrivals on its inbound interface)
+    wrong_if: int  # arrivals on another interface, dropped, since the entry exists
+    wrong_if_new: int  # of those, since the last check
     expected_inbound: str
     expected_outbound: tuple[str, ...]
 
@@ -443,18 +459,24 @@ class PathStatus:
         if not self.installed:
             return ["no forwarding entry in the kernel: trips are not forwarded"]
         if self.inbound != self.expected_inbound:
-            out.append(f"in on {self.inbound}, but the uplink path in use is {self.expected_inbound}: "
-                       f"trips arriving on {self.expected_inbound} are dropped")
+            out.append(
+                f"in on {self.inbound}, but the uplink path in use is {self.expected_inbound}: "
+                f"trips arriving on {self.expected_inbound} are dropped"
+            )
         missing = [n for n in self.expected_outbound if n not in self.outbound]
         extra = [n for n in self.outbound if n not in self.expected_outbound]
         if missing:
             out.append(f"not sent on {', '.join(missing)} (path in use of a member site)")
         if extra:
-            out.append(f"sent on {', '.join(extra)}, not a site path in use (a site would get two copies "
-                       "or a copy on a dead path)")
+            out.append(
+                f"sent on {', '.join(extra)}, not a site path in use (a site would get two copies "
+                "or a copy on a dead path)"
+            )
         if self.wrong_if_new:
-            out.append(f"{self.wrong_if_new} trips arrived on another interface than {self.inbound} since the "
-                       "last check and were dropped")
+            out.append(
+                f"{self.wrong_if_new} trips arrived on another interface than {self.inbound} since the "
+                "last check and were dropped"
+            )
         return out
 
     @property
@@ -463,10 +485,17 @@ class PathStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "group": str(self.group), "source": str(self.source), "installed": self.installed,
-            "ok": self.ok, "problems": self.problems, "inbound": self.inbound, "outbound": list(self.outbound),
-            "expected_inbound": self.expected_inbound, "expected_outbound": list(self.expected_outbound),
-            "packets_forwarded": self.forwarded, "wrong_interface": self.wrong_if,
+            "group": str(self.group),
+            "source": str(self.source),
+            "installed": self.installed,
+            "ok": self.ok,
+            "problems": self.problems,
+            "inbound": self.inbound,
+            "outbound": list(self.outbound),
+            "expected_inbound": self.expected_inbound,
+            "expected_outbound": list(self.expected_outbound),
+            "packets_forwarded": self.forwarded,
+            "wrong_interface": self.wrong_if,
             "wrong_interface_since_last_check": self.wrong_if_new,
         }
 
@@ -474,8 +503,12 @@ class PathStatus:
 Counters = Mapping[tuple[IPv4Address, IPv4Address], tuple[str | None, int]]
 
 
-def path_status(cfg: MulticastConfig, entries: list[KernelEntry], active_path: Mapping[str, str | None],
-                last: Counters | None = None) -> list[PathStatus]:
+def path_status(
+    cfg: MulticastConfig,
+    entries: list[KernelEntry],
+    active_path: Mapping[str, str | None],
+    last: Counters | None = None,
+) -> list[PathStatus]:
     """Judge the kernel's entries against the routes wanted for the paths in use
     (`active_path`, as for wanted_routes). `last` holds, per (S,G), the inbound
     interface and wrong-interface count seen at the last check (None: no earlier
@@ -493,15 +526,26 @@ def path_status(cfg: MulticastConfig, entries: list[KernelEntry], active_path: M
             before = (last or {}).get((s, g.group))
             # The kernel counts from zero for each new entry (a re-point makes one):
             # a lower count or another inbound interface is a new entry.
-            new = wrong if before is None or before[0] != (e.inbound if e else None) or before[1] > wrong \
+            new = (
+                wrong
+                if before is None or before[0] != (e.inbound if e else None) or before[1] > wrong
                 else wrong - before[1]
-            out.append(PathStatus(
-                g.group, s, installed,
-                e.inbound if e else None, e.outbound if e else (),
-                # The kernel's packet count includes wrong-interface arrivals.
-                (e.packets - e.wrong_if) if e else 0, wrong, new,
-                want.inbound, want.outbound,
-            ))
+            )
+            out.append(
+                PathStatus(
+                    g.group,
+                    s,
+                    installed,
+                    e.inbound if e else None,
+                    e.outbound if e else (),
+                    # The kernel's packet count includes wrong-interface arrivals.
+                    (e.packets - e.wrong_if) if e else 0,
+                    wrong,
+                    new,
+                    want.inbound,
+                    want.outbound,
+                )
+            )
     return out
 
 

@@ -12,6 +12,7 @@ Operator interface (local only, like the configuration):
     --state FILE     JSON snapshot of `NetdStats`, rewritten on every change
                      (for the metrics exporter and the failover harness)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,13 +63,13 @@ log = logging.getLogger("netd")
 class SwitchInfo:
     """One switch, as kept for metrics and the harness."""
 
-    wall_time: float          # time.time() of the switch
+    wall_time: float  # time.time() of the switch
     frm: str
     to: str
     reason: str
     outage_seconds: float | None
     detection_seconds: float | None
-    route_seconds: float      # time pyroute2 took to replace the routes
+    route_seconds: float  # time pyroute2 took to replace the routes
 
 
 @dataclass
@@ -81,7 +82,7 @@ class LinkStats:
     healthy: dict[str, bool] = field(default_factory=lambda: {"primary": False, "backup": False})
     switches_total: int = 0
     switches_by_reason: dict[str, int] = field(default_factory=dict)
-    outage_seconds_total: float = 0.0     # sum of the outages of failure-driven switches
+    outage_seconds_total: float = 0.0  # sum of the outages of failure-driven switches
     outage_seconds_last: float | None = None
     all_down_total: int = 0
     probe_misses_total: dict[str, int] = field(default_factory=lambda: {"primary": 0, "backup": 0})
@@ -178,8 +179,11 @@ class LinkController:
         self._apply_standby()
         log.info(
             "link %s: starting on %s (primary %s, backup %s), routes set in %s",
-            self.link.name, self.fo.active.value, _health(self.fo.healthy(Role.PRIMARY)),
-            _health(self.fo.healthy(Role.BACKUP)), _ms(route_s),
+            self.link.name,
+            self.fo.active.value,
+            _health(self.fo.healthy(Role.PRIMARY)),
+            _health(self.fo.healthy(Role.BACKUP)),
+            _ms(route_s),
         )
 
     def _apply_standby(self) -> None:
@@ -240,8 +244,13 @@ class LinkController:
                 route_s = self._try(partial(self.routes.apply, self.link, self.path(ev.to)))
                 self._apply_standby()
                 info = SwitchInfo(
-                    time.time(), ev.frm.value, ev.to.value, ev.reason.value,
-                    ev.outage, ev.detection, route_s if route_s is not None else math.nan,
+                    time.time(),
+                    ev.frm.value,
+                    ev.to.value,
+                    ev.reason.value,
+                    ev.outage,
+                    ev.detection,
+                    route_s if route_s is not None else math.nan,
                 )
                 self.stats.switches_total += 1
                 self.stats.switches_by_reason[ev.reason.value] = (
@@ -255,8 +264,13 @@ class LinkController:
                 # One line per switch, with reason and timing.
                 log.warning(
                     "link %s: switched from %s to %s (%s): detected in %s, outage %s, routes set in %s",
-                    self.link.name, ev.frm.value, ev.to.value, ev.reason.value,
-                    _ms(ev.detection), _ms(ev.outage), _ms(route_s),
+                    self.link.name,
+                    ev.frm.value,
+                    ev.to.value,
+                    ev.reason.value,
+                    _ms(ev.detection),
+                    _ms(ev.outage),
+                    _ms(route_s),
                 )
             elif isinstance(ev, PathDown):
                 log.info("link %s: %s path down (%s)", self.link.name, ev.role.value, ev.reason.value)
@@ -325,8 +339,9 @@ def previous_paths(state_file: str | None) -> dict[str, Role]:
         return {}
 
 
-async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = None,
-              multicast: MulticastConfig | None = None) -> None:
+async def run(
+    cfg: NetworkConfig, stats: NetdStats, state_file: str | None = None, multicast: MulticastConfig | None = None
+) -> None:
     resume = previous_paths(state_file)
     writer = _StateWriter(state_file, stats)
     monitor = LinkMonitor()  # subscribe before the snapshot: no event is lost between
@@ -344,11 +359,13 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
 
         for link in cfg.links:
             stats.links[link.name] = LinkStats(link.name)
-            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, changed,
-                                 resume.get(link.name))
+            ctl = LinkController(link, cfg, routes, stats.links[link.name], initial, changed, resume.get(link.name))
             if link.name in resume:
-                log.info("link %s: resuming on %s (state file): the other path must answer a probe first",
-                         link.name, resume[link.name].value)
+                log.info(
+                    "link %s: resuming on %s (state file): the other path must answer a probe first",
+                    link.name,
+                    resume[link.name].value,
+                )
             controllers.append(ctl)
             by_ifname[link.primary.interface] = (ctl, Role.PRIMARY)
             by_ifname[link.backup.interface] = (ctl, Role.BACKUP)
@@ -377,8 +394,7 @@ async def run(cfg: NetworkConfig, stats: NetdStats, state_file: str | None = Non
             async def report(answered: bool, at: float) -> None:
                 ctl.send.send_nowait(_ProbeMsg(role, answered, at))
 
-            await run_probe(path.interface, path.probe_target, cfg.probe_interval, report,
-                            misses=cfg.probe_misses)
+            await run_probe(path.interface, path.probe_target, cfg.probe_interval, report, misses=cfg.probe_misses)
 
         async def links() -> None:
             async for st in monitor.events():
@@ -437,13 +453,18 @@ def _check_sysctls(cfg: NetworkConfig) -> None:
             try:
                 with open(f"{base}/ignore_routes_with_linkdown") as f:
                     if f.read().strip() != "1":
-                        log.warning("sysctl net.ipv4.conf.%s.ignore_routes_with_linkdown is not 1: "
-                                    "a route through a link without carrier would black-hole traffic",
-                                    path.interface)
+                        log.warning(
+                            "sysctl net.ipv4.conf.%s.ignore_routes_with_linkdown is not 1: "
+                            "a route through a link without carrier would black-hole traffic",
+                            path.interface,
+                        )
                 with open(f"{base}/rp_filter") as f:
                     if f.read().strip() == "1":
-                        log.warning("sysctl net.ipv4.conf.%s.rp_filter is 1 (strict): use 0 or 2, "
-                                    "paths may be asymmetric during a switch", path.interface)
+                        log.warning(
+                            "sysctl net.ipv4.conf.%s.rp_filter is 1 (strict): use 0 or 2, "
+                            "paths may be asymmetric during a switch",
+                            path.interface,
+                        )
             except OSError:
                 log.warning("interface %s not found at start", path.interface)
 
@@ -473,8 +494,11 @@ def load_sections(path: str) -> tuple[NetworkConfig, MulticastConfig | None]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="concentrator netd", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="the appliance's YAML file (network: section)")
-    ap.add_argument("--state", help="write a JSON snapshot of the counters here on every change; "
-                                    "read back at start (each link resumes on the path it used)")
+    ap.add_argument(
+        "--state",
+        help="write a JSON snapshot of the counters here on every change; "
+        "read back at start (each link resumes on the path it used)",
+    )
     ap.add_argument("--log-level", default="INFO")
     return ap
 

@@ -6,6 +6,7 @@ messages. A link is "usable" when it is administratively up (IFF_UP) and has
 carrier (IFF_LOWER_UP): `ip link set X down` on our side clears the first, the
 same on the far end of a veth (or a pulled cable) clears the second.
 """
+
 from __future__ import annotations
 
 import socket
@@ -84,9 +85,9 @@ class LinkMonitor:
                     yield changed
 
 
-RTMGRP_IPV4_MROUTE = 0x20                 # RTNLGRP_IPV4_MROUTE (6) as a group bit
+RTMGRP_IPV4_MROUTE = 0x20  # RTNLGRP_IPV4_MROUTE (6) as a group bit
 NETLINK_NETFILTER = 12
-NFNLGRP_NFTABLES_BIT = 1 << (7 - 1)       # NFNLGRP_NFTABLES (7): every nftables change
+NFNLGRP_NFTABLES_BIT = 1 << (7 - 1)  # NFNLGRP_NFTABLES (7): every nftables change
 _ENOBUFS = 105
 
 

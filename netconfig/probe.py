@@ -14,6 +14,7 @@ router), and echo replies are not subject to the kernel's ICMP rate limit.
 Raw sockets need root (or CAP_NET_RAW), which the link manager has anyway to
 change routes.
 """
+
 from __future__ import annotations
 
 import errno

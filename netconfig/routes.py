@@ -24,6 +24,7 @@ lowers the TCP retransmission timeout floor of sessions using these routes: afte
 silent failure the sender retransmits at rto_min, 3 rto_min, 7 rto_min... and the
 first retransmission after the switch ends the outage.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,9 +48,7 @@ class RouteError(Exception):
 
 
 class Routes:
-    def __init__(
-        self, service_address: IPv4Address, ipr: IPRoute | None = None, rto_min: float | None = None
-    ) -> None:
+    def __init__(self, service_address: IPv4Address, ipr: IPRoute | None = None, rto_min: float | None = None) -> None:
         self.service_address = service_address
         self._metrics: dict[str, int] = {}
         if rto_min is not None:
@@ -89,16 +88,18 @@ class Routes:
         the seconds it took. This is the switch itself."""
         start = time.monotonic()
         for dest in link.destinations:
-            self._replace(path, dst=str(dest), prefsrc=str(self.service_address),
-                          priority=ACTIVE_METRIC, **self._extra())
+            self._replace(
+                path, dst=str(dest), prefsrc=str(self.service_address), priority=ACTIVE_METRIC, **self._extra()
+            )
         return time.monotonic() - start
 
     def apply_standby(self, link: LinkConfig, path: PathConfig) -> None:
         """The metric-20 fallback route through the other path (fails while that
         interface is down: re-applied when it comes back)."""
         for dest in link.destinations:
-            self._replace(path, dst=str(dest), prefsrc=str(self.service_address),
-                          priority=STANDBY_METRIC, **self._extra())
+            self._replace(
+                path, dst=str(dest), prefsrc=str(self.service_address), priority=STANDBY_METRIC, **self._extra()
+            )
 
     def _extra(self) -> dict[str, object]:
         return {"metrics": dict(self._metrics)} if self._metrics else {}

@@ -6,6 +6,7 @@ WATCHDOG_PID, the process it is meant for). A message is one datagram of
 "KEY=value" lines: READY=1 once the service works, WATCHDOG=1 at least every
 WATCHDOG_USEC, or systemd kills and restarts it. Outside systemd both do nothing.
 """
+
 from __future__ import annotations
 
 import os

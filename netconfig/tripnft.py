@@ -18,6 +18,7 @@ in `table netdev concentrator_trip` (multicast.nft_ruleset).
 - Every nftables change in the namespace is reported over netlink (NFNLGRP_NFTABLES):
   netd reads the table again at once and repairs it.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ async def nft(script: str | None, *args: str) -> tuple[int, str, str]:
     """One nft run: a script on stdin (`-f -`), or a command's arguments."""
     argv = [NFT, "-f", "-"] if script is not None else [NFT, *args]
     try:
-        done = await trio.run_process(argv, stdin=(script or "").encode(), capture_stdout=True,
-                                      capture_stderr=True, check=False)
+        done = await trio.run_process(
+            argv, stdin=(script or "").encode(), capture_stdout=True, capture_stderr=True, check=False
+        )
     except OSError as exc:  # nft missing: report, never take netd down
         return 127, "", f"{NFT}: {exc} (apt-get install nftables)"
     return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
@@ -76,9 +78,13 @@ def read_rules_sync() -> list[NftRule] | None:
 class NftTripPath:
     """Same interface as trippath.TripPath, for `engine: nftables`."""
 
-    def __init__(self, cfg: MulticastConfig, state: TripState,
-                 active_path: Callable[[], Mapping[str, str | None]],
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        cfg: MulticastConfig,
+        state: TripState,
+        active_path: Callable[[], Mapping[str, str | None]],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.cfg = cfg
         self.state = state
         self.active_path = active_path
@@ -117,8 +123,12 @@ class NftTripPath:
             log.error("nft table netdev %s not loaded: %s", NFT_TABLE, err.strip())
             return False
         self._applied = {(r.source, r.group): r for r in wanted}
-        log.info("trip path (nftables) installed: %d (S,G), outbound %s, in %.1f ms", len(wanted),
-                 ",".join(sorted({n for r in wanted for n in r.outbound})), (time.perf_counter() - t0) * 1000)
+        log.info(
+            "trip path (nftables) installed: %d (S,G), outbound %s, in %.1f ms",
+            len(wanted),
+            ",".join(sorted({n for r in wanted for n in r.outbound})),
+            (time.perf_counter() - t0) * 1000,
+        )
         await self._verify()
         return True
 
@@ -164,9 +174,16 @@ class NftTripPath:
                 self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
                 self.state.last_repoint_seconds = took
                 self._on_change()  # the state file counts it now, not at the next refresh
-            log.warning("trip group %s from %s: re-pointed from %s to %s, outbound %s -> %s, in %.1f ms", group,
-                        route.source, before.inbound, route.inbound, ",".join(before.outbound),
-                        ",".join(route.outbound), took * 1000)
+            log.warning(
+                "trip group %s from %s: re-pointed from %s to %s, outbound %s -> %s, in %.1f ms",
+                group,
+                route.source,
+                before.inbound,
+                route.inbound,
+                ",".join(before.outbound),
+                ",".join(route.outbound),
+                took * 1000,
+            )
         return await self._verify()
 
     async def _verify(self) -> bool:
@@ -192,11 +209,12 @@ def _changes(cfg: MulticastConfig, rules: list[NftRule], before: MRoute, route: 
     out: list[str] = []
     if before.inbound != route.inbound:
         for r in rules:
-            if r.chain.startswith("in_") and r.comment in (f"{route.source} {route.group} in",
-                                                             f"{route.source} {route.group} wrong"):
+            if r.chain.startswith("in_") and r.comment in (
+                f"{route.source} {route.group} in",
+                f"{route.source} {route.group} wrong",
+            ):
                 active = r.chain == f"in_{route.inbound}"
-                out.append(f"replace rule {table} {r.chain} handle {r.handle} "
-                           f"{nft_inbound_rule(route, active, chain)}")
+                out.append(f"replace rule {table} {r.chain} handle {r.handle} {nft_inbound_rule(route, active, chain)}")
     copies = {r.target: r for r in rules if r.chain == chain and r.comment == "out"}
     end = next((r for r in rules if r.chain == chain and r.comment == "end"), None)
     if end is None or set(copies) != set(before.outbound):
@@ -206,9 +224,8 @@ def _changes(cfg: MulticastConfig, rules: list[NftRule], before: MRoute, route: 
     # A site that moved to its other path: its one rule is replaced in place.
     for rule, name in zip(gone, new, strict=False):
         out.append(f"replace rule {table} {chain} handle {rule.handle} {nft_copy_rule(name)}")
-    for rule in gone[len(new):]:
+    for rule in gone[len(new) :]:
         out.append(f"delete rule {table} {chain} handle {rule.handle}")
-    for name in new[len(gone):]:
+    for name in new[len(gone) :]:
         out.append(f"insert rule {table} {chain} position {end.handle} {nft_copy_rule(name)}")
     return out
-

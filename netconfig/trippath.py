@@ -18,6 +18,7 @@ part, so trip messages keep flowing with the relay stopped, crashed or overloade
   differ from the configuration.
 - Nothing here joins a group: static forwarding needs no membership.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,10 +50,10 @@ from .netlink import ChangeMonitor
 
 log = logging.getLogger("netd.trip")
 
-RECHECK_INTERVAL = 5.0     # seconds between checks of the kernel's table when it reports no change
-START_TIMEOUT = 5.0        # smcrouted must answer on its socket within this
-CTL_TIMEOUT = 2.0          # one smcroutectl command
-RESTART_BACKOFF = 0.5      # after 3 exits within 2 s, wait this long before the next start
+RECHECK_INTERVAL = 5.0  # seconds between checks of the kernel's table when it reports no change
+START_TIMEOUT = 5.0  # smcrouted must answer on its socket within this
+CTL_TIMEOUT = 2.0  # one smcroutectl command
+RESTART_BACKOFF = 0.5  # after 3 exits within 2 s, wait this long before the next start
 
 
 def read_vifs(proc: str = "/proc/net") -> dict[int, str]:
@@ -102,14 +103,17 @@ class TripState:
     stats: TripPathStats = field(default_factory=TripPathStats)
     smcrouted_pid: int | None = None
     smcrouted_restarts: int = 0
-    inbound: dict[str, str] = field(default_factory=dict)   # group -> inbound interface in use
-    last_repoint_seconds: float | None = None               # smcroutectl time of the last re-point
+    inbound: dict[str, str] = field(default_factory=dict)  # group -> inbound interface in use
+    last_repoint_seconds: float | None = None  # smcroutectl time of the last re-point
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "installed": dict(self.stats.installed), "repoints": dict(self.stats.repoints),
-            "smcrouted_pid": self.smcrouted_pid, "smcrouted_restarts": self.smcrouted_restarts,
-            "inbound": dict(self.inbound), "last_repoint_seconds": self.last_repoint_seconds,
+            "installed": dict(self.stats.installed),
+            "repoints": dict(self.stats.repoints),
+            "smcrouted_pid": self.smcrouted_pid,
+            "smcrouted_restarts": self.smcrouted_restarts,
+            "inbound": dict(self.inbound),
+            "last_repoint_seconds": self.last_repoint_seconds,
         }
 
 
@@ -119,8 +123,7 @@ def record(state: TripState, status: list[PathStatus], on_change: Callable[[], N
     bad = []
     by_group: dict[str, bool] = {}
     for st in status:
-        good = (st.installed and st.inbound == st.expected_inbound
-                and set(st.outbound) == set(st.expected_outbound))
+        good = st.installed and st.inbound == st.expected_inbound and set(st.outbound) == set(st.expected_outbound)
         group = str(st.group)
         by_group[group] = by_group.get(group, True) and good
         if st.installed and st.inbound is not None:
@@ -160,17 +163,21 @@ class TripPath:
     """Drives smcrouted for netd. `active_path()` maps each interface that is a path
     of a managed link to the link's active interface (see multicast.wanted_routes)."""
 
-    def __init__(self, cfg: MulticastConfig, state: TripState,
-                 active_path: Callable[[], Mapping[str, str | None]],
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        cfg: MulticastConfig,
+        state: TripState,
+        active_path: Callable[[], Mapping[str, str | None]],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.cfg = cfg
         self.state = state
         self.active_path = active_path
         self._on_change = on_change
         self.files = cfg.smcroute
-        self._applied: dict[tuple[Any, Any], MRoute] = {}   # smcrouted's rule per (S,G), as we set it
-        self._force: set[tuple[Any, Any]] = set()             # (S,G) the kernel does not have as wanted
-        self._conf_routes: list[MRoute] = []                  # the routes in the file we wrote last
+        self._applied: dict[tuple[Any, Any], MRoute] = {}  # smcrouted's rule per (S,G), as we set it
+        self._force: set[tuple[Any, Any]] = set()  # (S,G) the kernel does not have as wanted
+        self._conf_routes: list[MRoute] = []  # the routes in the file we wrote last
         self._dirty = trio.Event()
         self._daemon_up = False
         self.smcrouted = shutil.which("smcrouted") or "smcrouted"
@@ -206,7 +213,7 @@ class TripPath:
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
             # "pid (comm) state ...": a zombie is not a daemon to adopt.
-            comm, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
+            comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
             return pid if comm == "smcrouted" and state != "Z" else None
         except (OSError, ValueError):
             return None
@@ -245,8 +252,12 @@ class TripPath:
                 self.state.stats.installed[group] = False
             self._on_change()
             code = proc.returncode if proc is not None else "?"
-            log.error("smcrouted (pid %d) exited (code %s) after %.1f s: the kernel dropped its multicast routes; "
-                      "restarting", pid, code, time.monotonic() - started)
+            log.error(
+                "smcrouted (pid %d) exited (code %s) after %.1f s: the kernel dropped its multicast routes; restarting",
+                pid,
+                code,
+                time.monotonic() - started,
+            )
             now = time.monotonic()
             exits = [t for t in exits if now - t < 2.0] + [now]
             if len(exits) >= 3:  # failing at start: do not spin
@@ -270,8 +281,13 @@ class TripPath:
         does not do it, stop it (the supervisor starts one of ours)."""
         if self._kernel_matches_file():
             return True
-        log.warning("smcrouted (pid %d) has other interfaces or routes than the configuration (VIFs %s, wanted %s): "
-                    "reloading it", pid, ",".join(sorted(read_vifs().values())), ",".join(sorted(self.cfg.interfaces)))
+        log.warning(
+            "smcrouted (pid %d) has other interfaces or routes than the configuration (VIFs %s, wanted %s): "
+            "reloading it",
+            pid,
+            ",".join(sorted(read_vifs().values())),
+            ",".join(sorted(self.cfg.interfaces)),
+        )
         await self._ctl("reload")
         deadline = trio.current_time() + START_TIMEOUT
         while trio.current_time() < deadline:
@@ -293,8 +309,19 @@ class TripPath:
                 os.unlink(stale)
             except FileNotFoundError:
                 pass
-        argv = [self.smcrouted, "-n", "-N", "-f", self.files.config_file, "-u", self.files.socket,
-                "-P", self.files.pid_file, "-l", "notice"]
+        argv = [
+            self.smcrouted,
+            "-n",
+            "-N",
+            "-f",
+            self.files.config_file,
+            "-u",
+            self.files.socket,
+            "-P",
+            self.files.pid_file,
+            "-l",
+            "notice",
+        ]
         # Its own session: a signal to netd's process group (Ctrl-C, a service
         # manager stopping netd) must not take the trip path down with it.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -319,9 +346,13 @@ class TripPath:
             # A daemon that does not answer must not hold up the re-points (the
             # caller tries again); the process is killed on the timeout.
             with trio.move_on_after(CTL_TIMEOUT):
-                done = await trio.run_process([self.smcroutectl, "-u", self.files.socket, *args],
-                                              stdin=stdin.encode() if stdin is not None else b"",
-                                              capture_stdout=True, capture_stderr=True, check=False)
+                done = await trio.run_process(
+                    [self.smcroutectl, "-u", self.files.socket, *args],
+                    stdin=stdin.encode() if stdin is not None else b"",
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
         except OSError as exc:  # smcroutectl missing: report, never take netd down
             log.error("smcroutectl: %s", exc)
             return None
@@ -330,8 +361,12 @@ class TripPath:
             return None
         if done.returncode != 0:
             if not quiet:
-                log.error("smcroutectl %s: exit %d: %s", " ".join(args), done.returncode,
-                          done.stderr.decode(errors="replace").strip())
+                log.error(
+                    "smcroutectl %s: exit %d: %s",
+                    " ".join(args),
+                    done.returncode,
+                    done.stderr.decode(errors="replace").strip(),
+                )
             return None
         return done.stdout.decode(errors="replace")
 
@@ -388,8 +423,13 @@ class TripPath:
         took = time.perf_counter() - t0
         entry = {(e.source, e.group): e for e in read_kernel()}.get(key)
         if entry is None or entry.inbound != route.inbound or set(entry.outbound) != set(route.outbound):
-            log.error("trip group %s from %s: not installed as asked (%s); kernel has %s", route.group,
-                      route.source, add, entry)
+            log.error(
+                "trip group %s from %s: not installed as asked (%s); kernel has %s",
+                route.group,
+                route.source,
+                add,
+                entry,
+            )
             return False
         self._force.discard(key)
         self._applied[key] = route
@@ -398,11 +438,24 @@ class TripPath:
             self.state.stats.repoints[group] = self.state.stats.repoints.get(group, 0) + 1
             self.state.last_repoint_seconds = took
             self._on_change()  # the state file counts it now, not at the next refresh
-            log.warning("trip group %s from %s: re-pointed from %s to %s, outbound %s, in %.1f ms", group,
-                        route.source, before.inbound, route.inbound, ",".join(route.outbound), took * 1000)
+            log.warning(
+                "trip group %s from %s: re-pointed from %s to %s, outbound %s, in %.1f ms",
+                group,
+                route.source,
+                before.inbound,
+                route.inbound,
+                ",".join(route.outbound),
+                took * 1000,
+            )
         else:
-            log.info("trip group %s from %s: inbound %s, outbound %s, set in %.1f ms", group, route.source,
-                     route.inbound, ",".join(route.outbound), took * 1000)
+            log.info(
+                "trip group %s from %s: inbound %s, outbound %s, set in %.1f ms",
+                group,
+                route.source,
+                route.inbound,
+                ",".join(route.outbound),
+                took * 1000,
+            )
         return True
 
     def _verify(self) -> list[PathStatus]:

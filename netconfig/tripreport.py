@@ -21,6 +21,7 @@ the same whether the relay runs or not.
 
 Exit status: 0 OK; 1 NOT OK; 2 bad configuration.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ def _alive(pid: object, comm: str | None = None) -> bool:
             stat = f.read()
     except (OSError, TypeError, ValueError):
         return False
-    name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:][:1]
+    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
     return state != "Z" and (comm is None or name == comm)
 
 
@@ -69,8 +70,7 @@ def _daemon(mc: MulticastConfig) -> dict[str, Any]:
     except (OSError, ValueError):
         pid = None
     running = _alive(pid, "smcrouted")
-    return {"engine": mc.engine, "pid": pid if running else None, "running": running,
-            "pid_file": mc.smcroute.pid_file}
+    return {"engine": mc.engine, "pid": pid if running else None, "running": running, "pid_file": mc.smcroute.pid_file}
 
 
 def _netd(network: NetworkConfig | None, state_file: str, in_use: dict[str, str | None]) -> dict[str, Any]:
@@ -86,10 +86,15 @@ def _netd(network: NetworkConfig | None, state_file: str, in_use: dict[str, str 
         active = state.get("links", {}).get(link.name, {}).get("active")
         iface = {"primary": link.primary.interface, "backup": link.backup.interface}.get(active)
         if running and iface != in_use.get(link.primary.interface):
-            disagree.append(f"{link.name}: netd uses {iface}, the kernel routes over "
-                            f"{in_use.get(link.primary.interface)}")
-    return {"running": running, "pid": state.get("pid") if running else None, "state_file": state_file,
-            "disagrees": disagree}
+            disagree.append(
+                f"{link.name}: netd uses {iface}, the kernel routes over {in_use.get(link.primary.interface)}"
+            )
+    return {
+        "running": running,
+        "pid": state.get("pid") if running else None,
+        "state_file": state_file,
+        "disagrees": disagree,
+    }
 
 
 def _role(network: NetworkConfig | None, ifname: str | None) -> str:
@@ -147,8 +152,13 @@ def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, 
         d["members_on_this_host"] = joined.get(str(st.group), [])
         groups.append(d)
     daemon, netd = _daemon(mc), _netd(network, state_file, in_use)
-    ok = (all(st.ok for st in status) and not any(g["members_on_this_host"] for g in groups)
-          and daemon["running"] and netd["running"] and not netd["disagrees"])
+    ok = (
+        all(st.ok for st in status)
+        and not any(g["members_on_this_host"] for g in groups)
+        and daemon["running"]
+        and netd["running"]
+        and not netd["disagrees"]
+    )
     return {"ok": ok, "smcrouted": daemon, "netd": netd, "paths": groups}
 
 
@@ -158,12 +168,18 @@ def plain(doc: dict[str, Any]) -> str:
     if d.get("engine", SMCROUTE) != SMCROUTE:
         lines.append(f"copies made by nftables (table netdev {NFT_TABLE}), no daemon involved")
     else:
-        lines.append(f"smcrouted: running, pid {d['pid']}" if d["running"] else
-                     f"smcrouted: NOT RUNNING (no live process in {d['pid_file']}): the kernel forwards no trip group")
+        lines.append(
+            f"smcrouted: running, pid {d['pid']}"
+            if d["running"]
+            else f"smcrouted: NOT RUNNING (no live process in {d['pid_file']}): the kernel forwards no trip group"
+        )
     n = doc["netd"]
-    lines.append(f"netd: running, pid {n['pid']}" if n["running"]
-                 else f"netd: NOT RUNNING (no live process in {n['state_file']}): nothing re-points the trip "
-                      "path when a link switches")
+    lines.append(
+        f"netd: running, pid {n['pid']}"
+        if n["running"]
+        else f"netd: NOT RUNNING (no live process in {n['state_file']}): nothing re-points the trip "
+        "path when a link switches"
+    )
     lines += [f"  NETD AND THE KERNEL DISAGREE: {why}" for why in n["disagrees"]]
     for p in doc["paths"]:
         head = f"group {p['group']} (UDP {p['port']}) from {p['source']}: "
@@ -179,8 +195,11 @@ def plain(doc: dict[str, Any]) -> str:
             )
             lines += [f"  {why}" for why in p["problems"]]
         members = p["members_on_this_host"]
-        lines.append("  no socket on this host is a member of the group" if not members
-                     else f"  MEMBER OF THE GROUP on {', '.join(members)}: a process here joined a trip group")
+        lines.append(
+            "  no socket on this host is a member of the group"
+            if not members
+            else f"  MEMBER OF THE GROUP on {', '.join(members)}: a process here joined a trip group"
+        )
     lines.append("trip path: OK" if doc["ok"] else "trip path: NOT OK")
     return "\n".join(lines)
 
@@ -189,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="concentrator trip-path", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="the appliance's YAML file (multicast: section)")
     ap.add_argument("--state", default=DEFAULT_STATE, help=f"netd's state file (default {DEFAULT_STATE})")
-    ap.add_argument("--last", help="where the counts of the last check are kept "
-                                   "(default: trip-path.last.json beside smcrouted's pid file)")
+    ap.add_argument(
+        "--last",
+        help="where the counts of the last check are kept (default: trip-path.last.json beside smcrouted's pid file)",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON instead of plain words")
     args = ap.parse_args(argv)
     try:

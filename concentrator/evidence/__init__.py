@@ -11,6 +11,7 @@ evidence.json, matches.json, the configuration, SHA256SUMS). Exit status 0 when 
 section is PASS, 1 otherwise, 2 for a bad configuration or a capture that cannot start.
 See docs/evidence.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="directory for index.html, the PDF and the raw evidence")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of capture (default 60)")
     ap.add_argument("--netd-state", help="netd's --state file (switch history, active paths)")
-    ap.add_argument("--lab", action="store_true",
-                    help="also run the active proofs: SIGSTOP the relay, take each primary link down and up")
-    ap.add_argument("--recheck", metavar="DIR",
-                    help="only redo section 2 from a dossier's pcap files and configuration, and compare")
+    ap.add_argument(
+        "--lab",
+        action="store_true",
+        help="also run the active proofs: SIGSTOP the relay, take each primary link down and up",
+    )
+    ap.add_argument(
+        "--recheck",
+        metavar="DIR",
+        help="only redo section 2 from a dossier's pcap files and configuration, and compare",
+    )
     args = ap.parse_args(argv)
     if args.recheck is not None:
         return _recheck(args.recheck)
@@ -58,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         for finding in s.findings[:10]:
             print(f"   {finding}")
     print(f"dossier: {index}" + (f" ({problem})" if problem else f" and {os.path.join(args.out, 'dossier.pdf')}"))
-    print(f"run time {dossier.run_seconds:.1f} s (CPU {dossier.cpu_seconds:.1f} s) before the PDF, capture "
-          f"{sum(dossier.sections[1].facts.get('pcap_bytes', {}).values())} bytes")
+    print(
+        f"run time {dossier.run_seconds:.1f} s (CPU {dossier.cpu_seconds:.1f} s) before the PDF, capture "
+        f"{sum(dossier.sections[1].facts.get('pcap_bytes', {}).values())} bytes"
+    )
     return 0 if all(s.passed for s in dossier.sections) else 1
 
 
@@ -72,7 +81,9 @@ def _recheck(out: str) -> int:
         print(f"recheck: {exc}", file=sys.stderr)
         return 2
     verdict = "PASS" if not result["exceptions"] else "FAIL"
-    print(f"section 2 recomputed from {out}/capture: {verdict}, {result['up']} uplink ASDUs, "
-          f"{result['bmi']} BMI ASDUs, {len(result['exceptions'])} exceptions")
+    print(
+        f"section 2 recomputed from {out}/capture: {verdict}, {result['up']} uplink ASDUs, "
+        f"{result['bmi']} BMI ASDUs, {len(result['exceptions'])} exceptions"
+    )
     print("the same as matches.json" if same else "DIFFERENT from matches.json: the files were changed")
     return 0 if same else 1

@@ -6,6 +6,7 @@ keeps the kernel's receive timestamp (SO_TIMESTAMPNS), so frames of different
 interfaces are put in one order. The kernel's drop counter (PACKET_STATISTICS) is read
 at the end: a capture with drops cannot prove anything about every ASDU, and says so.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,15 @@ PACKET_OUTGOING = 4
 ARPHRD_LOOPBACK = 772
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SO_RCVBUFFORCE = 33
-SNAPLEN = 262144          # whole GRO super-frames, never cut
-LINKTYPE_ETHERNET = 1     # loopback frames carry a zeroed Ethernet header too
+SNAPLEN = 262144  # whole GRO super-frames, never cut
+LINKTYPE_ETHERNET = 1  # loopback frames carry a zeroed Ethernet header too
 
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    t: float              # kernel timestamp, seconds since the epoch
+    t: float  # kernel timestamp, seconds since the epoch
     ifname: str
-    outgoing: bool        # sent by this host (PACKET_OUTGOING), else received
+    outgoing: bool  # sent by this host (PACKET_OUTGOING), else received
     frame: bytes
 
 
@@ -40,9 +41,9 @@ class CaptureResult:
     packets: list[Packet] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
-    files: dict[str, str] = field(default_factory=dict)        # interface -> pcap path
+    files: dict[str, str] = field(default_factory=dict)  # interface -> pcap path
     kernel_drops: dict[str, int] = field(default_factory=dict)  # interface -> frames the kernel dropped
-    sizes: dict[str, int] = field(default_factory=dict)         # interface -> pcap bytes
+    sizes: dict[str, int] = field(default_factory=dict)  # interface -> pcap bytes
     truncated_at: float | None = None  # when the byte limit stopped the capture early
 
 
@@ -147,8 +148,10 @@ class Capture:
                             self._result.truncated_at = t_ns / 1e9
                             break
                         packets.append(Packet(t_ns / 1e9, name, outgoing, data))
-                        files[name].write(struct.pack("<IIII", t_ns // 1_000_000_000, t_ns % 1_000_000_000,
-                                                      len(data), len(data)) + data)
+                        files[name].write(
+                            struct.pack("<IIII", t_ns // 1_000_000_000, t_ns % 1_000_000_000, len(data), len(data))
+                            + data
+                        )
         except BaseException as exc:  # noqa: BLE001  (reported by stop())
             self._error = exc
         finally:

@@ -4,6 +4,7 @@ Each section is a `Section`: a title, the criterion in words, PASS or FAIL, the 
 (JSON, written beside the report) and the findings that made it FAIL. Rendering is
 report.py's job; the checks that can be re-run from the raw files are in match.py.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -56,9 +57,9 @@ class Dossier:
     sections: list[Section]
     duration: float
     run_seconds: float = 0.0
-    cpu_seconds: float = 0.0                               # this process, capture and analysis
-    files: dict[str, str] = field(default_factory=dict)   # label -> path relative to the output dir
-    captures: list[str] = field(default_factory=list)     # the pcap files among them
+    cpu_seconds: float = 0.0  # this process, capture and analysis
+    files: dict[str, str] = field(default_factory=dict)  # label -> path relative to the output dir
+    captures: list[str] = field(default_factory=list)  # the pcap files among them
 
 
 def capture_interfaces(config: Config) -> list[str]:
@@ -135,10 +136,15 @@ def versions() -> dict[str, str]:
             return "not installed"
 
     return {
-        "concentrator": dist("iec104-concentrator"), "source": _source_commit(),
-        "python": platform.python_version(), "trio": dist("trio"), "PyYAML": dist("PyYAML"),
-        "pyroute2": dist("pyroute2"), "kernel": f"{platform.system()} {platform.release()}",
-        "smcroute": _command_version(["smcrouted", "-v"]), "iproute2": _command_version(["ip", "-V"]),
+        "concentrator": dist("iec104-concentrator"),
+        "source": _source_commit(),
+        "python": platform.python_version(),
+        "trio": dist("trio"),
+        "PyYAML": dist("PyYAML"),
+        "pyroute2": dist("pyroute2"),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "smcroute": _command_version(["smcrouted", "-v"]),
+        "iproute2": _command_version(["ip", "-V"]),
     }
 
 
@@ -147,35 +153,63 @@ def specification(config: Config, netd_state: dict[str, Any] | None) -> Section:
     reported = _relay_reports(config)
     findings = []
     if not any(h.get("sha256") == config.sha256 for h in history):
-        findings.append(f"SHA-256 {config.sha256} is not in the history of accepted configurations "
-                        f"({history_path(config.file)}): the file changed without check-config or a relay start")
+        findings.append(
+            f"SHA-256 {config.sha256} is not in the history of accepted configurations "
+            f"({history_path(config.file)}): the file changed without check-config or a relay start"
+        )
     if reported is None:
         findings.append(f"the relay's metrics ({config.metrics.listen}) did not answer with concentrator_config_info")
     elif reported != config.sha256:
-        findings.append(f"the running relay reports SHA-256 {reported}, not this file's {config.sha256}: "
-                        "it runs another configuration")
+        findings.append(
+            f"the running relay reports SHA-256 {reported}, not this file's {config.sha256}: "
+            "it runs another configuration"
+        )
     facts: dict[str, Any] = {
-        "file": os.path.abspath(config.file), "sha256": config.sha256,
+        "file": os.path.abspath(config.file),
+        "sha256": config.sha256,
         "modified": datetime.datetime.fromtimestamp(config.mtime, datetime.UTC).isoformat(timespec="seconds"),
-        "relay_reports_sha256": reported, "history": history, "history_file": history_path(config.file),
+        "relay_reports_sha256": reported,
+        "history": history,
+        "history_file": history_path(config.file),
         "versions": versions(),
-        "uplink": {"listen": str(config.uplink.listen), "allowed_peers": [str(p) for p in config.uplink.allowed_peers],
-                   "params": asdict(config.uplink.params)},
-        "sites": [{"name": s.name, "common_addresses": list(s.common_addresses),
-                   "endpoints": [str(e) for e in s.endpoints], "interruptibility": s.interruptibility,
-                   "params": asdict(s.params)} for s in config.sites],
+        "uplink": {
+            "listen": str(config.uplink.listen),
+            "allowed_peers": [str(p) for p in config.uplink.allowed_peers],
+            "params": asdict(config.uplink.params),
+        },
+        "sites": [
+            {
+                "name": s.name,
+                "common_addresses": list(s.common_addresses),
+                "endpoints": [str(e) for e in s.endpoints],
+                "interruptibility": s.interruptibility,
+                "params": asdict(s.params),
+            }
+            for s in config.sites
+        ],
         "metrics": str(config.metrics.listen),
         "mqtt": None if config.mqtt is None else {"broker": str(config.mqtt.broker), "prefix": config.mqtt.prefix},
         "network": _network_json(config.network),
-        "multicast": None if config.multicast is None else [
-            {"group": str(g.group), "port": g.port, "sources": [str(s) for s in g.sources],
-             "inbound": list(g.inbound), "outbound": list(g.outbound)} for g in config.multicast.groups],
+        "multicast": None
+        if config.multicast is None
+        else [
+            {
+                "group": str(g.group),
+                "port": g.port,
+                "sources": [str(s) for s in g.sources],
+                "inbound": list(g.inbound),
+                "outbound": list(g.outbound),
+            }
+            for g in config.multicast.groups
+        ],
         "netd": _netd_summary(netd_state),
         "alerts": _alert_rules(),
     }
-    criterion = ("The configuration loads with the relay's own parser; its SHA-256 is in the local history of "
-                 "accepted configurations (check-config / relay start) and is the one the running relay reports "
-                 "in concentrator_config_info.")
+    criterion = (
+        "The configuration loads with the relay's own parser; its SHA-256 is in the local history of "
+        "accepted configurations (check-config / relay start) and is the one the running relay reports "
+        "in concentrator_config_info."
+    )
     return Section(1, "Technical specification", criterion, not findings, facts, findings)
 
 
@@ -183,30 +217,44 @@ def _network_json(network: Any) -> dict[str, Any] | None:
     if network is None:
         return None
     return {
-        "service_address": str(network.service_address), "probe_interval": network.probe_interval,
-        "probe_misses": network.probe_misses, "hold_time": network.hold_time,
+        "service_address": str(network.service_address),
+        "probe_interval": network.probe_interval,
+        "probe_misses": network.probe_misses,
+        "hold_time": network.hold_time,
         "failback": getattr(network.failback, "value", str(network.failback)),
-        "links": [{"name": link.name, "destinations": [str(d) for d in link.destinations],
-                   "primary": {"interface": link.primary.interface, "gateway": str(link.primary.gateway)},
-                   "backup": {"interface": link.backup.interface, "gateway": str(link.backup.gateway)}}
-                  for link in network.links],
+        "links": [
+            {
+                "name": link.name,
+                "destinations": [str(d) for d in link.destinations],
+                "primary": {"interface": link.primary.interface, "gateway": str(link.primary.gateway)},
+                "backup": {"interface": link.backup.interface, "gateway": str(link.backup.gateway)},
+            }
+            for link in network.links
+        ],
     }
 
 
 def _netd_summary(state: dict[str, Any] | None) -> dict[str, Any] | None:
     if state is None:
         return None
-    return {name: {"active": st["active"], "healthy": st["healthy"], "switches_total": st["switches_total"],
-                   "outage_seconds_last": st.get("outage_seconds_last")}
-            for name, st in state.get("links", {}).items()}
+    return {
+        name: {
+            "active": st["active"],
+            "healthy": st["healthy"],
+            "switches_total": st["switches_total"],
+            "outage_seconds_last": st.get("outage_seconds_last"),
+        }
+        for name, st in state.get("links", {}).items()
+    }
 
 
 def _alert_rules() -> list[dict[str, str]]:
     """The alert rules shipped with this software (monitoring/alerts.yml), by name."""
     import yaml
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "monitoring", "alerts.yml")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "monitoring", "alerts.yml"
+    )
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)
@@ -216,9 +264,14 @@ def _alert_rules() -> list[dict[str, str]]:
     for group in doc.get("groups", []):
         for rule in group.get("rules", []):
             if "alert" in rule:
-                rules.append({"alert": rule["alert"], "expr": str(rule.get("expr", "")).strip(),
-                              "for": str(rule.get("for", "")),
-                              "summary": str(rule.get("annotations", {}).get("summary", ""))})
+                rules.append(
+                    {
+                        "alert": rule["alert"],
+                        "expr": str(rule.get("expr", "")).strip(),
+                        "for": str(rule.get("for", "")),
+                        "summary": str(rule.get("annotations", {}).get("summary", "")),
+                    }
+                )
     return rules
 
 
@@ -256,50 +309,82 @@ def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any,
     findings = [f"{n} × {text}" if n > 1 else text for text, n in kinds.items()]
     drops = {k: v for k, v in capture.kernel_drops.items() if v}
     if capture.truncated_at is not None:
-        findings.append(f"the capture reached its limit of frames in memory "
-                        f"{capture.truncated_at - capture.started:.1f} s after its start: use a shorter --duration")
+        findings.append(
+            f"the capture reached its limit of frames in memory "
+            f"{capture.truncated_at - capture.started:.1f} s after its start: use a shorter --duration"
+        )
     if drops:
         findings.append(f"the kernel dropped captured frames ({drops}): the capture is incomplete")
     findings += [f"stream {p.flow}: {p.what}" for p in streams.problems]
     if result.up + result.bmi == 0:
         findings.append("no IEC 104 ASDU on the uplink during the capture: nothing was shown")
-    facts = {"match": result.to_json(), "interfaces": sorted(capture.files), "kernel_drops": capture.kernel_drops,
-             "truncated_at": capture.truncated_at, "capture_started": capture.started,
-             "capture_ended": capture.ended,
-             "pcap_bytes": capture.sizes, "segments": streams.segments, "apdus": len(streams.apdus),
-             "connections_joined_mid_stream": streams.joined_mid_stream,
-             "stream_problems": [f"{p.flow}: {p.what}" for p in streams.problems],
-             "connections": {f"{k[0]}:{k[1]} > {k[2]}:{k[3]}": {"conn": v, "hop": asdict(hops[k])}
-                             for k, v in streams.connections.items()}}
-    criterion = ("Captured on every site-facing interface and the uplink, TCP reassembled, APDUs cut by the relay's "
-                 "framer: every ASDU on the uplink equals byte for byte one a site sent, in that site's order; every "
-                 "BMI ASDU reached the site owning its CA once (CA 65535: every site once) and no site got an ASDU "
-                 "not addressed to it; the only ASDUs the concentrator originated are cause-46 answers to unknown "
-                 "CAs. The capture must be complete (no kernel drops, no gaps) and see traffic.")
+    facts = {
+        "match": result.to_json(),
+        "interfaces": sorted(capture.files),
+        "kernel_drops": capture.kernel_drops,
+        "truncated_at": capture.truncated_at,
+        "capture_started": capture.started,
+        "capture_ended": capture.ended,
+        "pcap_bytes": capture.sizes,
+        "segments": streams.segments,
+        "apdus": len(streams.apdus),
+        "connections_joined_mid_stream": streams.joined_mid_stream,
+        "stream_problems": [f"{p.flow}: {p.what}" for p in streams.problems],
+        "connections": {
+            f"{k[0]}:{k[1]} > {k[2]}:{k[3]}": {"conn": v, "hop": asdict(hops[k])}
+            for k, v in streams.connections.items()
+        },
+    }
+    criterion = (
+        "Captured on every site-facing interface and the uplink, TCP reassembled, APDUs cut by the relay's "
+        "framer: every ASDU on the uplink equals byte for byte one a site sent, in that site's order; every "
+        "BMI ASDU reached the site owning its CA once (CA 65535: every site once) and no site got an ASDU "
+        "not addressed to it; the only ASDUs the concentrator originated are cause-46 answers to unknown "
+        "CAs. The capture must be complete (no kernel drops, no gaps) and see traffic."
+    )
     return Section(2, "Byte identity and selectivity", criterion, not findings, facts, findings)
 
 
-def trips_section(config: Config, before: dict[str, Any], after: dict[str, Any], netd_state: dict[str, Any] | None,
-                  datagrams: list[Datagram], stopped: dict[str, Any] | None, maddr: str) -> Section:
+def trips_section(
+    config: Config,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    netd_state: dict[str, Any] | None,
+    datagrams: list[Datagram],
+    stopped: dict[str, Any] | None,
+    maddr: str,
+) -> Section:
     mc = config.multicast
     if mc is None:
-        return Section(3, "Non-interposition in trip messages",
-                       "The configuration has trip groups (multicast:) and the kernel forwards each of them.", False,
-                       {}, ["no multicast: section: no trip group is configured, nothing can be shown"])
+        return Section(
+            3,
+            "Non-interposition in trip messages",
+            "The configuration has trip groups (multicast:) and the kernel forwards each of them.",
+            False,
+            {},
+            ["no multicast: section: no trip group is configured, nothing can be shown"],
+        )
     forwarded = forwarded_datagrams(mc, datagrams)
     facts = judge(mc, config.network, netd_state, before, after, concentrator_processes(), forwarded, maddr)
     findings = list(facts["findings"])
-    criterion = ("For every (source, group): the kernel has a forwarding entry whose inbound interface is the "
-                 "uplink's active path and whose outbound interfaces are the sites' active paths (netd's state), "
-                 "no socket on this host is a member of a trip group (/proc/net/igmp, ip maddr), no relay or netd "
-                 "process holds a UDP socket on a trip port or a packet socket, and every trip datagram captured "
-                 "coming in left unchanged.")
+    criterion = (
+        "For every (source, group): the kernel has a forwarding entry whose inbound interface is the "
+        "uplink's active path and whose outbound interfaces are the sites' active paths (netd's state), "
+        "no socket on this host is a member of a trip group (/proc/net/igmp, ip maddr), no relay or netd "
+        "process holds a UDP socket on a trip port or a packet socket, and every trip datagram captured "
+        "coming in left unchanged."
+    )
     if stopped is not None:
         facts["relay_stopped"] = stopped
-        criterion += (" With --lab: while the relay was stopped (SIGSTOP) the kernel forwarded trips, and every "
-                      "captured trip of that interval left unchanged.")
-        during = [d for d in datagrams if stopped["from"] <= d.t <= stopped["to"] and not d.outgoing
-                  and d.dst in {str(g.group) for g in mc.groups}]
+        criterion += (
+            " With --lab: while the relay was stopped (SIGSTOP) the kernel forwarded trips, and every "
+            "captured trip of that interval left unchanged."
+        )
+        during = [
+            d
+            for d in datagrams
+            if stopped["from"] <= d.t <= stopped["to"] and not d.outgoing and d.dst in {str(g.group) for g in mc.groups}
+        ]
         facts["trips_in_while_stopped"] = len(during)
         if not stopped["pids"]:
             findings.append("--lab: no relay process found to stop")
@@ -313,21 +398,31 @@ def trips_section(config: Config, before: dict[str, Any], after: dict[str, Any],
 # ---------------------------------------------------------------------- section 4
 
 
-def failover_section(config: Config, netd_state: dict[str, Any] | None, state_file: str | None,
-                     live: list[dict[str, Any]] | None) -> Section:
-    criterion = (f"netd's state is readable; every link has a healthy active path; every switch netd recorded "
-                 f"had an outage below the {OPERATOR_TOLERANCE:.0f} s the operator tolerates.")
+def failover_section(
+    config: Config, netd_state: dict[str, Any] | None, state_file: str | None, live: list[dict[str, Any]] | None
+) -> Section:
+    criterion = (
+        f"netd's state is readable; every link has a healthy active path; every switch netd recorded "
+        f"had an outage below the {OPERATOR_TOLERANCE:.0f} s the operator tolerates."
+    )
     if live is not None:
-        criterion += (" With --lab: each protected link switched to its backup when its primary went down "
-                      "(ip link set down), and the longest silence between replies to ICMP echoes sent every "
-                      f"10 ms to the link's first destination stayed below {OPERATOR_TOLERANCE:.0f} s.")
+        criterion += (
+            " With --lab: each protected link switched to its backup when its primary went down "
+            "(ip link set down), and the longest silence between replies to ICMP echoes sent every "
+            f"10 ms to the link's first destination stayed below {OPERATOR_TOLERANCE:.0f} s."
+        )
     findings: list[str] = []
     if config.network is None:
         return Section(4, "Failover", criterion, False, {}, ["no network: section: no protected link"])
     if netd_state is None:
-        return Section(4, "Failover", criterion, False, {"state_file": state_file},
-                       [f"netd's state file {state_file!r} is not readable (run netd with --state and pass it "
-                        "with --netd-state)"])
+        return Section(
+            4,
+            "Failover",
+            criterion,
+            False,
+            {"state_file": state_file},
+            [f"netd's state file {state_file!r} is not readable (run netd with --state and pass it with --netd-state)"],
+        )
     links = []
     for link in config.network.links:
         st = netd_state.get("links", {}).get(link.name)
@@ -338,11 +433,25 @@ def failover_section(config: Config, netd_state: dict[str, Any] | None, state_fi
             findings.append(f"{link.name}: active path {st['active']} is not healthy")
         for sw in st["recent_switches"]:
             if sw.get("outage_seconds") is not None and sw["outage_seconds"] >= OPERATOR_TOLERANCE:
-                findings.append(f"{link.name}: switch at {sw['wall_time']:.0f} had an outage of "
-                                f"{sw['outage_seconds']:.1f} s")
-        links.append({"name": link.name, **{k: st[k] for k in ("active", "healthy", "switches_total",
-                                                                "switches_by_reason", "all_down_total",
-                                                                "recent_switches")}})
+                findings.append(
+                    f"{link.name}: switch at {sw['wall_time']:.0f} had an outage of {sw['outage_seconds']:.1f} s"
+                )
+        links.append(
+            {
+                "name": link.name,
+                **{
+                    k: st[k]
+                    for k in (
+                        "active",
+                        "healthy",
+                        "switches_total",
+                        "switches_by_reason",
+                        "all_down_total",
+                        "recent_switches",
+                    )
+                },
+            }
+        )
     for row in live or []:
         if "skipped" in row:
             findings.append(f"--lab: {row['link']} not switched: {row['skipped']}")
@@ -351,8 +460,10 @@ def failover_section(config: Config, netd_state: dict[str, Any] | None, state_fi
         elif row["echo_outage_seconds"] is None:
             findings.append(f"--lab: {row['link']}: no echo reply from {row['echo_target']} after the switch")
         elif row["echo_outage_seconds"] >= OPERATOR_TOLERANCE:
-            findings.append(f"--lab: {row['link']}: {row['echo_outage_seconds']:.1f} s without an echo reply "
-                            f"from {row['echo_target']}")
+            findings.append(
+                f"--lab: {row['link']}: {row['echo_outage_seconds']:.1f} s without an echo reply "
+                f"from {row['echo_target']}"
+            )
     facts = {"state_file": state_file, "links": links, "live": live}
     return Section(4, "Failover", criterion, not findings, facts, findings)
 
@@ -403,17 +514,38 @@ def _build(config_file: str, out: str, duration: float, netd_state_file: str | N
         trips_section(config, before, after, state_now, datagrams, stopped, maddr),
         failover_section(config, state_now, netd_state_file, live),
     ]
-    dossier = Dossier(config, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                      f"concentrator evidence --config {config_file} --out {out} --duration {duration:g}"
-                      + (f" --netd-state {netd_state_file}" if netd_state_file else "") + (" --lab" if run_lab else ""),
-                      sections, duration)
+    dossier = Dossier(
+        config,
+        datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        f"concentrator evidence --config {config_file} --out {out} --duration {duration:g}"
+        + (f" --netd-state {netd_state_file}" if netd_state_file else "")
+        + (" --lab" if run_lab else ""),
+        sections,
+        duration,
+    )
     for name, path in result.files.items():
         dossier.files[f"capture on {name}"] = os.path.relpath(path, out)
     dossier.captures = sorted(os.path.relpath(path, out) for path in result.files.values())
-    _write_json(out, "evidence.json", {
-        "generated": dossier.generated, "command": dossier.command, "config_sha256": config.sha256,
-        "sections": [{"number": s.number, "title": s.title, "verdict": s.verdict, "criterion": s.criterion,
-                      "findings": s.findings, "facts": s.facts} for s in sections]})
+    _write_json(
+        out,
+        "evidence.json",
+        {
+            "generated": dossier.generated,
+            "command": dossier.command,
+            "config_sha256": config.sha256,
+            "sections": [
+                {
+                    "number": s.number,
+                    "title": s.title,
+                    "verdict": s.verdict,
+                    "criterion": s.criterion,
+                    "findings": s.findings,
+                    "facts": s.facts,
+                }
+                for s in sections
+            ],
+        },
+    )
     dossier.files["all facts and verdicts (JSON)"] = "evidence.json"
     dossier.files["multicast memberships of every interface (ip maddr show)"] = "ip-maddr.txt"
     _write_json(out, "matches.json", sections[1].facts["match"])

@@ -7,6 +7,7 @@ sudo), the command and the file's mtime. The history lives beside the configurat
 `.<name>.history.jsonl`; lines are only ever appended (O_APPEND, fsync), never rewritten.
 A history that cannot be written is logged and never stops the relay.
 """
+
 from __future__ import annotations
 
 import datetime

@@ -4,6 +4,7 @@ Never run without `--lab`: they stop the relay (SIGSTOP, then SIGCONT) and take 
 protected link's primary interface down and up again. For a lab or commissioning, with
 the operator's agreement, not for a running plant.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ def unwind_on_signals() -> Iterator[None]:
     """While a proof has the relay stopped or a link down, SIGTERM, SIGHUP and SIGINT
     unwind (the `finally` blocks send SIGCONT and bring the link up) instead of killing
     this process and leaving the appliance that way."""
+
     def handler(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
@@ -72,10 +74,16 @@ def stop_relay(
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-    forwarded = {key: after[key]["packets_forwarded"] - before.get(key, {}).get("packets_forwarded", 0)
-                 for key in after}
-    return {"pids": pids, "from": started, "to": started + seconds, "relay_states": states,
-            "forwarded_while_stopped": forwarded}
+    forwarded = {
+        key: after[key]["packets_forwarded"] - before.get(key, {}).get("packets_forwarded", 0) for key in after
+    }
+    return {
+        "pids": pids,
+        "from": started,
+        "to": started + seconds,
+        "relay_states": states,
+        "forwarded_while_stopped": forwarded,
+    }
 
 
 def _proc_state(pid: int) -> str:
@@ -126,7 +134,7 @@ class EchoTrain:
                     if ready:
                         data = sock.recv(2048)
                         ihl = (data[0] & 0x0F) * 4
-                        if data[ihl] == 0 and int.from_bytes(data[ihl + 4:ihl + 6], "big") == self._ident:
+                        if data[ihl] == 0 and int.from_bytes(data[ihl + 4 : ihl + 6], "big") == self._ident:
                             self.replies.append(time.monotonic())
 
     def longest_gap(self, since: float) -> float | None:
@@ -176,14 +184,19 @@ def switch_links(network: Any, state_file: str, wait: Callable[[float], None] = 
         # the bound the verdict uses.
         row.update(switch=switch, outage_seconds=switch["outage_seconds"])
         hold = getattr(network, "hold_time", 10.0)
-        back = _wait_switch(state_file, link.name, count + 1, hold + 15.0, wait,
-                            lambda s: s["active"] == "primary")
+        back = _wait_switch(state_file, link.name, count + 1, hold + 15.0, wait, lambda s: s["active"] == "primary")
         row["back_on_primary"] = back is not None
     return results
 
 
-def _wait_switch(state_file: str, name: str, count: int, timeout: float, wait: Callable[[float], None],
-                 extra: Callable[[dict[str, Any]], bool] = lambda s: True) -> dict[str, Any] | None:
+def _wait_switch(
+    state_file: str,
+    name: str,
+    count: int,
+    timeout: float,
+    wait: Callable[[float], None],
+    extra: Callable[[dict[str, Any]], bool] = lambda s: True,
+) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = (read_state(state_file) or {}).get("links", {}).get(name)

@@ -18,6 +18,7 @@ Capture edges are not judged as faults: ASDUs forwarded in the first `grace` sec
 that a site sent before the capture began, and ASDUs still in flight in the last
 `grace` seconds, are counted apart.
 """
+
 from __future__ import annotations
 
 import socket
@@ -33,8 +34,8 @@ from .streams import Apdu, Flow
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    kind: str            # up, bmi, site, down
-    site: str | None     # for site and down
+    kind: str  # up, bmi, site, down
+    site: str | None  # for site and down
 
 
 class Classifier:
@@ -85,7 +86,7 @@ class Mismatch:
     what: str
     t: float
     hop: str
-    asdu: str                    # hex of the ASDU in question
+    asdu: str  # hex of the ASDU in question
     expected: str | None = None  # hex of the ASDU it should have been, when one is known
     differs_at: list[int] = field(default_factory=list)
 
@@ -96,14 +97,14 @@ class Mismatch:
 @dataclass
 class SiteCounts:
     from_site: int = 0
-    forwarded: int = 0               # matched on the uplink
-    repeated_ed2: int = 0            # the same site ASDU again on another uplink connection
-    not_on_uplink: int = 0           # sent by the site, not seen on the uplink (yet)
+    forwarded: int = 0  # matched on the uplink
+    repeated_ed2: int = 0  # the same site ASDU again on another uplink connection
+    not_on_uplink: int = 0  # sent by the site, not seen on the uplink (yet)
     in_flight_at_end: int = 0
-    commands_for_site: int = 0       # BMI ASDUs addressed to this site (own CA or 65535)
+    commands_for_site: int = 0  # BMI ASDUs addressed to this site (own CA or 65535)
     commands_delivered: int = 0
     commands_site_unconnected: int = 0  # for it while no connection to it was seen at all
-    to_site: int = 0                 # ASDUs the site received from the concentrator
+    to_site: int = 0  # ASDUs the site received from the concentrator
 
 
 @dataclass
@@ -113,9 +114,9 @@ class MatchResult:
     bmi: int = 0
     bmi_broadcast: int = 0
     bmi_unknown_ca: int = 0
-    negative_answers: int = 0        # cause-46 answers the concentrator originated
-    before_capture: int = 0          # uplink/site ASDUs whose origin preceded the capture
-    in_flight: int = 0               # BMI ASDUs of the last seconds not delivered yet
+    negative_answers: int = 0  # cause-46 answers the concentrator originated
+    before_capture: int = 0  # uplink/site ASDUs whose origin preceded the capture
+    in_flight: int = 0  # BMI ASDUs of the last seconds not delivered yet
     exceptions: list[Mismatch] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,8 +130,9 @@ def _diff(a: bytes, b: bytes) -> list[int]:
     return [i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i]]
 
 
-def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: float, ended: float,
-          grace: float = 2.0) -> MatchResult:
+def match(
+    config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: float, ended: float, grace: float = 2.0
+) -> MatchResult:
     result = MatchResult({s.name: SiteCounts() for s in config.sites})
     # A site with no TCP segment in the whole capture was not connected: the relay holds
     # its commands for at most t1 and drops them (counted), that is not a routing fault.
@@ -150,12 +152,20 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
             down_lists[hop.site].append(a)  # type: ignore[index]
 
     def exc(rule: str, what: str, a: Apdu, hop: str, expected: bytes | None = None) -> None:
-        result.exceptions.append(Mismatch(rule, what, a.t, hop, a.asdu.hex(" "),
-                                            expected.hex(" ") if expected is not None else None,
-                                            _diff(a.asdu, expected) if expected is not None else []))
+        result.exceptions.append(
+            Mismatch(
+                rule,
+                what,
+                a.t,
+                hop,
+                a.asdu.hex(" "),
+                expected.hex(" ") if expected is not None else None,
+                _diff(a.asdu, expected) if expected is not None else [],
+            )
+        )
 
     # ---------------------------------------------------------------- BMI -> sites
-    answers_due: dict[bytes, int] = defaultdict(int)       # cause-46 answers the concentrator may send
+    answers_due: dict[bytes, int] = defaultdict(int)  # cause-46 answers the concentrator may send
     down_index: dict[str, dict[bytes, list[int]]] = {}
     for name, lst in down_lists.items():
         idx: dict[bytes, list[int]] = defaultdict(list)
@@ -181,8 +191,9 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
             counts = result.sites[name]
             counts.commands_for_site += 1
             lst = down_lists.get(name, [])
-            cand = [i for i in down_index.get(name, {}).get(b.asdu, [])
-                    if i not in used[name] and lst[i].t >= b.t - 0.001]
+            cand = [
+                i for i in down_index.get(name, {}).get(b.asdu, []) if i not in used[name] and lst[i].t >= b.t - 0.001
+            ]
             if cand:
                 used[name].add(cand[0])
                 counts.commands_delivered += 1
@@ -201,8 +212,12 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
                 continue
             ca = a.asdu[4] | a.asdu[5] << 8 if len(a.asdu) >= 6 else -1
             where = "its CA is owned by " + owner[ca] if ca in owner else "no site owns its CA"
-            exc("selectivity", f"{name} received an ASDU (CA {ca}) the BMI did not address to it ({where})",
-                a, f"down {name}")
+            exc(
+                "selectivity",
+                f"{name} received an ASDU (CA {ca}) the BMI did not address to it ({where})",
+                a,
+                f"down {name}",
+            )
 
     # ---------------------------------------------------------------- sites -> BMI
     site_index: dict[bytes, list[tuple[str, int]]] = defaultdict(list)
@@ -210,8 +225,8 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
         result.sites[name].from_site = len(lst)
         for i, a in enumerate(lst):
             site_index[a.asdu].append((name, i))
-    pointer: dict[str, int] = defaultdict(int)       # next site ASDU expected on the uplink, per site
-    matched_on: dict[tuple[str, int], int] = {}      # site ASDU -> uplink connection that carried it
+    pointer: dict[str, int] = defaultdict(int)  # next site ASDU expected on the uplink, per site
+    matched_on: dict[tuple[str, int], int] = {}  # site ASDU -> uplink connection that carried it
     for u in by_kind["up"]:
         result.up += 1
         ca = u.asdu[4] | u.asdu[5] << 8 if len(u.asdu) >= 6 else -1
@@ -221,8 +236,9 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
         done = False
         for name, i in places:
             if i >= pointer[name] and site_lists[name][i].t <= u.t + 0.001:
-                result.sites[name].not_on_uplink += sum(1 for k in range(pointer[name], i)
-                                                        if (name, k) not in matched_on)
+                result.sites[name].not_on_uplink += sum(
+                    1 for k in range(pointer[name], i) if (name, k) not in matched_on
+                )
                 pointer[name] = i + 1
                 matched_on[(name, i)] = u.conn
                 result.sites[name].forwarded += 1
@@ -238,8 +254,11 @@ def match(config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: flo
             continue
         if places:
             name, i = places[0]
-            what = (f"the same ASDU from {name} was already forwarded on this connection (a duplicate)"
-                    if (name, i) in matched_on else f"forwarded out of {name}'s order")
+            what = (
+                f"the same ASDU from {name} was already forwarded on this connection (a duplicate)"
+                if (name, i) in matched_on
+                else f"forwarded out of {name}'s order"
+            )
             exc("identity", what, u, "up", site_lists[name][i].asdu)
             continue
         if answers_due.get(u.asdu, 0) > 0 and u.asdu[2] & 0x3F == Cause.UNKNOWN_COMMON_ADDRESS:

@@ -4,6 +4,7 @@ The operator's engineer needs neither the appliance nor our word: from DIR/captu
 and DIR/configuration.yaml the same reassembly and matching run again, and the result is
 compared with DIR/matches.json. Needs no root and touches nothing but reads DIR.
 """
+
 from __future__ import annotations
 
 import glob
@@ -43,7 +44,7 @@ def read_pcap(path: str, ifname: str) -> list[Packet]:
         at += 16
         # The same float the capture computed from the kernel's nanoseconds.
         t = (sec * 1_000_000_000 + frac * (1_000_000_000 // int(scale))) / 1e9
-        packets.append(Packet(t, ifname, False, data[at:at + caplen]))
+        packets.append(Packet(t, ifname, False, data[at : at + caplen]))
         at += caplen
     return packets
 
@@ -63,7 +64,7 @@ def recheck(out: str) -> tuple[bool, dict[str, Any]]:
     facts = evidence["sections"][1]["facts"]
     packets: list[Packet] = []
     for path in sorted(glob.glob(os.path.join(out, "capture", "*.pcap"))):
-        packets += read_pcap(path, os.path.basename(path)[:-len(".pcap")])
+        packets += read_pcap(path, os.path.basename(path)[: -len(".pcap")])
     packets.sort(key=lambda p: p.t)
     streams, hops, _ = decode(config, packets)
     ended = facts["truncated_at"] if facts["truncated_at"] is not None else facts["capture_ended"]

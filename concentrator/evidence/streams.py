@@ -7,6 +7,7 @@ segments out of order wait), then cut into APDUs by the relay's own framer
 before the capture is joined at the first segment that starts an APDU; what could not
 be decoded (a gap the capture missed, a framing error) is reported, never guessed.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -17,7 +18,7 @@ from concentrator.iec104.apci import I_KIND, FrameReader, FramingError
 
 from .capture import Packet
 
-Flow = tuple[str, int, str, int]   # src address, src port, dst address, dst port (one direction)
+Flow = tuple[str, int, str, int]  # src address, src port, dst address, dst port (one direction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,39 +53,56 @@ def parse_frame(p: Packet) -> Segment | Datagram | None:
         return None
     at, ethertype = 14, int.from_bytes(f[12:14], "big")
     while ethertype in (0x8100, 0x88A8) and len(f) >= at + 4:
-        ethertype, at = int.from_bytes(f[at + 2:at + 4], "big"), at + 4
+        ethertype, at = int.from_bytes(f[at + 2 : at + 4], "big"), at + 4
     if ethertype == 0x0800 and len(f) >= at + 20 and f[at] >> 4 == 4:
         ihl = (f[at] & 0x0F) * 4
-        total = int.from_bytes(f[at + 2:at + 4], "big")
-        if int.from_bytes(f[at + 6:at + 8], "big") & 0x3FFF:
+        total = int.from_bytes(f[at + 2 : at + 4], "big")
+        if int.from_bytes(f[at + 6 : at + 8], "big") & 0x3FFF:
             return None  # a fragment: IEC 104 and trip datagrams are never fragmented
         proto, ttl = f[at + 9], f[at + 8]
-        src = str(ipaddress.IPv4Address(f[at + 12:at + 16]))
-        dst = str(ipaddress.IPv4Address(f[at + 16:at + 20]))
-        body = f[at + ihl:at + total] if total else f[at + ihl:]  # total 0: TSO frame
+        src = str(ipaddress.IPv4Address(f[at + 12 : at + 16]))
+        dst = str(ipaddress.IPv4Address(f[at + 16 : at + 20]))
+        body = f[at + ihl : at + total] if total else f[at + ihl :]  # total 0: TSO frame
     elif ethertype == 0x86DD and len(f) >= at + 40:
         proto, ttl = f[at + 6], f[at + 7]
-        src = str(ipaddress.IPv6Address(f[at + 8:at + 24]))
-        dst = str(ipaddress.IPv6Address(f[at + 24:at + 40]))
-        body = f[at + 40:at + 40 + int.from_bytes(f[at + 4:at + 6], "big")]
+        src = str(ipaddress.IPv6Address(f[at + 8 : at + 24]))
+        dst = str(ipaddress.IPv6Address(f[at + 24 : at + 40]))
+        body = f[at + 40 : at + 40 + int.from_bytes(f[at + 4 : at + 6], "big")]
     else:
         return None
     if proto == 6 and len(body) >= 20:
         sport, dport = int.from_bytes(body[0:2], "big"), int.from_bytes(body[2:4], "big")
         offset, flags = (body[12] >> 4) * 4, body[13]
-        return Segment(p.t, p.ifname, p.outgoing, (src, sport, dst, dport), int.from_bytes(body[4:8], "big"),
-                       bool(flags & 0x02), bool(flags & 0x05), bytes(body[offset:]))
+        return Segment(
+            p.t,
+            p.ifname,
+            p.outgoing,
+            (src, sport, dst, dport),
+            int.from_bytes(body[4:8], "big"),
+            bool(flags & 0x02),
+            bool(flags & 0x05),
+            bytes(body[offset:]),
+        )
     if proto == 17 and len(body) >= 8:
-        return Datagram(p.t, p.ifname, p.outgoing, src, int.from_bytes(body[0:2], "big"), dst,
-                        int.from_bytes(body[2:4], "big"), ttl, bytes(body[8:]))
+        return Datagram(
+            p.t,
+            p.ifname,
+            p.outgoing,
+            src,
+            int.from_bytes(body[0:2], "big"),
+            dst,
+            int.from_bytes(body[2:4], "big"),
+            ttl,
+            bytes(body[8:]),
+        )
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class Apdu:
-    t: float              # when the segment completing it was captured
+    t: float  # when the segment completing it was captured
     flow: Flow
-    conn: int             # number of the TCP connection (both directions share it)
+    conn: int  # number of the TCP connection (both directions share it)
     asdu: bytes
 
 
@@ -96,9 +114,9 @@ class _Direction:
     joined_mid_stream: bool = False
     pending: dict[int, tuple[float, bytes]] = field(default_factory=dict)
     reader: FrameReader = field(default_factory=FrameReader)
-    aligned: bool = False         # a frame boundary was found (always at once after a SYN)
-    skipped: int = 0              # octets before the first APDU boundary (mid-stream join)
-    failed: str | None = None     # why decoding stopped
+    aligned: bool = False  # a frame boundary was found (always at once after a SYN)
+    skipped: int = 0  # octets before the first APDU boundary (mid-stream join)
+    failed: str | None = None  # why decoding stopped
     segments: int = 0
 
 
@@ -112,8 +130,8 @@ class StreamProblem:
 class Streams:
     apdus: list[Apdu] = field(default_factory=list)
     problems: list[StreamProblem] = field(default_factory=list)
-    connections: dict[Flow, int] = field(default_factory=dict)   # each direction -> connection number
-    joined_mid_stream: int = 0     # directions whose start was before the capture
+    connections: dict[Flow, int] = field(default_factory=dict)  # each direction -> connection number
+    joined_mid_stream: int = 0  # directions whose start was before the capture
     segments: int = 0
 
 
@@ -181,7 +199,7 @@ class Reassembler:
             if _after(nxt, d.next_seq) > 0:  # type: ignore[arg-type]
                 break
             t, payload = d.pending.pop(nxt)
-            rest = payload[_after(d.next_seq, nxt):]  # type: ignore[arg-type]
+            rest = payload[_after(d.next_seq, nxt) :]  # type: ignore[arg-type]
             if rest:
                 self._take(d, t, rest)
 
@@ -206,8 +224,11 @@ class Reassembler:
     def _close(self, d: _Direction) -> None:
         if d.pending and not d.failed:
             missing = min(_after(s, d.next_seq) for s in d.pending)  # type: ignore[arg-type]
-            self.out.problems.append(StreamProblem(
-                d.flow, f"{missing} octets never captured (a gap): {len(d.pending)} later segments not decoded"))
+            self.out.problems.append(
+                StreamProblem(
+                    d.flow, f"{missing} octets never captured (a gap): {len(d.pending)} later segments not decoded"
+                )
+            )
         if d.skipped and not d.aligned:
             self.out.problems.append(StreamProblem(d.flow, f"no APDU boundary found in {d.skipped} octets"))
 

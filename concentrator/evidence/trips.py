@@ -5,6 +5,7 @@ netconfig.multicast, IGMP memberships, sockets), /proc/<pid>/fd of the concentra
 processes, `ip maddr show`. With `--lab` (evidence.lab) the relay is stopped for a
 moment to show that trips keep flowing.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -96,7 +97,7 @@ def _socket_table() -> dict[int, dict[str, Any]]:
 def _hexaddr(word: str) -> str:
     if len(word) == 8:
         return str(ipaddress.IPv4Address(struct.pack("=I", int(word, 16))))
-    return str(ipaddress.IPv6Address(b"".join(struct.pack("=I", int(word[i:i + 8], 16)) for i in range(0, 32, 8))))
+    return str(ipaddress.IPv6Address(b"".join(struct.pack("=I", int(word[i : i + 8], 16)) for i in range(0, 32, 8))))
 
 
 def process_sockets(pid: int) -> list[dict[str, Any]]:
@@ -192,13 +193,24 @@ def _summary(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"count": 0}
     values = sorted(values)
-    return {"count": len(values), "p50_us": values[len(values) // 2] * 1e6,
-            "p99_us": values[min(len(values) - 1, int(len(values) * 0.99))] * 1e6, "max_us": values[-1] * 1e6}
+    return {
+        "count": len(values),
+        "p50_us": values[len(values) // 2] * 1e6,
+        "p99_us": values[min(len(values) - 1, int(len(values) * 0.99))] * 1e6,
+        "max_us": values[-1] * 1e6,
+    }
 
 
-def judge(mc: MulticastConfig, network: Any, netd_state: dict[str, Any] | None,
-          before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
-          procs: list[Proc], forwarded: dict[str, Any], maddr: str) -> dict[str, Any]:
+def judge(
+    mc: MulticastConfig,
+    network: Any,
+    netd_state: dict[str, Any] | None,
+    before: dict[str, dict[str, Any]],
+    after: dict[str, dict[str, Any]],
+    procs: list[Proc],
+    forwarded: dict[str, Any],
+    maddr: str,
+) -> dict[str, Any]:
     """Section 3's facts and verdict; `maddr` is `ip maddr show` (kept whole beside the report)."""
     joined = read_igmp_memberships()
     active = active_interfaces(netd_state, network)
@@ -216,14 +228,18 @@ def judge(mc: MulticastConfig, network: Any, netd_state: dict[str, Any] | None,
         if not st["installed"]:
             findings.append(f"{key}: the kernel has no forwarding entry")
         elif active and (st["inbound"] != want.inbound or set(st["outbound"]) != set(want.outbound)):
-            findings.append(f"{key}: the kernel forwards in on {st['inbound']} out on {','.join(st['outbound'])}, "
-                            f"the configuration and netd's active paths want {want.inbound} -> "
-                            f"{','.join(want.outbound)}")
+            findings.append(
+                f"{key}: the kernel forwards in on {st['inbound']} out on {','.join(st['outbound'])}, "
+                f"the configuration and netd's active paths want {want.inbound} -> "
+                f"{','.join(want.outbound)}"
+            )
         elif not st["ok"]:
             findings.append(f"{key}: installed not as configured")
         if row["members_on_this_host"]:
-            findings.append(f"group {st['group']}: a socket on this host is a member "
-                            f"(/proc/net/igmp, on {', '.join(row['members_on_this_host'])})")
+            findings.append(
+                f"group {st['group']}: a socket on this host is a member "
+                f"(/proc/net/igmp, on {', '.join(row['members_on_this_host'])})"
+            )
     trip_ports = {g.port for g in mc.groups}
     trip_groups = {str(g.group) for g in mc.groups}
     for p in procs:
@@ -234,11 +250,20 @@ def judge(mc: MulticastConfig, network: Any, netd_state: dict[str, Any] | None,
                 findings.append(f"{p.role} pid {p.pid} has a packet socket ({s['local']}): it could read trips")
     for group, g in forwarded["groups"].items():
         if g["not_forwarded"]:
-            findings.append(f"group {group}: {g['not_forwarded']} of {g['in']} captured trip datagrams did not "
-                            "leave on any outbound interface unchanged")
+            findings.append(
+                f"group {group}: {g['not_forwarded']} of {g['in']} captured trip datagrams did not "
+                "leave on any outbound interface unchanged"
+            )
     groups = {str(g.group) for g in mc.groups}
     trip_lines = [line.strip() for line in maddr.splitlines() if any(g in line.split() for g in groups)]
     for line in trip_lines:
         findings.append(f"ip maddr shows a trip group joined: {line}")
-    return {"paths": rows, "igmp": joined, "ip_maddr_trip_lines": trip_lines, "processes": [vars(p) for p in procs],
-            "forwarded": forwarded, "findings": findings, "active_interfaces": active}
+    return {
+        "paths": rows,
+        "igmp": joined,
+        "ip_maddr_trip_lines": trip_lines,
+        "processes": [vars(p) for p in procs],
+        "forwarded": forwarded,
+        "findings": findings,
+        "active_interfaces": active,
+    }

@@ -29,7 +29,6 @@ class Cause(IntEnum):
     UNKNOWN_COMMON_ADDRESS = 46
 
 
-
 class AsduError(ValueError):
     """The bytes cannot be an ASDU of this profile."""
 

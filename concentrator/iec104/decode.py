@@ -289,9 +289,7 @@ class TimeTag:
     summer: bool = False
     raw: bytes = b""
 
-    def datetime(
-        self, zone: Zone = UTC, received: Moment | None = None
-    ) -> Moment | None:
+    def datetime(self, zone: Zone = UTC, received: Moment | None = None) -> Moment | None:
         """The time tag as an aware datetime. CP56Time2a: the site's local time in `zone`;
         in the hour that repeats when summer time ends, the SU bit picks the first
         (summer) or the second occurrence. CP24Time2a: the latest such minute and

@@ -28,7 +28,10 @@ from .verdict import Change, Sample, SiteEvidence, SiteVerdict, judge_aggregate,
 # decoded here: single and double command, without and with CP56Time2a.
 # command type -> is it a double command
 _COMMAND_TYPES: dict[int, bool] = {
-    TypeId.C_SC_NA_1: False, TypeId.C_DC_NA_1: True, TypeId.C_SC_TA_1: False, TypeId.C_DC_TA_1: True
+    TypeId.C_SC_NA_1: False,
+    TypeId.C_DC_NA_1: True,
+    TypeId.C_SC_TA_1: False,
+    TypeId.C_DC_TA_1: True,
 }
 MAX_AGE_PERIODS = 1.5  # a slot takes the latest sample received within 1.5 periods
 # A breaker that opens with no shedding command or trip seen within this many seconds was

@@ -37,7 +37,6 @@ IOA_RELEASE_CMD = 3002
 """Release ("sblocco", annex A40 5.1.4) command, C_SC_NA_1 (type 45): ON releases the lock."""
 
 
-
 def cp56(unix: float, *, invalid: bool = False) -> bytes:
     """CP56Time2a of a UTC time (seconds since the epoch); IV set if `invalid`."""
     moment = datetime.datetime.fromtimestamp(unix, datetime.UTC)

@@ -13,6 +13,7 @@ block (it then waits until writable and sends the rest, before anything newer) a
 the link's timers. Other streams (memory streams in tests) go through the writer task
 and `send_all`.
 """
+
 from __future__ import annotations
 
 import logging

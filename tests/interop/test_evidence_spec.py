@@ -2,6 +2,7 @@
 file's SHA-256 is in the history of accepted configurations and is the one the running
 relay reports; a file never accepted, a relay that does not answer, or one running
 another configuration each turn it to FAIL, saying which."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,9 @@ def test_a_relay_running_another_configuration_fails(tmp_path: Path) -> None:
     other = dataclasses.replace(config, sha256="0" * 64)
     section = with_relay_reporting(other, config)
     assert not section.passed
-    assert section.findings == [f"the running relay reports SHA-256 {'0' * 64}, not this file's {config.sha256}: "
-                                "it runs another configuration"]
+    assert section.findings == [
+        f"the running relay reports SHA-256 {'0' * 64}, not this file's {config.sha256}: it runs another configuration"
+    ]
 
 
 def test_the_accepted_file_the_relay_runs_passes(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ async def test_every_asdu_from_every_site_reaches_the_bmi_byte_identical(updcs: 
     async with rig(updcs) as r:
         bmi = r.bmi(init=c104.Init.ALL)  # interrogation and clock sync on connect, like a real BMI
         await started(bmi, r.relay)
+
         # The interrogation's answer (breaker and lock among it) may come after a few
         # samples, and after a site that connected late got the interrogation.
         def complete(asdus: list[bytes]) -> bool:

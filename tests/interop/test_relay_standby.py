@@ -1,6 +1,7 @@
 """`concentrator relay --start-fd N`, the relay the HA supervisor loads ahead on both
 appliances (docs/ha.md): it says when it is loaded, then neither listens nor connects to
 a site until the start byte; if the supervisor's end closes first, it never starts."""
+
 from __future__ import annotations
 
 import os
@@ -34,17 +35,27 @@ def _standby_relay(tmp_path: Path) -> tuple[subprocess.Popen[bytes], socket.sock
     port = free_tcp_port()
     config = {
         "uplink": {"listen": f"127.0.0.1:{port}", "allowed_peers": ["127.0.0.1"]},
-        "sites": [{"name": "site-01", "common_addresses": [101], "endpoints": [f"127.0.0.1:{site.getsockname()[1]}"],
-                   "interruptibility": "instantaneous"}],
+        "sites": [
+            {
+                "name": "site-01",
+                "common_addresses": [101],
+                "endpoints": [f"127.0.0.1:{site.getsockname()[1]}"],
+                "interruptibility": "instantaneous",
+            }
+        ],
         "metrics": {"listen": f"127.0.0.1:{free_tcp_port()}"},
     }
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump(config))
     ours, theirs = socket.socketpair()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "concentrator", "relay", "--config", str(path),
-                             "--start-fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "concentrator", "relay", "--config", str(path), "--start-fd", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     theirs.close()
     ours.settimeout(30)
     assert ours.recv(1) == b"r"  # loaded

@@ -201,7 +201,7 @@ async def test_prometheus_scrapes_the_relay_alerts_fire_and_dashboard_queries_re
             await prom.ready()
             # Prometheus picks up new targets after about 5 s.
             await prom.wait("sum(concentrator_site_up)", lambda v: v.get("") == SITES, "12 sites up", timeout=40)
-            assert set(prom.values('concentrator_site_up == 1')) == set(s.updcs)
+            assert set(prom.values("concentrator_site_up == 1")) == set(s.updcs)
             assert prom.values('up{job="concentrator"}') == {"": 1.0}
 
             # Latency histogram populated, site to BMI, for every site.

@@ -1,5 +1,6 @@
 """Network-namespace tests: root only. Outside CI they skip when not root; in CI
 (CI=true) a missing prerequisite is a failure, never a skip."""
+
 from __future__ import annotations
 
 import os

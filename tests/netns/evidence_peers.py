@@ -1,13 +1,14 @@
 """Peers for the evidence tests, run inside the lab's namespaces.
 
-    python -m tests.netns.evidence_peers bmi --target HOST:PORT --cas 101,102,65535,999 [--period 0.2]
-        a BMI (our codec) that starts data transfer and sends an interrogation to each CA
-        in turn, forever (commands for the selectivity check)
-    python -m tests.netns.evidence_peers relay --config FILE [--patch alter|misroute]
-        the real relay (`concentrator relay`), optionally patched the way a faulty relay
-        would be: `alter` flips one bit of the last octet of every 50th ASDU a site
-        sends up; `misroute` also sends every BMI ASDU for the first site to the second
+python -m tests.netns.evidence_peers bmi --target HOST:PORT --cas 101,102,65535,999 [--period 0.2]
+    a BMI (our codec) that starts data transfer and sends an interrogation to each CA
+    in turn, forever (commands for the selectivity check)
+python -m tests.netns.evidence_peers relay --config FILE [--patch alter|misroute]
+    the real relay (`concentrator relay`), optionally patched the way a faulty relay
+    would be: `alter` flips one bit of the last octet of every 50th ASDU a site
+    sends up; `misroute` also sends every BMI ASDU for the first site to the second
 """
+
 from __future__ import annotations
 
 import argparse

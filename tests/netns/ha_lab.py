@@ -17,6 +17,7 @@ tests.netns.ha_peers (twelve QueueingStations in one process, logging their conn
 Namespace names use tests.lab.harness's prefix with the owner's pid, so its
 `cleanup_stale()` removes what a crashed run left.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,8 +49,9 @@ TRIP_GROUP, TRIP_PORT = "239.192.10.1", 5000
 
 
 class HaLab:
-    def __init__(self, n_sites: int = 12, *, advert_interval: float = 0.1, preempt: str | float = "never",
-                 rate: float = 20.0) -> None:
+    def __init__(
+        self, n_sites: int = 12, *, advert_interval: float = 0.1, preempt: str | float = "never", rate: float = 20.0
+    ) -> None:
         self.n_sites = n_sites
         self.advert_interval = advert_interval
         self.preempt = preempt
@@ -91,8 +93,14 @@ class HaLab:
             run(["ip", "-n", self.ns("sw"), "link", "set", bridge, "up"])
         index = itertools.count(2000)  # distinct ifindexes on the two ends (see tests.lab.harness)
         self._port("br-up", "bu-bmi", "bmi", "eth0", [f"{BMI_IP}/24"], index)
-        self._port("br-site", "bs-sites", "sites", "eth0",
-                   [f"198.51.100.{100 + i}/24" for i in range(1, self.n_sites + 1)], index)
+        self._port(
+            "br-site",
+            "bs-sites",
+            "sites",
+            "eth0",
+            [f"198.51.100.{100 + i}/24" for i in range(1, self.n_sites + 1)],
+            index,
+        )
         for node, (up_ip, site_ip) in NODE_IP.items():
             self._port("br-up", f"bu-{node}", node, "uplink", [f"{up_ip}/24"], index)
             self._port("br-site", f"bs-{node}", node, "lan", [f"{site_ip}/24"], index)
@@ -100,8 +108,27 @@ class HaLab:
 
     def _port(self, bridge: str, sw_if: str, role: str, ifname: str, addrs: list[str], index: Any) -> None:
         sw = self.ns("sw")
-        run(["ip", "-n", sw, "link", "add", sw_if, "index", str(next(index)), "type", "veth",
-             "peer", "name", ifname, "index", str(next(index)), "netns", self.ns(role)])
+        run(
+            [
+                "ip",
+                "-n",
+                sw,
+                "link",
+                "add",
+                sw_if,
+                "index",
+                str(next(index)),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ifname,
+                "index",
+                str(next(index)),
+                "netns",
+                self.ns(role),
+            ]
+        )
         run(["ip", "-n", sw, "link", "set", sw_if, "master", bridge, "up"])
         for addr in addrs:
             run(["ip", "-n", self.ns(role), "addr", "add", addr, "dev", ifname])
@@ -120,26 +147,41 @@ class HaLab:
         config = {
             "uplink": {"listen": f"{UP_VIP}:{PORT}", "allowed_peers": [BMI_IP]},
             "sites": [
-                {"name": f"site{i:02d}", "common_addresses": [100 + i],
-                 "endpoints": [f"198.51.100.{100 + i}:{PORT}"], "interruptibility": "instantaneous"}
+                {
+                    "name": f"site{i:02d}",
+                    "common_addresses": [100 + i],
+                    "endpoints": [f"198.51.100.{100 + i}:{PORT}"],
+                    "interruptibility": "instantaneous",
+                }
                 for i in range(1, self.n_sites + 1)
             ],
             "metrics": {"listen": "127.0.0.1:9104"},
             "ha": {
-                "node": f"conc-{node}", "priority": PRIORITY[node], "virtual_router_id": 51,
-                "advert_interval": self.advert_interval, "preempt": self.preempt,
+                "node": f"conc-{node}",
+                "priority": PRIORITY[node],
+                "virtual_router_id": 51,
+                "advert_interval": self.advert_interval,
+                "preempt": self.preempt,
                 "uplink": {"interface": "uplink", "virtual_address": f"{UP_VIP}/24", "peer": NODE_IP[peer][0]},
                 "sites": {"interface": "lan", "virtual_address": f"{SITE_VIP}/24", "peer": NODE_IP[peer][1]},
-                "keepalived": {key: os.path.join(directory, name) for key, name in (
-                    ("config_file", "keepalived.conf"), ("pid_file", "keepalived.pid"),
-                    ("vrrp_pid_file", "keepalived-vrrp.pid"), ("notify_fifo", "keepalived.fifo"))},
+                "keepalived": {
+                    key: os.path.join(directory, name)
+                    for key, name in (
+                        ("config_file", "keepalived.conf"),
+                        ("pid_file", "keepalived.pid"),
+                        ("vrrp_pid_file", "keepalived-vrrp.pid"),
+                        ("notify_fifo", "keepalived.fifo"),
+                    )
+                },
             },
         }
         with open(self.config_file(node), "w") as f:
             yaml.safe_dump(config, f)
         with open(os.path.join(directory, "smcroute.conf"), "w") as f:
-            f.write(f"phyint uplink enable\nphyint lan enable\n"
-                    f"mroute from uplink source {BMI_IP} group {TRIP_GROUP} to lan\n")
+            f.write(
+                f"phyint uplink enable\nphyint lan enable\n"
+                f"mroute from uplink source {BMI_IP} group {TRIP_GROUP} to lan\n"
+            )
 
     # ------------------------------------------------------------------ processes
 
@@ -148,8 +190,14 @@ class HaLab:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         self.procs[label] = (proc, log)
         return proc
 
@@ -165,11 +213,35 @@ class HaLab:
         d = os.path.join(self.workdir, node)
         if os.path.exists(self.state_file(node)):  # left by a killed supervisor
             os.unlink(self.state_file(node))
-        self.spawn(node, f"smcrouted-{node}", ["smcrouted", "-n", "-N", "-f", os.path.join(d, "smcroute.conf"),
-                                               "-u", os.path.join(d, "smcroute.sock"),
-                                               "-P", os.path.join(d, "smcroute.pid")])
-        self.spawn(node, f"ha-{node}", [sys.executable, "-m", "concentrator", "ha", "--config",
-                                        self.config_file(node), "--state", self.state_file(node)])
+        self.spawn(
+            node,
+            f"smcrouted-{node}",
+            [
+                "smcrouted",
+                "-n",
+                "-N",
+                "-f",
+                os.path.join(d, "smcroute.conf"),
+                "-u",
+                os.path.join(d, "smcroute.sock"),
+                "-P",
+                os.path.join(d, "smcroute.pid"),
+            ],
+        )
+        self.spawn(
+            node,
+            f"ha-{node}",
+            [
+                sys.executable,
+                "-m",
+                "concentrator",
+                "ha",
+                "--config",
+                self.config_file(node),
+                "--state",
+                self.state_file(node),
+            ],
+        )
 
     def state(self, node: str) -> dict[str, Any]:
         try:
@@ -184,13 +256,20 @@ class HaLab:
 
     def wait_ready_backup(self, node: str, timeout: float = 30.0) -> float:
         """Until `node` is standby with its relay loaded: a backup that can take over at once."""
-        return wait_for(lambda: self.role(node) == "standby" and self.state(node).get("relay_ready") is True,
-                        timeout, f"{node} a ready backup",
-                        lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
+        return wait_for(
+            lambda: self.role(node) == "standby" and self.state(node).get("relay_ready") is True,
+            timeout,
+            f"{node} a ready backup",
+            lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}",
+        )
 
     def wait_role(self, node: str, role: str, timeout: float = 20.0) -> float:
-        return wait_for(lambda: self.role(node) == role, timeout, f"{node} {role}",
-                        lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}")
+        return wait_for(
+            lambda: self.role(node) == role,
+            timeout,
+            f"{node} {role}",
+            lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}",
+        )
 
     def metrics(self, node: str) -> str:
         """The HA supervisor's Prometheus exposition, fetched inside the appliance."""
@@ -199,8 +278,9 @@ class HaLab:
         return self.exec(node, sys.executable, "-c", fetch).stdout
 
     def ha_status(self, node: str) -> subprocess.CompletedProcess[str]:
-        return self.exec(node, sys.executable, "-m", "concentrator", "ha-status", "--config", self.config_file(node),
-                         check=False)
+        return self.exec(
+            node, sys.executable, "-m", "concentrator", "ha-status", "--config", self.config_file(node), check=False
+        )
 
     def kill_node(self, node: str) -> None:
         """Every process of the appliance, at once, with SIGKILL (its kernel stays: the
@@ -219,8 +299,10 @@ class HaLab:
         """Drop VRRP (IP protocol 112) both ways on `interfaces` of `node`; everything else flows."""
         rules = "".join(f"    iifname {i} ip protocol 112 drop\n" for i in interfaces)
         out = "".join(f"    oifname {i} ip protocol 112 drop\n" for i in interfaces)
-        script = (f"table inet havrrp {{\n  chain in {{\n    type filter hook input priority -300;\n{rules}  }}\n"
-                  f"  chain out {{\n    type filter hook output priority -300;\n{out}  }}\n}}\n")
+        script = (
+            f"table inet havrrp {{\n  chain in {{\n    type filter hook input priority -300;\n{rules}  }}\n"
+            f"  chain out {{\n    type filter hook output priority -300;\n{out}  }}\n}}\n"
+        )
         run(["ip", "netns", "exec", self.ns(node), "nft", "-f", "-"], stdin=script)
 
     def restore_vrrp(self, node: str) -> None:
@@ -244,12 +326,38 @@ class HaLab:
     # ------------------------------------------------------------------ traffic
 
     def start_traffic(self, timeout: float = 30.0) -> None:
-        self.spawn("sites", "stations", [sys.executable, "-m", "tests.netns.ha_peers", "--first", FIRST_SITE,
-                                         "--count", str(self.n_sites), "--rate", str(self.rate),
-                                         "--log", self.station_log])
+        self.spawn(
+            "sites",
+            "stations",
+            [
+                sys.executable,
+                "-m",
+                "tests.netns.ha_peers",
+                "--first",
+                FIRST_SITE,
+                "--count",
+                str(self.n_sites),
+                "--rate",
+                str(self.rate),
+                "--log",
+                self.station_log,
+            ],
+        )
         wait_for(lambda: "listening" in self.log("stations"), timeout, "stations", lambda: self.log("stations"))
-        self.spawn("bmi", "bmi", [sys.executable, "-m", "tests.lab.harness_peers", "master",
-                                  "--target", f"{UP_VIP}:{PORT}", "--out", self.bmi_out])
+        self.spawn(
+            "bmi",
+            "bmi",
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.harness_peers",
+                "master",
+                "--target",
+                f"{UP_VIP}:{PORT}",
+                "--out",
+                self.bmi_out,
+            ],
+        )
         self.wait_all_flowing(time.monotonic(), timeout)
 
     def rows(self) -> list[tuple[int, int, int, float]]:
@@ -260,9 +368,13 @@ class HaLab:
 
     def wait_all_flowing(self, since: float, timeout: float = 30.0) -> float:
         cas = set(range(101, 101 + self.n_sites))
-        return wait_for(lambda: cas <= {ca for _c, ca, _s, t in self.rows()[-5000:] if t > since}, timeout,
-                        "every site's data at the BMI", lambda: self.log("bmi") + self.log("ha-a") + self.log("ha-b"),
-                        interval=0.05)
+        return wait_for(
+            lambda: cas <= {ca for _c, ca, _s, t in self.rows()[-5000:] if t > since},
+            timeout,
+            "every site's data at the BMI",
+            lambda: self.log("bmi") + self.log("ha-a") + self.log("ha-b"),
+            interval=0.05,
+        )
 
     def station_events(self) -> list[dict[str, Any]]:
         try:
@@ -272,25 +384,65 @@ class HaLab:
             return []
 
     def bmi_connections(self) -> int:
-        return sum(1 for line in self.log("bmi").splitlines() if line.startswith("master: connection ")
-                   and line.rstrip()[-1].isdigit())
+        return sum(
+            1
+            for line in self.log("bmi").splitlines()
+            if line.startswith("master: connection ") and line.rstrip()[-1].isdigit()
+        )
 
     def start_trips(self, count: int, interval: float, lead: int = 25) -> subprocess.Popen[bytes]:
         """Trip datagrams from the BMI, one every `interval` s, in the background; returns
         once `lead` of them are sent (scapy takes seconds to load on a busy machine).
         Sequence numbers continue from earlier calls."""
         first = len(self.trips()[0])
-        proc = self.spawn("bmi", "trip-send", [
-            sys.executable, "-m", "tests.lab.trip_peers", "send", "--group", TRIP_GROUP, "--port", str(TRIP_PORT),
-            "--src", BMI_IP, "--iface", "eth0", "--count", str(count), "--interval", str(interval),
-            "--first", str(first), "--out", os.path.join(self.workdir, "trip-sent.jsonl")])
+        proc = self.spawn(
+            "bmi",
+            "trip-send",
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.trip_peers",
+                "send",
+                "--group",
+                TRIP_GROUP,
+                "--port",
+                str(TRIP_PORT),
+                "--src",
+                BMI_IP,
+                "--iface",
+                "eth0",
+                "--count",
+                str(count),
+                "--interval",
+                str(interval),
+                "--first",
+                str(first),
+                "--out",
+                os.path.join(self.workdir, "trip-sent.jsonl"),
+            ],
+        )
         wait_for(lambda: len(self.trips()[0]) >= first + lead, 60, f"{lead} trips sent", lambda: self.log("trip-send"))
         return proc
 
     def start_trip_receiver(self) -> None:
-        self.spawn("sites", "trip-recv", [sys.executable, "-m", "tests.lab.trip_peers", "receive", "--group",
-                                          TRIP_GROUP, "--port", str(TRIP_PORT), "--ifaces", "eth0",
-                                          "--out", os.path.join(self.workdir, "trip-recv.jsonl")])
+        self.spawn(
+            "sites",
+            "trip-recv",
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.trip_peers",
+                "receive",
+                "--group",
+                TRIP_GROUP,
+                "--port",
+                str(TRIP_PORT),
+                "--ifaces",
+                "eth0",
+                "--out",
+                os.path.join(self.workdir, "trip-recv.jsonl"),
+            ],
+        )
         wait_for(lambda: "receiver: ready" in self.log("trip-recv"), 10, "trip receiver")
 
     def trips(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -300,6 +452,7 @@ class HaLab:
                     return [json.loads(line) for line in f if line.endswith("\n")]
             except OSError:
                 return []
+
         return lines("trip-sent.jsonl"), lines("trip-recv.jsonl")
 
     # ------------------------------------------------------------------ teardown
@@ -352,8 +505,13 @@ def check_stream(arrivals: list[tuple[int, int, float]]) -> dict[str, int]:
             out_of_order += 1
         seen.add(seq)
         top = max(top, seq)
-    return {"received": len(seen), "missing": top + 1 - len(seen), "out_of_order": out_of_order,
-            "duplicates": duplicates, "longest_duplicate_run": longest}
+    return {
+        "received": len(seen),
+        "missing": top + 1 - len(seen),
+        "out_of_order": out_of_order,
+        "duplicates": duplicates,
+        "longest_duplicate_run": longest,
+    }
 
 
 def outage(rows: list[tuple[int, int, int, float]], fault: float, window: float = 60.0) -> float:

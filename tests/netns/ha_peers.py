@@ -9,6 +9,7 @@ when that connection last brought anything (a frame the station's link reported)
 UPDCs' view of how many relays talk to them. A master that dies without closing leaves
 a connection open here until the station sends on it; that one brings nothing more.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ class LoggedStation(QueueingStation):
                 peer = f"{host}:{port}"
             except OSError:
                 peer = None
-        self.log.write(json.dumps({"t": time.monotonic(), "site": self.index, "event": event, "peer": peer,
-                                   "open": self.open, **extra}) + "\n")
+        self.log.write(
+            json.dumps(
+                {"t": time.monotonic(), "site": self.index, "event": event, "peer": peer, "open": self.open, **extra}
+            )
+            + "\n"
+        )
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.open += 1

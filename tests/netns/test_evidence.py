@@ -3,6 +3,7 @@ smcrouted, UPDC stations in the site namespaces, a BMI sending interrogations (o
 broadcast, an unknown CA) and trip datagrams. A healthy appliance is all PASS; a relay
 patched to alter one byte or to route a command to a second site, or a socket that joins
 a trip group, turns exactly the right section to FAIL, with the bytes shown."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,12 @@ GROUP, PORT = "239.192.10.7", 30107
 
 
 def recheck(out: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "concentrator", "evidence", "--recheck", out],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "concentrator", "evidence", "--recheck", out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def verdicts(doc: dict[str, Any]) -> dict[int, str]:
@@ -65,16 +70,38 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
     # Every protected link switched live, each outage measured by netd.
     live = {row["link"]: row for row in fail["live"]}
     assert set(live) == {"uplink", "site1", "site2"}
-    assert all(0 < row["seen_after_seconds"] < 20 and row["outage_seconds"] is not None
-               and row["switch"]["reason"] == "carrier-down" for row in live.values()), live
+    assert all(
+        0 < row["seen_after_seconds"] < 20
+        and row["outage_seconds"] is not None
+        and row["switch"]["reason"] == "carrier-down"
+        for row in live.values()
+    ), live
     # The data plane's outage, from echo replies every 10 ms: far below 20 s.
     assert all(0 < row["echo_outage_seconds"] < 5 for row in live.values()), live
     # tshark, an independent decoder, reads the uplink's pcap and finds the ASDUs we counted.
     tshark = require_tool("tshark", "tshark")
-    rows = subprocess.run([tshark, "-r", os.path.join(lab.workdir, "dossier", "capture", "up0.pcap"),
-                           "-d", "tcp.port==2404,iec60870_104", "-Y", "tcp.srcport == 2404 && iec60870_asdu",
-                           "-T", "fields", "-e", "iec60870_asdu.addr", "-E", "occurrence=a", "-E", "aggregator=;"],
-                          check=True, capture_output=True, text=True).stdout.split()
+    rows = subprocess.run(
+        [
+            tshark,
+            "-r",
+            os.path.join(lab.workdir, "dossier", "capture", "up0.pcap"),
+            "-d",
+            "tcp.port==2404,iec60870_104",
+            "-Y",
+            "tcp.srcport == 2404 && iec60870_asdu",
+            "-T",
+            "fields",
+            "-e",
+            "iec60870_asdu.addr",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=;",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert sum(len(row.split(";")) for row in rows) == m["up"]
     # The engineer's re-check from the files alone gives the same matching; one octet of
     # an uplink ASDU changed in the pcap, and it does not.

@@ -1,6 +1,7 @@
 """The dossier's capture (AF_PACKET, one socket per interface) in a namespace of its own:
 each loopback frame once, pcap files scapy reads back identically, the kernel's timestamps,
 and a capture cut short at its memory bound says so."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,13 @@ def netns() -> Iterator[str]:
 
 
 def capture_in(netns: str, out: Path, max_bytes: int) -> dict:
-    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SNIPPET, str(out), str(max_bytes)],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SNIPPET, str(out), str(max_bytes)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 

@@ -5,6 +5,7 @@ a link manager per namespace), runs UPDC stations, the relay and a BMI, injects 
 fault and measures at the BMI: outage (last ASDU before, first after), loss and
 duplicates from the sequence numbers, and whether the IEC 104 sessions were kept.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,15 @@ from tests.lab.harness import Iec104Stream, Lab, list_namespaces, wait_for
 pytestmark = pytest.mark.netns
 
 CEILING = 20.0  # annex A40 5.10, footnote 2
-RATE = 400.0    # ASDU/s per site: an outage of a few ms is a countable gap
+RATE = 400.0  # ASDU/s per site: an outage of a few ms is a countable gap
 
 
 @pytest.fixture
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     opts = getattr(request, "param", {})
-    with Lab(n_sites=opts.get("n_sites", 2), hold_time=opts.get("hold_time", 60.0),
-             failback=opts.get("failback", "auto")) as lab:
+    with Lab(
+        n_sites=opts.get("n_sites", 2), hold_time=opts.get("hold_time", 60.0), failback=opts.get("failback", "auto")
+    ) as lab:
         yield lab
 
 
@@ -164,9 +166,7 @@ def test_manual_failback_waits_for_the_operator(lab: Lab, stream: Iec104Stream) 
 
 
 @pytest.mark.parametrize("link", ["uplink", "site1"])
-def test_both_paths_down_then_one_restored_recovers_by_itself(
-    lab: Lab, stream: Iec104Stream, link: str
-) -> None:
+def test_both_paths_down_then_one_restored_recovers_by_itself(lab: Lab, stream: Iec104Stream, link: str) -> None:
     settle(stream, 0.3)
     fault_at = time.monotonic()
     lab.link_down(link, "primary")

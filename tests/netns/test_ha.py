@@ -8,6 +8,7 @@ only a re-sent window; the UPDCs' own log of open connections; the backup's kern
 (never a listener or a connection on the IEC 104 port while fenced). Figures (10 runs):
 bench/HA.md.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,8 @@ from tests.netns.ha_lab import PORT, HaLab, check_stream, outage, per_site, run,
 
 pytestmark = pytest.mark.netns
 
-K = 12          # the UPDCs' window: what a takeover may send twice, at most, per site
-CEILING = 5.0   # outage bound in these tests (goal < 2 s: bench/HA.md has the figures)
+K = 12  # the UPDCs' window: what a takeover may send twice, at most, per site
+CEILING = 5.0  # outage bound in these tests (goal < 2 s: bench/HA.md has the figures)
 
 
 def _pair(lab: HaLab) -> None:
@@ -139,8 +140,9 @@ def _never_on_port(lab: HaLab, node: str, seconds: float) -> None:
     seen: list[str] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        out = run(["ip", "netns", "exec", lab.ns(node), "ss", "-Htan", f"( sport = :{PORT} or dport = :{PORT} )"],
-                  check=False).stdout
+        out = run(
+            ["ip", "netns", "exec", lab.ns(node), "ss", "-Htan", f"( sport = :{PORT} or dport = :{PORT} )"], check=False
+        ).stdout
         seen += [line for line in out.splitlines() if line.split()[:1] in (["ESTAB"], ["LISTEN"], ["SYN-SENT"])]
         time.sleep(0.05)
     assert seen == [], seen[:5]
@@ -158,17 +160,25 @@ def test_vrrp_path_cut_with_both_alive_never_two_relays(pair: HaLab) -> None:
     assert lab.role("a") == "active" and lab.role("b") == "standby"
     assert lab.vips("b") == set()
     assert lab.bmi_connections() == connections  # the BMI's side: same single connection
-    assert len(lab.station_events()) == opened   # the UPDCs' side: no connection opened or closed
+    assert len(lab.station_events()) == opened  # the UPDCs' side: no connection opened or closed
     lab.restore_vrrp("b")
 
     # The status check cannot reach A either (TCP to the status port dropped at B): the
     # hold lifts, B is a plain VRRP backup; with one VRRP path cut it still hears A on
     # the other, and the sync group moves only when both paths are silent.
-    run(["ip", "netns", "exec", lab.ns("b"), "nft", "-f", "-"], stdin=(
-        "table inet hastatus {\n  chain out {\n    type filter hook output priority -300;\n"
-        "    tcp dport 9106 drop\n  }\n}\n"))
-    wait_for(lambda: lab.state("b").get("held") is False and lab.state("b").get("vrrp") == "BACKUP", 10,
-             "b released, VRRP backup", lambda: str(lab.state("b")))
+    run(
+        ["ip", "netns", "exec", lab.ns("b"), "nft", "-f", "-"],
+        stdin=(
+            "table inet hastatus {\n  chain out {\n    type filter hook output priority -300;\n"
+            "    tcp dport 9106 drop\n  }\n}\n"
+        ),
+    )
+    wait_for(
+        lambda: lab.state("b").get("held") is False and lab.state("b").get("vrrp") == "BACKUP",
+        10,
+        "b released, VRRP backup",
+        lambda: str(lab.state("b")),
+    )
     lab.cut_vrrp("b", ("uplink",))
     _never_on_port(lab, "b", 3.0)
     assert lab.state("b")["vrrp"] == "BACKUP" and lab.role("a") == "active"

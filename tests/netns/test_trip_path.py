@@ -6,6 +6,7 @@ to the group from the BMI's service address; a receiver in each site namespace l
 the SHA-256 of each payload. Every check compares hashes: what each site got must be
 exactly what was sent, once.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     is parametrized with `engine` (nftables: the copies made past 15 sites)."""
     require_root()
     require_tool("smcrouted", "smcroute")
-    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)],
-             trip_engine=getattr(request, "param", "smcroute")) as lab:
+    with Lab(
+        n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=getattr(request, "param", "smcroute")
+    ) as lab:
         yield lab
 
 
@@ -94,16 +96,16 @@ def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trip
         assert group_hex(GROUP) in memberships(lab, "site1")
         assert_nobody_joined(lab)
 
-        assert_identical(trips, trips.send(20))            # relay running
+        assert_identical(trips, trips.send(20))  # relay running
 
-        stream.relay.send_signal(signal.SIGSTOP)           # relay frozen
+        stream.relay.send_signal(signal.SIGSTOP)  # relay frozen
         try:
             assert_identical(trips, trips.send(20))
         finally:
             stream.relay.send_signal(signal.SIGCONT)
 
         stream.relay._stopped = True  # type: ignore[attr-defined]  # killed on purpose
-        stream.relay.kill()                                # relay crashed
+        stream.relay.kill()  # relay crashed
         stream.relay.wait(5.0)
         assert_identical(trips, trips.send(20))
         assert_nobody_joined(lab)
@@ -118,8 +120,12 @@ def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trip
     doc = trip_path_command(lab, "--json")
     assert doc["ok"] and doc["smcrouted"]["running"]
     [path] = doc["paths"]
-    assert (path["group"], path["installed"], path["inbound"], path["inbound_role"]) == (GROUP, True, "up0",
-                                                                                         "uplink primary")
+    assert (path["group"], path["installed"], path["inbound"], path["inbound_role"]) == (
+        GROUP,
+        True,
+        "up0",
+        "uplink primary",
+    )
     assert (path["outbound"], path["packets_forwarded"], path["wrong_interface"]) == (["s1p", "s2p"], 60, 0)
     assert path["members_on_this_host"] == []
     text = trip_path_command(lab)
@@ -132,10 +138,27 @@ def trip_path_command(lab: Lab, *extra: str, expect: int = 0) -> Any:
     """`concentrator trip-path` run inside the concentrator's namespace; its exit status
     must be `expect` (0 OK, 1 NOT OK)."""
     conf = os.path.join(lab.workdir, "netd-conc.yaml")
-    done = subprocess.run(["ip", "netns", "exec", lab.ns("conc"), sys.executable, "-m", "concentrator",
-                           "trip-path", "--config", conf, "--state", lab.state_file("conc"), *extra],
-                          capture_output=True, text=True, timeout=30,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("conc"),
+            sys.executable,
+            "-m",
+            "concentrator",
+            "trip-path",
+            "--config",
+            conf,
+            "--state",
+            lab.state_file("conc"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert done.returncode == expect, done.stdout + done.stderr
     return json.loads(done.stdout) if "--json" in extra else done.stdout
 
@@ -153,8 +176,9 @@ def path_status_in(lab: Lab) -> list[Any]:
     if mc.engine == SMCROUTE:
         entries = parse_mr_cache(read("ip_mr_cache"), parse_vifs(read("ip_mr_vif")))
     else:
-        listed = run(["ip", "netns", "exec", lab.ns("conc"), "nft", "-j", "list", "table", "netdev", NFT_TABLE],
-                     check=False)
+        listed = run(
+            ["ip", "netns", "exec", lab.ns("conc"), "nft", "-j", "list", "table", "netdev", NFT_TABLE], check=False
+        )
         entries = nft_entries(mc, parse_nft(json.loads(listed.stdout))) if listed.returncode == 0 else []
     links = lab.netd_state("conc")["links"]
     active = {}
@@ -170,9 +194,16 @@ def test_after_an_uplink_switch_trips_on_the_backup_are_delivered(lab: Lab, trip
     lab.link_down("uplink", "primary")
     lab.wait_active("uplink", "backup")
     # (The kernel may show the new entry a moment before netd has counted the re-point.)
-    wait_for(lambda: trip_state(lab).get("inbound", {}).get(GROUP) == "up1"
-             and trip_state(lab)["installed"][GROUP] and trip_state(lab)["repoints"][GROUP] >= 1, 5.0,
-             "trip route re-pointed to up1", lab._log_tail("netd-conc"))
+    wait_for(
+        lambda: (
+            trip_state(lab).get("inbound", {}).get(GROUP) == "up1"
+            and trip_state(lab)["installed"][GROUP]
+            and trip_state(lab)["repoints"][GROUP] >= 1
+        ),
+        5.0,
+        "trip route re-pointed to up1",
+        lab._log_tail("netd-conc"),
+    )
     assert trip_state(lab)["repoints"][GROUP] == 1, lab._log_tail("netd-conc")()
     assert_identical(trips, trips.send(10, path="backup"))
     assert f'concentrator_trip_path_repoints_total{{group="{GROUP}"}} 1.0' in lab.netd_metrics()
@@ -193,9 +224,15 @@ def test_smcrouted_killed_the_supervisor_brings_the_path_back(lab: Lab, trips: T
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     # (No assertion on the gap itself: the supervisor may have restarted it already.)
-    waited = wait_for(lambda: trip_state(lab).get("smcrouted_restarts") == 1
-                      and trip_state(lab)["installed"][GROUP] is True
-                      and trip_state(lab)["smcrouted_pid"] not in (None, pid), 10.0, "trip path restored")
+    waited = wait_for(
+        lambda: (
+            trip_state(lab).get("smcrouted_restarts") == 1
+            and trip_state(lab)["installed"][GROUP] is True
+            and trip_state(lab)["smcrouted_pid"] not in (None, pid)
+        ),
+        10.0,
+        "trip path restored",
+    )
     assert path_status_in(lab)[0].ok
     assert_identical(trips, trips.send(10))
     # The supervisor reacts to the exit itself (pidfd), not to a slow poll.
@@ -316,8 +353,11 @@ def test_a_restarted_netd_makes_the_running_smcrouted_load_a_new_site() -> None:
         lab.kill_netd()
         lab._start_netd("conc")  # the lab's own configuration: both sites
         lab.wait_netd_ready("conc")
-        wait_for(lambda: path_status_in(lab)[0].outbound == ("s1p", "s2p") and trip_state(lab)["installed"][GROUP],
-                 10.0, "site2 added to the trip path")
+        wait_for(
+            lambda: path_status_in(lab)[0].outbound == ("s1p", "s2p") and trip_state(lab)["installed"][GROUP],
+            10.0,
+            "site2 added to the trip path",
+        )
         # The same daemon, reloaded (a restart would have dropped every route).
         assert trip_state(lab)["smcrouted_pid"] == smcrouted and trip_state(lab)["smcrouted_restarts"] == 0
         trips = TripTraffic(lab, GROUP, PORT)
@@ -344,7 +384,7 @@ def entry():
         return [l.split() for l in f.read().splitlines()[1:] if len(l.split()) > 6]
 times = []
 for _ in range(12):
-    subprocess.run(['smcroutectl', '-u', {lab.smcroute_files()['socket']!r}, 'remove', 'up0', '10.0.1.1',
+    subprocess.run(['smcroutectl', '-u', {lab.smcroute_files()["socket"]!r}, 'remove', 'up0', '10.0.1.1',
                     {GROUP!r}], check=True, capture_output=True)
     t0 = time.monotonic()
     assert not entry(), 'entry still there'

@@ -6,6 +6,7 @@ One lab: BMI, concentrator (netd with 101 links, the real relay configured for t
 concentrator's and the BMI's link managers run (sites need no return route for a
 one-way trip), probing every 0.5 s: 202 probes per interval on a shared 2-core machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ def copy_rules(lab: Lab) -> dict[int, Any]:
 def test_trips_reach_100_two_path_sites_and_a_site_failover_repoints_only_its_copy() -> None:
     require_root()
     require_tool("nft", "nftables")
-    with Lab(n_sites=N, hold_time=60.0, probe_interval=0.5, trip_groups=[(GROUP, PORT)],
-             start_netd=False) as lab:
+    with Lab(n_sites=N, hold_time=60.0, probe_interval=0.5, trip_groups=[(GROUP, PORT)], start_netd=False) as lab:
         for role in ("conc", "bmi"):
             lab._start_netd(role)
         for role in ("conc", "bmi"):
@@ -54,14 +54,24 @@ def test_trips_reach_100_two_path_sites_and_a_site_failover_repoints_only_its_co
         with open(conf, "w") as f:
             yaml.safe_dump(Iec104Stream(lab).relay_config(), f)
         relay = lab.spawn("conc", "relay", [sys.executable, "-m", "concentrator", "relay", "--config", conf])
-        wait_for(lambda: bool(run(["ip", "netns", "exec", lab.ns("conc"), "ss", "-Hltn",
-                                   f"src {CONC_SERVICE} and sport = :2404"]).stdout.strip())
-                 or lab.assert_running(), 30.0, "relay listening", lab._log_tail("relay"))
-        assert_identical(trips, trips.send(20))                # relay running
+        wait_for(
+            lambda: (
+                bool(
+                    run(
+                        ["ip", "netns", "exec", lab.ns("conc"), "ss", "-Hltn", f"src {CONC_SERVICE} and sport = :2404"]
+                    ).stdout.strip()
+                )
+                or lab.assert_running()
+            ),
+            30.0,
+            "relay listening",
+            lab._log_tail("relay"),
+        )
+        assert_identical(trips, trips.send(20))  # relay running
         relay._stopped = True  # type: ignore[attr-defined]   # killed on purpose
         relay.kill()
         relay.wait(5.0)
-        assert_identical(trips, trips.send(20))                # relay killed
+        assert_identical(trips, trips.send(20))  # relay killed
         doc = trip_path_command(lab, "--json")
         assert doc["ok"] and doc["paths"][0]["packets_forwarded"] == 40
 

@@ -1,4 +1,5 @@
 """The append-only history of accepted configurations (annex A40 5.7)."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,14 @@ def test_check_config_appends_each_new_hash_once_and_never_rewrites(tmp_path: Pa
     conf = tmp_path / "concentrator.yaml"
     shutil.copyfile(EXAMPLE, conf)
     assert main(["check-config", str(conf)]) == 0
-    assert main(["check-config", str(conf)]) == 0          # same file: no new line
+    assert main(["check-config", str(conf)]) == 0  # same file: no new line
     [first] = read_history(str(conf))
     assert first["command"] == "check-config" and first["user"] and first["accepted_at"].endswith("+00:00")
     before = Path(history_path(str(conf))).read_bytes()
     conf.write_text(conf.read_text().replace("t3: 30", "t3: 25"))
     assert main(["check-config", str(conf)]) == 0
     lines = Path(history_path(str(conf))).read_bytes()
-    assert lines.startswith(before)                        # appended, the old line untouched
+    assert lines.startswith(before)  # appended, the old line untouched
     entries = [json.loads(line) for line in lines.decode().splitlines()]
     assert len(entries) == 2 and entries[0]["sha256"] != entries[1]["sha256"]
 

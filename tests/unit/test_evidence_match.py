@@ -1,6 +1,7 @@
 """The dossier's judge of byte identity and selectivity (concentrator/evidence/match.py),
 on hand-made ASDU sequences: each rule says OK for a faithful relay and NOT OK, with the
 bytes, for one that alters, misroutes, reorders, duplicates or fabricates."""
+
 from __future__ import annotations
 
 from concentrator.config import Config, parse_config
@@ -9,24 +10,44 @@ from concentrator.evidence.streams import Apdu
 from concentrator.iec104.asdu import negative_mirror
 from concentrator.sim.codec_peers import counter_asdu
 
-SITE1 = ("10.1.1.1", 2404, "10.0.0.1", 40001)      # UPDC -> concentrator
+SITE1 = ("10.1.1.1", 2404, "10.0.0.1", 40001)  # UPDC -> concentrator
 DOWN1 = ("10.0.0.1", 40001, "10.1.1.1", 2404)
 SITE2 = ("10.1.2.1", 2404, "10.0.0.1", 40002)
 DOWN2 = ("10.0.0.1", 40002, "10.1.2.1", 2404)
-UP = ("10.0.0.1", 2404, "10.0.1.1", 50000)         # concentrator -> BMI
+UP = ("10.0.0.1", 2404, "10.0.1.1", 50000)  # concentrator -> BMI
 BMI = ("10.0.1.1", 50000, "10.0.0.1", 2404)
-HOPS = {SITE1: Hop("site", "s1"), DOWN1: Hop("down", "s1"), SITE2: Hop("site", "s2"), DOWN2: Hop("down", "s2"),
-        UP: Hop("up", None), BMI: Hop("bmi", None), ("10.0.0.1", 2404, "10.0.1.1", 50001): Hop("up", None)}
+HOPS = {
+    SITE1: Hop("site", "s1"),
+    DOWN1: Hop("down", "s1"),
+    SITE2: Hop("site", "s2"),
+    DOWN2: Hop("down", "s2"),
+    UP: Hop("up", None),
+    BMI: Hop("bmi", None),
+    ("10.0.0.1", 2404, "10.0.1.1", 50001): Hop("up", None),
+}
 
 
 def config() -> Config:
-    return parse_config({
-        "uplink": {"listen": "10.0.0.1:2404", "allowed_peers": ["10.0.1.1"]},
-        "sites": [{"name": "s1", "common_addresses": [101], "endpoints": ["10.1.1.1:2404"],
-                   "interruptibility": "instantaneous"},
-                  {"name": "s2", "common_addresses": [102], "endpoints": ["10.1.2.1:2404"],
-                   "interruptibility": "emergency"}],
-    }, "test.yaml")
+    return parse_config(
+        {
+            "uplink": {"listen": "10.0.0.1:2404", "allowed_peers": ["10.0.1.1"]},
+            "sites": [
+                {
+                    "name": "s1",
+                    "common_addresses": [101],
+                    "endpoints": ["10.1.1.1:2404"],
+                    "interruptibility": "instantaneous",
+                },
+                {
+                    "name": "s2",
+                    "common_addresses": [102],
+                    "endpoints": ["10.1.2.1:2404"],
+                    "interruptibility": "emergency",
+                },
+            ],
+        },
+        "test.yaml",
+    )
 
 
 def interrogation(ca: int) -> bytes:
@@ -42,11 +63,23 @@ def healthy() -> list[tuple[float, tuple[str, int, str, int], bytes]]:
     a = [counter_asdu(101, n) for n in range(3)]
     b = [counter_asdu(102, n) for n in range(2)]
     return [
-        (5.0, SITE1, a[0]), (5.001, UP, a[0]), (5.01, SITE2, b[0]), (5.02, SITE1, a[1]), (5.03, UP, b[0]),
-        (5.04, UP, a[1]), (5.05, SITE1, a[2]), (5.06, SITE2, b[1]), (5.07, UP, a[2]), (5.08, UP, b[1]),
-        (6.0, BMI, interrogation(101)), (6.001, DOWN1, interrogation(101)),
-        (7.0, BMI, interrogation(65535)), (7.001, DOWN1, interrogation(65535)), (7.002, DOWN2, interrogation(65535)),
-        (8.0, BMI, interrogation(999)), (8.001, UP, negative_mirror(interrogation(999))),
+        (5.0, SITE1, a[0]),
+        (5.001, UP, a[0]),
+        (5.01, SITE2, b[0]),
+        (5.02, SITE1, a[1]),
+        (5.03, UP, b[0]),
+        (5.04, UP, a[1]),
+        (5.05, SITE1, a[2]),
+        (5.06, SITE2, b[1]),
+        (5.07, UP, a[2]),
+        (5.08, UP, b[1]),
+        (6.0, BMI, interrogation(101)),
+        (6.001, DOWN1, interrogation(101)),
+        (7.0, BMI, interrogation(65535)),
+        (7.001, DOWN1, interrogation(65535)),
+        (7.002, DOWN2, interrogation(65535)),
+        (8.0, BMI, interrogation(999)),
+        (8.001, UP, negative_mirror(interrogation(999))),
     ]
 
 

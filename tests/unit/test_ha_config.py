@@ -1,5 +1,6 @@
 """The `ha:` section (netconfig/ha_config.py) and the keepalived configuration generated
 from it (netconfig/ha_keepalived.py); keepalived itself checks the generated file."""
+
 from __future__ import annotations
 
 import copy
@@ -20,10 +21,20 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "ha-example.yaml"
 
 BASE: dict[str, Any] = {
     "uplink": {"listen": "192.0.2.10:2404", "allowed_peers": ["192.0.2.1"]},
-    "sites": [{"name": "site-01", "common_addresses": [101], "endpoints": ["198.51.100.101:2404"],
-               "interruptibility": "instantaneous"}],
+    "sites": [
+        {
+            "name": "site-01",
+            "common_addresses": [101],
+            "endpoints": ["198.51.100.101:2404"],
+            "interruptibility": "instantaneous",
+        }
+    ],
     "ha": {
-        "node": "conc-a", "priority": 150, "virtual_router_id": 51, "advert_interval": 0.1, "preempt": "never",
+        "node": "conc-a",
+        "priority": 150,
+        "virtual_router_id": 51,
+        "advert_interval": 0.1,
+        "preempt": "never",
         "uplink": {"interface": "bmi0", "virtual_address": "192.0.2.10/24", "peer": "192.0.2.12"},
         "sites": {"interface": "lan0", "virtual_address": "198.51.100.10/24", "peer": "198.51.100.12"},
     },
@@ -67,23 +78,37 @@ def test_valid_section() -> None:
         (lambda d: d["ha"].update(preempt=2000), "ha.preempt", "never, or the seconds"),
         (lambda d: d["ha"].update(colour="red"), "ha.colour", "a key allowed in ha"),
         (lambda d: d["ha"].pop("uplink"), "ha.uplink", "a mapping with keys interface"),
-        (lambda d: d["ha"]["uplink"].update(interface="a-very-long-interface"), "ha.uplink.interface",
-         "an interface name"),
-        (lambda d: d["ha"]["uplink"].update(virtual_address="192.0.2.10"), "ha.uplink.virtual_address",
-         "with its prefix"),
-        (lambda d: d["ha"]["sites"].update(virtual_address="239.1.1.1/24"), "ha.sites.virtual_address",
-         "a unicast IPv4 address"),
+        (
+            lambda d: d["ha"]["uplink"].update(interface="a-very-long-interface"),
+            "ha.uplink.interface",
+            "an interface name",
+        ),
+        (
+            lambda d: d["ha"]["uplink"].update(virtual_address="192.0.2.10"),
+            "ha.uplink.virtual_address",
+            "with its prefix",
+        ),
+        (
+            lambda d: d["ha"]["sites"].update(virtual_address="239.1.1.1/24"),
+            "ha.sites.virtual_address",
+            "a unicast IPv4 address",
+        ),
         (lambda d: d["ha"]["sites"].update(peer="198.51.100.10"), "ha.sites.peer", "not the virtual one"),
         (lambda d: d["ha"]["sites"].update(peer="203.0.113.5"), "ha.sites.peer", "an address in 198.51.100.0/24"),
         (lambda d: d["ha"]["sites"].update(interface="bmi0"), "ha.sites.interface", "VRRP must run on two paths"),
-        (lambda d: d["ha"].update(authentication={"password": "secret"}), "ha.authentication",
-         "VRRPv3, RFC 5798, has no authentication"),
-        (lambda d: d["ha"].update(advert_interval=1, authentication={"password": "far too long"}),
-         "ha.authentication.password", "1 to 8 printable"),
+        (
+            lambda d: d["ha"].update(authentication={"password": "secret"}),
+            "ha.authentication",
+            "VRRPv3, RFC 5798, has no authentication",
+        ),
+        (
+            lambda d: d["ha"].update(advert_interval=1, authentication={"password": "far too long"}),
+            "ha.authentication.password",
+            "1 to 8 printable",
+        ),
         (lambda d: d["ha"].update(status_port=0), "ha.status_port", "an integer from 1 to 65535"),
         (lambda d: d["ha"].update(metrics_listen="localhost:9107"), "ha.metrics_listen", "an IP address and port"),
-        (lambda d: d["ha"].update(keepalived={"pid_file": "run/k.pid"}), "ha.keepalived.pid_file",
-         "an absolute path"),
+        (lambda d: d["ha"].update(keepalived={"pid_file": "run/k.pid"}), "ha.keepalived.pid_file", "an absolute path"),
         # The relay must listen on the address that moves: elsewhere a backup could too.
         (lambda d: d["uplink"].update(listen="0.0.0.0:2404"), "uplink.listen", "the host 192.0.2.10"),
     ],
@@ -116,7 +141,7 @@ def test_render_two_unicast_instances_in_one_sync_group() -> None:
     assert "unicast_peer {\n        192.0.2.12\n    }" in text
     assert "unicast_peer {\n        198.51.100.12\n    }" in text
     assert "192.0.2.10/24 dev bmi0" in text and "198.51.100.10/24 dev lan0" in text
-    group = text[text.index("vrrp_sync_group"):text.index("vrrp_instance")]
+    group = text[text.index("vrrp_sync_group") : text.index("vrrp_instance")]
     assert "concentrator_uplink" in group and "concentrator_sites" in group and "concentrator_fence" in group
     assert f'vrrp_notify_fifo "{ha.keepalived.notify_fifo}"' in text
 
@@ -135,8 +160,11 @@ def test_example_file_is_valid_and_keepalived_accepts_what_we_generate(tmp_path:
     # reports as a warning and exit code 5 (KEEPALIVED_EXIT_CONFIG_TEST), anything else
     # it finds wrong too: so compare the complaints, not the code.
     done = subprocess.run([keepalived, "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30)
-    complaints = [line for line in (done.stdout + done.stderr).splitlines()
-                  if line.strip() and "doesn't exist" not in line and "Non-existent interface" not in line]
+    complaints = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and "doesn't exist" not in line and "Non-existent interface" not in line
+    ]
     assert complaints == [], complaints
     broken = tmp_path / "broken.conf"
     broken.write_text(render(config.ha).replace("advert_int", "advert_intervals"))

@@ -1,5 +1,6 @@
 """The HA lab's judgements (tests/netns/ha_lab.py), on made-up records: each must be
 able to say NOT OK."""
+
 from __future__ import annotations
 
 from tests.netns.ha_lab import check_stream, outage, stale_overlaps
@@ -7,8 +8,13 @@ from tests.netns.ha_lab import check_stream, outage, stale_overlaps
 
 def test_check_stream_counts_loss_order_and_duplicates() -> None:
     clean = [(1, 0, 0.0), (1, 1, 0.1), (2, 1, 0.5), (2, 2, 0.6)]  # seq 1 sent again on a new connection
-    assert check_stream(clean) == {"received": 3, "missing": 0, "out_of_order": 0, "duplicates": 1,
-                                   "longest_duplicate_run": 1}
+    assert check_stream(clean) == {
+        "received": 3,
+        "missing": 0,
+        "out_of_order": 0,
+        "duplicates": 1,
+        "longest_duplicate_run": 1,
+    }
     lost = [(1, 0, 0.0), (1, 2, 0.1)]
     assert check_stream(lost)["missing"] == 1
     swapped = [(1, 0, 0.0), (1, 2, 0.1), (1, 1, 0.2)]

@@ -1,5 +1,6 @@
 """netconfig/ha_tcp.py: the kernel's TCP table as the supervisor reads it, and the bare
 ACK it sends to make the BMI drop a dead connection (checked against scapy's encoder)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,10 @@ def test_tcp_table_reads_addresses_ports_and_states(tmp_path: Path) -> None:
 
 def test_bare_ack_is_what_scapy_builds() -> None:
     ours = bare_ack(("192.0.2.10", 2404), ("192.0.2.1", 54321), seq=123456789, ack=987654321)
-    theirs = bytes(IP(src="192.0.2.10", dst="192.0.2.1") / TCP(sport=2404, dport=54321, seq=123456789,
-                                                                ack=987654321, flags="A", window=1024))[20:]
+    theirs = bytes(
+        IP(src="192.0.2.10", dst="192.0.2.1")
+        / TCP(sport=2404, dport=54321, seq=123456789, ack=987654321, flags="A", window=1024)
+    )[20:]
     assert ours == theirs
     broken = bare_ack(("192.0.2.11", 2404), ("192.0.2.1", 54321), seq=123456789, ack=987654321)
     assert broken[16:18] != theirs[16:18]  # the checksum covers the addresses

@@ -1,5 +1,6 @@
 """The `multicast:` section: validation, the routes wanted per active path, smcroute's
 file, and the kernel's tables as /proc prints them (no sockets, no root)."""
+
 from __future__ import annotations
 
 import copy
@@ -25,16 +26,31 @@ from netconfig.multicast import (
 FILE = "conc.yaml"
 NETWORK = {
     "service_address": "10.0.0.1",
-    "uplink": {"destinations": ["10.0.1.0/24"],
-               "primary": {"interface": "up0", "gateway": "172.16.0.2"},
-               "backup": {"interface": "up1", "gateway": "172.16.1.2"}},
-    "sites": [{"name": f"site{i}", "destinations": [f"10.1.{i}.1/32"],
-               "primary": {"interface": f"s{i}p", "gateway": f"172.20.{i}.2"},
-               "backup": {"interface": f"s{i}b", "gateway": f"172.21.{i}.2"}} for i in (1, 2)],
+    "uplink": {
+        "destinations": ["10.0.1.0/24"],
+        "primary": {"interface": "up0", "gateway": "172.16.0.2"},
+        "backup": {"interface": "up1", "gateway": "172.16.1.2"},
+    },
+    "sites": [
+        {
+            "name": f"site{i}",
+            "destinations": [f"10.1.{i}.1/32"],
+            "primary": {"interface": f"s{i}p", "gateway": f"172.20.{i}.2"},
+            "backup": {"interface": f"s{i}b", "gateway": f"172.21.{i}.2"},
+        }
+        for i in (1, 2)
+    ],
 }
 GOOD: dict[str, Any] = {
-    "groups": [{"group": "239.192.10.1", "port": 2404, "sources": ["10.0.1.1", "10.0.1.2"],
-                "inbound": ["up0", "up1"], "outbound": ["s1p", "s1b", "s2p", "s2b"]}],
+    "groups": [
+        {
+            "group": "239.192.10.1",
+            "port": 2404,
+            "sources": ["10.0.1.1", "10.0.1.2"],
+            "inbound": ["up0", "up1"],
+            "outbound": ["s1p", "s1b", "s2p", "s2b"],
+        }
+    ],
 }
 
 
@@ -49,36 +65,58 @@ def error(mutate: Any, network: bool = False) -> ConfigError:
 def test_good_section() -> None:
     mc = parse_multicast(GOOD, FILE, parse_network(NETWORK, FILE))
     [g] = mc.groups
-    assert (g.group, g.port, g.sources) == (IPv4Address("239.192.10.1"), 2404,
-                                           (IPv4Address("10.0.1.1"), IPv4Address("10.0.1.2")))
+    assert (g.group, g.port, g.sources) == (
+        IPv4Address("239.192.10.1"),
+        2404,
+        (IPv4Address("10.0.1.1"), IPv4Address("10.0.1.2")),
+    )
     assert mc.interfaces == ("up0", "up1", "s1p", "s1b", "s2p", "s2b")
     assert mc.smcroute.socket == "/run/concentrator/smcroute.sock"
 
 
-@pytest.mark.parametrize(("mutate", "key", "expected"), [
-    (lambda d: d.pop("groups"), "multicast.groups", "a value"),
-    (lambda d: d.update(groups=[]), "multicast.groups", "a non-empty list of trip groups"),
-    (lambda d: d.update(group=1), "multicast.group", "a key allowed in multicast"),
-    (lambda d: d["groups"][0].update(group="10.0.0.1"), "multicast.groups[0].group", "a multicast group"),
-    (lambda d: d["groups"][0].update(group="224.0.0.5"), "multicast.groups[0].group", "a multicast group"),
-    (lambda d: d["groups"][0].update(port=0), "multicast.groups[0].port", "a UDP port from 1 to 65535"),
-    (lambda d: d["groups"][0].update(port=True), "multicast.groups[0].port", "a UDP port from 1 to 65535"),
-    (lambda d: d["groups"][0].pop("sources"), "multicast.groups[0].sources", "a value"),
-    (lambda d: d["groups"][0].update(sources=["239.1.1.1"]), "multicast.groups[0].sources[0]", "a unicast"),
-    (lambda d: d["groups"][0].update(sources=["10.0.1.1", "10.0.1.1"]), "multicast.groups[0].sources[1]",
-     "a source listed once"),
-    (lambda d: d["groups"][0].update(inbound=[]), "multicast.groups[0].inbound", "a non-empty list"),
-    (lambda d: d["groups"][0].update(outbound=["s1p", "up0"]), "multicast.groups[0].outbound[1]",
-     "an interface that is not inbound"),
-    (lambda d: d["groups"][0].update(outbound=["s1p", "s1p"]), "multicast.groups[0].outbound[1]",
-     "an interface listed once"),
-    (lambda d: d["groups"][0].update(outbound=["a/b"]), "multicast.groups[0].outbound[0]", "a Linux interface name"),
-    (lambda d: d["groups"].append(dict(d["groups"][0])), "multicast.groups[1].group", "a group not already in"),
-    (lambda d: d.update(smcroute={"socket": "rel.sock"}), "multicast.smcroute.socket", "an absolute path"),
-    (lambda d: (d.update(engine="smcroute"), d["groups"][0].update(outbound=[f"x{i}" for i in range(31)])),
-     "multicast.groups", "at most 32 interfaces in all with engine smcroute"),
-    (lambda d: d.update(engine="tc"), "multicast.engine", "auto or smcroute or nftables"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "key", "expected"),
+    [
+        (lambda d: d.pop("groups"), "multicast.groups", "a value"),
+        (lambda d: d.update(groups=[]), "multicast.groups", "a non-empty list of trip groups"),
+        (lambda d: d.update(group=1), "multicast.group", "a key allowed in multicast"),
+        (lambda d: d["groups"][0].update(group="10.0.0.1"), "multicast.groups[0].group", "a multicast group"),
+        (lambda d: d["groups"][0].update(group="224.0.0.5"), "multicast.groups[0].group", "a multicast group"),
+        (lambda d: d["groups"][0].update(port=0), "multicast.groups[0].port", "a UDP port from 1 to 65535"),
+        (lambda d: d["groups"][0].update(port=True), "multicast.groups[0].port", "a UDP port from 1 to 65535"),
+        (lambda d: d["groups"][0].pop("sources"), "multicast.groups[0].sources", "a value"),
+        (lambda d: d["groups"][0].update(sources=["239.1.1.1"]), "multicast.groups[0].sources[0]", "a unicast"),
+        (
+            lambda d: d["groups"][0].update(sources=["10.0.1.1", "10.0.1.1"]),
+            "multicast.groups[0].sources[1]",
+            "a source listed once",
+        ),
+        (lambda d: d["groups"][0].update(inbound=[]), "multicast.groups[0].inbound", "a non-empty list"),
+        (
+            lambda d: d["groups"][0].update(outbound=["s1p", "up0"]),
+            "multicast.groups[0].outbound[1]",
+            "an interface that is not inbound",
+        ),
+        (
+            lambda d: d["groups"][0].update(outbound=["s1p", "s1p"]),
+            "multicast.groups[0].outbound[1]",
+            "an interface listed once",
+        ),
+        (
+            lambda d: d["groups"][0].update(outbound=["a/b"]),
+            "multicast.groups[0].outbound[0]",
+            "a Linux interface name",
+        ),
+        (lambda d: d["groups"].append(dict(d["groups"][0])), "multicast.groups[1].group", "a group not already in"),
+        (lambda d: d.update(smcroute={"socket": "rel.sock"}), "multicast.smcroute.socket", "an absolute path"),
+        (
+            lambda d: (d.update(engine="smcroute"), d["groups"][0].update(outbound=[f"x{i}" for i in range(31)])),
+            "multicast.groups",
+            "at most 32 interfaces in all with engine smcroute",
+        ),
+        (lambda d: d.update(engine="tc"), "multicast.engine", "auto or smcroute or nftables"),
+    ],
+)
 def test_errors_name_the_key(mutate: Any, key: str, expected: str) -> None:
     err = error(mutate)
     assert err.key == key and err.expected.startswith(expected), (err.key, err.expected)
@@ -94,7 +132,9 @@ def test_wanted_routes_follow_the_active_paths() -> None:
     active = {"up0": "up0", "up1": "up0", "s1p": "s1p", "s1b": "s1p", "s2p": "s2p", "s2b": "s2p"}
     routes = wanted_routes(mc, active)
     assert [(str(r.source), r.inbound, r.outbound) for r in routes] == [
-        ("10.0.1.1", "up0", ("s1p", "s2p")), ("10.0.1.2", "up0", ("s1p", "s2p"))]
+        ("10.0.1.1", "up0", ("s1p", "s2p")),
+        ("10.0.1.2", "up0", ("s1p", "s2p")),
+    ]
     # Uplink on its backup, site1 on its backup: one inbound, one copy per site.
     active.update({"up0": "up1", "up1": "up1", "s1p": "s1b", "s1b": "s1b"})
     assert {(r.inbound, r.outbound) for r in wanted_routes(mc, active)} == {("up1", ("s1b", "s2p"))}
@@ -124,7 +164,14 @@ CACHE = """Group    Origin   Iif     Pkts    Bytes    Wrong Oifs
 def test_kernel_tables_are_read_as_proc_prints_them() -> None:
     [e] = parse_mr_cache(CACHE, parse_vifs(VIF))
     assert (str(e.group), str(e.source), e.inbound, e.packets, e.bytes, e.wrong_if, e.outbound) == (
-        "239.192.10.1", "10.0.1.1", "up0", 50, 3400, 2, ("s1p", "s2p"))
+        "239.192.10.1",
+        "10.0.1.1",
+        "up0",
+        50,
+        3400,
+        2,
+        ("s1p", "s2p"),
+    )
 
 
 ACTIVE = {"up0": "up0", "up1": "up0", "s1p": "s1p", "s1b": "s1p", "s2p": "s2p", "s2b": "s2p"}
@@ -139,12 +186,14 @@ def test_status_judges_the_paths_in_use_and_counts_forwarded_packets() -> None:
     assert not second.installed and not second.ok  # 10.0.1.2 has no entry
     assert first.to_json()["wrong_interface"] == 2 and first.to_json()["outbound"] == ["s1p", "s2p"]
     # The same counts at the next check: nothing new, OK.
-    [again, _] = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE,
-                             {(first.source, first.group): ("up0", 2)})
+    [again, _] = path_status(
+        mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, {(first.source, first.group): ("up0", 2)}
+    )
     assert again.ok and again.problems == []
     # A lower count than last time is a new entry: all of it is new.
-    [fresh, _] = path_status(mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE,
-                             {(first.source, first.group): ("up0", 5)})
+    [fresh, _] = path_status(
+        mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, {(first.source, first.group): ("up0", 5)}
+    )
     assert fresh.wrong_if_new == 2 and not fresh.ok
 
 

@@ -1,4 +1,5 @@
 """The trip-path report: IGMP memberships as /proc prints them, and the plain words."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,9 +24,18 @@ def test_memberships_by_group(tmp_path: Path) -> None:
 
 def path_doc(**over: object) -> dict[str, object]:
     doc: dict[str, object] = {
-        "group": "239.192.10.1", "source": "10.0.1.1", "port": 2404, "installed": True, "ok": True,
-        "inbound": "up1", "inbound_role": "uplink backup", "outbound": ["s1p", "s2p"],
-        "packets_forwarded": 7, "wrong_interface": 1, "wrong_interface_since_last_check": 0, "problems": [],
+        "group": "239.192.10.1",
+        "source": "10.0.1.1",
+        "port": 2404,
+        "installed": True,
+        "ok": True,
+        "inbound": "up1",
+        "inbound_role": "uplink backup",
+        "outbound": ["s1p", "s2p"],
+        "packets_forwarded": 7,
+        "wrong_interface": 1,
+        "wrong_interface_since_last_check": 0,
+        "problems": [],
         "members_on_this_host": [],
     }
     doc.update(over)
@@ -36,8 +46,14 @@ NETD = {"running": True, "pid": 41, "state_file": "/run/n.json", "disagrees": []
 
 
 def test_plain_words() -> None:
-    text = plain({"ok": True, "smcrouted": {"running": True, "pid": 42, "pid_file": "/run/x.pid"},
-                  "netd": NETD, "paths": [path_doc()]})
+    text = plain(
+        {
+            "ok": True,
+            "smcrouted": {"running": True, "pid": 42, "pid_file": "/run/x.pid"},
+            "netd": NETD,
+            "paths": [path_doc()],
+        }
+    )
     assert text.splitlines() == [
         "smcrouted: running, pid 42",
         "netd: running, pid 41",
@@ -46,10 +62,17 @@ def test_plain_words() -> None:
         "  no socket on this host is a member of the group",
         "trip path: OK",
     ]
-    bad = plain({"ok": False, "smcrouted": {"running": False, "pid": None, "pid_file": "/run/x.pid"},
-                 "netd": {"running": False, "pid": None, "state_file": "/run/n.json", "disagrees": []},
-                 "paths": [path_doc(installed=False, ok=False, members_on_this_host=["up0"]),
-                           path_doc(ok=False, problems=["in on up0, but the uplink path in use is up1"])]})
+    bad = plain(
+        {
+            "ok": False,
+            "smcrouted": {"running": False, "pid": None, "pid_file": "/run/x.pid"},
+            "netd": {"running": False, "pid": None, "state_file": "/run/n.json", "disagrees": []},
+            "paths": [
+                path_doc(installed=False, ok=False, members_on_this_host=["up0"]),
+                path_doc(ok=False, problems=["in on up0, but the uplink path in use is up1"]),
+            ],
+        }
+    )
     assert "smcrouted: NOT RUNNING" in bad and "NOT INSTALLED" in bad and "netd: NOT RUNNING" in bad
     assert "NOT FORWARDED AS NEEDED" in bad and "  in on up0, but the uplink path in use is up1" in bad
     assert "MEMBER OF THE GROUP on up0" in bad and bad.endswith("trip path: NOT OK")

@@ -1,4 +1,5 @@
 """Validation of the `network:` section."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Decision logic of the link manager, with time injected: instant and exact."""
+
 from __future__ import annotations
 
 import pytest

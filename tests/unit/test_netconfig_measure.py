@@ -1,4 +1,5 @@
 """Outage, loss and duplicate counting from a receiver's arrival log; probe packets."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The link manager's glue: decisions become route changes, counters and state, no network."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """systemd's notify protocol as netd speaks it: datagrams on NOTIFY_SOCKET."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ def test_nothing_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_datagrams_to_a_path_and_to_an_abstract_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for address, bind in ((str(tmp_path / "notify"), str(tmp_path / "notify")),
-                          (f"@netd-test-{os.getpid()}", f"\0netd-test-{os.getpid()}")):
+    for address, bind in (
+        (str(tmp_path / "notify"), str(tmp_path / "notify")),
+        (f"@netd-test-{os.getpid()}", f"\0netd-test-{os.getpid()}"),
+    ):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(bind)
             monkeypatch.setenv("NOTIFY_SOCKET", address)

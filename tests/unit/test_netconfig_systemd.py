@@ -1,5 +1,6 @@
 """The systemd units of conf/systemd/: valid for systemd itself, and saying what
 docs/failover.md promises (netd restarted at once, watchdog, smcrouted kept)."""
+
 from __future__ import annotations
 
 import configparser
@@ -28,8 +29,9 @@ def test_systemd_accepts_both_units_without_a_warning(tmp_path: Path) -> None:
     for path in UNITS.glob("*.service"):
         # verify checks that ExecStart's program exists: point it at this machine's.
         (tmp_path / path.name).write_text(path.read_text().replace("/usr/local/bin/concentrator", exe))
-    done = subprocess.run([analyze, "verify", *sorted(str(p) for p in tmp_path.glob("*.service"))],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [analyze, "verify", *sorted(str(p) for p in tmp_path.glob("*.service"))], capture_output=True, text=True
+    )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done.stderr
 
 
@@ -44,7 +46,11 @@ def test_a_bad_directive_is_reported(tmp_path: Path) -> None:
 def test_netd_unit_restarts_at_once_under_a_watchdog_and_keeps_smcrouted() -> None:
     service = unit("concentrator-netd.service")["Service"]
     assert (service["Type"], service["Restart"], service["RestartSec"], service["WatchdogSec"]) == (
-        "notify", "always", "100ms", "2s")
+        "notify",
+        "always",
+        "100ms",
+        "2s",
+    )
     assert service["KillMode"] == "process" and service["RuntimeDirectoryPreserve"] == "yes"
     assert unit("concentrator-netd.service")["Unit"]["StartLimitIntervalSec"] == "0"
     # Its command line is one netd accepts, with the state file it reads back.
