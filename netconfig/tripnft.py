@@ -45,7 +45,7 @@ from .multicast import (
     wanted_routes,
 )
 from .netlink import ChangeMonitor
-from .trippath import RECHECK_INTERVAL, TripState, record
+from .trippath import RECHECK_INTERVAL, TripEngine, TripState, record
 
 log = logging.getLogger("netd.trip")
 
@@ -75,8 +75,8 @@ def read_rules_sync() -> list[NftRule] | None:
     return parse_nft(json.loads(done.stdout)) if done.returncode == 0 else None
 
 
-class NftTripPath:
-    """Same interface as trippath.TripPath, for `engine: nftables`."""
+class NftTripPath(TripEngine):
+    """The trip path for `engine: nftables`: one `dup` per site copy, no VIFs."""
 
     def __init__(
         self,
@@ -85,20 +85,9 @@ class NftTripPath:
         active_path: Callable[[], Mapping[str, str | None]],
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.cfg = cfg
-        self.state = state
-        self.active_path = active_path
-        self._on_change = on_change
+        super().__init__(cfg, state, active_path, on_change)
         self._applied: dict[tuple[IPv4Address, IPv4Address], MRoute] = {}
-        self._dirty = trio.Event()
         self._lock = trio.Lock()  # one transaction at a time (switch vs repair)
-        for g in cfg.groups:
-            state.stats.installed.setdefault(str(g.group), False)
-            state.stats.repoints.setdefault(str(g.group), 0)
-
-    def changed(self) -> None:
-        """A link switched (called from netd's controllers): re-point now."""
-        self._dirty.set()
 
     async def run(self) -> None:
         monitor = ChangeMonitor.nftables()  # before the first install: no change unseen

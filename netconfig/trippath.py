@@ -159,9 +159,10 @@ def set_rp_filter(interfaces: tuple[str, ...]) -> None:
             log.error("rp_filter of %s: %s", name, exc)
 
 
-class TripPath:
-    """Drives smcrouted for netd. `active_path()` maps each interface that is a path
-    of a managed link to the link's active interface (see multicast.wanted_routes)."""
+class TripEngine:
+    """What netd needs of a trip-path engine (smcrouted's routing table here, nftables
+    `dup` in tripnft.py). `active_path()` maps each interface that is a path of a
+    managed link to the link's active interface (see multicast.wanted_routes)."""
 
     def __init__(
         self,
@@ -174,14 +175,7 @@ class TripPath:
         self.state = state
         self.active_path = active_path
         self._on_change = on_change
-        self.files = cfg.smcroute
-        self._applied: dict[tuple[Any, Any], MRoute] = {}  # smcrouted's rule per (S,G), as we set it
-        self._force: set[tuple[Any, Any]] = set()  # (S,G) the kernel does not have as wanted
-        self._conf_routes: list[MRoute] = []  # the routes in the file we wrote last
         self._dirty = trio.Event()
-        self._daemon_up = False
-        self.smcrouted = shutil.which("smcrouted") or "smcrouted"
-        self.smcroutectl = shutil.which("smcroutectl") or "smcroutectl"
         for g in cfg.groups:
             state.stats.installed.setdefault(str(g.group), False)
             state.stats.repoints.setdefault(str(g.group), 0)
@@ -189,6 +183,26 @@ class TripPath:
     def changed(self) -> None:
         """A link switched (called from netd's controllers): re-point now."""
         self._dirty.set()
+
+
+class TripPath(TripEngine):
+    """Drives smcrouted for netd."""
+
+    def __init__(
+        self,
+        cfg: MulticastConfig,
+        state: TripState,
+        active_path: Callable[[], Mapping[str, str | None]],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(cfg, state, active_path, on_change)
+        self.files = cfg.smcroute
+        self._applied: dict[tuple[Any, Any], MRoute] = {}  # smcrouted's rule per (S,G), as we set it
+        self._force: set[tuple[Any, Any]] = set()  # (S,G) the kernel does not have as wanted
+        self._conf_routes: list[MRoute] = []  # the routes in the file we wrote last
+        self._daemon_up = False
+        self.smcrouted = shutil.which("smcrouted") or "smcrouted"
+        self.smcroutectl = shutil.which("smcroutectl") or "smcroutectl"
 
     async def run(self) -> None:
         for path in (self.files.socket, self.files.pid_file):
