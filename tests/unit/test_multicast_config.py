@@ -22,25 +22,10 @@ from netconfig.multicast import (
     smcroute_conf,
     wanted_routes,
 )
+from tests.unit.test_multicast_nft import network
 
 FILE = "conc.yaml"
-NETWORK = {
-    "service_address": "10.0.0.1",
-    "uplink": {
-        "destinations": ["10.0.1.0/24"],
-        "primary": {"interface": "up0", "gateway": "172.16.0.2"},
-        "backup": {"interface": "up1", "gateway": "172.16.1.2"},
-    },
-    "sites": [
-        {
-            "name": f"site{i}",
-            "destinations": [f"10.1.{i}.1/32"],
-            "primary": {"interface": f"s{i}p", "gateway": f"172.20.{i}.2"},
-            "backup": {"interface": f"s{i}b", "gateway": f"172.21.{i}.2"},
-        }
-        for i in (1, 2)
-    ],
-}
+NETWORK = network(2)
 GOOD: dict[str, Any] = {
     "groups": [
         {
