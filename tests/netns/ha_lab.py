@@ -309,6 +309,15 @@ class HaLab:
         link: dict[str, Any] = self.netd_state(role).get("links", {}).get("uplink", {})
         return link
 
+    def wait_uplink_path(self, role: str, path: str, timeout: float = 20.0) -> float:
+        """Until `role`'s netd carries the uplink on `path` ("primary" or "backup")."""
+        return wait_for(
+            lambda: self.uplink(role).get("active") == path,
+            timeout,
+            f"{role}'s uplink on its {path} path",
+            lambda: str(self.uplink(role)),
+        )
+
     def wait_netd_ready(self, role: str, timeout: float = 30.0) -> float:
         pid = self.procs[f"netd-{role}"][0].pid
         return wait_for(
@@ -497,10 +506,10 @@ class HaLab:
             if line.startswith("master: connection ") and line.rstrip()[-1].isdigit()
         )
 
-    def start_trips(self, count: int, interval: float, lead: int = 25) -> subprocess.Popen[bytes]:
-        """Trip datagrams from the BMI, one every `interval` s, in the background; returns
-        once `lead` of them are sent (scapy takes seconds to load on a busy machine).
-        Sequence numbers continue from earlier calls."""
+    def start_trips(self, count: int, interval: float, lead: int = 25, iface: str = "eth0") -> subprocess.Popen[bytes]:
+        """Trip datagrams from the BMI's service address out of `iface`, one every
+        `interval` s, in the background; returns once `lead` of them are sent (scapy takes
+        seconds to load on a busy machine). Sequence numbers continue from earlier calls."""
         first = len(self.trips()[0])
         proc = self.spawn(
             "bmi",
@@ -517,7 +526,7 @@ class HaLab:
                 "--src",
                 BMI_SERVICE,
                 "--iface",
-                "eth0",
+                iface,
                 "--count",
                 str(count),
                 "--interval",

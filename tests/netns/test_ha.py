@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from functools import partial
 
 import pytest
 
@@ -259,10 +258,6 @@ def test_failback_only_by_policy_and_fenced_when_vrrp_is_lost() -> None:
         _assert_nothing_lost(lab)
 
 
-def _on_path(lab: HaLab, role: str, path: str) -> bool:
-    return lab.uplink(role).get("active") == path
-
-
 def test_bmi_primary_path_lost_netd_switches_inside_the_pair_no_takeover(pair: HaLab) -> None:
     """The BMI's port on the primary uplink LAN fails: both appliances keep that LAN (and
     VRRP on it) but no longer reach the BMI through it. The active appliance's netd moves
@@ -270,6 +265,7 @@ def test_bmi_primary_path_lost_netd_switches_inside_the_pair_no_takeover(pair: H
     BMI's netd moves its route to the service address onto the second virtual address
     (carrier lost): a path switch under the same TCP session, not a takeover."""
     lab = pair
+    lab.start_trip_receiver()
     time.sleep(1.0)
     for role in ("a", "b", "bmi"):
         assert lab.uplink(role)["active"] == "primary", (role, lab.uplink(role))
@@ -279,7 +275,7 @@ def test_bmi_primary_path_lost_netd_switches_inside_the_pair_no_takeover(pair: H
     fault = time.monotonic()
     lab.cut_bmi_path(0)
     for role in ("a", "b", "bmi"):  # the standby's netd follows its paths too, whatever its role
-        wait_for(partial(_on_path, lab, role, "backup"), 10, f"{role} on its backup path")
+        lab.wait_uplink_path(role, "backup", 10)
     lab.wait_all_flowing(fault)
     time.sleep(2.0)
     gap = outage(lab.rows(), fault)
@@ -295,12 +291,20 @@ def test_bmi_primary_path_lost_netd_switches_inside_the_pair_no_takeover(pair: H
     assert (lab.role("a"), lab.role("b")) == ("active", "standby")
     _assert_nothing_lost(lab)
     assert _duplicates(lab) == duplicates
+    # The trip path followed: both appliances' netds re-pointed the group to bmi1, so trips
+    # the BMI now sends on its second path reach the sites (twice: both forward).
+    lab.start_trips(count=20, interval=0.02, lead=20, iface="eth1").wait(30)
+    time.sleep(0.5)
+    sent, received = lab.trips()
+    assert len(sent) == 20
+    copies = [sum(1 for r in received if r["seq"] == s["seq"]) for s in sent]
+    assert copies == [2] * 20, copies
 
     # The path returns: after netd's hold time each end goes back to the primary; still
     # no takeover.
     lab.cut_bmi_path(0, up=True)
     for role in ("a", "bmi"):
-        wait_for(partial(_on_path, lab, role, "primary"), 20, f"{role} back on its primary")
+        lab.wait_uplink_path(role, "primary")
     lab.wait_all_flowing(time.monotonic())
     assert _takeover_signs(lab, before) == []
     _assert_nothing_lost(lab)
