@@ -425,16 +425,19 @@ class HaLab:
         out = run(["ip", "-n", self.ns(node), "-4", "-o", "addr", "show"], check=False).stdout
         return {line.split()[3].split("/")[0] for line in out.splitlines()} & {*UP_VIPS, SITE_VIP}
 
-    def relay_running(self, node: str) -> bool:
-        pids = run(["ip", "netns", "pids", self.ns(node)], check=False).stdout.split()
-        for pid in pids:
+    def commands(self, node: str) -> list[str]:
+        """The command lines of the live processes in `node`'s namespace (a killed one
+        not yet reaped has none)."""
+        found = []
+        for pid in run(["ip", "netns", "pids", self.ns(node)], check=False).stdout.split():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"\0relay\0" in f.read():
-                        return True
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-        return False
+            if cmdline:
+                found.append(cmdline)
+        return found
 
     # ------------------------------------------------------------------ traffic
 

@@ -14,6 +14,7 @@ bench/HA.md.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Iterator
 
@@ -58,10 +59,10 @@ def _assert_nothing_lost(lab: HaLab) -> dict[int, dict[str, int]]:
 def _ha_snapshot(lab: HaLab) -> dict[str, object]:
     """What a takeover changes: each appliance's role, transitions and relay starts, the
     BMI's connections, the connections the UPDCs opened."""
-    snap: dict[str, object] = {
-        node: (state.get("role"), state.get("transitions"), state.get("relay_starts"))
-        for node, state in ((node, lab.state(node)) for node in ("a", "b"))
-    }
+    snap: dict[str, object] = {}
+    for node in ("a", "b"):
+        state = lab.state(node)
+        snap[node] = (state.get("role"), state.get("transitions"), state.get("relay_starts"))
     snap["bmi_connections"] = lab.bmi_connections()
     snap["updc_connections"] = sum(1 for e in lab.station_events() if e["event"] == "open")
     return snap
@@ -94,9 +95,13 @@ def test_master_killed_backup_takes_over_nothing_lost_trips_keep_flowing(pair: H
     time.sleep(1.0)
     sender = lab.start_trips(count=150, interval=0.02)  # 3 s of trips around the takeover
     before = _ha_snapshot(lab)
+    running = " | ".join(lab.commands("a"))
+    for name in ("keepalived", "concentrator ha", "concentrator relay", "concentrator netd", "smcrouted"):
+        assert name in running, (name, running)
     fault = time.monotonic()  # 25 trips (0.5 s) went out before
     lab.kill_node("a")  # keepalived, the supervisor, the relay, netd and its smcrouted
     lab.wait_role("b", "active")
+    assert lab.commands("a") == []  # nothing of the appliance survived
     lab.wait_all_flowing(fault)
     sender.wait(30)
     time.sleep(1.0)
@@ -132,8 +137,13 @@ def test_master_killed_backup_takes_over_nothing_lost_trips_keep_flowing(pair: H
     assert copies[:10] == [2] * 10, copies[:10]  # sent before the kill: both appliances forwarded them
 
     # The old master comes back (all its processes restarted): it stays backup, and the
-    # addresses its killed keepalived left on both uplink interfaces are gone.
-    assert lab.vips("a") == {"192.0.2.10", "192.0.3.10", "198.51.100.10"}  # left by kill -9
+    # addresses a killed keepalived leaves behind are gone. Whether they were left this
+    # time is a race (keepalived's VRRP process gets SIGTERM when its parent dies, and
+    # releases them if that comes before its own SIGKILL), so leave them as a keepalived
+    # killed first does: all three, on both uplink interfaces and the LAN.
+    for address, device in (("192.0.2.10/24", UPLINKS[0]), ("192.0.3.10/24", UPLINKS[1]), ("198.51.100.10/24", "lan")):
+        lab.exec("a", "ip", "addr", "replace", address, "dev", device)
+    assert lab.vips("a") == {"192.0.2.10", "192.0.3.10", "198.51.100.10"}
     lab.start_node("a")
     lab.wait_role("a", "standby")
     assert lab.vips("a") == set()
@@ -309,3 +319,17 @@ def test_bmi_primary_path_lost_netd_switches_inside_the_pair_no_takeover(pair: H
     assert _takeover_signs(lab, before) == []
     _assert_nothing_lost(lab)
     assert _duplicates(lab) == duplicates
+
+
+def test_supervisor_start_removes_every_virtual_address_left_behind() -> None:
+    """What a keepalived killed first leaves (all its addresses, the `also` one on the
+    second uplink interface included) is removed by the supervisor before keepalived
+    runs: checked on `prepare()` alone, since keepalived may remove some of them itself."""
+    with HaLab(1) as lab:
+        left = {"192.0.2.10/24": UPLINKS[0], "192.0.3.10/24": UPLINKS[1], "198.51.100.10/24": "lan"}
+        for address, device in left.items():
+            lab.exec("a", "ip", "addr", "replace", address, "dev", device)
+        assert lab.vips("a") == {"192.0.2.10", "192.0.3.10", "198.51.100.10"}
+        prepare = f"from concentrator.ha import Supervisor, load; Supervisor(load({lab.config_file('a')!r})).prepare()"
+        lab.exec("a", sys.executable, "-c", prepare)
+        assert lab.vips("a") == set()
