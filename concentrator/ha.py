@@ -423,9 +423,15 @@ class Supervisor:
         start = trio.current_time()
         for at in NUDGES:
             await trio.sleep_until(start + at)
+            if self.state.role != "active":
+                return
             connected = connected_peers(listen.host, listen.port)
-            if self.state.role != "active" or len(connected) >= len(stale):
-                return  # demoted, or the BMI is back with as many connections as it had
+            if len(connected) >= len(stale):
+                # Without a nudge when a retransmission of the BMI's met this kernel first
+                # (the address is here now, that connection is not: a reset).
+                how = "after the nudge" if at else "without a nudge"
+                log.info("the BMI is back (%d connection(s)) %s", len(connected), how)
+                return
             remaining = [c for c in stale if c not in connected]
             try:
                 sent = nudge((listen.host, listen.port), remaining)

@@ -273,10 +273,12 @@ class HaLab:
         self.procs[label] = (proc, log)
         return proc
 
-    def log(self, label: str) -> str:
+    def log(self, label: str, tail: int | None = 4000) -> str:
+        """The end of a process's log (all of it with `tail=None`)."""
         try:
             with open(os.path.join(self.workdir, f"{label}.log"), "rb") as f:
-                return f.read()[-4000:].decode(errors="replace")
+                data = f.read()
+                return (data if tail is None else data[-tail:]).decode(errors="replace")
         except OSError:
             return ""
 
