@@ -38,6 +38,14 @@ from tests.netns.ha_lab import HaLab, check_stream, outage, per_site  # noqa: E4
 TRIPS, TRIP_INTERVAL = 150, 0.02
 
 
+def _bmi_back(log: str, before: int) -> str | None:
+    """How the new master saw the BMI come back in this run (its log's n-th such line)."""
+    lines = [line for line in log.splitlines() if "the BMI is back" in line]
+    if len(lines) <= before:
+        return None
+    return "after the nudge" if "after the nudge" in lines[before] else "without a nudge"
+
+
 def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
     backup = "b" if active == "a" else "a"
     if lab.role(active) != "active" or lab.role(backup) != "standby":
@@ -45,6 +53,7 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
     rows_before = len(lab.rows())
     dups_before = {ca: check_stream(arrivals)["duplicates"] for ca, arrivals in per_site(lab.rows()).items()}
     bmi_switches = lab.uplink("bmi")["switches_total"]
+    backs_before = lab.log(f"ha-{backup}", tail=None).count("the BMI is back")
     sender = lab.start_trips(TRIPS, TRIP_INTERVAL)  # returns with 25 sent (0.5 s) before the fault
     at = time.monotonic()
     if fault == "kill":
@@ -76,6 +85,9 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
         # The BMI's route to the service address may move to the second virtual address
         # while no appliance holds either (both probed paths down, the first back wins).
         "bmi_path_switches": lab.uplink("bmi")["switches_total"] - bmi_switches,
+        # How the BMI dropped its dead connection: the new master's nudge, or a
+        # retransmission of its own that met the new master's reset first.
+        "bmi_back": _bmi_back(lab.log(f"ha-{backup}", tail=None), backs_before),
         "trips_sent": len(sent),
         "trips_lost": len(seqs - {r["seq"] for r in got}),
         "trip_copies": len(got),
