@@ -1,18 +1,21 @@
 """HA takeover benchmark: the BMI's outage when the active appliance of a pair fails.
 
     sudo python bench/ha_takeover.py --fault kill --runs 10 --out bench/ha-kill.json
-    sudo python bench/ha_takeover.py --fault cut  --runs 5  --out bench/ha-cut.json
+    sudo python bench/ha_takeover.py --fault cut  --runs 10 --out bench/ha-cut.json
+    sudo python bench/ha_takeover.py --fault path --runs 10 --out bench/ha-path.json
 
 One lab (tests/netns/ha_lab.py: two real appliances with keepalived, the HA supervisor,
-the relay and smcrouted each; a BMI; twelve UPDCs that keep what was not confirmed).
-Each run fails the active appliance (`kill`: SIGKILL to every process in its namespace;
-`cut`: both its links down), waits until every site's data arrives again, measures,
+the relay and netd (with its smcrouted) each, two uplink paths; a BMI with its own netd;
+twelve UPDCs that keep what was not confirmed). Each run fails the active appliance
+(`kill`: SIGKILL to every process in its namespace; `cut`: all three of its links
+down), waits until every site's data arrives again, measures,
 then brings the failed appliance back (restarted, or links up) as the backup, so the
 runs alternate between the two. Per run: the outage at the BMI (longest gap between
 arrivals around the fault), the supervisor's own MASTER-to-listening time, per-site
-loss / order / duplicates, and the trips (a datagram every 20 ms from 0.5 s before the
-fault for 3 s) counted at the sites: lost, largest gap between distinct trips, copies
-(two per trip while both appliances forward).
+loss / order / duplicates, the BMI's netd path switches during the run, and the trips
+(a datagram every 20 ms from 0.5 s before the fault for 3 s) counted at the sites:
+lost, largest gap between distinct trips, copies (two per trip while both appliances
+forward).
 Prints a summary and writes JSON with the machine's load.
 """
 
@@ -35,12 +38,22 @@ from tests.netns.ha_lab import HaLab, check_stream, outage, per_site  # noqa: E4
 TRIPS, TRIP_INTERVAL = 150, 0.02
 
 
+def _bmi_back(log: str, before: int) -> str | None:
+    """How the new master saw the BMI come back in this run (its log's n-th such line)."""
+    lines = [line for line in log.splitlines() if "the BMI is back" in line]
+    if len(lines) <= before:
+        return None
+    return "after the nudge" if "after the nudge" in lines[before] else "without a nudge"
+
+
 def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
     backup = "b" if active == "a" else "a"
     if lab.role(active) != "active" or lab.role(backup) != "standby":
         raise RuntimeError(f"expected {active} active and {backup} standby: {lab.state(active)} {lab.state(backup)}")
     rows_before = len(lab.rows())
     dups_before = {ca: check_stream(arrivals)["duplicates"] for ca, arrivals in per_site(lab.rows()).items()}
+    bmi_switches = lab.uplink("bmi")["switches_total"]
+    backs_before = lab.log(f"ha-{backup}", tail=None).count("the BMI is back")
     sender = lab.start_trips(TRIPS, TRIP_INTERVAL)  # returns with 25 sent (0.5 s) before the fault
     at = time.monotonic()
     if fault == "kill":
@@ -69,6 +82,12 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
         "missing": sum(s["missing"] for s in sites.values()),
         "out_of_order": sum(s["out_of_order"] for s in sites.values()),
         "duplicates_max_per_site": max(s["duplicates"] - dups_before.get(ca, 0) for ca, s in sites.items()),
+        # The BMI's route to the service address may move to the second virtual address
+        # while no appliance holds either (both probed paths down, the first back wins).
+        "bmi_path_switches": lab.uplink("bmi")["switches_total"] - bmi_switches,
+        # How the BMI dropped its dead connection: the new master's nudge, or a
+        # retransmission of its own that met the new master's reset first.
+        "bmi_back": _bmi_back(lab.log(f"ha-{backup}", tail=None), backs_before),
         "trips_sent": len(sent),
         "trips_lost": len(seqs - {r["seq"] for r in got}),
         "trip_copies": len(got),
@@ -87,9 +106,43 @@ def one_run(lab: HaLab, fault: str, active: str) -> dict[str, Any]:
     return result
 
 
+def path_run(lab: HaLab) -> dict[str, Any]:
+    """`--fault path`: the BMI's port on the primary uplink LAN fails (not an appliance):
+    netd switches paths inside the pair, no takeover. No trips in this mode: the trip
+    sender sends out of a fixed interface, the one being cut."""
+    roles = {node: (lab.role(node), lab.state(node)["transitions"]) for node in ("a", "b")}
+    connections = lab.bmi_connections()
+    switches = {role: lab.uplink(role)["switches_total"] for role in ("a", "b", "bmi")}
+    dups_before = {ca: check_stream(arrivals)["duplicates"] for ca, arrivals in per_site(lab.rows()).items()}
+    at = time.monotonic()
+    lab.cut_bmi_path(0)
+    lab.wait_uplink_path("a", "backup", 30)
+    lab.wait_all_flowing(at, timeout=60)
+    time.sleep(2.0)
+    rows = lab.rows()
+    sites = {ca: check_stream(arrivals) for ca, arrivals in per_site(rows).items()}
+    switch = lab.uplink("a")["recent_switches"][-1]
+    result = {
+        "fault": "path",
+        "outage_s": outage(rows, at),
+        "netd_detection_s": switch["detection_seconds"],
+        "netd_switches": {role: lab.uplink(role)["switches_total"] - n for role, n in switches.items()},
+        "takeover": roles != {node: (lab.role(node), lab.state(node)["transitions"]) for node in ("a", "b")},
+        "bmi_reconnections": lab.bmi_connections() - connections,
+        "missing": sum(s["missing"] for s in sites.values()),
+        "out_of_order": sum(s["out_of_order"] for s in sites.values()),
+        "duplicates_max_per_site": max(s["duplicates"] - dups_before.get(ca, 0) for ca, s in sites.items()),
+    }
+    lab.cut_bmi_path(0, up=True)  # back to the primary after netd's hold time
+    for role in ("a", "b", "bmi"):
+        lab.wait_uplink_path(role, "primary", 60)
+    time.sleep(1.0)
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fault", choices=["kill", "cut"], default="kill")
+    ap.add_argument("--fault", choices=["kill", "cut", "path"], default="kill")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--advert-interval", type=float, default=0.1)
     ap.add_argument("--rate", type=float, default=20.0, help="ASDU/s per site")
@@ -107,6 +160,11 @@ def main() -> int:
         lab.start_trip_receiver()
         active = "a"
         for i in range(args.runs):
+            if args.fault == "path":
+                r = path_run(lab)
+                results.append(r)
+                print(f"run {i + 1}: {json.dumps(r)}", flush=True)
+                continue
             r = one_run(lab, args.fault, active)
             results.append(r)
             print(
@@ -130,14 +188,19 @@ def main() -> int:
         "outage_min_s": min(outages),
         "missing_total": sum(r["missing"] for r in results),
         "out_of_order_total": sum(r["out_of_order"] for r in results),
-        "trips_lost_total": sum(r["trips_lost"] for r in results),
-        "trip_largest_gap_max_s": max(r["trip_largest_gap_s"] for r in results),
-        "trip_send_largest_gap_max_s": max(r["trip_send_largest_gap_s"] for r in results),
+        "duplicates_max_per_site": max(r["duplicates_max_per_site"] for r in results),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
     }
+    if args.fault == "path":
+        summary["takeovers"] = sum(r["takeover"] for r in results)
+        summary["bmi_reconnections_total"] = sum(r["bmi_reconnections"] for r in results)
+    else:
+        summary["trips_lost_total"] = sum(r["trips_lost"] for r in results)
+        summary["trip_largest_gap_max_s"] = max(r["trip_largest_gap_s"] for r in results)
+        summary["trip_send_largest_gap_max_s"] = max(r["trip_send_largest_gap_s"] for r in results)
     print(json.dumps(summary, indent=2))
     if args.out:
         with open(args.out, "w") as f:

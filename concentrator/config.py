@@ -174,7 +174,7 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     ha = None
     if top.get("ha", MISSING) is not MISSING:
         ha = parse_ha(top["ha"], file)
-        check_against_relay(ha, sections["uplink"].listen.host, file)
+        check_against_relay(ha, sections["uplink"].listen.host, file, None if net is None else net.service_address)
     return Config(
         file=file,
         sha256=sha256,

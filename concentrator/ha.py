@@ -7,12 +7,15 @@ The one process that owns "am I the active appliance" (docs/ha.md):
   sync group to a FIFO that only this process reads;
 - on MASTER it asks the peer, on both sides, whether the peer's relay is active (the
   fence check); if not, it starts the relay (`concentrator relay`, same file), which
-  listens on the uplink's virtual address and connects to the sites from the sites'
-  virtual address, so a relay on an appliance without them can do neither;
+  listens on the uplink's virtual address (or on the service address that the BMI
+  routes via the uplink's virtual addresses) and connects to the sites from the sites'
+  virtual address, so a relay on an appliance without them is reached by no BMI and
+  reaches no UPDC;
 - on BACKUP, FAULT or STOP it stops the relay at once (SIGTERM, SIGKILL after 1 s);
 - if the peer answers "active" (VRRP lost on both paths while both are alive), it does
   not start the relay and writes the track file that puts keepalived in FAULT, which
-  releases the virtual addresses, until the peer is no longer active;
+  releases every virtual address (`also` ones included), until the peer is no longer
+  active: fencing acts on the addresses, which decide where the BMI's traffic goes;
 - it answers a read-only status line on `ha.status_port` (what the peer's fence check
   and `concentrator ha-status` read) and serves its metrics on `ha.metrics_listen`.
 
@@ -177,11 +180,12 @@ class Supervisor:
             if _stale(pid_file):
                 os.unlink(pid_file)
         for side in self.ha.sides:
-            subprocess.run(
-                ["ip", "addr", "del", str(side.virtual_address), "dev", side.interface],
-                capture_output=True,
-                check=False,
-            )
+            for vip in side.addresses:
+                subprocess.run(
+                    ["ip", "addr", "del", str(vip.address), "dev", vip.interface],
+                    capture_output=True,
+                    check=False,
+                )
 
     def _fence(self, on: bool) -> None:
         with open(track_file_path(self.ha), "w") as f:
@@ -419,9 +423,15 @@ class Supervisor:
         start = trio.current_time()
         for at in NUDGES:
             await trio.sleep_until(start + at)
+            if self.state.role != "active":
+                return
             connected = connected_peers(listen.host, listen.port)
-            if self.state.role != "active" or len(connected) >= len(stale):
-                return  # demoted, or the BMI is back with as many connections as it had
+            if len(connected) >= len(stale):
+                # Without a nudge when a retransmission of the BMI's met this kernel first
+                # (the address is here now, that connection is not: a reset).
+                how = "after the nudge" if at else "without a nudge"
+                log.info("the BMI is back (%d connection(s)) %s", len(connected), how)
+                return
             remaining = [c for c in stale if c not in connected]
             try:
                 sent = nudge((listen.host, listen.port), remaining)

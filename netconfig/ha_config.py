@@ -8,8 +8,12 @@
       preempt: never                   # never | seconds of delay before taking the role back
       uplink:                          # the BMI's side
         interface: bmi0
-        virtual_address: 192.0.2.10/24 # what the BMI connects to (uplink.listen's host)
+        virtual_address: 192.0.2.10/24 # what the BMI connects to (uplink.listen's host), or
+                                       # its gateway to network.service_address
         peer: 192.0.2.12               # the other appliance's own address on this side
+        also:                          # optional: more addresses of this side's instance, on
+          - interface: bmi1            # other interfaces (the BMI's second path); they move
+            virtual_address: 192.0.3.10/24   # with virtual_address, never on their own
       sites:                           # the UPDCs' side
         interface: lan0
         virtual_address: 198.51.100.10/24  # the relay's source address toward the UPDCs
@@ -28,6 +32,11 @@ backup takes over only when the adverts stopped on both paths (docs/ha.md). VRRP
 (RFC 5798), needed for sub-second adverts, has no authentication; keepalived's simple
 password exists in VRRPv2 only, whose interval is whole seconds. The validator refuses
 a password with a sub-second interval rather than let keepalived ignore it.
+
+A side's `also` addresses belong to the same VRRP instance as its virtual_address (one
+instance: they move together). The pair with two uplink paths uses them (docs/ha.md):
+the relay listens on network.service_address (on lo of both appliances) and the BMI
+routes it via the uplink's virtual address on each path, so only the master receives it.
 
 Errors are `concentrator.configbase.ConfigError(file, key, expected, got)`.
 """
@@ -63,8 +72,15 @@ _TOP_KEYS = (
     "metrics_listen",
     "keepalived",
 )
-_SIDE_KEYS = ("interface", "virtual_address", "peer")
+_SIDE_KEYS = ("interface", "virtual_address", "peer", "also")
+_ALSO_KEYS = ("interface", "virtual_address")
 _KEEPALIVED_KEYS = ("config_file", "pid_file", "vrrp_pid_file", "notify_fifo")
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualAddress:
+    interface: str
+    address: IPv4Interface  # address with its prefix length
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,12 @@ class HaSide:
     interface: str
     virtual_address: IPv4Interface  # address with its prefix length
     peer: IPv4Address
+    also: tuple[VirtualAddress, ...] = ()  # more addresses of this instance, other interfaces
+
+    @property
+    def addresses(self) -> tuple[VirtualAddress, ...]:
+        """Every address this side's instance holds while master."""
+        return (VirtualAddress(self.interface, self.virtual_address), *self.also)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +166,13 @@ def _parse(value: object) -> HaConfig:
             f"an interface other than ha.uplink.interface ({uplink.interface}): VRRP must run on two paths",
             sites.interface,
         )
+    seen: set[IPv4Address] = set()
+    for side in (uplink, sites):
+        for i, extra in enumerate(side.addresses):
+            if extra.address.ip in seen:
+                key = f"ha.{side.name}.virtual_address" if i == 0 else f"ha.{side.name}.also[{i - 1}].virtual_address"
+                raise Invalid(key, "an address not given twice in ha:", str(extra.address))
+            seen.add(extra.address.ip)
     password = _authentication(m.get("authentication", "none"), float(interval))
     metrics = endpoint(m.get("metrics_listen", DEFAULT_METRICS_LISTEN), "ha.metrics_listen", ip_only=True)
     return HaConfig(
@@ -164,16 +193,16 @@ def _parse(value: object) -> HaConfig:
 def _side(value: object, name: str) -> HaSide:
     path = f"ha.{name}"
     m = mapping(value, path, _SIDE_KEYS)
-    interface = m.get("interface", MISSING)
-    if not isinstance(interface, str) or not _IFNAME.fullmatch(interface):
-        raise Invalid(f"{path}.interface", "an interface name of 1-15 characters", interface)
-    vip = m.get("virtual_address", MISSING)
-    try:
-        address = IPv4Interface(vip) if isinstance(vip, str) and "/" in vip else None
-    except ValueError:
-        address = None
-    if address is None or address.ip.is_multicast or address.ip.is_unspecified or address.ip.is_loopback:
-        raise Invalid(f"{path}.virtual_address", 'a unicast IPv4 address with its prefix, as "192.0.2.10/24"', vip)
+    interface = _interface(m, path)
+    address = _virtual_address(m, path)
+    also_raw = m.get("also", [])
+    if not isinstance(also_raw, list):
+        raise Invalid(f"{path}.also", "a list of {interface, virtual_address} mappings", also_raw)
+    also = []
+    for i, item in enumerate(also_raw):
+        item_path = f"{path}.also[{i}]"
+        extra = mapping(item, item_path, _ALSO_KEYS)
+        also.append(VirtualAddress(_interface(extra, item_path), _virtual_address(extra, item_path)))
     peer = m.get("peer", MISSING)
     try:
         peer_ip = IPv4Address(peer) if isinstance(peer, str) else None
@@ -183,7 +212,25 @@ def _side(value: object, name: str) -> HaSide:
         raise Invalid(f"{path}.peer", "the other appliance's own IPv4 address on this side (not the virtual one)", peer)
     if peer_ip not in address.network:
         raise Invalid(f"{path}.peer", f"an address in {address.network} (the virtual address's network)", peer)
-    return HaSide(name, interface, address, peer_ip)
+    return HaSide(name, interface, address, peer_ip, tuple(also))
+
+
+def _interface(m: dict[str, Any], path: str) -> str:
+    interface = m.get("interface", MISSING)
+    if not isinstance(interface, str) or not _IFNAME.fullmatch(interface):
+        raise Invalid(f"{path}.interface", "an interface name of 1-15 characters", interface)
+    return interface
+
+
+def _virtual_address(m: dict[str, Any], path: str) -> IPv4Interface:
+    vip = m.get("virtual_address", MISSING)
+    try:
+        address = IPv4Interface(vip) if isinstance(vip, str) and "/" in vip else None
+    except ValueError:
+        address = None
+    if address is None or address.ip.is_multicast or address.ip.is_unspecified or address.ip.is_loopback:
+        raise Invalid(f"{path}.virtual_address", 'a unicast IPv4 address with its prefix, as "192.0.2.10/24"', vip)
+    return address
 
 
 def _authentication(value: object, interval: float) -> str | None:
@@ -215,10 +262,15 @@ def _keepalived(value: object) -> KeepalivedFiles:
     return KeepalivedFiles(**paths)
 
 
-def check_against_relay(ha: HaConfig, listen_host: str, file: str) -> None:
-    """The relay must listen on the uplink's virtual address: a relay on an appliance that
-    does not hold it cannot listen (nor can a stray one on the backup)."""
-    if ipaddress.ip_address(listen_host) != ha.uplink.virtual_address.ip:
-        raise ConfigError(
-            file, "uplink.listen", f"the host {ha.uplink.virtual_address.ip} (ha.uplink.virtual_address)", listen_host
-        )
+def check_against_relay(ha: HaConfig, listen_host: str, file: str, service_address: IPv4Address | None) -> None:
+    """The relay must listen on an address the BMI reaches only on the active appliance:
+    the uplink's virtual address (an appliance that does not hold it cannot listen), or,
+    with a `network:` section, its service address, which both appliances have on lo but
+    the BMI routes via the uplink's virtual addresses (docs/ha.md): a stray relay on the
+    backup could listen there and would hear nothing."""
+    allowed = {ha.uplink.virtual_address.ip: "ha.uplink.virtual_address"}
+    if service_address is not None:
+        allowed[service_address] = "network.service_address"
+    if ipaddress.ip_address(listen_host) not in allowed:
+        expected = " or ".join(f"{ip} ({key})" for ip, key in allowed.items())
+        raise ConfigError(file, "uplink.listen", f"the host {expected}", listen_host)

@@ -4,7 +4,10 @@ Two VRRP instances, one per side (uplink, sites), unicast to the peer's own addr
 that side, in one sync group: keepalived moves a sync group to MASTER only when every
 member wants it (vrrp_sync_can_goto_master: "prefer backup state to avoid thrashing"),
 so the backup takes over only when the master's adverts stopped on both paths; one cut
-path does nothing. Both start as BACKUP (nopreempt and preempt_delay need that).
+path does nothing. A side's `also` addresses (other interfaces, e.g. the BMI's second
+path) are in its instance's virtual_ipaddress block with their own `dev`: they move with
+it, and keepalived sends their gratuitous ARP on their own interface. Both instances
+start as BACKUP (nopreempt and preempt_delay need that).
 
 State changes go to a FIFO (`vrrp_notify_fifo`) that the HA supervisor (concentrator/ha.py)
 reads: no process is started on a transition, lines arrive in order, one reader owns
@@ -76,7 +79,7 @@ def _instance(ha: HaConfig, side: HaSide) -> list[str]:
         "    }",
         "    check_unicast_src",
         "    virtual_ipaddress {",
-        f"        {side.virtual_address} dev {side.interface}",
+        *(f"        {vip.address} dev {vip.interface}" for vip in side.addresses),
         "    }",
     ]
     if ha.preempt_delay is None:

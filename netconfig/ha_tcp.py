@@ -6,12 +6,14 @@ not know: it sends nothing until its t2 (10 s) or t3 (20 s) expires, and only th
 a reset from the new master and reconnects (bench/HA.md: 10.2 s in one run). The new
 master can make it find out at once. It knows the BMI's end of that connection (the
 peer's status line lists them while the peer is active), and it holds the virtual
-address, so it sends the BMI a bare ACK "from" that connection with a sequence number
-outside the window. The BMI's TCP answers an unacceptable segment with an ACK (RFC 793
-3.9; RFC 5961 4 calls it the challenge ACK), which arrives at the new master; its
-kernel has no such connection, only the relay's listener, and answers an ACK there with
-a reset whose sequence number is the BMI's own acknowledgement: exactly in window, so
-the BMI drops the connection and reconnects to the relay now listening.
+address(es) that the BMI's traffic to the relay's address goes to (the relay's address
+itself, or the service address routed via them), so it sends the BMI a bare ACK "from"
+that connection with a sequence number outside the window. The BMI's TCP answers an
+unacceptable segment with an ACK (RFC 793 3.9; RFC 5961 4 calls it the challenge ACK),
+which arrives at the new master; its kernel has no such connection, only the relay's
+listener, and answers an ACK there with a reset whose sequence number is the BMI's own
+acknowledgement: exactly in window, so the BMI drops the connection and reconnects to
+the relay now listening.
 """
 
 from __future__ import annotations

@@ -1,18 +1,27 @@
-"""HA lab: two real appliances (keepalived + HA supervisor + relay + smcrouted each),
-a BMI and twelve UPDCs, in network namespaces joined by two bridged LANs.
+"""HA lab: two real appliances (keepalived + HA supervisor + relay + netd each), a BMI
+with its own netd, and twelve UPDCs, in network namespaces joined by three bridged LANs.
 
-    bmi  eth0 192.0.2.1 ─┐                 ┌─ lan 198.51.100.11  a ─┐
-                         ├─ br-up (sw) ────┤                        ├─ br-site (sw) ── eth0 sites
-    a uplink  192.0.2.11 ┤                 └─ lan 198.51.100.12  b ─┘   198.51.100.101..112
-    b uplink  192.0.2.12 ┘
-    virtual addresses (VRRP): 192.0.2.10 (the BMI connects to it), 198.51.100.10 (the
-    relay's source toward the UPDCs)
+    BMI  lo 10.0.1.1 (service)       appliance a / b                   sites
+    eth0 192.0.2.1 ── br-up0 ── bmi0 192.0.2.11 / .12
+    eth1 192.0.3.1 ── br-up1 ── bmi1 192.0.3.11 / .12
+                                lan  198.51.100.11 / .12 ── br-site ── eth0 198.51.100.101..112
+                                lo   10.0.0.1 (service, on both)
+    virtual addresses (one VRRP instance per side, held by the master):
+      uplink: 192.0.2.10 on bmi0 and 192.0.3.10 on bmi1 (the BMI's two gateways to 10.0.0.1)
+      sites:  198.51.100.10 on lan (the relay's source toward the UPDCs)
 
-Each appliance runs `concentrator ha` (which runs keepalived and, while active, the
-relay) and its own smcrouted forwarding the trip group from the uplink LAN to the sites'
-LAN, always (docs/ha.md: both appliances forward trips). The BMI is
-tests.lab.harness_peers' `master` (logs every ASDU with its arrival), the sites are
-tests.netns.ha_peers (twelve QueueingStations in one process, logging their connections).
+As the standalone appliance (docs/failover.md, tests/lab/harness.py): the relay listens
+on the service address 10.0.0.1, on lo and on neither path; each appliance's netd routes
+the BMI's service address via 192.0.2.1 (bmi0) or 192.0.3.1 (bmi1) and supervises its
+smcrouted (the trip group from the active uplink path to the sites' LAN, always: both
+appliances forward trips, docs/ha.md); the BMI's netd routes 10.0.0.1 via the uplink's
+virtual address on eth0 or, if that path fails, on eth1. Which appliance gets the BMI's
+traffic is decided by who holds the virtual addresses; which path it takes, by the netds.
+
+Each appliance runs `concentrator ha` (keepalived, and the relay while active) and
+`concentrator netd`, from one configuration file. The BMI is tests.lab.harness_peers'
+`master` (logs every ASDU with its arrival), the sites are tests.netns.ha_peers (twelve
+QueueingStations in one process, logging their connections).
 
 Namespace names use tests.lab.harness's prefix with the owner's pid, so its
 `cleanup_stale()` removes what a crashed run left.
@@ -34,18 +43,23 @@ from typing import IO, Any
 
 import yaml
 
-from tests.lab.harness import BASE, _kill_ns_processes, run, wait_for
+from tests.lab.harness import BASE, BMI_SERVICE, CONC_SERVICE, _kill_ns_processes, run, wait_for
 from tests.lab.harness_peers import read_sink
 
 _counter = itertools.count()
 
-UP_VIP, SITE_VIP = "192.0.2.10", "198.51.100.10"
-BMI_IP = "192.0.2.1"
-NODE_IP = {"a": ("192.0.2.11", "198.51.100.11"), "b": ("192.0.2.12", "198.51.100.12")}
+UP_VIPS, SITE_VIP = ("192.0.2.10", "192.0.3.10"), "198.51.100.10"
+BMI_IPS = ("192.0.2.1", "192.0.3.1")  # the BMI's eth0, eth1
+UPLINKS = ("bmi0", "bmi1")  # each appliance's interfaces toward the BMI (primary, backup)
+NODE_IP = {
+    "a": ("192.0.2.11", "192.0.3.11", "198.51.100.11"),
+    "b": ("192.0.2.12", "192.0.3.12", "198.51.100.12"),
+}
 PRIORITY = {"a": 150, "b": 100}
 FIRST_SITE = "198.51.100.101"
 PORT = 2404
 TRIP_GROUP, TRIP_PORT = "239.192.10.1", 5000
+HOLD_TIME = 2.0  # netd's fail-back delay here (the product's default is 10 s)
 
 
 class HaLab:
@@ -87,12 +101,18 @@ class HaLab:
             run(["ip", "netns", "add", self.ns(role)])
             self.namespaces.append(self.ns(role))
             run(["ip", "-n", self.ns(role), "link", "set", "lo", "up"])
-            self.exec(role, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
-        for bridge in ("br-up", "br-site"):
+            # As tests.lab.harness: never use a route whose device lost carrier; rp_filter 0
+            # (during a switch the two directions may take different paths).
+            settings = [f"net.ipv4.conf.{scope}.rp_filter=0" for scope in ("all", "default")]
+            settings += [f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1" for scope in ("all", "default")]
+            self.exec(role, "sysctl", "-q", "-w", *settings)
+        for bridge in ("br-up0", "br-up1", "br-site"):
             run(["ip", "-n", self.ns("sw"), "link", "add", bridge, "type", "bridge", "mcast_snooping", "0"])
             run(["ip", "-n", self.ns("sw"), "link", "set", bridge, "up"])
         index = itertools.count(2000)  # distinct ifindexes on the two ends (see tests.lab.harness)
-        self._port("br-up", "bu-bmi", "bmi", "eth0", [f"{BMI_IP}/24"], index)
+        run(["ip", "-n", self.ns("bmi"), "addr", "add", f"{BMI_SERVICE}/32", "dev", "lo"])
+        for path, bmi_ip in enumerate(BMI_IPS):
+            self._port(f"br-up{path}", f"bu{path}-bmi", "bmi", f"eth{path}", [f"{bmi_ip}/24"], index)
         self._port(
             "br-site",
             "bs-sites",
@@ -101,10 +121,13 @@ class HaLab:
             [f"198.51.100.{100 + i}/24" for i in range(1, self.n_sites + 1)],
             index,
         )
-        for node, (up_ip, site_ip) in NODE_IP.items():
-            self._port("br-up", f"bu-{node}", node, "uplink", [f"{up_ip}/24"], index)
+        for node, (up0_ip, up1_ip, site_ip) in NODE_IP.items():
+            run(["ip", "-n", self.ns(node), "addr", "add", f"{CONC_SERVICE}/32", "dev", "lo"])
+            self._port("br-up0", f"bu0-{node}", node, UPLINKS[0], [f"{up0_ip}/24"], index)
+            self._port("br-up1", f"bu1-{node}", node, UPLINKS[1], [f"{up1_ip}/24"], index)
             self._port("br-site", f"bs-{node}", node, "lan", [f"{site_ip}/24"], index)
             self._write_config(node)
+        self._write_bmi_netd()
 
     def _port(self, bridge: str, sw_if: str, role: str, ifname: str, addrs: list[str], index: Any) -> None:
         sw = self.ns("sw")
@@ -140,12 +163,16 @@ class HaLab:
     def state_file(self, node: str) -> str:
         return os.path.join(self.workdir, node, "ha-state.json")
 
+    def netd_state_file(self, role: str) -> str:
+        return os.path.join(self.workdir, role, "netd-state.json")
+
     def _write_config(self, node: str) -> None:
+        """One file per appliance: the relay's sections, netd's (network:, multicast:) and ha:."""
         directory = os.path.join(self.workdir, node)
         os.makedirs(directory, exist_ok=True)
         peer = "b" if node == "a" else "a"
         config = {
-            "uplink": {"listen": f"{UP_VIP}:{PORT}", "allowed_peers": [BMI_IP]},
+            "uplink": {"listen": f"{CONC_SERVICE}:{PORT}", "allowed_peers": [BMI_SERVICE]},
             "sites": [
                 {
                     "name": f"site{i:02d}",
@@ -156,14 +183,45 @@ class HaLab:
                 for i in range(1, self.n_sites + 1)
             ],
             "metrics": {"listen": "127.0.0.1:9104"},
+            "network": {
+                "service_address": CONC_SERVICE,
+                "hold_time": HOLD_TIME,
+                "metrics_listen": "127.0.0.1:9105",
+                "uplink": {
+                    "destinations": [f"{BMI_SERVICE}/32"],
+                    "primary": {"interface": UPLINKS[0], "gateway": BMI_IPS[0]},
+                    "backup": {"interface": UPLINKS[1], "gateway": BMI_IPS[1]},
+                },
+            },
+            "multicast": {
+                "engine": "smcroute",
+                "smcroute": {
+                    key: os.path.join(directory, f"smcroute.{ext}")
+                    for key, ext in (("config_file", "conf"), ("socket", "sock"), ("pid_file", "pid"))
+                },
+                "groups": [
+                    {
+                        "group": TRIP_GROUP,
+                        "port": TRIP_PORT,
+                        "sources": [BMI_SERVICE],
+                        "inbound": list(UPLINKS),
+                        "outbound": ["lan"],
+                    }
+                ],
+            },
             "ha": {
                 "node": f"conc-{node}",
                 "priority": PRIORITY[node],
                 "virtual_router_id": 51,
                 "advert_interval": self.advert_interval,
                 "preempt": self.preempt,
-                "uplink": {"interface": "uplink", "virtual_address": f"{UP_VIP}/24", "peer": NODE_IP[peer][0]},
-                "sites": {"interface": "lan", "virtual_address": f"{SITE_VIP}/24", "peer": NODE_IP[peer][1]},
+                "uplink": {
+                    "interface": UPLINKS[0],
+                    "virtual_address": f"{UP_VIPS[0]}/24",
+                    "peer": NODE_IP[peer][0],
+                    "also": [{"interface": UPLINKS[1], "virtual_address": f"{UP_VIPS[1]}/24"}],
+                },
+                "sites": {"interface": "lan", "virtual_address": f"{SITE_VIP}/24", "peer": NODE_IP[peer][2]},
                 "keepalived": {
                     key: os.path.join(directory, name)
                     for key, name in (
@@ -177,11 +235,25 @@ class HaLab:
         }
         with open(self.config_file(node), "w") as f:
             yaml.safe_dump(config, f)
-        with open(os.path.join(directory, "smcroute.conf"), "w") as f:
-            f.write(
-                f"phyint uplink enable\nphyint lan enable\n"
-                f"mroute from uplink source {BMI_IP} group {TRIP_GROUP} to lan\n"
-            )
+
+    def _write_bmi_netd(self) -> None:
+        """The BMI's side (the operator's router in the field): the concentrator's service
+        address via the uplink's virtual address on each path, probed there, so a path
+        whose virtual address nobody holds counts as down."""
+        os.makedirs(os.path.join(self.workdir, "bmi"), exist_ok=True)
+        config = {
+            "network": {
+                "service_address": BMI_SERVICE,
+                "hold_time": HOLD_TIME,
+                "uplink": {
+                    "destinations": [f"{CONC_SERVICE}/32"],
+                    "primary": {"interface": "eth0", "gateway": UP_VIPS[0]},
+                    "backup": {"interface": "eth1", "gateway": UP_VIPS[1]},
+                },
+            }
+        }
+        with open(self.config_file("bmi"), "w") as f:
+            yaml.safe_dump(config, f)
 
     # ------------------------------------------------------------------ processes
 
@@ -201,33 +273,68 @@ class HaLab:
         self.procs[label] = (proc, log)
         return proc
 
-    def log(self, label: str) -> str:
+    def log(self, label: str, tail: int | None = 4000) -> str:
+        """The end of a process's log (all of it with `tail=None`)."""
         try:
             with open(os.path.join(self.workdir, f"{label}.log"), "rb") as f:
-                return f.read()[-4000:].decode(errors="replace")
+                data = f.read()
+                return (data if tail is None else data[-tail:]).decode(errors="replace")
         except OSError:
             return ""
 
-    def start_node(self, node: str) -> None:
-        """smcrouted (the trip path, independent of the role) and the HA supervisor."""
-        d = os.path.join(self.workdir, node)
-        if os.path.exists(self.state_file(node)):  # left by a killed supervisor
-            os.unlink(self.state_file(node))
+    def start_netd(self, role: str) -> None:
         self.spawn(
-            node,
-            f"smcrouted-{node}",
+            role,
+            f"netd-{role}",
             [
-                "smcrouted",
-                "-n",
-                "-N",
-                "-f",
-                os.path.join(d, "smcroute.conf"),
-                "-u",
-                os.path.join(d, "smcroute.sock"),
-                "-P",
-                os.path.join(d, "smcroute.pid"),
+                sys.executable,
+                "-m",
+                "concentrator",
+                "netd",
+                "--config",
+                self.config_file(role),
+                "--state",
+                self.netd_state_file(role),
             ],
         )
+
+    def netd_state(self, role: str) -> dict[str, Any]:
+        try:
+            with open(self.netd_state_file(role)) as f:
+                state: dict[str, Any] = json.load(f)
+                return state
+        except (OSError, ValueError):
+            return {}
+
+    def uplink(self, role: str) -> dict[str, Any]:
+        """netd's counters of the uplink link in `role` (active path, switches, ...)."""
+        link: dict[str, Any] = self.netd_state(role).get("links", {}).get("uplink", {})
+        return link
+
+    def wait_uplink_path(self, role: str, path: str, timeout: float = 20.0) -> float:
+        """Until `role`'s netd carries the uplink on `path` ("primary" or "backup")."""
+        return wait_for(
+            lambda: self.uplink(role).get("active") == path,
+            timeout,
+            f"{role}'s uplink on its {path} path",
+            lambda: str(self.uplink(role)),
+        )
+
+    def wait_netd_ready(self, role: str, timeout: float = 30.0) -> float:
+        pid = self.procs[f"netd-{role}"][0].pid
+        return wait_for(
+            lambda: self.netd_state(role).get("ready") is True and self.netd_state(role).get("pid") == pid,
+            timeout,
+            f"netd in {role} ready",
+            lambda: self.log(f"netd-{role}"),
+        )
+
+    def start_node(self, node: str) -> None:
+        """The appliance's two services, from its one file: netd (paths and the trip path,
+        independent of the role) and the HA supervisor."""
+        if os.path.exists(self.state_file(node)):  # left by a killed supervisor
+            os.unlink(self.state_file(node))
+        self.start_netd(node)
         self.spawn(
             node,
             f"ha-{node}",
@@ -242,6 +349,7 @@ class HaLab:
                 self.state_file(node),
             ],
         )
+        self.wait_netd_ready(node)
 
     def state(self, node: str) -> dict[str, Any]:
         try:
@@ -271,9 +379,10 @@ class HaLab:
             lambda: f"state {self.state(node)}\n{self.log(f'ha-{node}')}",
         )
 
-    def metrics(self, node: str) -> str:
-        """The HA supervisor's Prometheus exposition, fetched inside the appliance."""
-        url = "http://127.0.0.1:9107/metrics"
+    def metrics(self, node: str, port: int = 9107) -> str:
+        """The HA supervisor's Prometheus exposition (or, with port 9105, netd's), fetched
+        inside the appliance."""
+        url = f"http://127.0.0.1:{port}/metrics"
         fetch = f"import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())"
         return self.exec(node, sys.executable, "-c", fetch).stdout
 
@@ -288,12 +397,18 @@ class HaLab:
         _kill_ns_processes(self.ns(node))
 
     def cut_links(self, node: str) -> None:
-        for ifname in ("uplink", "lan"):
+        for ifname in (*UPLINKS, "lan"):
             run(["ip", "-n", self.ns(node), "link", "set", "dev", ifname, "down"])
 
     def restore_links(self, node: str) -> None:
-        for ifname in ("uplink", "lan"):
+        for ifname in (*UPLINKS, "lan"):
             run(["ip", "-n", self.ns(node), "link", "set", "dev", ifname, "up"])
+
+    def cut_bmi_path(self, path: int, up: bool = False) -> None:
+        """The BMI's port on uplink LAN `path` (0 primary, 1 backup) down (or back up) at
+        the switch: the BMI loses carrier there; the appliances keep theirs (and VRRP on
+        that LAN) but no longer reach the BMI through it."""
+        run(["ip", "-n", self.ns("sw"), "link", "set", "dev", f"bu{path}-bmi", "up" if up else "down"])
 
     def cut_vrrp(self, node: str, interfaces: tuple[str, ...]) -> None:
         """Drop VRRP (IP protocol 112) both ways on `interfaces` of `node`; everything else flows."""
@@ -310,22 +425,28 @@ class HaLab:
 
     def vips(self, node: str) -> set[str]:
         out = run(["ip", "-n", self.ns(node), "-4", "-o", "addr", "show"], check=False).stdout
-        return {line.split()[3].split("/")[0] for line in out.splitlines()} & {UP_VIP, SITE_VIP}
+        return {line.split()[3].split("/")[0] for line in out.splitlines()} & {*UP_VIPS, SITE_VIP}
 
-    def relay_running(self, node: str) -> bool:
-        pids = run(["ip", "netns", "pids", self.ns(node)], check=False).stdout.split()
-        for pid in pids:
+    def commands(self, node: str) -> list[str]:
+        """The command lines of the live processes in `node`'s namespace (a killed one
+        not yet reaped has none)."""
+        found = []
+        for pid in run(["ip", "netns", "pids", self.ns(node)], check=False).stdout.split():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"\0relay\0" in f.read():
-                        return True
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-        return False
+            if cmdline:
+                found.append(cmdline)
+        return found
 
     # ------------------------------------------------------------------ traffic
 
     def start_traffic(self, timeout: float = 30.0) -> None:
+        """The BMI's netd (its routes to the service address), the UPDCs, then the BMI."""
+        self.start_netd("bmi")
+        self.wait_netd_ready("bmi")
         self.spawn(
             "sites",
             "stations",
@@ -353,7 +474,7 @@ class HaLab:
                 "tests.lab.harness_peers",
                 "master",
                 "--target",
-                f"{UP_VIP}:{PORT}",
+                f"{CONC_SERVICE}:{PORT}",
                 "--out",
                 self.bmi_out,
             ],
@@ -390,10 +511,10 @@ class HaLab:
             if line.startswith("master: connection ") and line.rstrip()[-1].isdigit()
         )
 
-    def start_trips(self, count: int, interval: float, lead: int = 25) -> subprocess.Popen[bytes]:
-        """Trip datagrams from the BMI, one every `interval` s, in the background; returns
-        once `lead` of them are sent (scapy takes seconds to load on a busy machine).
-        Sequence numbers continue from earlier calls."""
+    def start_trips(self, count: int, interval: float, lead: int = 25, iface: str = "eth0") -> subprocess.Popen[bytes]:
+        """Trip datagrams from the BMI's service address out of `iface`, one every
+        `interval` s, in the background; returns once `lead` of them are sent (scapy takes
+        seconds to load on a busy machine). Sequence numbers continue from earlier calls."""
         first = len(self.trips()[0])
         proc = self.spawn(
             "bmi",
@@ -408,9 +529,9 @@ class HaLab:
                 "--port",
                 str(TRIP_PORT),
                 "--src",
-                BMI_IP,
+                BMI_SERVICE,
                 "--iface",
-                "eth0",
+                iface,
                 "--count",
                 str(count),
                 "--interval",

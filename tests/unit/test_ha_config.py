@@ -41,6 +41,21 @@ BASE: dict[str, Any] = {
 }
 
 
+def _two_paths(d: dict[str, Any]) -> None:
+    """The pair with two uplink paths (docs/ha.md): the relay on the service address,
+    netd's network: section, a second uplink virtual address on bmi1."""
+    d["uplink"]["listen"] = "10.0.0.1:2404"
+    d["network"] = {
+        "service_address": "10.0.0.1",
+        "uplink": {
+            "destinations": ["10.0.1.1/32"],
+            "primary": {"interface": "bmi0", "gateway": "192.0.2.1"},
+            "backup": {"interface": "bmi1", "gateway": "192.0.3.1"},
+        },
+    }
+    d["ha"]["uplink"]["also"] = [{"interface": "bmi1", "virtual_address": "192.0.3.10/24"}]
+
+
 def parse(mutate: Callable[[dict[str, Any]], None] | None = None) -> Config:
     data = copy.deepcopy(BASE)
     if mutate is not None:
@@ -111,6 +126,41 @@ def test_valid_section() -> None:
         (lambda d: d["ha"].update(keepalived={"pid_file": "run/k.pid"}), "ha.keepalived.pid_file", "an absolute path"),
         # The relay must listen on the address that moves: elsewhere a backup could too.
         (lambda d: d["uplink"].update(listen="0.0.0.0:2404"), "uplink.listen", "the host 192.0.2.10"),
+        # The service address counts only when there is a network: section that owns it.
+        (lambda d: d["uplink"].update(listen="10.0.0.1:2404"), "uplink.listen", "the host 192.0.2.10"),
+        (
+            lambda d: _two_paths(d) or d["network"].update(service_address="10.0.0.9"),
+            "uplink.listen",
+            "or 10.0.0.9 (network.service_address)",
+        ),
+        (lambda d: d["ha"]["uplink"].update(also={"interface": "bmi1"}), "ha.uplink.also", "a list of"),
+        (
+            lambda d: d["ha"]["uplink"].update(also=[{"interface": "bmi1"}]),
+            "ha.uplink.also[0].virtual_address",
+            "with its prefix",
+        ),
+        (
+            lambda d: d["ha"]["uplink"].update(
+                also=[{"interface": "bmi1", "virtual_address": "192.0.3.10/24", "x": 0}]
+            ),
+            "ha.uplink.also[0].x",
+            "a key allowed in ha.uplink.also[0]",
+        ),
+        (
+            lambda d: d["ha"]["uplink"].update(also=[{"interface": "b" * 16, "virtual_address": "192.0.3.10/24"}]),
+            "ha.uplink.also[0].interface",
+            "an interface name",
+        ),
+        (
+            lambda d: d["ha"]["uplink"].update(also=[{"interface": "bmi1", "virtual_address": "198.51.100.10/24"}]),
+            "ha.sites.virtual_address",
+            "an address not given twice",
+        ),
+        (
+            lambda d: d["ha"]["uplink"].update(also=[{"interface": "bmi1", "virtual_address": "192.0.2.10/24"}]),
+            "ha.uplink.also[0].virtual_address",
+            "an address not given twice",
+        ),
     ],
 )
 def test_errors_name_the_key(mutate: Callable[[dict[str, Any]], None], key: str, expected: str) -> None:
@@ -144,6 +194,24 @@ def test_render_two_unicast_instances_in_one_sync_group() -> None:
     group = text[text.index("vrrp_sync_group") : text.index("vrrp_instance")]
     assert "concentrator_uplink" in group and "concentrator_sites" in group and "concentrator_fence" in group
     assert f'vrrp_notify_fifo "{ha.keepalived.notify_fifo}"' in text
+
+
+def test_two_uplink_paths_one_instance_holds_both_addresses() -> None:
+    config = parse(_two_paths)
+    ha = config.ha
+    assert ha is not None and config.network is not None
+    assert config.uplink.listen.host == "10.0.0.1"
+    assert [(v.interface, str(v.address)) for v in ha.uplink.addresses] == [
+        ("bmi0", "192.0.2.10/24"),
+        ("bmi1", "192.0.3.10/24"),
+    ]
+    assert ha.sites.also == ()
+    text = render(ha)
+    uplink = text[text.index("vrrp_instance concentrator_uplink") : text.index("vrrp_instance concentrator_sites")]
+    # One instance, both addresses: they move together, each on its own interface.
+    assert "virtual_ipaddress {\n        192.0.2.10/24 dev bmi0\n        192.0.3.10/24 dev bmi1\n    }" in uplink
+    assert "interface bmi0" in uplink and text.count("vrrp_instance") == 2
+    assert "192.0.3.10" not in text[text.index("vrrp_instance concentrator_sites") :]
 
 
 def test_example_file_is_valid_and_keepalived_accepts_what_we_generate(tmp_path: Path) -> None:
