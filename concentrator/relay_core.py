@@ -395,7 +395,7 @@ class RelayCore:
             origin.site.stats.record_confirmed(now - item.sent_at)  # type: ignore[union-attr]
             released[origin] = released.get(origin, 0) + 1 + item.extra
         for origin, count_released in released.items():
-            origin.link.acknowledge(count_released, now)
+            origin.link.release(count_released, now)
             self._touch(origin)
         self._pump(now)
 
@@ -480,7 +480,7 @@ class RelayCore:
         if conn.last_item is not None:
             conn.last_item.extra += 1
         else:
-            conn.link.acknowledge(1, now)
+            conn.link.release(1, now)
             self._touch(conn)
 
     def _sync(self, site: SiteState, now: float) -> None:

@@ -119,10 +119,11 @@ class Link:
     `handle_timer(now)`.
 
     With `manual_ack`, received I-frames are confirmed only up to what the owner
-    released with `acknowledge(count)`: the relay uses this on its site connections so
-    that a UPDC's frame is confirmed only once the BMI has confirmed the forwarded
-    copy. The w and t2 rules then belong to the BMI, whose acknowledgements we pass on
-    at once.
+    released: `acknowledge(count)` confirms at once, `release(count)` lets the w and t2
+    rules decide when (as for any received frame, t2 counted from its arrival). The
+    relay releases on its site connections, so that a UPDC's frame is confirmed only
+    once the BMI has confirmed the forwarded copy, and with one S-frame per w frames of
+    that site rather than one per BMI confirmation that covered some of them.
     """
 
     def __init__(
@@ -153,6 +154,9 @@ class Link:
         self._acked_recv = 0
         self._releasable = 0
         self._first_unacked_at: float | None = None
+        # Manual-ack mode: when each received frame not confirmed yet arrived (t2 of the
+        # oldest released one).
+        self._received_times: deque[float] = deque()
         # t1 runs for the STARTDT/STOPDT act and the TESTFR act we sent; t3 from the
         # last frame received.
         self._pending_act: tuple[UFunction, float] | None = None
@@ -177,6 +181,11 @@ class Link:
     def unconfirmed_received(self) -> int:
         """I-frames received that we have not confirmed yet."""
         return _seq_distance(self.recv_seq, self._acked_recv)
+
+    @property
+    def confirmations_held(self) -> int:
+        """Manual-ack mode: received I-frames released and not confirmed yet (w, t2)."""
+        return self._releasable
 
     @property
     def buffered_input(self) -> int:
@@ -228,14 +237,28 @@ class Link:
 
     def acknowledge(self, count: int, now: float) -> None:
         """Manual-ack mode: confirm `count` more received I-frames, oldest first, now."""
+        self._release(count)
+        if self.state is not State.CLOSED and self._releasable:
+            self._send_s_frame()
+
+    def release(self, count: int, now: float) -> None:
+        """Manual-ack mode: allow `count` more received I-frames, oldest first, to be
+        confirmed: now if w of them are waiting or the oldest arrived t2 ago, else when
+        that happens (`get_timer`), or with the next I-frame we send."""
+        self._release(count)
+        if self.state is not State.CLOSED and self._releasable and self._release_due(now):
+            self._send_s_frame()
+
+    def _release(self, count: int) -> None:
         if not self.manual_ack:
-            raise LinkError("acknowledge() is for manual-ack links")
+            raise LinkError("acknowledge() and release() are for manual-ack links")
         if count < 0 or self._releasable + count > self.unconfirmed_received:
             unreleased = self.unconfirmed_received - self._releasable
             raise LinkError(f"cannot confirm {count} more: {unreleased} received and unreleased")
         self._releasable += count
-        if self.state is not State.CLOSED and self._releasable:
-            self._send_s_frame()
+
+    def _release_due(self, now: float) -> bool:
+        return self._releasable >= self.params.w or now >= self._received_times[0] + self.params.t2
 
     # ---------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray, now: float, max_frames: int = 0) -> bool:
@@ -284,6 +307,7 @@ class Link:
             return
         self._events.append(AsduReceived(asdu))
         if self.manual_ack:
+            self._received_times.append(now)
             return
         if self._first_unacked_at is None:
             self._first_unacked_at = now
@@ -356,6 +380,8 @@ class Link:
             deadlines.append(self._test_sent_at + p.t1)
         if self._first_unacked_at is not None:
             deadlines.append(self._first_unacked_at + p.t2)
+        if self._releasable:
+            deadlines.append(self._received_times[0] + p.t2)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -373,6 +399,8 @@ class Link:
             return
         if self._first_unacked_at is not None and now >= self._first_unacked_at + p.t2:
             self._send_s_frame()
+        if self._releasable and self._release_due(now):
+            self._send_s_frame()
         if now >= self._last_received + p.t3:
             # Idle for t3: test the connection. Restart t3 so one test goes per period.
             self._last_received = now
@@ -388,7 +416,12 @@ class Link:
         return self.recv_seq
 
     def _note_confirmation_sent(self, recv_seq: int) -> None:
-        self._releasable -= _seq_distance(recv_seq, self._acked_recv) if self.manual_ack else 0
+        if self.manual_ack:
+            confirmed = _seq_distance(recv_seq, self._acked_recv)
+            self._releasable -= confirmed
+            times = self._received_times
+            for _ in range(confirmed):
+                times.popleft()
         self._acked_recv = recv_seq
         if self._acked_recv == self.recv_seq:
             self._first_unacked_at = None
