@@ -311,6 +311,16 @@ class RelayCore:
             self._close(conn, cause, detail, now)
             self._flush()
 
+    def last_words(self, conn_id: ConnId) -> bytes:
+        """What a connection must still be sent when the relay stops: the confirmations
+        released to its site and not sent yet (w, t2), so that the UPDC does not send
+        again what the BMI has."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return b""
+        conn.link.confirm_released()
+        return conn.link.data_to_send()
+
     # ------------------------------------------------------------------ events
     def _process(self, conn: Conn, now: float) -> None:
         link = conn.link
@@ -546,8 +556,10 @@ class RelayCore:
         """The core ends a connection: forget it and tell the driver to close it."""
         if conn.closed:
             return
-        # What the link still has to say goes out first: confirmations released just
-        # before (the BMI's last ones, before its STOPDT completed) must reach the site.
+        # What the link still has to say goes out first: confirmations released (the BMI's
+        # last ones, before its STOPDT completed, and those waiting for w or t2) must reach
+        # the site, or it would send again what the BMI has.
+        conn.link.confirm_released()
         data = conn.link.data_to_send()
         if data:
             self._actions.append(Transmit(conn.id, data))

@@ -238,8 +238,7 @@ class Link:
     def acknowledge(self, count: int, now: float) -> None:
         """Manual-ack mode: confirm `count` more received I-frames, oldest first, now."""
         self._release(count)
-        if self.state is not State.CLOSED and self._releasable:
-            self._send_s_frame()
+        self.confirm_released()
 
     def release(self, count: int, now: float) -> None:
         """Manual-ack mode: allow `count` more received I-frames, oldest first, to be
@@ -247,6 +246,11 @@ class Link:
         that happens (`get_timer`), or with the next I-frame we send."""
         self._release(count)
         if self.state is not State.CLOSED and self._releasable and self._release_due(now):
+            self._send_s_frame()
+
+    def confirm_released(self) -> None:
+        """Manual-ack mode: confirm every released frame now (before a close)."""
+        if self.state is not State.CLOSED and self._releasable:
             self._send_s_frame()
 
     def _release(self, count: int) -> None:

@@ -62,17 +62,46 @@ async def test_every_asdu_reaches_the_bmi_unchanged_and_is_confirmed_end_to_end(
 
 async def test_site_frames_are_confirmed_only_after_the_bmi_confirms():
     async with trio.open_nursery() as nursery:
-        (station,), relay = await start_all(nursery, 1)
+        # The relay confirms to the site what the BMI confirmed, by the site link's own w
+        # (8) and t2 (here 4 s, from the frames' arrival).
+        (station,), relay = await start_all(nursery, 1, site={"t2": 4})
         # The BMI confirms only after w = 100 frames or t2 = 1.5 s.
         master = await connect_master(nursery, relay, LinkParams(k=200, w=100, t1=3, t2=1.5))
         await wait_for(lambda: relay.sites[0].stats.state == "started", what="site started")
         for _ in range(5):
             station.enqueue_counter()
         await wait_for(lambda: len(master.received) == 5, what="5 ASDUs at the BMI")
+        arrived = trio.current_time()
         await trio.sleep(0.5)
         assert len(station.unconfirmed) == 5, "the relay confirmed frames the BMI had not confirmed"
-        await wait_for(lambda: station.confirmed_all, timeout=5, what="confirmation after the BMI's t2")
-        assert relay.sites[0].stats.last_ack_delay is not None and relay.sites[0].stats.last_ack_delay >= 1.0
+        await wait_for(lambda: relay.sites[0].stats.last_ack_delay is not None, timeout=5, what="the BMI's t2")
+        assert relay.sites[0].stats.last_ack_delay >= 1.0  # type: ignore[operator]
+        assert len(station.unconfirmed) == 5, "5 < w: held until the site link's t2"
+        await wait_for(lambda: station.confirmed_all, timeout=8, what="confirmation at the site link's t2")
+        assert trio.current_time() - arrived >= 3.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stopping_relay_sends_the_confirmations_it_holds():
+    """Released confirmations held for w or t2 go out when the relay stops, so that the
+    UPDC does not send again what the BMI has (NOT OK before: the UPDC kept them)."""
+    async with trio.open_nursery() as nursery:
+        station = QueueingStation(101)
+        port = await nursery.start(station.serve)
+        relay = Relay(relay_config([port]))
+        async with trio.open_nursery() as relay_nursery:
+            await relay_nursery.start(relay.run)
+            # A BMI that confirms every frame at once (w = 1).
+            master = await connect_master(relay_nursery, relay, LinkParams(w=1))
+            await wait_for(lambda: relay.sites[0].stats.state == "started", what="site started")
+            for _ in range(3):
+                station.enqueue_counter()
+            await wait_for(lambda: relay.sites[0].stats.last_ack_delay is not None, what="the BMI's confirmation")
+            await wait_for(lambda: relay.core.sites[0].conn.link.confirmations_held == 3, what="3 held")  # type: ignore[union-attr]
+            assert len(station.unconfirmed) == 3
+            relay_nursery.cancel_scope.cancel()
+        await wait_for(lambda: station.confirmed_all, what="the held confirmations sent at the stop")
+        del master
         nursery.cancel_scope.cancel()
 
 

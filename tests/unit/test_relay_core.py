@@ -58,6 +58,26 @@ def test_a_site_frame_is_confirmed_to_the_site_only_after_the_bmi_confirmed_it()
     lab.check()
 
 
+def test_released_confirmations_wait_for_the_site_links_w_or_t2_and_go_out_before_a_close():
+    lab, bmi = started_lab(sites=1, site_k=12)  # site link w 8, t2 10 s
+    station = lab.stations[0]
+    lab.generate(0, 3)
+    lab.deliver_to_core(station.conn)  # type: ignore[arg-type]
+    lab.deliver_to_peer(bmi.conn)  # type: ignore[attr-defined]
+    lab.bmi_confirm(bmi, 3)  # type: ignore[arg-type]
+    lab.deliver_to_peer(station.conn)  # type: ignore[arg-type]
+    assert list(station.unconfirmed) == [0, 1, 2]  # 3 < w: held
+    assert lab.core.get_timer() == 10.0  # the t2 of the oldest, from its arrival at 0
+    lab.advance(9.0)
+    lab.deliver_to_peer(station.conn)  # type: ignore[arg-type]
+    assert list(station.unconfirmed) == [0, 1, 2]
+    # The uplink is lost: the sites are disconnected, their held confirmations sent first.
+    lab.drop(bmi.conn)  # type: ignore[attr-defined]
+    assert (station.conn, station.link) == (None, None)
+    assert station.confirmed == {0, 1, 2} and not station.resent_after_loss
+    lab.check()
+
+
 def test_switch_away_and_back_closes_each_superseded_connection_and_loses_nothing():
     """Issue 10 item 1: B started, A takes the role, B takes it back, with frames in
     flight each time. The old core kept the superseded connection and counted its late
