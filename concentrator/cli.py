@@ -53,8 +53,8 @@ def _relay(args: argparse.Namespace) -> int:
             metrics.close()
 
     # What start-up made (modules, configuration, per-site state) lives as long as the
-    # process: out of the collector's sight, a full collection no longer walks it all,
-    # a pause of milliseconds in the relay's latency (bench/RESULTS.md).
+    # process: out of the collector's sight, a full collection no longer walks it all
+    # (34,000-53,000 objects with 100-1,000 sites, a 9-19 ms pause of the relay).
     gc.freeze()
     trio.run(_until_signal, run)
     return 0
