@@ -69,6 +69,11 @@ SITE_BACKLOG_LIMIT = 256
 # Frames handled per call of receive_data: a peer's burst (64 KiB of TESTFR acts is 10,922
 # frames) is handled in turns, so other connections are served in between.
 FRAMES_PER_TURN = 1000
+# The longest a site's frame waits, once the BMI confirmed it, for others to share its
+# S-frame (the site link's w, or its t2 if shorter). Long enough to confirm a site at
+# 10 ASDU/s every 4-5 frames; short enough that what a UPDC sends again after a relay
+# dies unannounced (kill, power) is at most this much of what the BMI already had.
+CONFIRM_HOLD = 0.5
 # The same warning about the same site at most this often (seconds); the rest are counted.
 LOG_INTERVAL = 10.0
 
@@ -274,7 +279,7 @@ class RelayCore:
         if site.conn is not None:
             raise CoreError(f"site {site.name} connected twice")
         site.retry = RETRY_MIN
-        link = Link(Role.CONTROLLING, site.config.params, manual_ack=True, now=now)
+        link = Link(Role.CONTROLLING, site.config.params, manual_ack=True, hold=CONFIRM_HOLD, now=now)
         conn = self._new_conn(link, site, f"site {site.name} ({endpoint})")
         site.conn = conn
         site.stats.endpoint = endpoint

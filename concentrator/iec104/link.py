@@ -120,7 +120,8 @@ class Link:
 
     With `manual_ack`, received I-frames are confirmed only up to what the owner
     released: `acknowledge(count)` confirms at once, `release(count)` lets the w and t2
-    rules decide when (as for any received frame, t2 counted from its arrival). The
+    rules decide when (as for any received frame, t2 counted from its arrival, or a
+    shorter `hold`). The
     relay releases on its site connections, so that a UPDC's frame is confirmed only
     once the BMI has confirmed the forwarded copy, and with one S-frame per w frames of
     that site rather than one per BMI confirmation that covered some of them.
@@ -132,6 +133,7 @@ class Link:
         params: LinkParams = LinkParams(),
         *,
         manual_ack: bool = False,
+        hold: float | None = None,
         now: float = 0.0,
     ) -> None:
         self.role = role
@@ -154,9 +156,10 @@ class Link:
         self._acked_recv = 0
         self._releasable = 0
         self._first_unacked_at: float | None = None
-        # Manual-ack mode: when each received frame not confirmed yet arrived (t2 of the
-        # oldest released one).
+        # Manual-ack mode: when each received frame not confirmed yet arrived, and how long
+        # after its arrival a released one may wait for others (t2, or less).
         self._received_times: deque[float] = deque()
+        self._hold = params.t2 if hold is None else min(hold, params.t2)
         # t1 runs for the STARTDT/STOPDT act and the TESTFR act we sent; t3 from the
         # last frame received.
         self._pending_act: tuple[UFunction, float] | None = None
@@ -242,8 +245,8 @@ class Link:
 
     def release(self, count: int, now: float) -> None:
         """Manual-ack mode: allow `count` more received I-frames, oldest first, to be
-        confirmed: now if w of them are waiting or the oldest arrived t2 ago, else when
-        that happens (`get_timer`), or with the next I-frame we send."""
+        confirmed: now if `_release_due`, else when it is (a frame arrives, `get_timer`),
+        or with the next I-frame we send."""
         self._release(count)
         if self.state is not State.CLOSED and self._releasable and self._release_due(now):
             self._send_s_frame()
@@ -262,7 +265,16 @@ class Link:
         self._releasable += count
 
     def _release_due(self, now: float) -> bool:
-        return self._releasable >= self.params.w or now >= self._received_times[0] + self.params.t2
+        """w released frames wait; or the peer has fewer than w frames of its k window
+        left (held longer, our confirmations could stop it while the frames the BMI has
+        not confirmed yet wait for the BMI's own w: each side waiting for the other until
+        a t2); or the oldest arrived `hold` (t2 or less) ago."""
+        p = self.params
+        return (
+            self._releasable >= p.w
+            or self._k - self.unconfirmed_received < p.w
+            or now >= self._received_times[0] + self._hold
+        )
 
     # ---------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray, now: float, max_frames: int = 0) -> bool:
@@ -312,6 +324,8 @@ class Link:
         self._events.append(AsduReceived(asdu))
         if self.manual_ack:
             self._received_times.append(now)
+            if self._releasable and self._release_due(now):
+                self._send_s_frame()
             return
         if self._first_unacked_at is None:
             self._first_unacked_at = now
@@ -385,7 +399,7 @@ class Link:
         if self._first_unacked_at is not None:
             deadlines.append(self._first_unacked_at + p.t2)
         if self._releasable:
-            deadlines.append(self._received_times[0] + p.t2)
+            deadlines.append(self._received_times[0] + self._hold)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:

@@ -62,23 +62,17 @@ async def test_every_asdu_reaches_the_bmi_unchanged_and_is_confirmed_end_to_end(
 
 async def test_site_frames_are_confirmed_only_after_the_bmi_confirms():
     async with trio.open_nursery() as nursery:
-        # The relay confirms to the site what the BMI confirmed, by the site link's own w
-        # (8) and t2 (here 4 s, from the frames' arrival).
-        (station,), relay = await start_all(nursery, 1, site={"t2": 4})
+        (station,), relay = await start_all(nursery, 1)
         # The BMI confirms only after w = 100 frames or t2 = 1.5 s.
         master = await connect_master(nursery, relay, LinkParams(k=200, w=100, t1=3, t2=1.5))
         await wait_for(lambda: relay.sites[0].stats.state == "started", what="site started")
         for _ in range(5):
             station.enqueue_counter()
         await wait_for(lambda: len(master.received) == 5, what="5 ASDUs at the BMI")
-        arrived = trio.current_time()
         await trio.sleep(0.5)
         assert len(station.unconfirmed) == 5, "the relay confirmed frames the BMI had not confirmed"
-        await wait_for(lambda: relay.sites[0].stats.last_ack_delay is not None, timeout=5, what="the BMI's t2")
-        assert relay.sites[0].stats.last_ack_delay >= 1.0  # type: ignore[operator]
-        assert len(station.unconfirmed) == 5, "5 < w: held until the site link's t2"
-        await wait_for(lambda: station.confirmed_all, timeout=8, what="confirmation at the site link's t2")
-        assert trio.current_time() - arrived >= 3.0
+        await wait_for(lambda: station.confirmed_all, timeout=5, what="confirmation after the BMI's t2")
+        assert relay.sites[0].stats.last_ack_delay is not None and relay.sites[0].stats.last_ack_delay >= 1.0
         nursery.cancel_scope.cancel()
 
 
