@@ -261,21 +261,11 @@ class Connection:
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             cause, detail = Cause.CONNECTION_ERROR, repr(_first(group))
         finally:
-            if cause is Cause.SHUTDOWN and not self._scope.cancelled_caught:
-                self._last_words()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
             self.relay._forget_buffers(self)
             if not self._scope.cancelled_caught:
                 self.relay._ended(self, cause, detail)
-
-    def _last_words(self) -> None:
-        """The relay stops: send what the core still has for this connection, if the
-        socket takes it now and nothing is half-written before it."""
-        data = self.relay.core.last_words(self.id)
-        if data and not (self._sending or self._unsent) and self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self._fd, data)
 
     async def _read(self) -> None:
         """Until the peer closes (returns) or the socket fails (raises)."""

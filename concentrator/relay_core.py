@@ -69,11 +69,6 @@ SITE_BACKLOG_LIMIT = 256
 # Frames handled per call of receive_data: a peer's burst (64 KiB of TESTFR acts is 10,922
 # frames) is handled in turns, so other connections are served in between.
 FRAMES_PER_TURN = 1000
-# The longest a site's frame waits, once the BMI confirmed it, for others to share its
-# S-frame (the site link's w, or its t2 if shorter). Long enough to confirm a site at
-# 10 ASDU/s every 4-5 frames; short enough that what a UPDC sends again after a relay
-# dies unannounced (kill, power) is at most this much of what the BMI already had.
-CONFIRM_HOLD = 0.5
 # The same warning about the same site at most this often (seconds); the rest are counted.
 LOG_INTERVAL = 10.0
 
@@ -279,7 +274,7 @@ class RelayCore:
         if site.conn is not None:
             raise CoreError(f"site {site.name} connected twice")
         site.retry = RETRY_MIN
-        link = Link(Role.CONTROLLING, site.config.params, manual_ack=True, hold=CONFIRM_HOLD, now=now)
+        link = Link(Role.CONTROLLING, site.config.params, manual_ack=True, now=now)
         conn = self._new_conn(link, site, f"site {site.name} ({endpoint})")
         site.conn = conn
         site.stats.endpoint = endpoint
@@ -315,16 +310,6 @@ class RelayCore:
         if conn is not None:
             self._close(conn, cause, detail, now)
             self._flush()
-
-    def last_words(self, conn_id: ConnId) -> bytes:
-        """What a connection must still be sent when the relay stops: the confirmations
-        released to its site and not sent yet (w, t2), so that the UPDC does not send
-        again what the BMI has."""
-        conn = self.conns.get(conn_id)
-        if conn is None:
-            return b""
-        conn.link.confirm_released()
-        return conn.link.data_to_send()
 
     # ------------------------------------------------------------------ events
     def _process(self, conn: Conn, now: float) -> None:
@@ -410,7 +395,7 @@ class RelayCore:
             origin.site.stats.record_confirmed(now - item.sent_at)  # type: ignore[union-attr]
             released[origin] = released.get(origin, 0) + 1 + item.extra
         for origin, count_released in released.items():
-            origin.link.release(count_released, now)
+            origin.link.acknowledge(count_released, now)
             self._touch(origin)
         self._pump(now)
 
@@ -495,7 +480,7 @@ class RelayCore:
         if conn.last_item is not None:
             conn.last_item.extra += 1
         else:
-            conn.link.release(1, now)
+            conn.link.acknowledge(1, now)
             self._touch(conn)
 
     def _sync(self, site: SiteState, now: float) -> None:
@@ -561,10 +546,8 @@ class RelayCore:
         """The core ends a connection: forget it and tell the driver to close it."""
         if conn.closed:
             return
-        # What the link still has to say goes out first: confirmations released (the BMI's
-        # last ones, before its STOPDT completed, and those waiting for w or t2) must reach
-        # the site, or it would send again what the BMI has.
-        conn.link.confirm_released()
+        # What the link still has to say goes out first: confirmations released just
+        # before (the BMI's last ones, before its STOPDT completed) must reach the site.
         data = conn.link.data_to_send()
         if data:
             self._actions.append(Transmit(conn.id, data))

@@ -119,12 +119,10 @@ class Link:
     `handle_timer(now)`.
 
     With `manual_ack`, received I-frames are confirmed only up to what the owner
-    released: `acknowledge(count)` confirms at once, `release(count)` lets the w and t2
-    rules decide when (as for any received frame, t2 counted from its arrival, or a
-    shorter `hold`). The
-    relay releases on its site connections, so that a UPDC's frame is confirmed only
-    once the BMI has confirmed the forwarded copy, and with one S-frame per w frames of
-    that site rather than one per BMI confirmation that covered some of them.
+    released with `acknowledge(count)`: the relay uses this on its site connections so
+    that a UPDC's frame is confirmed only once the BMI has confirmed the forwarded
+    copy. The w and t2 rules then belong to the BMI, whose acknowledgements we pass on
+    at once.
     """
 
     def __init__(
@@ -133,7 +131,6 @@ class Link:
         params: LinkParams = LinkParams(),
         *,
         manual_ack: bool = False,
-        hold: float | None = None,
         now: float = 0.0,
     ) -> None:
         self.role = role
@@ -156,10 +153,6 @@ class Link:
         self._acked_recv = 0
         self._releasable = 0
         self._first_unacked_at: float | None = None
-        # Manual-ack mode: when each received frame not confirmed yet arrived, and how long
-        # after its arrival a released one may wait for others (t2, or less).
-        self._received_times: deque[float] = deque()
-        self._hold = params.t2 if hold is None else min(hold, params.t2)
         # t1 runs for the STARTDT/STOPDT act and the TESTFR act we sent; t3 from the
         # last frame received.
         self._pending_act: tuple[UFunction, float] | None = None
@@ -184,11 +177,6 @@ class Link:
     def unconfirmed_received(self) -> int:
         """I-frames received that we have not confirmed yet."""
         return _seq_distance(self.recv_seq, self._acked_recv)
-
-    @property
-    def confirmations_held(self) -> int:
-        """Manual-ack mode: received I-frames released and not confirmed yet (w, t2)."""
-        return self._releasable
 
     @property
     def buffered_input(self) -> int:
@@ -240,41 +228,14 @@ class Link:
 
     def acknowledge(self, count: int, now: float) -> None:
         """Manual-ack mode: confirm `count` more received I-frames, oldest first, now."""
-        self._release(count)
-        self.confirm_released()
-
-    def release(self, count: int, now: float) -> None:
-        """Manual-ack mode: allow `count` more received I-frames, oldest first, to be
-        confirmed: now if `_release_due`, else when it is (a frame arrives, `get_timer`),
-        or with the next I-frame we send."""
-        self._release(count)
-        if self.state is not State.CLOSED and self._releasable and self._release_due(now):
-            self._send_s_frame()
-
-    def confirm_released(self) -> None:
-        """Manual-ack mode: confirm every released frame now (before a close)."""
-        if self.state is not State.CLOSED and self._releasable:
-            self._send_s_frame()
-
-    def _release(self, count: int) -> None:
         if not self.manual_ack:
-            raise LinkError("acknowledge() and release() are for manual-ack links")
+            raise LinkError("acknowledge() is for manual-ack links")
         if count < 0 or self._releasable + count > self.unconfirmed_received:
             unreleased = self.unconfirmed_received - self._releasable
             raise LinkError(f"cannot confirm {count} more: {unreleased} received and unreleased")
         self._releasable += count
-
-    def _release_due(self, now: float) -> bool:
-        """w released frames wait; or the peer has fewer than w frames of its k window
-        left (held longer, our confirmations could stop it while the frames the BMI has
-        not confirmed yet wait for the BMI's own w: each side waiting for the other until
-        a t2); or the oldest arrived `hold` (t2 or less) ago."""
-        p = self.params
-        return (
-            self._releasable >= p.w
-            or self._k - self.unconfirmed_received < p.w
-            or now >= self._received_times[0] + self._hold
-        )
+        if self.state is not State.CLOSED and self._releasable:
+            self._send_s_frame()
 
     # ---------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray, now: float, max_frames: int = 0) -> bool:
@@ -323,9 +284,6 @@ class Link:
             return
         self._events.append(AsduReceived(asdu))
         if self.manual_ack:
-            self._received_times.append(now)
-            if self._releasable and self._release_due(now):
-                self._send_s_frame()
             return
         if self._first_unacked_at is None:
             self._first_unacked_at = now
@@ -398,8 +356,6 @@ class Link:
             deadlines.append(self._test_sent_at + p.t1)
         if self._first_unacked_at is not None:
             deadlines.append(self._first_unacked_at + p.t2)
-        if self._releasable:
-            deadlines.append(self._received_times[0] + self._hold)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -417,8 +373,6 @@ class Link:
             return
         if self._first_unacked_at is not None and now >= self._first_unacked_at + p.t2:
             self._send_s_frame()
-        if self._releasable and self._release_due(now):
-            self._send_s_frame()
         if now >= self._last_received + p.t3:
             # Idle for t3: test the connection. Restart t3 so one test goes per period.
             self._last_received = now
@@ -434,12 +388,7 @@ class Link:
         return self.recv_seq
 
     def _note_confirmation_sent(self, recv_seq: int) -> None:
-        if self.manual_ack:
-            confirmed = _seq_distance(recv_seq, self._acked_recv)
-            self._releasable -= confirmed
-            times = self._received_times
-            for _ in range(confirmed):
-                times.popleft()
+        self._releasable -= _seq_distance(recv_seq, self._acked_recv) if self.manual_ack else 0
         self._acked_recv = recv_seq
         if self._acked_recv == self.recv_seq:
             self._first_unacked_at = None

@@ -76,29 +76,6 @@ async def test_site_frames_are_confirmed_only_after_the_bmi_confirms():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_stopping_relay_sends_the_confirmations_it_holds():
-    """Released confirmations held for w or t2 go out when the relay stops, so that the
-    UPDC does not send again what the BMI has (NOT OK before: the UPDC kept them)."""
-    async with trio.open_nursery() as nursery:
-        station = QueueingStation(101)
-        port = await nursery.start(station.serve)
-        relay = Relay(relay_config([port]))
-        async with trio.open_nursery() as relay_nursery:
-            await relay_nursery.start(relay.run)
-            # A BMI that confirms every frame at once (w = 1).
-            master = await connect_master(relay_nursery, relay, LinkParams(w=1))
-            await wait_for(lambda: relay.sites[0].stats.state == "started", what="site started")
-            for _ in range(3):
-                station.enqueue_counter()
-            await wait_for(lambda: relay.sites[0].stats.last_ack_delay is not None, what="the BMI's confirmation")
-            await wait_for(lambda: relay.core.sites[0].conn.link.confirmations_held == 3, what="3 held")  # type: ignore[union-attr]
-            assert len(station.unconfirmed) == 3
-            relay_nursery.cancel_scope.cancel()
-        await wait_for(lambda: station.confirmed_all, what="the held confirmations sent at the stop")
-        del master
-        nursery.cancel_scope.cancel()
-
-
 async def test_commands_reach_only_their_site_broadcast_each_once_unknown_ca_negative():
     async with trio.open_nursery() as nursery:
         stations, relay = await start_all(nursery, 4)

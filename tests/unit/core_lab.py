@@ -301,7 +301,7 @@ class Lab:
 
     def settle(self, rounds: int = 200) -> None:
         """Deliver everything both ways and let every open BMI connection confirm all it
-        received, until nothing moves (time goes on to the confirmations held for a site)."""
+        received, until nothing moves."""
         for _ in range(rounds):
             moved = False
             for conn in list(self.by_conn):
@@ -314,15 +314,7 @@ class Lab:
                     moved = True
                     self.bmi_confirm(bmi, len(bmi.received) - bmi.confirmed_upto)
             if not moved:
-                # Confirmations the core holds for a site (w, t2): let their time come.
-                held = [
-                    deadline
-                    for conn in self.core.conns.values()
-                    if conn.link.confirmations_held and (deadline := conn.link.get_timer()) is not None
-                ]
-                if not held:
-                    return
-                self.advance(max(0.0, min(held) - self.now))
+                return
         raise InvariantBroken("still moving after settle()")
 
     # ------------------------------------------------------------------ invariants

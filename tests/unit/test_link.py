@@ -229,65 +229,6 @@ def test_manual_ack_confirms_only_what_was_released():
         master.acknowledge(1, 52.0)
 
 
-def test_released_frames_are_confirmed_per_w_or_t2_after_their_arrival():
-    """release(): one S-frame per w released frames, or when the oldest released one
-    arrived t2 ago (not t2 after its release: the peer's t1 runs from its sending)."""
-    params = LinkParams(k=20, w=8, t2=10.0)
-    master, station = started_pair(params, manual_ack=True)
-    for n in range(12):
-        station.send_asdu(asdu(n), 0.0)
-    master.receive_data(station.data_to_send(), 0.0)
-    assert len(events(master)) == 12
-    master.release(7, 9.5)
-    assert master.data_to_send() == b""  # 7 < w, 20 - 12 >= w, and the oldest is 9.5 s old
-    assert master.confirmations_held == 7
-    assert master.get_timer() == 10.0
-    master.release(1, 9.6)  # the w-th
-    assert frames(master.data_to_send()) == [SFrame(8)]
-    master.release(2, 9.7)
-    assert master.data_to_send() == b""
-    master.handle_timer(9.99)
-    assert master.data_to_send() == b""
-    master.handle_timer(10.0)
-    assert frames(master.data_to_send()) == [SFrame(10)]
-    assert master.confirmations_held == 0
-    # Released after t2 already ran out: at once.
-    master.release(1, 12.0)
-    assert frames(master.data_to_send()) == [SFrame(11)]
-
-
-def test_released_frames_are_confirmed_before_the_peers_window_runs_short():
-    """Held confirmations would stop a peer whose other frames wait for the BMI's own w
-    (NOT OK seen: 12 streaming sites stalled for a t2 at the end of a burst). With k 12
-    and w 8, a peer with more than 4 frames unconfirmed gets what is released at once."""
-    master, station = started_pair(LinkParams(k=12, w=8, t2=10.0), manual_ack=True)
-    for n in range(4):
-        station.send_asdu(asdu(n), 0.0)
-    master.receive_data(station.data_to_send(), 0.0)
-    master.release(3, 0.1)
-    assert master.data_to_send() == b""  # 4 unconfirmed: 8 frames of window left
-    station.send_asdu(asdu(4), 0.2)
-    master.receive_data(station.data_to_send(), 0.2)  # a 5th: 7 left, fewer than w
-    assert frames(master.data_to_send()) == [SFrame(3)]
-    master.release(1, 0.3)
-    assert master.data_to_send() == b""  # 2 unconfirmed again: held
-    assert master.confirmations_held == 1
-
-
-def test_a_command_carries_the_released_confirmation_and_ends_the_hold():
-    master, station = started_pair(LinkParams(k=12, w=8, t2=10.0), manual_ack=True)
-    for n in range(3):
-        station.send_asdu(asdu(n), 1.0)
-    master.receive_data(station.data_to_send(), 1.0)
-    master.release(2, 1.1)
-    assert master.data_to_send() == b""
-    master.send_asdu(asdu(100), 1.2)
-    (frame,) = frames(master.data_to_send())
-    assert frame.recv_seq == 2
-    assert master.confirmations_held == 0
-    assert master.get_timer() != 11.0  # no t2 deadline left for what went with the command
-
-
 def test_controlled_station_confirms_stopdt_only_after_its_frames_are_confirmed():
     master, station = started_pair()
     for n in range(3):

@@ -12,7 +12,7 @@ import yaml
 from concentrator.config import ConfigError, parse_config
 from concentrator.iec104.errors import Cause, ConcentratorError
 from concentrator.iec104.link import LinkParams, State
-from concentrator.relay_core import CONFIRM_HOLD, RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
+from concentrator.relay_core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
 from concentrator.sim.codec_peers import counter_asdu, counter_of
 from concentrator.uplink_queue import QueueError
 from concentrator.windows import window_problems
@@ -55,39 +55,6 @@ def test_a_site_frame_is_confirmed_to_the_site_only_after_the_bmi_confirmed_it()
     lab.bmi_confirm(bmi, 2)  # type: ignore[arg-type]
     lab.deliver_to_peer(lab.stations[0].conn)  # type: ignore[arg-type]
     assert list(lab.stations[0].unconfirmed) == [2] and lab.stations[0].confirmed == {0, 1}
-    lab.check()
-
-
-def test_released_confirmations_wait_a_little_for_others_and_go_out_before_a_close():
-    lab, bmi = started_lab(sites=1, site_k=12)  # site link w 8
-    station = lab.stations[0]
-    lab.generate(0, 3)
-    lab.deliver_to_core(station.conn)  # type: ignore[arg-type]
-    lab.deliver_to_peer(bmi.conn)  # type: ignore[attr-defined]
-    lab.bmi_confirm(bmi, 3)  # type: ignore[arg-type]
-    lab.deliver_to_peer(station.conn)  # type: ignore[arg-type]
-    assert list(station.unconfirmed) == [0, 1, 2]  # 3 < w, 9 of k left: held
-    assert lab.core.get_timer() == CONFIRM_HOLD  # from the oldest's arrival at 0
-    lab.advance(CONFIRM_HOLD * 0.8)
-    lab.deliver_to_peer(station.conn)  # type: ignore[arg-type]
-    assert list(station.unconfirmed) == [0, 1, 2]
-    # The uplink is lost: the sites are disconnected, their held confirmations sent first.
-    lab.drop(bmi.conn)  # type: ignore[attr-defined]
-    assert (station.conn, station.link) == (None, None)
-    assert station.confirmed == {0, 1, 2} and not station.resent_after_loss
-    lab.check()
-
-
-def test_released_confirmations_go_out_when_the_hold_ends():
-    lab, bmi = started_lab(sites=1, site_k=12)
-    station = lab.stations[0]
-    lab.generate(0, 2)
-    lab.deliver_to_core(station.conn)  # type: ignore[arg-type]
-    lab.deliver_to_peer(bmi.conn)  # type: ignore[attr-defined]
-    lab.bmi_confirm(bmi, 2)  # type: ignore[arg-type]
-    lab.advance(CONFIRM_HOLD)
-    lab.deliver_to_peer(station.conn)  # type: ignore[arg-type]
-    assert not station.unconfirmed and station.confirmed == {0, 1}
     lab.check()
 
 
