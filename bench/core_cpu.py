@@ -14,8 +14,8 @@ core (`receive_data` and reading its actions), so that a change to the core's ho
 The peers are plain byte strings (built outside the timed calls); the BMI confirms every
 w frames, as the load generator's does; when the core announces an earlier deadline
 (`TimerAt`), `get_timer()` is called and timed, as the driver's timer task does. Every
-ASDU is checked at the BMI end: byte for byte, none lost, per-site order. The minimum of the repeats is reported (least disturbed
-by other processes).
+ASDU is checked at the BMI end: byte for byte, none lost, per-site order. The minimum
+of the repeats is reported (least disturbed by other processes).
 """
 
 from __future__ import annotations
