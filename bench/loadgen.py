@@ -301,6 +301,9 @@ class SiteEndpoint(Endpoint):
             sent = gen.down_sent.pop(site.ca, None)
             if sent is not None and gen.measuring:
                 gen.down_latency.append(received_ns - sent)
+            if gen.pingpong_until:  # the ball comes back: the next ASDU up after the gap
+                asyncio.get_running_loop().call_later(gen.pingpong_gap, gen.ping, site)
+                return
             self.send(_mirror(asdu, Cause.ACTIVATION_CON, site.ca))
             if not asdu[9] & 0x80:  # execute: the command ran
                 self.send(_mirror(asdu, Cause.ACTIVATION_TERMINATION, site.ca))
@@ -356,6 +359,8 @@ class BmiEndpoint(Endpoint):
                 gen.up_received += 1
                 if gen.measuring:
                     gen.up_latency.append(received_ns - sent)
+                if gen.pingpong_until:
+                    gen.pong(ca)
             else:
                 site = gen.site_by_ca[ca]
                 site.storm_received_crc = zlib.crc32(asdu, site.storm_received_crc)
@@ -437,6 +442,8 @@ class LoadGen:
         self.storm_terminations = 0
         self.storm_latency = array("q")
         self.storm_last_ns = 0
+        self.pingpong_until = 0.0  # set while the ping-pong scenario runs
+        self.pingpong_gap = 0.0
         self._servers: list[asyncio.base_events.Server] = []
 
     # ---------------------------------------------------------------- set-up
@@ -578,6 +585,52 @@ class LoadGen:
             for site in self.sites:
                 self._schedule_site(loop, site, 1.0 / rate, until)
         commands = asyncio.ensure_future(self.commands(command_rate, until))
+        result = await self._measure(warmup, until)
+        await commands
+        await self._all_arrived()
+        try:
+            await self.wait(lambda: not self.command_state, 10, "command cycles to finish")
+        except TimeoutError as exc:
+            self.errors.append(str(exc))
+        return {
+            **result,
+            "select_rtt": summarise_us(self.select_rtt),
+            "execute_con_rtt": summarise_us(self.execute_con_rtt),
+            "execute_term_rtt": summarise_us(self.execute_term_rtt),
+            "commands_done": self.commands_done,
+            **self._losses(),
+        }
+
+    def ping(self, site: SimSite) -> None:
+        """Ping-pong: the site sends its next stamped ASDU (until the scenario ends)."""
+        if monotonic() >= self.pingpong_until or self.stopping:
+            return
+        endpoint = site.endpoint
+        assert endpoint is not None
+        sequence = site.sequence
+        site.sequence += 1
+        endpoint.send(stamped_asdu(site.ca, Cause.SPONTANEOUS, STAMPED_IOA, sequence, now_ns()))
+
+    def pong(self, ca: int) -> None:
+        """Ping-pong: the BMI answers a site's ASDU with a command to that site."""
+        self.down_sent[ca] = now_ns()
+        self.bmi_for(ca).send(command_asdu(ca, Cause.ACTIVATION, select=False))
+
+    async def pingpong(self, duration: float, warmup: float, gap: float) -> dict[str, object]:
+        """Every site has one ASDU in flight at a time: up to the BMI, whose command
+        back down to the site makes it send the next, `gap` s later (0: at once, as many
+        exchanges as the path allows). One-way latency each way."""
+        self.pingpong_until = monotonic() + warmup + duration
+        self.pingpong_gap = gap
+        for site in self.sites:
+            self.ping(site)
+        result = await self._measure(warmup, self.pingpong_until)
+        await self._all_arrived()
+        return {**result, **self._losses()}
+
+    async def _measure(self, warmup: float, until: float) -> dict[str, object]:
+        """After `warmup` s and until `until` (monotonic): ASDUs up per second, latency
+        each way, CPU of the watched processes, of the generator, of the machine."""
         await asyncio.sleep(warmup)
         self.measuring = True
         received_before = self.up_received
@@ -585,37 +638,35 @@ class LoadGen:
         start_self = self_cpu()
         start_machine = machine_busy_s()
         start = monotonic()
-        await asyncio.sleep(max(0.0, until - loop.time()))
+        await asyncio.sleep(max(0.0, until - monotonic()))
         elapsed = monotonic() - start
         self.measuring = False
         end_proc = {pid: tree_sample(pid) for pid in self.watch_pids}
-        end_self = self_cpu()
-        machine = (machine_busy_s() - start_machine) / elapsed
         received = self.up_received - received_before
-        await commands
-        # Let what is in flight arrive, then check nothing was lost.
-        expected = sum(site.sequence for site in self.sites)
-        try:
-            await self.wait(lambda: self.up_received + self.gaps >= expected, 30, "in-flight data")
-            await self.wait(lambda: not self.command_state, 10, "command cycles to finish")
-        except TimeoutError as exc:
-            self.errors.append(str(exc))
         return {
             "elapsed_s": elapsed,
             "up_asdus_per_s": received / elapsed,
             "up": summarise_us(self.up_latency),
             "down": summarise_us(self.down_latency),
-            "select_rtt": summarise_us(self.select_rtt),
-            "execute_con_rtt": summarise_us(self.execute_con_rtt),
-            "execute_term_rtt": summarise_us(self.execute_term_rtt),
-            "commands_done": self.commands_done,
-            "sent": expected,
+            "watched": self._watched(start_proc, end_proc, elapsed, received),
+            "loadgen_cpu_s_per_s": (self_cpu() - start_self) / elapsed,
+            "machine_busy_cores": (machine_busy_s() - start_machine) / elapsed,
+        }
+
+    async def _all_arrived(self) -> None:
+        """Let what is in flight arrive (then `_losses` says what never did)."""
+        expected = sum(site.sequence for site in self.sites)
+        try:
+            await self.wait(lambda: self.up_received + self.gaps >= expected, 30, "in-flight data")
+        except TimeoutError as exc:
+            self.errors.append(str(exc))
+
+    def _losses(self) -> dict[str, object]:
+        return {
+            "sent": sum(site.sequence for site in self.sites),
             "received": self.up_received,
             "gaps": self.gaps,
             "duplicates": self.duplicates,
-            "watched": self._watched(start_proc, end_proc, elapsed, received),
-            "loadgen_cpu_s_per_s": (end_self - start_self) / elapsed,
-            "machine_busy_cores": machine,
         }
 
     def _watched(
@@ -728,6 +779,8 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
         }
         if args.scenario == "steady":
             result.update(await gen.steady(args.rate, args.duration, args.warmup, args.commands))
+        elif args.scenario == "pingpong":
+            result.update(await gen.pingpong(args.duration, args.warmup, args.gap))
         else:
             result.update(await gen.storm(args.repeats))
         result["idle_watched"] = {str(pid): tree_sample(pid) for pid in gen.watch_pids}
@@ -741,7 +794,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["steady", "storm"])
+    parser.add_argument("scenario", choices=["steady", "pingpong", "storm"])
     parser.add_argument("--sites", type=int, required=True)
     parser.add_argument("--site-port", type=int, required=True, help="site i listens on this port + i")
     parser.add_argument("--bmi-port", type=int, required=True, help="relay uplink port, or first per-site port")
@@ -750,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", type=float, default=0.0, help="select/execute cycles per second (steady)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--gap", type=float, default=0.01, help="s between a site's exchanges (pingpong)")
     parser.add_argument("--objects", type=int, default=100, help="objects per site in a storm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--site-k", type=int, default=12)

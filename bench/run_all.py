@@ -3,9 +3,11 @@
     python bench/run_all.py            # the whole suite, about 5 minutes
     python bench/run_all.py --quick    # shorter runs, for a look (2 minutes)
 
-Options: `--only latency|nominal|10x,storm,stream,scale` and `--modes direct,haproxy,relay` pick
-runs; `--relay-tree DIR` runs the relay from another source tree (before/after
-comparisons); `--render-only results.json` writes RESULTS.md again (bench/NOTES.md, the
+Options: `--only latency|nominal|10x,pingpong,storm,stream,scale` and `--modes
+direct,haproxy,relay` pick runs; `--relay-tree DIR` runs the relay from another source
+tree; `--before-tree DIR` adds the path "before", the relay from that tree, measured
+right after haproxy and before "relay" in every scenario (before/after in one run, one
+table); `--render-only results.json` writes RESULTS.md again (bench/NOTES.md, the
 hand-written analysis, is appended to it); `BENCH_PROFILE=DIR` records a py-spy profile of
 the relay in each run (summarise with `python bench/profile_summary.py DIR/FILE.txt`).
 Needs haproxy (Debian package); py-spy (pip) only for profiles.
@@ -152,10 +154,12 @@ def haproxy_cfg(sites: int, site_port: int, front_port: int) -> str:
 
 
 class Bench:
-    def __init__(self, workdir: Path, quick: bool, relay_tree: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, quick: bool, relay_tree: Path | None = None, before_tree: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.quick = quick
-        self.relay_tree = relay_tree
+        self.trees = {"relay": relay_tree, "before": before_tree}
         self.runs = 0
         self.commands: list[str] = []
 
@@ -196,7 +200,7 @@ class Bench:
             cfg.write_text(haproxy_cfg(sites, site_port, extra))
             path_argv = ["haproxy", "-db", "-f", str(cfg)]
             argv += ["--bmi-port", str(extra), "--per-site-bmi"]
-        elif mode == "relay":
+        elif mode in ("relay", "before"):
             cfg = self.workdir / f"{tag}.relay.yaml"
             cfg.write_text(relay_yaml(sites, site_port, extra, extra + 1, uplink_kw))
             path_argv = [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", str(cfg)]
@@ -211,7 +215,7 @@ class Bench:
         with contextlib.ExitStack() as stack:
             loadgen = start_loadgen(stack, argv, loadgen_log, tag)
             if path_argv:
-                tree = self.relay_tree if mode == "relay" else None
+                tree = self.trees.get(mode)
                 path_process = stack.enter_context(started(path_argv, self.workdir / f"{tag}.path.log", tree))
                 # The generator reads the path's CPU and memory from /proc at the start
                 # and end of its measurement window; it is already running, so the pid
@@ -220,7 +224,7 @@ class Bench:
                 pid_file.with_suffix(".tmp").write_text(str(path_process.pid))
                 pid_file.with_suffix(".tmp").rename(pid_file)
                 profile_dir = os.environ.get("BENCH_PROFILE")
-                if profile_dir and mode == "relay":
+                if profile_dir and mode in ("relay", "before"):
                     # py-spy on the relay (raw collapsed stacks); SIGINT makes it write.
                     spy_argv = ["py-spy", "record", "--pid", str(path_process.pid), "-r", "250", "-f", "raw", "-o",
                                 f"{profile_dir}/{tag}.txt"]  # fmt: skip
@@ -270,7 +274,7 @@ WIDE_WINDOW = (600, 400)  # uplink k, w for the storm row that shows the relay's
 def scenarios(bench: Bench, only: set[str], modes: tuple[str, ...]) -> dict[str, dict[str, dict]]:  # type: ignore[type-arg]
     q = bench.quick
     steady_s, warmup_s = ("6", "1") if q else ("20", "3")
-    results: dict[str, dict[str, dict]] = {"latency": {}, "storm": {}, "scale": {}}  # type: ignore[type-arg]
+    results: dict[str, dict[str, dict]] = {"latency": {}, "pingpong": {}, "storm": {}, "scale": {}}  # type: ignore[type-arg]
     # Latency at nominal load (100 sites x 10 ASDU/s) and at 10x (100 sites x 100 ASDU/s),
     # with select/execute cycles from the BMI running at the same time.
     for load, rate, cycles in (("nominal", "10", "10"), ("10x", "100", "100")):
@@ -284,6 +288,13 @@ def scenarios(bench: Bench, only: set[str], modes: tuple[str, ...]) -> dict[str,
             results["latency"][f"{load}/relay k={k} w={w}"] = bench.run(
                 "relay", "steady", 100, uplink_kw=WIDE_WINDOW, loadgen_args=args
             )
+    # Ping-pong, 12 sites: one ASDU in flight per site, up and the BMI's command back down.
+    # Rounds alternate the paths, so that a busy moment of the shared machine hits all.
+    if "pingpong" in only:
+        args = ["--duration", "5" if q else "10", "--warmup", "1"]
+        for n in range(1, 2 if q else 4):
+            for mode in modes:
+                results["pingpong"][f"{mode} #{n}"] = bench.run(mode, "pingpong", 12, loadgen_args=args)
     # Interrogation storm: 1,000 sites x 100 objects at once.
     storm_sites = 200 if q else 1000
     storm_args = ["--objects", "100", "--repeats", "1" if q else "3"]
@@ -402,6 +413,7 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
                 f"{fmt(r['execute_term_rtt'].get('p50'))} / {fmt(r['execute_term_rtt'].get('p99'))} | {cpu} | "
                 f"{r['loadgen_cpu_s_per_s'] * 100:.0f} % | {others(r)} | {loss} |"
             )
+    out += _pingpong(results.get("pingpong", {}))
     out += [
         "",
         "## Interrogation storm",
@@ -456,6 +468,7 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
             f"{w.get('cpu_s_per_1000_asdu', float('nan')):.3f} | {fmt(r['up']['p50'])} / {fmt(r['up']['p99'])} | "
             f"{r['loadgen_cpu_s_per_s'] * 100:.0f} % | {others(r)} |"
         )
+    out += _goals(results)
     notes = Path(__file__).with_name("NOTES.md")
     if notes.exists():
         out += ["", notes.read_text().rstrip()]
@@ -469,6 +482,114 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
     out += sorted({r["loadgen_argv"] for r in meta["all_runs"] if r["loadgen_argv"]})
     out += ["```", ""]
     return "\n".join(out)
+
+
+def _pingpong(pingpong: dict) -> list[str]:  # type: ignore[type-arg]
+    if not pingpong:
+        return []
+    out = [
+        "",
+        "## Ping-pong, 12 sites",
+        "",
+        "Each site has one ASDU in flight: up to the BMI, whose command back down makes the site",
+        "send the next 10 ms later (about 1,100 exchanges/s in all, so that the figure is the path's",
+        "and not the generator's queue). One-way latency each way (µs);",
+        "rounds alternate the paths; ratio = the path's figure over haproxy's in the same round.",
+        "",
+        "| round | path | exchanges/s | up p50 | up p99 | down p50 | down p99 | ratio up p50 / p99"
+        " | ratio down p50 / p99 | path CPU | CPU s per 1,000 ASDU | generator CPU | others (cores) | loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for key, r in pingpong.items():
+        mode, n = key.rsplit(" #", 1)
+        if r.get("failed"):
+            out.append(f"| {n} | {mode} | failed: {r['errors'][0][-300:]!r} |")
+            continue
+        ratios = _pingpong_ratios(pingpong, key)
+        w = _watched(r)
+        cpu = f"{w['cpu_s_per_s'] * 100:.0f} %" if w else "-"
+        loss = f"{r['gaps']} lost, {r['duplicates']} dup" + (" **errors**" if r.get("errors") else "")
+        shown = {k: f"{v:.2f}" for k, v in ratios.items()}
+        out.append(
+            f"| {n} | {mode} | {fmt(r['up_asdus_per_s'])} | {fmt(r['up']['p50'])} | {fmt(r['up']['p99'])} | "
+            f"{fmt(r['down'].get('p50'))} | {fmt(r['down'].get('p99'))} | "
+            f"{shown.get('up p50', '-')} / {shown.get('up p99', '-')} | "
+            f"{shown.get('down p50', '-')} / {shown.get('down p99', '-')} | {cpu} | "
+            f"{w.get('cpu_s_per_1000_asdu', float('nan')):.3f} | {r['loadgen_cpu_s_per_s'] * 100:.0f} % | "
+            f"{others(r)} | {loss} |"
+        )
+    return out
+
+
+def _pingpong_ratios(pingpong: dict, key: str) -> dict[str, float]:  # type: ignore[type-arg]
+    """The run's one-way percentiles over haproxy's in the same round."""
+    mode, n = key.rsplit(" #", 1)
+    r, base = pingpong[key], pingpong.get(f"haproxy #{n}")
+    if mode == "haproxy" or not base or base.get("failed") or r.get("failed"):
+        return {}
+    return {
+        f"{way} {q}": r[way][q] / base[way][q]
+        for way in ("up", "down")
+        for q in ("p50", "p99")
+        if r[way].get(q) and base[way].get(q)
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def _goals(results: dict) -> list[str]:  # type: ignore[type-arg]
+    """Issue 15's goals, each computed from this run's figures and marked met or not."""
+    lat, storm, pingpong = results["latency"], results["storm"], results.get("pingpong", {})
+
+    def ok(r: dict | None) -> bool:  # type: ignore[type-arg]
+        return bool(r) and not r.get("failed")  # type: ignore[union-attr]
+
+    rows = []
+    for mode in ("before", "relay"):
+        label = "relay (before)" if mode == "before" else "relay"
+        keys = [k for k in pingpong if k.startswith(f"{mode} #")]
+        for q, goal in (("p50", 1.25), ("p99", 1.5)):
+            worst = [
+                max(rs[f"{way} {q}"] for way in ("up", "down"))
+                for k in keys
+                if len(rs := _pingpong_ratios(pingpong, k)) == 4
+            ]
+            value = _median(worst)
+            if value is not None:
+                rows.append((f"12 sites ping-pong, one-way {q} (worse way, median of rounds) / haproxy's", label,
+                             f"{value:.2f} x", f"<= {goal} x", value <= goal))  # fmt: skip
+        direct, haproxy, path = lat.get("nominal/direct"), lat.get("nominal/haproxy"), lat.get(f"nominal/{mode}")
+        if ok(direct) and ok(haproxy) and ok(path):
+            added = path["up"]["p99"] - direct["up"]["p99"]  # type: ignore[index]
+            base = haproxy["up"]["p99"] - direct["up"]["p99"]  # type: ignore[index]
+            ratio = added / base if base > 0 else float("inf")
+            rows.append(("100 sites nominal, added up p99 / haproxy's", label,
+                         f"{fmt(added)} / {fmt(base)} µs = {ratio:.2f} x", "<= 1.5 x", ratio <= 1.5))  # fmt: skip
+        if ok(path):
+            cpu = _watched(path).get("cpu_s_per_1000_asdu")  # type: ignore[arg-type]
+            if cpu is not None:
+                rows.append(("100 sites nominal, CPU s per 1,000 ASDU", label, f"{cpu:.3f}", "<= 0.015", cpu <= 0.015))
+        for key, what, goal_text, test in (
+            (f"{mode}, 12 sites streaming", "12 sites streaming (k 12 w 8), ASDU/s sustained", ">= 50,000",
+             lambda m: (f"{fmt(m['sustained_asdus_per_s'])}", m["sustained_asdus_per_s"] >= 50_000)),
+            (mode, "1,000-site storm (k 12 w 8), time to all, median run", "< 2 s",
+             lambda m: (f"{m['total_s']:.2f} s", m["total_s"] < 2.0)),
+        ):  # fmt: skip
+            r = storm.get(key)
+            if ok(r) and ("streaming" in key or r["sites"] >= 1000):  # type: ignore[index]
+                runs = sorted(r["runs"], key=lambda x: x["total_s"])  # type: ignore[index]
+                shown, met = test(runs[len(runs) // 2])
+                rows.append((what, label, shown, goal_text, met))
+    if not rows:
+        return []
+    out = ["", "## Issue 15's goals, from the figures above", "",
+           "| goal | path | measured | goal | met |", "|---|---|---:|---:|---|"]  # fmt: skip
+    out += [f"| {what} | {label} | {shown} | {goal} | {'met' if met else '**not met**'} |"
+            for what, label, shown, goal, met in rows]  # fmt: skip
+    return out
 
 
 def _storm_check(runs: list[dict]) -> str:  # type: ignore[type-arg]
@@ -506,6 +627,7 @@ def main() -> int:
     parser.add_argument(
         "--relay-tree", type=Path, help="run the relay from this source tree (before/after comparisons)"
     )
+    parser.add_argument("--before-tree", type=Path, help='add the path "before": the relay from this source tree')
     parser.add_argument("--render-only", type=Path, help="only write RESULTS.md again from this results.json")
     args = parser.parse_args()
     if args.render_only:
@@ -516,9 +638,12 @@ def main() -> int:
     started_at = time.monotonic()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     workdir = Path(tempfile.mkdtemp(prefix="concentrator-bench-"))
-    bench = Bench(workdir, args.quick, args.relay_tree)
+    bench = Bench(workdir, args.quick, args.relay_tree, args.before_tree)
+    modes = tuple(args.modes.split(","))
+    if args.before_tree:  # measured right before the relay it is compared with
+        modes = tuple(m for m in modes if m != "relay") + ("before",) + (("relay",) if "relay" in modes else ())
     try:
-        results = scenarios(bench, set(args.only.split(",")), tuple(args.modes.split(",")))
+        results = scenarios(bench, set(args.only.split(",")), modes)
     finally:
         if args.keep:
             print(f"working directory kept: {workdir}")

@@ -1,0 +1,257 @@
+"""One-way latency through the path with a client that is not the bottleneck: 12 sites in
+ping-pong, one exchange in flight at a time.
+
+    python bench/pingpong.py [--exchanges 5000] [--rounds 3] [--before-tree DIR]
+
+bench/run_all.py's generator is one asyncio process playing 100 sites and the BMI; its
+own wake-ups (100-400 µs on this VM) are in every figure there. Here the BMI is a plain
+blocking client and the twelve UPDCs one selector loop, both on the sans-I/O `Link`, so
+that a hop through haproxy costs tens of microseconds, as in an independent probe.
+
+Each exchange: the BMI sends an ASDU stamped with its send time (CLOCK_MONOTONIC, the
+same clock in every process) to the next site in turn; the site notes the one-way time
+down, answers at once with an ASDU stamped with its own send time and carrying that
+figure; the BMI notes the time up. Paths, rounds alternating: direct (one BMI connection
+per site), haproxy (TCP mode, one thread, one frontend per site), trio (a bare trio
+forwarder per site: the relay's driver without IEC 104 or core, the floor under it), the
+relay (one BMI connection), and with --before-tree the relay from that source tree. Reported: one-way
+p50 / p99 each way, the ratio to haproxy's in the same round, and the path's CPU per
+exchange (two ASDUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import STAMPED_IOA, percentile, read_stamped, stamped_asdu  # noqa: E402
+from bench.run_all import HOST, haproxy_cfg, port_block, relay_yaml, started  # noqa: E402
+from concentrator.iec104.asdu import Cause  # noqa: E402
+from concentrator.iec104.link import AsduReceived, Link, LinkParams, Role  # noqa: E402
+
+SITES = 12
+FIRST_CA = 101
+now_ns = time.perf_counter_ns
+
+
+def _nodelay(sock: socket.socket) -> socket.socket:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def stations(first_port: int) -> None:
+    """Twelve UPDCs on ports first_port + i: answer every ASDU at once."""
+    selector = selectors.DefaultSelector()
+    for i in range(SITES):
+        listener = socket.create_server((HOST, first_port + i))
+        selector.register(listener, selectors.EVENT_READ, (None, FIRST_CA + i))
+    print("ready", flush=True)
+    while True:
+        for key, _ in selector.select():
+            link, ca = key.data
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            if link is None:
+                conn, _ = sock.accept()
+                selector.register(_nodelay(conn), selectors.EVENT_READ, (Link(Role.CONTROLLED), ca))
+                continue
+            data = sock.recv(65536)
+            received = now_ns()
+            if not data:
+                selector.unregister(sock)
+                sock.close()
+                continue
+            link.receive_data(data, time.monotonic())
+            while (event := link.next_event()) is not None:
+                if type(event) is AsduReceived:
+                    down_us = (received - read_stamped(event.asdu)[3]) // 1000
+                    answer = stamped_asdu(ca, Cause.SPONTANEOUS, STAMPED_IOA, down_us, now_ns())
+                    link.send_asdu(answer, time.monotonic())
+            if out := link.data_to_send():
+                sock.sendall(out)
+
+
+def trio_forwarder(first_front: int, first_site: int) -> None:
+    """What the relay's driver does per frame, with no IEC 104 and no core: one trio task
+    per direction, wait_readable, os.read, os.write (the floor under the relay)."""
+    import os
+
+    import trio
+
+    async def copy(src: int, dst: int) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(src)
+            data = os.read(src, 65536)
+            if not data:
+                return
+            os.write(dst, data)
+
+    async def serve(listener: trio.SocketListener, site_port: int, nursery: trio.Nursery) -> None:
+        while True:
+            a = await listener.accept()
+            b = await trio.open_tcp_stream(HOST, site_port)
+            fds = a.socket.fileno(), b.socket.fileno()  # type: ignore[attr-defined]
+            nursery.start_soon(copy, fds[0], fds[1])
+            nursery.start_soon(copy, fds[1], fds[0])
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(SITES):
+                (listener,) = await trio.open_tcp_listeners(first_front + i, host=HOST)
+                nursery.start_soon(serve, listener, first_site + i, nursery)
+            print("ready", flush=True)
+
+    trio.run(main)
+
+
+class Bmi:
+    """The BMI: one started link per connection, one exchange at a time."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.conns = []
+        for port in ports:
+            sock = _nodelay(socket.create_connection((HOST, port)))
+            link = Link(Role.CONTROLLING, LinkParams())
+            link.start(time.monotonic())
+            sock.sendall(link.data_to_send())
+            while not link.started:
+                link.receive_data(sock.recv(65536), time.monotonic())
+                while link.next_event() is not None:
+                    pass
+            self.conns.append((sock, link))
+
+    def exchange(self, site: int) -> tuple[int, int]:
+        """(µs down, µs up) of one exchange with `site`."""
+        sock, link = self.conns[site % len(self.conns)]
+        ca = FIRST_CA + site
+        link.send_asdu(stamped_asdu(ca, Cause.ACTIVATION, STAMPED_IOA, 0, now_ns()), time.monotonic())
+        sock.sendall(link.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            received = now_ns()
+            if not data:
+                raise ConnectionError("the path closed the BMI's connection")
+            link.receive_data(data, time.monotonic())
+            answer = None
+            while (event := link.next_event()) is not None:
+                if type(event) is AsduReceived:
+                    answer = event.asdu
+            if out := link.data_to_send():  # S-frames after w answers
+                sock.sendall(out)
+            if answer is not None:
+                _, answer_ca, down_us, sent = read_stamped(answer)
+                assert answer_ca == ca, (answer_ca, ca)
+                return down_us, (received - sent) // 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks of 10 ms
+
+
+def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict[str, float]:
+    site_port = port_block(SITES, 26000)
+    front = port_block(SITES + 1, site_port + SITES, range(site_port, site_port + SITES))
+    with contextlib.ExitStack() as stack:
+        station = stack.enter_context(
+            started([sys.executable, __file__, "--stations", str(site_port)], workdir / f"{path}.stations.log")
+        )
+        time.sleep(0.5)
+        if station.poll() is not None:
+            raise RuntimeError("stations did not start")
+        forwarder = None
+        if path == "direct":
+            ports = [site_port + i for i in range(SITES)]
+        elif path == "trio":
+            argv = [sys.executable, __file__, "--trio-forwarder", str(front), str(site_port)]
+            forwarder = stack.enter_context(started(argv, workdir / "trio.log"))
+            ports = [front + i for i in range(SITES)]
+        elif path == "haproxy":
+            cfg = workdir / "haproxy.cfg"
+            cfg.write_text(haproxy_cfg(SITES, site_port, front))
+            forwarder = stack.enter_context(started(["haproxy", "-db", "-f", str(cfg)], workdir / "haproxy.log"))
+            ports = [front + i for i in range(SITES)]
+        else:
+            cfg = workdir / f"{path}.yaml"
+            cfg.write_text(relay_yaml(SITES, site_port, front, front + 1, (12, 8)))
+            argv = [sys.executable, "-m", "concentrator", "--log-level", "WARNING", "relay", "--config", str(cfg)]
+            forwarder = stack.enter_context(started(argv, workdir / f"{path}.log", tree))
+            ports = [front]
+        bmi = _connect(ports, forwarder)
+        if path not in ("direct", "haproxy"):
+            time.sleep(1.0)  # the relay starts its sites after the BMI's STARTDT
+        for n in range(500):  # warm-up
+            bmi.exchange(n % SITES)
+        cpu_before = cpu_seconds(forwarder.pid) if forwarder else 0.0
+        down, up = [], []
+        for n in range(exchanges):
+            d, u = bmi.exchange(n % SITES)
+            down.append(d)
+            up.append(u)
+        cpu = (cpu_seconds(forwarder.pid) - cpu_before) if forwarder else float("nan")
+    down.sort()
+    up.sort()
+    return {"down_p50": percentile(down, 50), "down_p99": percentile(down, 99), "up_p50": percentile(up, 50),
+            "up_p99": percentile(up, 99), "cpu_us_per_exchange": cpu / exchanges * 1e6}  # fmt: skip
+
+
+def _connect(ports: list[int], forwarder: subprocess.Popen[bytes] | None) -> Bmi:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return Bmi(ports)
+        except OSError:
+            if time.monotonic() > deadline or (forwarder is not None and forwarder.poll() is not None):
+                raise
+            time.sleep(0.2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exchanges", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before-tree", type=Path, help='add the path "before": the relay from this source tree')
+    parser.add_argument("--paths", default="direct,haproxy,trio,relay", help="direct, haproxy, trio, relay")
+    parser.add_argument("--stations", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--trio-forwarder", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stations:
+        stations(args.stations)
+        return 0
+    if args.trio_forwarder:
+        trio_forwarder(*args.trio_forwarder)
+        return 0
+    paths = [p for p in args.paths.split(",") if p != "relay"] + (["before"] if args.before_tree else [])
+    paths += ["relay"] if "relay" in args.paths.split(",") else []
+    print("| round | path | down p50 | down p99 | up p50 | up p99 | ratio down p50 / p99 | ratio up p50 / p99 |"
+          " path CPU µs per exchange |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="pingpong-") as tmp:
+        for n in range(1, args.rounds + 1):
+            base: dict[str, float] = {}
+            for path in paths:
+                r = measure(path, args.exchanges, Path(tmp), args.before_tree if path == "before" else None)
+                if path == "haproxy":
+                    base = r
+                ratios = [
+                    f"{r[f'{way}_p50'] / base[f'{way}_p50']:.2f} / {r[f'{way}_p99'] / base[f'{way}_p99']:.2f}"
+                    if base and path != "haproxy" else "-"
+                    for way in ("down", "up")
+                ]  # fmt: skip
+                print(f"| {n} | {path} | {r['down_p50']:.0f} | {r['down_p99']:.0f} | {r['up_p50']:.0f} | "
+                      f"{r['up_p99']:.0f} | {ratios[0]} | {ratios[1]} | {r['cpu_us_per_exchange']:.0f} |",
+                      flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
