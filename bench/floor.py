@@ -64,22 +64,26 @@ def forward_epoll(listen_port: int, target_port: int) -> None:
             os.write(other[fd], data)
 
 
-def forward_trio(listen_port: int, target_port: int) -> None:
+async def trio_copy(src: int, dst: int) -> None:
+    """One direction of a bare trio forwarder: what the relay's driver does per read."""
     import trio
 
-    async def copy(src: int, dst: int) -> None:
-        while True:
-            await trio.lowlevel.wait_readable(src)
-            data = os.read(src, 65536)
-            if not data:
-                return
-            os.write(dst, data)
+    while True:
+        await trio.lowlevel.wait_readable(src)
+        data = os.read(src, 65536)
+        if not data:
+            return
+        os.write(dst, data)
+
+
+def forward_trio(listen_port: int, target_port: int) -> None:
+    import trio
 
     async def main() -> None:
         a, b = _accept_and_connect(listen_port, target_port)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy, a.fileno(), b.fileno())
-            nursery.start_soon(copy, b.fileno(), a.fileno())
+            nursery.start_soon(trio_copy, a.fileno(), b.fileno())
+            nursery.start_soon(trio_copy, b.fileno(), a.fileno())
 
     trio.run(main)
 

@@ -82,25 +82,17 @@ def stations(first_port: int) -> None:
 def trio_forwarder(first_front: int, first_site: int) -> None:
     """What the relay's driver does per frame, with no IEC 104 and no core: one trio task
     per direction, wait_readable, os.read, os.write (the floor under the relay)."""
-    import os
-
     import trio
 
-    async def copy(src: int, dst: int) -> None:
-        while True:
-            await trio.lowlevel.wait_readable(src)
-            data = os.read(src, 65536)
-            if not data:
-                return
-            os.write(dst, data)
+    from bench.floor import trio_copy
 
     async def serve(listener: trio.SocketListener, site_port: int, nursery: trio.Nursery) -> None:
         while True:
             a = await listener.accept()
             b = await trio.open_tcp_stream(HOST, site_port)
             fds = a.socket.fileno(), b.socket.fileno()  # type: ignore[attr-defined]
-            nursery.start_soon(copy, fds[0], fds[1])
-            nursery.start_soon(copy, fds[1], fds[0])
+            nursery.start_soon(trio_copy, fds[0], fds[1])
+            nursery.start_soon(trio_copy, fds[1], fds[0])
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
