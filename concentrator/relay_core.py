@@ -198,7 +198,7 @@ class RelayCore:
         self._next_id = 1
         self._actions: deque[Action] = deque()
         self._dirty: list[Conn] = []
-        self._confirming: list[Conn] = []  # sites with only a confirmation to send: last
+        self._confirming: list[Conn] = []  # sites a BMI confirmation released S-frames to: flushed last
         self._timer_at = float("inf")
         self._log = LimitedLog()
 
