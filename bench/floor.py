@@ -28,9 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import cpu_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -95,12 +99,6 @@ def echo(port: int) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while data := conn.recv(65536):
         conn.sendall(data)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
 def start(argv: list[str]) -> subprocess.Popen[bytes]:

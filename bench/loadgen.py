@@ -130,12 +130,16 @@ def summarise_us(samples: array) -> dict[str, float | int]:
     }
 
 
-def proc_sample(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) and resident memory of a process, from /proc."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_sample(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) and resident memory of a process, from /proc."""
+    cpu = cpu_seconds(pid)
     rss = hwm = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:

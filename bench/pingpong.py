@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import STAMPED_IOA, percentile, read_stamped, stamped_asdu  # noqa: E402
+from bench.loadgen import STAMPED_IOA, cpu_seconds, percentile, read_stamped, stamped_asdu  # noqa: E402
 from bench.run_all import HOST, haproxy_cfg, port_block, relay_yaml, started  # noqa: E402
 from concentrator.iec104.asdu import Cause  # noqa: E402
 from concentrator.iec104.link import AsduReceived, Link, LinkParams, Role  # noqa: E402
@@ -142,12 +142,6 @@ class Bmi:
                 _, answer_ca, down_us, sent = read_stamped(answer)
                 assert answer_ca == ca, (answer_ca, ca)
                 return down_us, (received - sent) // 1000
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks of 10 ms
 
 
 def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict[str, float]:

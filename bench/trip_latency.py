@@ -37,6 +37,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.loadgen import cpu_seconds  # noqa: E402
 from tests.lab.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for  # noqa: E402
 from tests.lab.trip_peers import trip_payload  # noqa: E402
 
@@ -107,12 +108,6 @@ def sender(args: argparse.Namespace) -> int:
 def _jsonl(path: str) -> list[dict[str, Any]]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.endswith("\n")]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def relay_busy(pid: int, window: float = 1.0) -> float:
