@@ -25,6 +25,7 @@ import termios
 import trio
 
 from .config import Config
+from .fdio import write_all
 from .iec104.errors import Cause
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
@@ -330,15 +331,8 @@ class Connection:
                     self._unsent.clear()
                     if self._fd < 0:
                         await self.stream.send_all(data)
-                        continue
-                    view = memoryview(data)
-                    while view:
-                        try:
-                            view = view[os.write(self._fd, view) :]
-                        except BlockingIOError:
-                            pass
-                        if view:
-                            await trio.lowlevel.wait_writable(self._fd)
+                    else:
+                        await write_all(self._fd, data)
             finally:
                 self._sending = False
                 self.buffers.send_buffered = len(self._unsent)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import trio
 
+from ..fdio import write_all
 from ..iec104.link import Event, Link, LinkFailed
 
 log = logging.getLogger(__name__)
@@ -179,14 +180,7 @@ class LinkSession:
         try:
             data = self._unsent + self.link.data_to_send()
             self._unsent = b""
-            view = memoryview(data)
-            while view:
-                try:
-                    view = view[os.write(self._fd, view) :]
-                except BlockingIOError:
-                    pass
-                if view:
-                    await trio.lowlevel.wait_writable(self._fd)
+            await write_all(self._fd, data)
         finally:
             self._sending = False
 
