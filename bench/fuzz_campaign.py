@@ -382,13 +382,7 @@ async def campaign(
         peak_rss = 0.0
         try:
             master = CodecMaster(LinkParams(t2=0.2))
-            for _ in range(100):
-                try:
-                    await nursery.start(lambda task_status: master.run(HOST, uplink_port, task_status=task_status))
-                    break
-                except OSError:
-                    await trio.sleep(0.1)
-            await master.started.wait()
+            await master.run_started(nursery, HOST, uplink_port)
 
             async def stream(station: QueueingStation) -> None:
                 next_at = trio.current_time()

@@ -176,6 +176,19 @@ class CodecMaster:
         task_status.started(self)
         return await self.session.run()
 
+    async def run_started(self, nursery: trio.Nursery, host: str, port: int, attempts: int = 100) -> None:
+        """Run in `nursery`, connecting again every 0.1 s until `port` listens (a relay
+        still starting in another process), and return once data transfer started."""
+        for attempt in range(attempts):
+            try:
+                await nursery.start(partial(self.run, host, port))
+                break
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+                await trio.sleep(0.1)
+        await self.started.wait()
+
     def send(self, asdu: bytes) -> None:
         assert self.session is not None
         self.session.link.send_asdu(asdu, trio.current_time())
