@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any
@@ -91,6 +91,49 @@ def run(cmd: list[str], check: bool = True, stdin: str | None = None) -> subproc
     if check and done.returncode != 0:
         raise CommandError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
     return done
+
+
+def add_namespace(ns: str) -> None:
+    """A network namespace with lo up, set for link switches: ignore_routes_with_linkdown
+    (never use a route whose device lost carrier: the kernel would black-hole into it)
+    and rp_filter 0 (during a switch the two directions may briefly take different
+    paths). Neighbour entries are kept fresh by the probes, so no ARP wait on a switch."""
+    run(["ip", "netns", "add", ns])
+    settings = []
+    for scope in ("all", "default"):
+        settings += [f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1", f"net.ipv4.conf.{scope}.rp_filter=0"]
+    run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings])
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+
+
+def add_veth(ns: str, ifname: str, peer_ns: str, peer_ifname: str, index: Iterator[int]) -> None:
+    """A veth pair from `ns` to `peer_ns`. Its two ends get distinct ifindexes from
+    `index`: the kernel treats a carrier change on a device whose iflink differs from its
+    ifindex as urgent and notifies at once; with equal indexes (easy across namespaces,
+    both count from 1) the notification is rate-limited to one per second."""
+    run(["ip", "-n", ns, "link", "add", ifname, "index", str(next(index)), "type", "veth",
+         "peer", "name", peer_ifname, "index", str(next(index)), "netns", peer_ns])  # fmt: skip
+
+
+def spawn_in(
+    ns: str, argv: list[str], log_path: str, *, env: dict[str, str] | None = None, append: bool = False
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """`argv` in namespace `ns`, in a session of its own, output to `log_path`, running
+    our own packages from the source tree whatever the caller's cwd is."""
+    log = open(log_path, "ab" if append else "wb")
+    full_env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, *argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=full_env,
+        start_new_session=True,
+    )
+    return proc, log
 
 
 def _pid_alive(pid: int) -> bool:
@@ -239,10 +282,8 @@ class Lab:
         _open_labs.append(self)
         roles = ["conc", "bmi", *[s.peer for s in self.sites]]
         for role in roles:
-            run(["ip", "netns", "add", self.ns(role)])
+            add_namespace(self.ns(role))
             self.namespaces.append(self.ns(role))
-            self._sysctls(role)
-            self.ip(role, "link", "set", "lo", "up")
         services = {"conc": CONC_SERVICE, "bmi": BMI_SERVICE}
         services.update({s.peer: s.peer_service for s in self.sites})
         for role, addr in services.items():
@@ -251,27 +292,7 @@ class Lab:
         index = itertools.count(1000)
         for link in self.links:
             for veth in (link.primary, link.backup):
-                # Distinct ifindex on the two ends: the kernel treats a carrier change
-                # on a device whose iflink differs from its ifindex as urgent and
-                # notifies at once; with equal indexes (easy across namespaces, both
-                # count from 1) the notification is rate-limited to one per second.
-                self.ip(
-                    "conc",
-                    "link",
-                    "add",
-                    veth.conc_if,
-                    "index",
-                    str(next(index)),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    veth.peer_if,
-                    "index",
-                    str(next(index)),
-                    "netns",
-                    self.ns(veth.peer_ns),
-                )
+                add_veth(self.ns("conc"), veth.conc_if, self.ns(veth.peer_ns), veth.peer_if, index)
                 self.ip("conc", "addr", "add", f"{veth.conc_ip}/30", "dev", veth.conc_if)
                 self.ip(veth.peer_ns, "addr", "add", f"{veth.peer_ip}/30", "dev", veth.peer_if)
                 self.ip("conc", "link", "set", veth.conc_if, "up")
@@ -287,19 +308,6 @@ class Lab:
         if self.site_paths == "endpoints":
             return ["conc", "bmi"]
         return ["conc", "bmi", *[s.peer for s in self.sites]]
-
-    def _sysctls(self, role: str) -> None:
-        # ignore_routes_with_linkdown: never use a route whose device lost carrier
-        # (the kernel would black-hole into it). rp_filter 0: during a switch the
-        # two directions may briefly take different paths.
-        # Neighbour entries are kept fresh by the probes, so no ARP wait on a switch.
-        cmds = []
-        for scope in ("all", "default"):
-            cmds += [
-                f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1",
-                f"net.ipv4.conf.{scope}.rp_filter=0",
-            ]
-        run(["ip", "netns", "exec", self.ns(role), "sysctl", "-q", "-w", *cmds])
 
     # ------------------------------------------------------------------ link managers
 
@@ -471,20 +479,7 @@ class Lab:
     def spawn(
         self, role: str, label: str, argv: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        log = open(os.path.join(self.workdir, f"{label}.log"), "wb")
-        full_env = dict(os.environ)
-        # Run our own packages from the source tree whatever the caller's cwd is.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env.update(env or {})
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(role), *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            start_new_session=True,
-        )
+        proc, log = spawn_in(self.ns(role), argv, os.path.join(self.workdir, f"{label}.log"), env=env)
         self.procs.append((label, proc, log))
         return proc
 

@@ -39,11 +39,22 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import IO, Any
 
 import yaml
 
-from tests.lab.harness import BASE, BMI_SERVICE, CONC_SERVICE, _kill_ns_processes, run, wait_for
+from tests.lab.harness import (
+    BASE,
+    BMI_SERVICE,
+    CONC_SERVICE,
+    _kill_ns_processes,
+    add_namespace,
+    add_veth,
+    run,
+    spawn_in,
+    wait_for,
+)
 from tests.lab.harness_peers import read_sink
 
 _counter = itertools.count()
@@ -98,14 +109,8 @@ class HaLab:
 
     def build(self) -> None:
         for role in ("sw", "bmi", "a", "b", "sites"):
-            run(["ip", "netns", "add", self.ns(role)])
+            add_namespace(self.ns(role))
             self.namespaces.append(self.ns(role))
-            run(["ip", "-n", self.ns(role), "link", "set", "lo", "up"])
-            # As tests.lab.harness: never use a route whose device lost carrier; rp_filter 0
-            # (during a switch the two directions may take different paths).
-            settings = [f"net.ipv4.conf.{scope}.rp_filter=0" for scope in ("all", "default")]
-            settings += [f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1" for scope in ("all", "default")]
-            self.exec(role, "sysctl", "-q", "-w", *settings)
         for bridge in ("br-up0", "br-up1", "br-site"):
             run(["ip", "-n", self.ns("sw"), "link", "add", bridge, "type", "bridge", "mcast_snooping", "0"])
             run(["ip", "-n", self.ns("sw"), "link", "set", bridge, "up"])
@@ -129,29 +134,9 @@ class HaLab:
             self._write_config(node)
         self._write_bmi_netd()
 
-    def _port(self, bridge: str, sw_if: str, role: str, ifname: str, addrs: list[str], index: Any) -> None:
+    def _port(self, bridge: str, sw_if: str, role: str, ifname: str, addrs: list[str], index: Iterator[int]) -> None:
         sw = self.ns("sw")
-        run(
-            [
-                "ip",
-                "-n",
-                sw,
-                "link",
-                "add",
-                sw_if,
-                "index",
-                str(next(index)),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                ifname,
-                "index",
-                str(next(index)),
-                "netns",
-                self.ns(role),
-            ]
-        )
+        add_veth(sw, sw_if, self.ns(role), ifname, index)
         run(["ip", "-n", sw, "link", "set", sw_if, "master", bridge, "up"])
         for addr in addrs:
             run(["ip", "-n", self.ns(role), "addr", "add", addr, "dev", ifname])
@@ -258,18 +243,7 @@ class HaLab:
     # ------------------------------------------------------------------ processes
 
     def spawn(self, role: str, label: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(os.path.join(self.workdir, f"{label}.log"), "ab")
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(role), *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+        proc, log = spawn_in(self.ns(role), argv, os.path.join(self.workdir, f"{label}.log"), append=True)
         self.procs[label] = (proc, log)
         return proc
 
