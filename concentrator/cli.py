@@ -56,7 +56,7 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 async def _started(fd: int | None) -> bool:
-    """With --start-fd (an HA pair, concentrator/ha.py): say "loaded" (one byte) and wait,
+    """With --start-fd (an HA pair, concentrator/ha/supervisor.py): say "loaded" (one byte) and wait,
     with no socket toward the BMI or the sites, until the supervisor writes one byte;
     end of file (the supervisor died) means never start."""
     if fd is None:
@@ -241,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
     if argv[:1] in (["ha"], ["ha-status"]):
-        # The HA supervisor owns the role and starts the relay (concentrator/ha.py, docs/ha.md).
-        from . import ha
+        # The HA supervisor owns the role and starts the relay (concentrator/ha/supervisor.py, docs/ha.md).
+        from .ha.supervisor import main as ha_main
+        from .ha.supervisor import status_main
 
-        return (ha.main if argv[0] == "ha" else ha.status_main)(argv[1:])
+        return (ha_main if argv[0] == "ha" else status_main)(argv[1:])
     if argv[:1] == ["evidence"]:
         from .evidence import main as evidence_main
 

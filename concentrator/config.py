@@ -41,13 +41,13 @@ from concentrator.configbase import (
     read_yaml,
     seconds,
 )
+from concentrator.ha.config import HaConfig, check_against_relay, parse_ha
 from concentrator.iec104.asdu import BROADCAST_CA
 from concentrator.iec104.link import LinkParams
 from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.shedding.config import SheddingConfig, parse_shedding
 from concentrator.windows import window_problems
 from netconfig.config import NetworkConfig, parse_network
-from netconfig.ha_config import HaConfig, check_against_relay, parse_ha
 from netconfig.multicast import MulticastConfig, parse_multicast
 
 __all__ = [
@@ -119,7 +119,7 @@ class Config:
     multicast: MulticastConfig | None = None  # the trip path (also the link manager's), if present
     mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
     shedding: SheddingConfig | None = None  # the shedding compliance monitor (concentrator/shedding), if present
-    ha: HaConfig | None = None  # a redundant pair under keepalived (netconfig/ha_config.py), if present
+    ha: HaConfig | None = None  # a redundant pair under keepalived (concentrator/ha/config.py), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

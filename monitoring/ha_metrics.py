@@ -26,10 +26,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from concentrator.ha_state import HaState
+    from concentrator.ha.state import HaState
 
 PREFIX = "concentrator_ha_"
-ROLES = ("active", "standby", "fenced", "fault")
+ROLES = ("active", "standby", "fenced", "fault")  # concentrator.ha.state.Role's values
 
 
 def _one(family: GaugeMetricFamily | CounterMetricFamily, labels: list[str], value: float) -> Metric:
@@ -47,13 +47,13 @@ class HaCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s, node = self.state, [self.state.node]
         active = GaugeMetricFamily(f"{PREFIX}active", "1 while this appliance's relay runs.", labels=["node"])
-        yield _one(active, node, 1 if s.role == "active" else 0)
+        yield _one(active, node, 1 if s.role.value == "active" else 0)
         role = GaugeMetricFamily(f"{PREFIX}role", "1 for this appliance's current role.", labels=["node", "role"])
         transitions = CounterMetricFamily(
             f"{PREFIX}transitions", "Times each role was entered.", labels=["node", "role"]
         )
         for name in ROLES:
-            role.add_metric([s.node, name], 1 if s.role == name else 0)
+            role.add_metric([s.node, name], 1 if s.role.value == name else 0)
             transitions.add_metric([s.node, name], s.transitions.get(name, 0))
         yield role
         yield transitions

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from concentrator.ha_state import HaState
+from concentrator.ha.state import HaState
 from concentrator.mirror.stats import MirrorStats
 from concentrator.stats import RelayStats, SiteStats
 from monitoring.ha_metrics import HaCollector

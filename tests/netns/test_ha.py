@@ -242,11 +242,13 @@ def test_failback_only_by_policy_and_fenced_when_vrrp_is_lost() -> None:
         lab.wait_all_flowing(fault)
 
         # Policy "take the role back after 1 s": A returns, waits, takes over; B steps down.
+        back = time.monotonic()
         lab.start_node("a")
         wait_for(lambda: lab.state("a").get("vrrp") == "BACKUP", 15, "a VRRP backup", lambda: lab.log("ha-a"))
-        back = time.monotonic()
         lab.wait_role("a", "active", timeout=15)
-        assert time.monotonic() - back >= 1.0  # the preempt delay
+        # keepalived counts the preempt delay from its own start, not from the BACKUP
+        # notification (seen 0.88 s before the takeover on a loaded machine)
+        assert time.monotonic() - back >= 1.0
         wait_for(lambda: lab.role("b") == "standby", 5, "b standby")
         lab.wait_all_flowing(time.monotonic())
         _assert_nothing_lost(lab)
@@ -334,6 +336,7 @@ def test_supervisor_start_removes_every_virtual_address_left_behind() -> None:
         for address, device in left.items():
             lab.exec("a", "ip", "addr", "replace", address, "dev", device)
         assert lab.vips("a") == {"192.0.2.10", "192.0.3.10", "198.51.100.10"}
-        prepare = f"from concentrator.ha import Supervisor, load; Supervisor(load({lab.config_file('a')!r})).prepare()"
+        config = lab.config_file("a")
+        prepare = f"from concentrator.ha.supervisor import Supervisor, load; Supervisor(load({config!r})).prepare()"
         lab.exec("a", sys.executable, "-c", prepare)
         assert lab.vips("a") == set()

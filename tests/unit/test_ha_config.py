@@ -1,5 +1,5 @@
-"""The `ha:` section (netconfig/ha_config.py) and the keepalived configuration generated
-from it (netconfig/ha_keepalived.py); keepalived itself checks the generated file."""
+"""The `ha:` section (concentrator/ha/config.py) and the keepalived configuration generated
+from it (concentrator/ha/keepalived.py); keepalived itself checks the generated file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from concentrator.config import Config, ConfigError, load_config, parse_config
-from netconfig.ha_keepalived import render
+from concentrator.ha.keepalived import render
 
 FILE = "pair.yaml"
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "ha-example.yaml"

@@ -1,4 +1,4 @@
-"""netconfig/ha_tcp.py: the kernel's TCP table as the supervisor reads it, and the bare
+"""concentrator/ha/tcp.py: the kernel's TCP table as the supervisor reads it, and the bare
 ACK it sends to make the BMI drop a dead connection (checked against scapy's encoder)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scapy.layers.inet import IP, TCP
 
-from netconfig.ha_tcp import ESTABLISHED, LISTEN, bare_ack, tcp_table
+from concentrator.ha.tcp import ESTABLISHED, LISTEN, bare_ack, tcp_table
 
 PROC = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0A0200C0:0964 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000 100 0 0 10 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import enum
 import json
 import logging
 import os
@@ -42,27 +43,21 @@ from typing import Any
 import trio
 
 from concentrator.config import Config, ConfigError, load_config
-from concentrator.ha_state import HaState
 from monitoring.ha_metrics import HaCollector
 from monitoring.primitives import serve
-from netconfig.ha_config import HaConfig
-from netconfig.ha_keepalived import command, render, track_file_path
-from netconfig.ha_tcp import connected_peers, listening, nudge
+
+from .config import HaConfig
+from .keepalived import command, render, track_file_path
+from .policy import STOP_GRACE, Action, Ask, AskPeer, HaPolicy, LoadRelay, PeerAnswer, SetFence, StartRelay
+from .state import DOWN, HaState, PeerStatus, Role, Vrrp
+from .tcp import connected_peers, listening, nudge
 
 log = logging.getLogger("ha")
 
-STOP_GRACE = 1.0  # SIGTERM, then SIGKILL after this many seconds
 FENCE_TIMEOUT = 0.25  # per side; the peer answers in a millisecond when alive
-FENCE_POLL = 0.2  # while not active: how often to ask whether the peer's relay is
-HANDOVER = STOP_GRACE + 0.5  # on MASTER, how long a preempted peer may take to stop its relay
 NUDGES = (0.0, 0.5, 1.0, 2.0)  # after a promotion: when to nudge the BMI's stale connections
 # (the BMI answers at most one unacceptable segment per 0.5 s, and
 # only once its ARP entry points here)
-RELEASE_MISSES = 2  # unanswered rounds before a held standby is released (one slow
-# answer on a loaded machine must not release it)
-DOWN = {"role": "down"}  # connection refused: the peer's host is up, its supervisor is not,
-# and its relay cannot run without it (PR_SET_PDEATHSIG)
-RELAY_RESTART = 0.5  # an active appliance restarts a relay that exited by itself
 
 
 def _die_with_parent() -> None:
@@ -115,9 +110,13 @@ def _stale(pid_file: str) -> bool:
         return True
 
 
-async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -> dict[str, Any] | None:
-    """The peer's status line; DOWN if refused; None if it does not answer in time (or
-    leaves mid-way)."""
+class NoStatus(enum.Enum):
+    REFUSED = "refused"  # the status port refused: the host is up, its supervisor is not
+    SILENT = "silent"  # no answer in time, a peer that left mid-way, or not a status line
+
+
+async def status_line(address: str, port: int, timeout: float) -> dict[str, Any] | NoStatus:
+    """A supervisor's status line, or why there is none."""
     data = b""
     with trio.move_on_after(timeout):
         sock = trio.socket.socket()
@@ -125,10 +124,10 @@ async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -
             await sock.connect((address, port))
         except ConnectionRefusedError:
             sock.close()
-            return DOWN
+            return NoStatus.REFUSED
         except OSError:
             sock.close()
-            return None
+            return NoStatus.SILENT
         stream = trio.SocketStream(sock)
         try:
             async with stream:
@@ -138,29 +137,42 @@ async def peer_status(address: str, port: int, timeout: float = FENCE_TIMEOUT) -
                         break
                     data += chunk
         except (OSError, trio.BrokenResourceError):
-            return None
+            return NoStatus.SILENT
     if not data.endswith(b"\n"):
-        return None
+        return NoStatus.SILENT
     try:
         status = json.loads(data)
     except ValueError:
-        return None
-    return status if isinstance(status, dict) else None
+        return NoStatus.SILENT
+    return status if isinstance(status, dict) else NoStatus.SILENT
+
+
+async def peer_status(address: str, port: int) -> PeerStatus | None:
+    """The peer's status; DOWN if refused (its relay cannot run without its supervisor:
+    PR_SET_PDEATHSIG); None if silent or not a status line."""
+    line = await status_line(address, port, FENCE_TIMEOUT)
+    if line is NoStatus.REFUSED:
+        return DOWN
+    return None if line is NoStatus.SILENT else PeerStatus.parse(line)
 
 
 class Supervisor:
+    """The driver around `HaPolicy`: it feeds the policy what keepalived, the peer and the
+    relay say, with the time, and carries out the actions it returns."""
+
     def __init__(self, config: Config, state_file: str | None = None) -> None:
         assert config.ha is not None
         self.config = config
         self.ha: HaConfig = config.ha
         self.state = HaState(self.ha.node, self.ha.priority)
+        self.policy = HaPolicy(self.state, preempt=self.ha.preempt_delay is not None)
         self.state_file = state_file
         self.relay: Child | None = None  # loaded and waiting while standby, running while active
         self._control: socket.socket | None = None  # our end of the relay's --start-fd
-        self._generation = 0  # bumped by every state keepalived reports
         self._nursery: trio.Nursery  # set by run()
+        self._rearm = trio.Event()  # set when an input may have moved the policy's timer
+        self._published = b""
         self.failed = False  # keepalived exited by itself: the service manager should restart us
-        self._peer_bmi: list[str] = []  # the BMI's connections to the peer, last seen while it was active
 
     # ------------------------------------------------------------------ start
 
@@ -192,11 +204,13 @@ class Supervisor:
             f.write("1\n" if on else "0\n")
 
     def publish(self) -> None:
-        if self.state_file is not None:
+        line = self.state.line()
+        if self.state_file is not None and line != self._published:
             tmp = self.state_file + ".tmp"
             with open(tmp, "wb") as f:
-                f.write(self.state.line())
+                f.write(line)
             os.replace(tmp, self.state_file)
+        self._published = line
 
     async def run(self) -> None:
         self.prepare()
@@ -209,9 +223,9 @@ class Supervisor:
             self.state.keepalived_up = True
             log.info("keepalived started (pid %d), config %s", keepalived.pid, self.ha.keepalived.config_file)
             nursery.start_soon(self._watch_keepalived, keepalived, nursery.cancel_scope)
-            self._spawn_relay()
+            await self._apply(self.policy.start(trio.current_time()))
+            nursery.start_soon(self._timers)
             nursery.start_soon(self._keep_relay)
-            nursery.start_soon(self._hold)
             try:
                 await self._follow(trio.lowlevel.FdStream(fifo))
             finally:
@@ -228,116 +242,60 @@ class Supervisor:
         self.failed = True
         scope.cancel()
 
-    # ------------------------------------------------------------------ keepalived's states
+    # ------------------------------------------------------------------ the policy's inputs and actions
 
     async def _follow(self, fifo: trio.lowlevel.FdStream) -> None:
         buffer = b""
-        async with trio.open_nursery() as nursery:
-            while True:
-                chunk = await fifo.receive_some(4096)
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    words = line.decode(errors="replace").split()
-                    # 'GROUP "concentrator" MASTER 0'; INSTANCE lines are logged only.
-                    log.info("keepalived: %s", " ".join(words))
-                    if len(words) >= 3 and words[0] == "GROUP":
-                        await self._vrrp(words[2], nursery)
-
-    async def _vrrp(self, vrrp: str, nursery: trio.Nursery) -> None:
-        self.state.vrrp = vrrp
-        self._generation += 1
-        if vrrp == "MASTER":
-            nursery.start_soon(self._promote, self._generation, time.monotonic())
-        elif self.state.role == "active":
-            await self._stop_relay()
-            self._spawn_relay()
-            self.state.enter("standby")
-        self._settle()
-        self.publish()
-
-    def _settle(self) -> None:
-        """The role of an appliance that is not active: FAULT that the hold caused is
-        the normal standby; any other FAULT (an interface down) is a fault."""
-        if self.state.role not in ("active", "fenced"):
-            self.state.enter("fault" if self.state.vrrp == "FAULT" and not self.state.held else "standby")
-
-    async def _hold(self) -> None:
-        """While not active: keep keepalived in FAULT (no virtual address, no gratuitous
-        ARP) as long as the peer says its relay is active, unless the fail-back policy
-        lets this appliance take the role back. The first guard against two relays; it
-        does not depend on VRRP reaching the peer (docs/ha.md)."""
-        silent = 0
         while True:
-            if self.state.role in ("standby", "fault"):
-                peer, sure = await self._peer_active()
-                if peer is not None:
-                    self._peer_bmi = [str(c) for c in peer.get("bmi_connections", [])]
-                silent = 0 if peer is not None or sure else silent + 1
-                may_preempt = (
-                    self.ha.preempt_delay is not None
-                    and peer is not None
-                    and self.ha.priority > int(peer.get("priority", 255))
-                )
-                held = peer is not None and not may_preempt
-                if not held and self.state.held and silent and silent < RELEASE_MISSES:
-                    held = True  # silence once may be a slow answer: ask again first
-                if held != self.state.held and self.state.role in ("standby", "fault"):
-                    log.info(
-                        "%s: the peer's relay is %s",
-                        "held" if held else "released",
-                        "active" if peer is not None else "not active" if sure else "not answering",
-                    )
-                    self.state.held = held
-                    self._fence(held)
-                    if held:
-                        self._settle()
-                    else:  # keepalived leaves FAULT in a moment; if not, it is a fault of its own
-                        self._nursery.start_soon(self._settle_later)
-                    self.publish()
-            await trio.sleep(FENCE_POLL)
+            chunk = await fifo.receive_some(4096)
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                words = line.decode(errors="replace").split()
+                # 'GROUP "concentrator" MASTER 0'; INSTANCE lines are logged only.
+                log.info("keepalived: %s", " ".join(words))
+                if len(words) >= 3 and words[0] == "GROUP" and (vrrp := Vrrp.parse(words[2])) is not None:
+                    # Awaited: a demotion stops the relay before the next line is read.
+                    await self._apply(self.policy.vrrp_changed(vrrp, trio.current_time()))
 
-    async def _settle_later(self) -> None:
-        await trio.sleep(0.5)
-        self._settle()
-        self.publish()
+    async def _timers(self) -> None:
+        while True:
+            self._rearm = trio.Event()
+            with trio.move_on_at(self.policy.get_timer()) as waiting:
+                await self._rearm.wait()
+            if waiting.cancelled_caught:
+                await self._apply(self.policy.handle_timer(trio.current_time()))
 
-    async def _promote(self, generation: int, promoted_at: float) -> None:
-        # A preempted peer stops its relay within STOP_GRACE: wait for it that long.
-        while (peer := (await self._peer_active())[0]) is not None and time.monotonic() < promoted_at + HANDOVER:
-            await trio.sleep(0.05)
-        if generation != self._generation:
-            return  # demoted meanwhile
-        if peer is None:
-            self._start_relay(promoted_at)
-            return
-        log.error("VRRP says master but the peer's relay is still active after %.1f s: fenced", HANDOVER)
-        self.state.fenced += 1
-        self.state.enter("fenced")
-        self._fence(True)
-        self.publish()
-        while (await self._peer_active())[0] is not None:
-            await trio.sleep(FENCE_POLL)
-        log.warning("the peer is no longer active: fence lifted")
-        self.state.enter("standby")
-        self.state.held = False
-        self._fence(False)
-        self._settle()
-        self.publish()
+    async def _ask(self, ask: Ask) -> None:
+        """Both sides at once (docs/ha.md: the hold does not depend on one LAN)."""
+        answers: list[PeerStatus | None] = []
 
-    async def _peer_active(self) -> tuple[dict[str, Any] | None, bool]:
-        """Asked on both sides at once: the peer's status if it says its relay is active,
-        and whether the answer is sure (a side answered or refused) or only silence."""
-        answers: list[dict[str, Any] | None] = []
-
-        async def ask(address: str) -> None:
+        async def one(address: str) -> None:
             answers.append(await peer_status(address, self.ha.status_port))
 
         async with trio.open_nursery() as nursery:
             for side in self.ha.sides:
-                nursery.start_soon(ask, str(side.peer))
-        active = next((status for status in answers if status is not None and status.get("role") == "active"), None)
-        return active, any(status is not None for status in answers)
+                nursery.start_soon(one, str(side.peer))
+        await self._apply(self.policy.peer_answered(ask, PeerAnswer.from_sides(answers), trio.current_time()))
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case AskPeer(ask):
+                    self._nursery.start_soon(self._ask, ask)
+                case SetFence(on):
+                    self._fence(on)
+                case LoadRelay(start):
+                    await self._stop_relay()
+                    self._spawn_relay()
+                    if start:
+                        self._start_relay()
+                case StartRelay(promoted_at, stale_bmi):
+                    if self._start_relay() and self.relay is not None:
+                        self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
+                        self._nursery.start_soon(self._nudge_bmi, list(stale_bmi))
+        self._rearm.set()
+        self.publish()
 
     # ------------------------------------------------------------------ the relay
 
@@ -380,19 +338,20 @@ class Supervisor:
             self._control.close()
             self._control = None
 
-    def _start_relay(self, promoted_at: float) -> None:
-        self.state.enter("active")
-        if self.relay is not None and self._control is not None:
+    def _start_relay(self) -> bool:
+        """The start byte to the loaded relay; False if there is none (it exited a moment
+        ago: the policy hears of it and starts its replacement, being active)."""
+        if self.relay is None or self._control is None:
+            return False
+        try:
             self._control.send(b"1")
-            self.state.relay_starts += 1
-            log.info("relay started (pid %d)%s", self.relay.pid, "" if self.state.relay_ready else ", still loading")
-            self._nursery.start_soon(self._measure_takeover, promoted_at, self.relay)
-            self._nursery.start_soon(self._nudge_bmi, list(self._peer_bmi))
-        # else the relay exited a moment ago: _keep_relay starts its replacement (active)
-        self.publish()
+        except OSError:
+            return False  # it is exiting: the same
+        log.info("relay started (pid %d)%s", self.relay.pid, "" if self.state.relay_ready else ", still loading")
+        return True
 
     async def _keep_relay(self) -> None:
-        """A relay that exits by itself is replaced (and started again if active)."""
+        """Tells the policy when the relay exits by itself (not stopped on purpose)."""
         while True:
             relay = self.relay
             if relay is None:
@@ -405,25 +364,19 @@ class Supervisor:
             self._close_control()
             self.state.relay_pid = None
             self.state.relay_ready = False
-            self.state.relay_exits += 1
-            log.error("relay exited by itself with %d (%s): replaced in %.1f s", code, self.state.role, RELAY_RESTART)
-            await trio.sleep(RELAY_RESTART)
-            if self.relay is None:
-                self._spawn_relay()
-                if self.state.role == "active" and self._control is not None:
-                    self._control.send(b"1")
-                    self.state.relay_starts += 1
+            log.error("relay (pid %d) exited with %d", relay.pid, code)
+            await self._apply(self.policy.relay_exited(trio.current_time()))
 
     async def _nudge_bmi(self, stale: list[str]) -> None:
         """Make the BMI drop its connections to the old master now rather than at its t2
-        or t3 (netconfig/ha_tcp.py). Harmless if they are gone already."""
+        or t3 (concentrator/ha/tcp.py). Harmless if they are gone already."""
         listen = self.config.uplink.listen
         if not stale:
             return
         start = trio.current_time()
         for at in NUDGES:
             await trio.sleep_until(start + at)
-            if self.state.role != "active":
+            if self.state.role is not Role.ACTIVE:
                 return
             connected = connected_peers(listen.host, listen.port)
             if len(connected) >= len(stale):
@@ -445,7 +398,7 @@ class Supervisor:
         while self.relay is relay and not listening(listen.host, listen.port):
             await trio.sleep(0.005)
         if self.relay is relay:
-            self.state.last_takeover_seconds = time.monotonic() - promoted_at
+            self.state.last_takeover_seconds = trio.current_time() - promoted_at
             log.warning("relay listening on %s, %.3f s after MASTER", listen, self.state.last_takeover_seconds)
             self.publish()
 
@@ -463,7 +416,7 @@ class Supervisor:
     async def _serve_status(self) -> None:
         async def answer(stream: trio.SocketStream) -> None:
             # Read-only: the line is written, nothing read is acted upon.
-            if self.state.role == "active":  # for the peer's nudge after a takeover
+            if self.state.role is Role.ACTIVE:  # for the peer's nudge after a takeover
                 listen = self.config.uplink.listen
                 self.state.bmi_connections = connected_peers(listen.host, listen.port)
             with trio.move_on_after(1):
@@ -535,8 +488,8 @@ def status_main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     assert config.ha is not None
-    status = trio.run(peer_status, "127.0.0.1", config.ha.status_port, 2.0)
-    if status is None or status is DOWN:
+    status = trio.run(status_line, "127.0.0.1", config.ha.status_port, 2.0)
+    if isinstance(status, NoStatus):
         print(
             f"no HA supervisor answers on port {config.ha.status_port} (is `concentrator ha` running?)", file=sys.stderr
         )

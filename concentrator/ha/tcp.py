@@ -23,7 +23,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from .probe import internet_checksum
+from netconfig.probe import internet_checksum
 
 ESTABLISHED, LISTEN = "01", "0A"
 

@@ -9,7 +9,7 @@ path) are in its instance's virtual_ipaddress block with their own `dev`: they m
 it, and keepalived sends their gratuitous ARP on their own interface. Both instances
 start as BACKUP (nopreempt and preempt_delay need that).
 
-State changes go to a FIFO (`vrrp_notify_fifo`) that the HA supervisor (concentrator/ha.py)
+State changes go to a FIFO (`vrrp_notify_fifo`) that the HA supervisor (concentrator/ha/supervisor.py)
 reads: no process is started on a transition, lines arrive in order, one reader owns
 the role. The track file lets the supervisor put both instances in FAULT (releasing the
 virtual addresses) when its fence check finds the peer active (docs/ha.md).
@@ -17,7 +17,7 @@ virtual addresses) when its fence check finds the peer active (docs/ha.md).
 
 from __future__ import annotations
 
-from .ha_config import HaConfig, HaSide
+from .config import HaConfig, HaSide
 
 GROUP = "concentrator"
 
