@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
-from concentrator.stats import SITE_STATES, RelayStats
+from concentrator.stats import SITE_STATES, RelayStats, SiteStats
 from concentrator.windows import budget
 
 from .primitives import PREFIX, Histogram, histogram_buckets
@@ -308,6 +308,49 @@ def _path(config: SiteConfig | None, endpoint: str) -> str:
     return "unknown"
 
 
+# One value per site: (name, type, help, value from the site's stats and configuration at
+# `now` and the exporter's start; None leaves the site out of that family).
+SiteValue = Callable[[SiteStats, SiteConfig | None, float, float], float | None]
+SITE_VALUES: tuple[tuple[str, str, str, SiteValue], ...] = (
+    ("site_t1_seconds", "gauge", "t1 of the site's link: BMI acknowledgements must come before it.",
+     lambda site, conf, now, start: None if conf is None else conf.params.t1),
+    ("site_connections_total", "counter", "TCP connections established to the site (reconnects included).",
+     lambda site, conf, now, start: site.connects),
+    *((f"site_{direction}_buffer_bytes", "gauge",
+       f"Bytes in the {direction} buffer of the site's connection (README, budgets).",
+       lambda site, conf, now, start, d=direction: getattr(site.buffers, f"{d}_buffered"))
+      for direction in ("send", "receive")),
+    *((f"site_{direction}_budget_bytes", "gauge",
+       f"{direction.capitalize()} budget of the site's connection: beyond it the connection is closed "
+       f"({direction}_budget_exceeded).",
+       lambda site, conf, now, start: None if conf is None else budget(conf.params.k))
+      for direction in ("send", "receive")),
+    ("site_foreign_ca_asdus_total", "counter",
+     "ASDUs from the site whose common address is not one of the site's: not forwarded.",
+     lambda site, conf, now, start: site.foreign_ca),
+    ("site_dropped_asdus_total", "counter",
+     "BMI ASDUs for the site dropped: backlog full, older than the site's t1, or the uplink lost.",
+     lambda site, conf, now, start: site.dropped_down),
+    ("site_ack_delay_max_seconds", "gauge", "Longest BMI acknowledgement delay since the relay started.",
+     lambda site, conf, now, start: site.max_ack_delay),
+    ("site_test_round_trip_seconds", "gauge", "Round trip of the last TESTFR to the site.",
+     lambda site, conf, now, start: site.last_test_round_trip),
+    ("site_measured_values_total", "counter", "Measured-value objects received (types 9-14, 34-36).",
+     lambda site, conf, now, start: site.measured_values),
+    ("site_invalid_measured_values_total", "counter",
+     "Measured-value objects whose quality descriptor has IV (invalid) set; they count as zero for the "
+     "operator (annex A40 5.3).",
+     lambda site, conf, now, start: site.invalid_measured_values),
+    ("site_malformed_measurement_asdus_total", "counter",
+     "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).",
+     lambda site, conf, now, start: site.malformed_measurements),
+    ("site_seconds_since_last_measurement", "gauge",
+     "Time since the last measured-value ASDU from the site (since the relay started, if none yet).",
+     lambda site, conf, now, start: max(0.0, now - (start if site.last_measurement_at is None
+                                                   else site.last_measurement_at))),
+)  # fmt: skip
+
+
 def render_sites(stats: RelayStats, config: Config, now: float, started_at: float) -> str:
     """Every per-site metric, grouped by family, as exposition text."""
     configs = {site.name: site for site in config.sites}
@@ -326,16 +369,18 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         since = max(since, started_at)
         sites.append((f'site="{_escape(name)}"', site, configs.get(name), current, since, before))
 
+    for name, kind, doc, value in SITE_VALUES:
+        family(name, kind, doc)
+        for label, site, site_config, *_ in sites:
+            if (number := value(site, site_config, now, started_at)) is not None:
+                add(f"{PREFIX}{name}{{{label}}} {_number(number)}\n")
+
     family("site_info", "gauge", "A configured site (UPDC).")
     for label, _, site_config, *_ in sites:
         if site_config is not None:
             cas = ",".join(map(str, site_config.common_addresses))
             add(f'{PREFIX}site_info{{{label},common_addresses="{cas}",'
                 f'interruptibility="{_escape(site_config.interruptibility)}"}} 1\n')  # fmt: skip
-    family("site_t1_seconds", "gauge", "t1 of the site's link: BMI acknowledgements must come before it.")
-    for label, _, site_config, *_ in sites:
-        if site_config is not None:
-            add(f"{PREFIX}site_t1_seconds{{{label}}} {_number(site_config.params.t1)}\n")
     family("site_up", "gauge", "1 while the site's connection is started (data flows), else 0.")
     for label, _, _, current, _, _ in sites:
         add(f"{PREFIX}site_up{{{label}}} {1 if current == 'started' else 0}\n")
@@ -350,29 +395,11 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
             # what was already accumulated, or the counter would go backwards.
             total = before.get(state, 0.0) + (max(0.0, now - since) if state == current else 0.0)
             add(f'{PREFIX}site_state_seconds_total{{{label},state="{state}"}} {_number(total)}\n')
-    family("site_connections_total", "counter", "TCP connections established to the site (reconnects included).")
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_connections_total{{{label}}} {site.connects}\n")
     family("site_disconnects_total", "counter", "Connections to the site ended, by cause (iec104.errors.Cause).")
     for label, site, *_ in sites:
         ended = dict(site.disconnects)  # one C-level copy: the relay may add keys
         for code in CAUSES:
             add(f'{PREFIX}site_disconnects_total{{{label},cause="{code.value}"}} {ended.get(code.value, 0)}\n')
-    for direction in ("send", "receive"):
-        family(f"site_{direction}_buffer_bytes", "gauge",
-               f"Bytes in the {direction} buffer of the site's connection (README, budgets).")  # fmt: skip
-        for label, site, *_ in sites:
-            add(f"{PREFIX}site_{direction}_buffer_bytes{{{label}}} {getattr(site.buffers, f'{direction}_buffered')}\n")
-        family(f"site_{direction}_budget_bytes", "gauge",
-               f"{direction.capitalize()} budget of the site's connection: beyond it the connection is closed "
-               f"({direction}_budget_exceeded).")  # fmt: skip
-        for label, _, site_config, *_ in sites:
-            if site_config is not None:
-                add(f"{PREFIX}site_{direction}_budget_bytes{{{label}}} {budget(site_config.params.k)}\n")
-    family("site_foreign_ca_asdus_total", "counter",
-           "ASDUs from the site whose common address is not one of the site's: not forwarded.")  # fmt: skip
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_foreign_ca_asdus_total{{{label}}} {site.foreign_ca}\n")
     family("site_endpoint_info", "gauge", "Endpoint of the site's current connection, and whether it is the primary.")
     for label, site, site_config, current, _, _ in sites:
         endpoint = site.endpoint
@@ -399,13 +426,6 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         for type_id, cause in sorted(counts):
             add(f'{PREFIX}site_asdu_bytes_total{{{label},direction="{direction}",type_id="{_kind(type_id)}",'
                 f'cause="{_kind(cause)}"}} {sizes.get((type_id, cause), 0)}\n')  # fmt: skip
-    family(
-        "site_dropped_asdus_total",
-        "counter",
-        "BMI ASDUs for the site dropped: backlog full, older than the site's t1, or the uplink lost.",
-    )
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_dropped_asdus_total{{{label}}} {site.dropped_down}\n")
 
     def histogram(name: str, rows: list[tuple[str, Histogram]]) -> None:
         metric = f"{PREFIX}{name}"
@@ -428,32 +448,4 @@ def render_sites(stats: RelayStats, config: Config, now: float, started_at: floa
         "From forwarding a site's ASDU to the BMI's acknowledgement of it (must stay below the site's t1).",
     )
     histogram("site_ack_delay_seconds", [(label, site.ack_delay) for label, site, *_ in sites])
-    family("site_ack_delay_max_seconds", "gauge", "Longest BMI acknowledgement delay since the relay started.")
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_ack_delay_max_seconds{{{label}}} {_number(site.max_ack_delay)}\n")
-    family("site_test_round_trip_seconds", "gauge", "Round trip of the last TESTFR to the site.")
-    for label, site, *_ in sites:
-        if (round_trip := site.last_test_round_trip) is not None:
-            add(f"{PREFIX}site_test_round_trip_seconds{{{label}}} {_number(round_trip)}\n")
-    family("site_measured_values_total", "counter", "Measured-value objects received (types 9-14, 34-36).")
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_measured_values_total{{{label}}} {site.measured_values}\n")
-    family("site_invalid_measured_values_total", "counter",
-           "Measured-value objects whose quality descriptor has IV (invalid) set; they count as zero for the "
-           "operator (annex A40 5.3).")  # fmt: skip
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_invalid_measured_values_total{{{label}}} {site.invalid_measured_values}\n")
-    family(
-        "site_malformed_measurement_asdus_total",
-        "counter",
-        "Measured-value ASDUs whose length does not fit their type and object count (relayed all the same).",
-    )
-    for label, site, *_ in sites:
-        add(f"{PREFIX}site_malformed_measurement_asdus_total{{{label}}} {site.malformed_measurements}\n")
-    family("site_seconds_since_last_measurement", "gauge",
-           "Time since the last measured-value ASDU from the site (since the relay started, if none yet).")  # fmt: skip
-    for label, site, *_ in sites:
-        last = site.last_measurement_at
-        age = max(0.0, now - (started_at if last is None else last))
-        add(f"{PREFIX}site_seconds_since_last_measurement{{{label}}} {_number(age)}\n")
     return "".join(out)
