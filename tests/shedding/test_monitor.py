@@ -5,7 +5,7 @@ from __future__ import annotations
 from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.monitor import AggregateRow, EventRow, SampleRow, SheddingMonitor, VerdictRow
-from concentrator.shedding.verdict import Reason
+from concentrator.shedding.verdict import Reason, Status
 from concentrator.sim.points import (
     breaker_command,
     double_point,
@@ -54,7 +54,7 @@ def test_a_commanded_shedding_is_recorded_sampled_and_judged() -> None:
     assert len(final) == 1 and final[0].passed, final
     assert (final[0].p0, final[0].pd) == (900.0, 400.0) and abs(final[0].opening_time - 0.12) < 0.002
     agg = [r for r in records if isinstance(r, AggregateRow)][-1]
-    assert agg.passed and agg.final
+    assert agg.status is Status.PASS and agg.final
     rows = [r for r in records if isinstance(r, SampleRow) and r.site == "a"]
     assert [r.sample.at for r in rows] == [T, T + 4, T + 8, T + 12]
     assert rows[0].breaker_closed is None and rows[1].breaker_closed is False

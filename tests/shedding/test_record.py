@@ -80,10 +80,10 @@ def monitor_process(db: Path) -> subprocess.Popen[bytes]:
 def shedding(process: subprocess.Popen[bytes]) -> None:
     assert process.stdin is not None
     t = time.time()
-    frames = [encode("a", float_measurements(101, [(1001, 900.0), (1002, 400.0)], t), t),
-              encode("", breaker_command(101, False), t + 0.01),
-              encode("a", double_point(101, 2001, False, t + 0.05), t + 0.06),
-              encode("", release_command(101), t + 0.1)]  # fmt: skip
+    frames = [encode("a", float_measurements(101, [(1001, 900.0), (1002, 400.0)], t), t, 1),
+              encode("", breaker_command(101, False), t + 0.01, 2),
+              encode("a", double_point(101, 2001, False, t + 0.05), t + 0.06, 3),
+              encode("", release_command(101), t + 0.1, 4)]  # fmt: skip
     process.stdin.write(b"".join(frames))
     process.stdin.flush()
 

@@ -27,7 +27,8 @@ def recorded(tmp_path: Path, misbehave: str = "reconnect") -> str:
 
 def test_report_prints_the_verdict_with_its_reason_and_writes_a_page(tmp_path: Path) -> None:
     db = recorded(tmp_path)
-    out = report(db, since=None, event_id=None, html_dir=str(tmp_path))
+    out, judged = report(db, since=None, event_id=None, html_dir=str(tmp_path))
+    assert judged
     assert "event 1: " in out and "(command), sites a" in out
     assert "  a: FAIL  P0 900.0 kW  Pd 400.0 kW  limit 550.0 kW  opening 120 ms" in out
     assert re.search(r"    power_above_band: Pi 620\.0 kW > P0 900\.0 - Pd 400\.0 \+ 50\.0 = 550\.0 kW at ", out)
@@ -43,9 +44,11 @@ def test_report_prints_the_verdict_with_its_reason_and_writes_a_page(tmp_path: P
 
 def test_filters(tmp_path: Path) -> None:
     db = recorded(tmp_path)
-    assert report(db, since=None, event_id=2, html_dir=None) == "no shedding events recorded with id 2\n"
-    assert report(db, since=T + 13, event_id=None, html_dir=None) == "no shedding events recorded\n"
-    assert "event 1:" in report(db, since=T + 12, event_id=1, html_dir=None)
+    assert report(db, since=None, event_id=2, html_dir=None)[0] == "no shedding events recorded with id 2\n"
+    # --since selects by overlap: the event ran from T to T + 12.5.
+    assert report(db, since=T + 13, event_id=None, html_dir=None)[0] == "no shedding events recorded\n"
+    assert "event 1:" in report(db, since=T + 12, event_id=1, html_dir=None)[0]
+    assert "event 1:" in report(db, since=T - 60, event_id=None, html_dir=None)[0]
 
 
 def test_since_accepts_relative_and_iso_times_and_refuses_others() -> None:
