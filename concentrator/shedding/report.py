@@ -88,9 +88,11 @@ def event_text(e: dict[str, Any]) -> list[str]:
                          + (f" at {utc(failure['at'])}" if failure["at"] else ""))  # fmt: skip
     a = e["aggregate"]
     if a is not None:
-        failed = a["sites_not_passing"]
+        failed = [v["site"] for v in e["verdicts"] if v["status"] == Status.FAIL]
+        unjudged = [v["site"] for v in e["verdicts"] if v["status"] == Status.NOT_JUDGED]
         lines.append(f"  aggregate: {Status(a['status']).label}" + ("" if a["final"] else " (provisional)")
-                     + (f": sites {', '.join(failed)}" if failed else ""))  # fmt: skip
+                     + (f": sites {', '.join(failed)}" if failed else "")
+                     + (f" (not judged: {', '.join(unjudged)})" if unjudged else ""))  # fmt: skip
     return lines
 
 
