@@ -58,7 +58,7 @@ class MonitorService:
         self.record = ShedRecord(config.database, config.retention_days)
         now = time.time()
         applied = self.record.applied()
-        resume = self.record.resume(config)
+        resume = self.record.resume(config, now)
         self.monitor = SheddingMonitor(config, now, resume=resume)
         self.metrics = SheddingMetrics(config, self.monitor)
         self.groups = {s.trip_group for s in config.sites if s.trip_group}

@@ -35,7 +35,7 @@ from .monitor import (
     SampleRow,
     VerdictRow,
 )
-from .verdict import Change, Interruption, Sample, SiteEvidence
+from .verdict import Change, Interruption, Sample, SiteEvidence, utc
 
 SCHEMA_VERSION = 2
 DAY = 86_400.0
@@ -230,8 +230,9 @@ class ShedRecord:
             raise
         return len(samples) + len(changes) + len(events) + len(verdicts) + len(event_sites), flagged
 
-    def resume(self, config: SheddingConfig) -> Resume | None:
-        """Where the record ends, for a restarted monitor; None for a new record."""
+    def resume(self, config: SheddingConfig, now: float) -> Resume | None:
+        """Where the record ends, for a restarted monitor; None for a new record. A
+        shedding left open that cannot be resumed is closed NOT JUDGED here."""
         applied = self.applied()
         (last,) = self.db.execute("SELECT max(at_ms) FROM samples").fetchone()
         if applied is None and last is None:
@@ -244,13 +245,35 @@ class ShedRecord:
             "WHERE d.site = c.site AND d.ioa = c.ioa)"
         ):
             signals.setdefault(name, []).append((point, ioa, _change(received_ms, tagged_ms, state, valid)))
-        return Resume(next_slot, self.next_event_id(), signals, self._open_event(config))
+        return Resume(next_slot, self.next_event_id(), signals, self._open_event(config, now))
 
-    def _open_event(self, config: SheddingConfig) -> Event | None:
-        row = self.db.execute("SELECT id, start, trigger FROM events WHERE end IS NULL ORDER BY id DESC").fetchone()
-        if row is None:
+    def _open_event(self, config: SheddingConfig, now: float) -> Event | None:
+        rows = self.db.execute("SELECT id, start, trigger FROM events WHERE end IS NULL ORDER BY id DESC").fetchall()
+        if not rows:
             return None
-        event = Event(row[0], row[1], row[2])
+        event = self._event(config, *rows[0])
+        for row in rows[1 if event is not None else 0 :]:
+            self._abandon(row[0], now)
+        return event
+
+    def _abandon(self, event_id: int, now: float) -> None:
+        """Close a shedding the monitor cannot resume (written before schema 2, or its sites
+        are no longer configured): what it saw fail stays FAIL, the rest is NOT JUDGED."""
+        note = f"monitor restarted at {utc(now)}; this shedding could not be resumed"
+        with self.db:
+            self.db.execute("UPDATE events SET end = ? WHERE id = ?", (now, event_id))
+            self.db.execute("UPDATE verdicts SET final = 1, note = ?, status = 'not_judged' WHERE event_id = ? "
+                            "AND site != '*' AND (passed OR status = 'not_judged')", (note, event_id))  # fmt: skip
+            self.db.execute("UPDATE verdicts SET final = 1, status = 'fail' WHERE event_id = ? AND site != '*' "
+                            "AND NOT passed AND status IS NOT 'not_judged'", (event_id,))  # fmt: skip
+            failed = "EXISTS (SELECT 1 FROM verdicts v WHERE v.event_id = ? AND v.site != '*' AND v.status = 'fail')"
+            aggregate = f"CASE WHEN {failed} THEN 'fail' ELSE 'not_judged' END"
+            self.db.execute(f"UPDATE verdicts SET final = 1, status = {aggregate} WHERE event_id = ? AND site = '*'",
+                            (event_id, event_id))  # fmt: skip
+            self.db.execute("UPDATE verdicts SET passed = 0 WHERE event_id = ?", (event_id,))
+
+    def _event(self, config: SheddingConfig, event_id: int, start: float, trigger: str) -> Event | None:
+        event = Event(event_id, start, trigger)
         for (site, joined, start, command_at, release_at, before_at, before_total, before_loads, before_flags,
              before_taken, locked, worst) in self.db.execute(
                 "SELECT site, joined, start, command_at, release_at, before_at, before_total, before_loads, "

@@ -53,13 +53,15 @@ def event_summary(db: sqlite3.Connection, event: StoredEvent) -> dict[str, Any]:
     for row in rows:
         status = row["status"] or ("pass" if row["passed"] else "fail")  # schema 1 rows have no status
         if row["site"] == "*":
-            aggregate = {"status": status, "final": bool(row["final"]), "sites_not_passing": json.loads(row["reasons"])}
+            aggregate = {"status": status, "final": bool(row["final"])}
             continue
         sites.append({
             "site": row["site"], "status": status, "final": bool(row["final"]), "p0_kw": row["p0"],
             "pd_kw": row["pd"], "limit_kw": row["limit_kw"], "opening_time_s": row["opening_time"],
             "judged_from": row["judged_from"], "note": row["note"] or "", "failures": json.loads(row["details"]),
         })  # fmt: skip
+    if aggregate is not None:
+        aggregate["sites_not_passing"] = [v["site"] for v in sites if v["status"] != Status.PASS]
     end = event.end if event.end is not None else time.time()
     return {
         "id": event.id, "start": event.start, "end": event.end, "trigger": event.trigger, "sites": list(event.sites),

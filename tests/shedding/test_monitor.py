@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.monitor import AggregateRow, EventRow, SampleRow, SheddingMonitor, VerdictRow
+from concentrator.shedding.record import Applied, ShedRecord, open_read_only
+from concentrator.shedding.record import events as stored_events
+from concentrator.shedding.report import event_summary
 from concentrator.shedding.verdict import Interruption, Reason, Status
 from concentrator.sim.points import (
     breaker_command,
@@ -125,8 +129,6 @@ def test_an_opening_without_a_command_is_closed_unjudged_and_the_next_shedding_i
 
 
 def test_a_monitor_resumed_from_the_record_judges_the_shedding_as_one_never_stopped(tmp_path: Path) -> None:
-    from concentrator.shedding.record import Applied, ShedRecord
-
     whole = SheddingMonitor(CONFIG, T - 3)
     shed(whole, "reconnect")
     expected = whole.last_verdicts["a"]
@@ -143,7 +145,7 @@ def test_a_monitor_resumed_from_the_record_judges_the_shedding_as_one_never_stop
     record = ShedRecord(str(tmp_path / "r.sqlite"))
     record.write(first.take_records(), Applied("relay", 5, T + 3.002, first.next_slot))
 
-    resumed = SheddingMonitor(CONFIG, T + 5, resume=record.resume(CONFIG))
+    resumed = SheddingMonitor(CONFIG, T + 5, resume=record.resume(CONFIG, T + 5))
     assert resumed.next_slot == T + 8 and resumed.event is not None and resumed.event.event_id == 1
     assert resumed.sites["a"].breakers[2001].state is False  # the latest states came back too
     samples(resumed, 101, "a", T + 7, 505, 0)
@@ -177,3 +179,29 @@ def test_a_loss_during_a_shedding_makes_a_clean_site_not_judged_and_flags_its_sl
     # (ended before) nor 12 s (looks back to 6 s exclusive).
     assert [(s.at - T, s.complete) for s in rows] == [(0, True), (4, True), (8, False), (12, True)]
     assert m.incomplete_slots == len(SITES)
+
+
+def test_a_shedding_that_cannot_be_resumed_is_closed_not_judged_never_left_passing(tmp_path: Path) -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    samples(m, 101, "a", T - 1, 900, 400)
+    m.bmi_asdu(breaker_command(101, False), T)
+    m.site_asdu("a", double_point(101, 2001, False, T + 0.12), T + 0.122)
+    m.site_asdu("a", single_point(101, 2002, True, T + 0.13), T + 0.132)
+    samples(m, 101, "a", T + 3, 505, 0)
+    m.tick(T + 8)
+    assert m.last_verdicts["a"].passed and not m.last_verdicts["a"].final  # PASS, provisional
+    record = ShedRecord(str(tmp_path / "r.sqlite"))
+    record.write(m.take_records())
+    # Restarted with site a no longer configured: its shedding cannot be resumed.
+    resume = record.resume(replace(CONFIG, sites=CONFIG.sites[1:]), T + 20)
+    assert resume is not None and resume.event is None
+    record.close()
+    db = open_read_only(str(tmp_path / "r.sqlite"))
+    (event,) = stored_events(db)
+    summary = event_summary(db, event)
+    assert event.end == T + 20
+    (verdict,) = summary["verdicts"]
+    assert (verdict["status"], verdict["final"]) == ("not_judged", True)
+    assert verdict["note"].endswith("this shedding could not be resumed")
+    assert summary["aggregate"] == {"status": "not_judged", "final": True, "sites_not_passing": ["a"]}
+    db.close()
