@@ -5,7 +5,8 @@ shedding report`) open the file read-only at any time. WAL journal with
 synchronous=NORMAL: a killed process or a power cut loses at most the last batches, never
 the file's integrity (SQLite's WAL guarantee); `integrity()` runs PRAGMA integrity_check.
 
-Size: a sample row is (site id, time in ms, raw total, raw load sum, flags, skew in µs),
+Size: a sample row is (site id, time in ms, raw total, raw load sum, flags, skew in µs,
+age in ms of its oldest value: when the sample was taken),
 clustered on (site, time) with no other index (WITHOUT ROWID); the credited values are
 derived from raw value and flags in the `credited` view, so they cost no space.
 bench/SHEDDING.md has the figures for 100 sites x 60 days.
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sites (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS samples (
     site INTEGER NOT NULL, at_ms INTEGER NOT NULL, total REAL, loads REAL, flags INTEGER NOT NULL, skew_us INTEGER,
-    taken_ms INTEGER, PRIMARY KEY (site, at_ms)) WITHOUT ROWID;
+    age_ms INTEGER, PRIMARY KEY (site, at_ms)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
     site INTEGER NOT NULL, received_ms INTEGER NOT NULL, ioa INTEGER NOT NULL, point TEXT NOT NULL,
     tagged_ms INTEGER, state INTEGER, valid INTEGER NOT NULL);
@@ -76,7 +77,7 @@ CREATE VIEW IF NOT EXISTS credited AS
     FROM samples JOIN sites ON sites.id = samples.site;
 """
 # Columns added by schema 2 to a record written by schema 1 (the view is re-created).
-_MIGRATE = (("samples", "taken_ms", "INTEGER"), ("verdicts", "status", "TEXT"), ("verdicts", "note", "TEXT"))
+_MIGRATE = (("samples", "age_ms", "INTEGER"), ("verdicts", "status", "TEXT"), ("verdicts", "note", "TEXT"))
 _META_RESUME = ("epoch", "seq", "seq_at", "next_slot")
 
 
@@ -170,7 +171,9 @@ class ShedRecord:
             if isinstance(r, SampleRow):
                 s = r.sample
                 skew = None if r.skew is None else round(r.skew * 1e6)
-                samples.append((self._site(r.site), _ms(s.at), s.total, s.loads, _flags(r), skew, _ms(s.taken)))
+                # When the sample was taken, as its age at the slot's end: 2 octets, not 6.
+                age = None if s.taken is None else round((s.at - s.taken) * 1000)
+                samples.append((self._site(r.site), _ms(s.at), s.total, s.loads, _flags(r), skew, age))
             elif isinstance(r, ChangeRow):
                 c = r.change
                 state = None if c.state is None else int(c.state)
@@ -201,7 +204,7 @@ class ShedRecord:
         try:
             # A restart closes again no slot it recorded (it resumes at the next one), but the
             # clock may have been set back: the first value stays.
-            db.executemany("INSERT OR IGNORE INTO samples (site, at_ms, total, loads, flags, skew_us, taken_ms) "
+            db.executemany("INSERT OR IGNORE INTO samples (site, at_ms, total, loads, flags, skew_us, age_ms) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", samples)  # fmt: skip
             db.executemany("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)", changes)
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?)", events)
@@ -381,12 +384,12 @@ def samples(db: sqlite3.Connection, sites: Sequence[str], start: float, end: flo
     out: dict[str, list[Sample]] = {name: [] for name in sites}
     for name in sites:
         rows = db.execute(
-            "SELECT at_ms, total, loads, flags, taken_ms FROM samples JOIN sites ON sites.id = samples.site "
+            "SELECT at_ms, total, loads, flags, age_ms FROM samples JOIN sites ON sites.id = samples.site "
             "WHERE sites.name = ? AND at_ms BETWEEN ? AND ? ORDER BY at_ms",
             (name, _ms(start), _ms(min(end, 1e15))),
         )
-        for at_ms, total, loads, flags, taken_ms in rows:
-            taken = None if taken_ms is None else taken_ms / 1000
+        for at_ms, total, loads, flags, age_ms in rows:
+            taken = None if age_ms is None else (at_ms - age_ms) / 1000
             out[name].append(_from_flags(at_ms / 1000, total, loads, flags, taken))
     return out
 

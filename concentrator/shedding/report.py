@@ -133,10 +133,10 @@ def report(database: str, *, since: float | None, event_id: int | None, html_dir
 CAPTION = (
     "Pi is the total site power as the operator credits it (annex A40 5.3: a sample missing or invalid counts as "
     "0). The red line is P0 - Pd + 5 % of the contractual power (5.2), drawn at the samples judged: those taken "
-    "after the command plus the opening time allowed (200 ms instantaneous, 5 s emergency: the dotted line) and not "
-    "after the release. P0 is the total power at the command, Pd the sum of the interruptible load measures in that "
-    "same sample. Dashed lines: the start and the release. A sample whose copies the monitor may have missed is "
-    "drawn grey."
+    "after the command plus the opening time allowed (200 ms instantaneous, 5 s emergency: the dotted line), in "
+    "slots ending no later than the release. P0 is the total power at the command, Pd the sum of the "
+    "interruptible load measures in that same sample. Dashed lines: the start and the release. A sample whose "
+    "copies the monitor may have missed is drawn grey."
 )
 
 

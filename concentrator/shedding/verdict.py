@@ -8,7 +8,8 @@ How the annex is read (docs/shedding.md says why):
   the sample current at the command; Pd, the power shed, is the sum of the site's
   interruptible load measures in that same sample (measured, not the assigned power).
   The judged window: a sample counts if it was taken after the command plus the opening
-  time allowed (200 ms instantaneous, 5 s emergency: 5.1.1) and not after the release. A
+  time allowed (200 ms instantaneous, 5 s emergency: 5.1.1), in a slot ending no later
+  than the release. A
   sample's time is that of the oldest value in it (UPDC time tag, else receive time); a
   slot with no value counts at its end. A sample taken before the breaker could open
   cannot count against the holder; every one after can.

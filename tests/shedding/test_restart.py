@@ -132,7 +132,7 @@ def test_a_monitor_killed_mid_shedding_resumes_it_from_the_record_and_judges_it(
     assert seen["restarted"] - seen["killed"] < 5
 
     run = run_report(database)
-    print(run.stdout)
+    print(f"killed at {seen['killed']:.3f}, new child at {seen['restarted']:.3f}\n{run.stdout}")
     assert run.returncode == 0, (run.returncode, run.stdout, run.stderr)
     assert run.stdout.count("event ") == 1
     header = run.stdout.splitlines()[0]
@@ -170,7 +170,7 @@ def test_a_restart_that_lost_copies_leaves_the_shedding_not_judged(tmp_path: Pat
     seen = trio.run(play, database)
 
     run = run_report(database)
-    print(run.stdout)
+    print(f"killed at {seen['killed']:.3f}, new child at {seen['restarted']:.3f}\n{run.stdout}")
     assert run.returncode == 3, (run.returncode, run.stdout, run.stderr)
     lines = site_lines(run.stdout)
     assert lines["site-01"].startswith("  site-01: NOT JUDGED: monitor restarted at "), lines
@@ -187,6 +187,7 @@ def test_a_restart_that_lost_copies_leaves_the_shedding_not_judged(tmp_path: Pat
     # Every slot is there; those whose copies may be missing are flagged, and counted.
     found = assert_no_slot_absent(database)
     flagged = [at for rows in found.values() for at, flags in rows if flags & INCOMPLETE]
+    print(f"{len(flagged)} slot rows flagged, {interruption['lost']} copies lost")
     assert flagged and len(flagged) % len(SITES) == 0
     assert all(interruption["start"] * 1000 <= at for at in flagged)
     assert seen["metrics"]["concentrator_shedding_incomplete_slots_total"] == {"": float(len(flagged))}
