@@ -2,8 +2,10 @@
 metrics. Started by `ShedFeeder` (tap.py) with the configuration on stdin, then frames.
 
 Tasks: the reader (frames -> monitor), the ticker (closes 4-second slots, writes the
-record in one transaction per TICK), the trip poller (the kernel's multicast forwarding
-counters, read-only: no socket joins a group) and the daily pruning. Runs at a lower
+record in one transaction per TICK, with the last copy applied), the trip poller (the
+kernel's multicast forwarding counters, read-only: no socket joins a group) and the daily
+pruning. A restarted process resumes from its record and the feeder's ring (tap.py says
+how); the ticker waits until the ring's copies are applied. Runs at a lower
 priority than the relay (tap.CHILD), as the MQTT mirror does.
 """
 
