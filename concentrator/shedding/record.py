@@ -78,6 +78,10 @@ CREATE VIEW IF NOT EXISTS credited AS
 """
 # Columns added by schema 2 to a record written by schema 1 (the view is re-created).
 _MIGRATE = (("samples", "age_ms", "INTEGER"), ("verdicts", "status", "TEXT"), ("verdicts", "note", "TEXT"))
+_LATEST_CHANGE = (
+    "SELECT point, received_ms, tagged_ms, state, valid FROM changes WHERE site = ? AND ioa = ? "
+    "ORDER BY received_ms DESC LIMIT 1"
+)
 _META_RESUME = ("epoch", "seq", "seq_at", "next_slot")
 
 
@@ -237,17 +241,23 @@ class ShedRecord:
         """Where the record ends, for a restarted monitor; None for a new record. A
         shedding left open that cannot be resumed is closed NOT JUDGED here."""
         applied = self.applied()
-        (last,) = self.db.execute("SELECT max(at_ms) FROM samples").fetchone()
-        if applied is None and last is None:
-            return None
-        next_slot = applied.next_slot if applied is not None else last / 1000 + config.sample_period
+        if applied is not None:
+            next_slot = applied.next_slot
+        else:  # a record of schema 1: after its last slot (per site: along the key, no table scan)
+            last = [self.db.execute("SELECT max(at_ms) FROM samples WHERE site = ?", (i,)).fetchone()[0]
+                    for i in self._site_ids.values()]  # fmt: skip
+            if not any(t is not None for t in last):
+                return None
+            next_slot = max(t for t in last if t is not None) / 1000 + config.sample_period
         signals: dict[str, list[tuple[str, int, Change]]] = {}
-        for name, ioa, point, received_ms, tagged_ms, state, valid in self.db.execute(
-            "SELECT sites.name, c.ioa, c.point, c.received_ms, c.tagged_ms, c.state, c.valid FROM changes c "
-            "JOIN sites ON sites.id = c.site WHERE c.received_ms = (SELECT max(received_ms) FROM changes d "
-            "WHERE d.site = c.site AND d.ioa = c.ioa)"
-        ):
-            signals.setdefault(name, []).append((point, ioa, _change(received_ms, tagged_ms, state, valid)))
+        for site in config.sites:
+            site_id = self._site_ids.get(site.name)
+            p = site.points
+            for ioa in (*p.breakers, *(i for i in (p.lock, p.grid_connection) if i is not None)):
+                # Backwards along (site, received_ms): stops at the point's latest change.
+                row = self.db.execute(_LATEST_CHANGE, (site_id, ioa)).fetchone()
+                if row is not None:
+                    signals.setdefault(site.name, []).append((row[0], ioa, _change(*row[1:])))
         return Resume(next_slot, self.next_event_id(), signals, self._open_event(config, now))
 
     def _open_event(self, config: SheddingConfig, now: float) -> Event | None:
