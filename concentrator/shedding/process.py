@@ -65,7 +65,8 @@ class MonitorService:
         self.metrics = SheddingMetrics(config, self.monitor)
         self.groups = {s.trip_group for s in config.sites if s.trip_group}
         # Copies of this feeder up to `seen` were applied before a restart: they only
-        # restore measured values. `last` is what the record says was applied last.
+        # restore measured values. `last` (sequence number, tap time) is the copy the next
+        # write records as applied last: everything before it is applied or recorded lost.
         same = applied is not None and applied.epoch == hello.epoch
         self.seen = applied.seq if same and applied is not None else 0
         self.last = (hello.first_seq - 1, now)
