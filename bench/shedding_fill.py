@@ -1,5 +1,6 @@
 """Fill a shedding record with synthetic 4-second samples, as the monitor writes them, and
-measure size and write cost (bench/SHEDDING.md).
+measure size and write cost (bench/SHEDDING.md). Each row carries the time its values
+were taken, and each transaction the last copy applied, as the monitor writes them.
 
     python3 bench/shedding_fill.py --db /tmp/x.sqlite --sites 100 --days 2 [--resume] [--json]
 
@@ -24,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from concentrator.shedding.monitor import SampleRow  # noqa: E402
-from concentrator.shedding.record import ShedRecord  # noqa: E402
+from concentrator.shedding.record import Applied, ShedRecord  # noqa: E402
 from concentrator.shedding.verdict import Sample  # noqa: E402
 
 PERIOD = 4.0
@@ -56,11 +57,12 @@ def main() -> None:
         for _ in range(min(args.slots, slots - first)):
             for name in names:
                 valid = rng.random() > 0.01
-                rows.append(SampleRow(name, Sample(at, rng.uniform(850, 950), valid, rng.uniform(390, 410), valid),
-                                      True, rng.uniform(0.001, 0.003)))  # fmt: skip
+                taken = at - rng.uniform(0.5, 3.5)
+                rows.append(SampleRow(name, Sample(at, rng.uniform(850, 950), valid, rng.uniform(390, 410), valid,
+                                                   taken=taken), True, rng.uniform(0.001, 0.003)))  # fmt: skip
             at += PERIOD
         began = time.perf_counter()
-        record.write(rows)
+        record.write(rows, Applied("fill", first + 1, at - PERIOD, at))  # as the monitor: the last copy applied
         costs.append(time.perf_counter() - began)
         if first == 0:
             print("writing", flush=True)  # the kill -9 test waits for this

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands `netd` and its options to the link manager.
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
     commands.add_parser("shedding", help="shedding compliance: `shedding report --config FILE [--since 7d] "
-                        "[--event ID] [--html DIR]`")  # fmt: skip
+                        "[--event ID] [--html DIR] [--json]`")  # fmt: skip
     commands.add_parser("ha", help="run the HA supervisor of one appliance of a pair (keepalived, relay); ha --help")
     commands.add_parser("ha-status", help="this appliance's HA role, from its supervisor; --json")
     commands.add_parser(
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if argv[1:2] != ["report"]:
             print("usage: concentrator shedding report (--config FILE | --db FILE) [--since 7d] [--event ID] "
-                  "[--html DIR]", file=sys.stderr)  # fmt: skip
+                  "[--html DIR] [--json]", file=sys.stderr)  # fmt: skip
             return 2
         try:
             return report_main(argv[2:])

@@ -7,13 +7,16 @@ touches the relay). Powers in watts (base units); the UPDCs send kW.
     concentrator_shedding_assigned_power_watts{site}          the configured interruptible power
     concentrator_shedding_event_in_progress                   1 during a shedding
     concentrator_shedding_site_in_event{site}                 1 if the site is shed now
-    concentrator_shedding_site_compliant{site}                last verdict (live during a shedding)
+    concentrator_shedding_site_compliant{site}                last verdict (live during a shedding), if judged
+    concentrator_shedding_site_not_judged{site}               1 if the monitor did not see all of it
     concentrator_shedding_site_verdict_final{site}            1 once that verdict is final
     concentrator_shedding_aggregate_compliant                 last aggregate verdict
     concentrator_shedding_time_skew_seconds{site,interruptibility}  receive time - UPDC time tag
     concentrator_shedding_clock_synchronized, _clock_max_error_seconds  our own clock (adjtimex)
     concentrator_shedding_asdus_total, _dropped_asdus_total, _decode_errors_total,
     concentrator_shedding_record_rows_total, _record_errors_total, _record_write_seconds
+    concentrator_shedding_incomplete_slots_total              site slots recorded while copies may have been
+                                                              lost (row flagged; `interruptions` says why)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prometheus_client.registry import Collector
 from .clock import ClockState
 from .config import SheddingConfig
 from .monitor import SheddingMonitor
+from .verdict import Status
 
 P = "concentrator_shedding_"
 
@@ -37,6 +41,7 @@ class SheddingMetrics(Collector):
         self.asdus = 0
         self.dropped = 0
         self.written = 0
+        self.flagged = 0  # recorded slots flagged incomplete afterwards (a loss reported later)
         self.record_errors = 0
         self.write_seconds = 0.0
         self.clock = ClockState(None, None, None)
@@ -53,6 +58,9 @@ class SheddingMetrics(Collector):
         in_event = GaugeMetricFamily(f"{P}site_in_event", "1 while the site is shed.", labels=["site"])
         compliant = GaugeMetricFamily(f"{P}site_compliant", "Last verdict of the site: 1 compliant, 0 not.",
                                       labels=["site"])  # fmt: skip
+        not_judged = GaugeMetricFamily(f"{P}site_not_judged",
+                                       "1 if the site's last verdict could not be made (copies lost).",
+                                       labels=["site"])  # fmt: skip
         final = GaugeMetricFamily(f"{P}site_verdict_final", "1 once the site's last verdict is final.",
                                   labels=["site"])  # fmt: skip
         skew = GaugeMetricFamily(f"{P}time_skew_seconds", "Receive time minus the UPDC's time tag, last tagged point.",
@@ -70,12 +78,14 @@ class SheddingMetrics(Collector):
             in_event.add_metric([name], 1 if shed else 0)
             verdict = m.last_verdicts.get(name)
             if verdict is not None:
-                compliant.add_metric([name], 1 if verdict.passed else 0)
+                if verdict.status is not Status.NOT_JUDGED:
+                    compliant.add_metric([name], 1 if verdict.passed else 0)
+                not_judged.add_metric([name], 1 if verdict.status is Status.NOT_JUDGED else 0)
                 final.add_metric([name], 1 if verdict.final else 0)
             if state.skew is not None:
                 kind = "instantaneous" if state.site.instantaneous else "emergency"
                 skew.add_metric([name, kind], state.skew)
-        yield from (site_power, credited, assigned, in_event, compliant, final, skew)
+        yield from (site_power, credited, assigned, in_event, compliant, not_judged, final, skew)
         yield GaugeMetricFamily(f"{P}credited_power_aggregate_watts", "Credited interruptible power, all sites.",
                                 value=aggregate * 1000)  # fmt: skip
         yield GaugeMetricFamily(f"{P}event_in_progress", "1 during a shedding.", value=1 if event else 0)
@@ -95,6 +105,8 @@ class SheddingMetrics(Collector):
             ("decode_errors", "Site ASDUs the decoder refused.", m.decode_errors),
             ("record_rows", "Rows written to the record.", self.written),
             ("record_errors", "Record writes that failed.", self.record_errors),
+            ("incomplete_slots", "Site slots recorded while copies of their window may have been lost.",
+             m.incomplete_slots + self.flagged),
         ):  # fmt: skip
             yield CounterMetricFamily(f"{P}{name}", doc, value=value)
         yield GaugeMetricFamily(f"{P}record_write_seconds", "Duration of the last record write.",

@@ -2,8 +2,10 @@
 metrics. Started by `ShedFeeder` (tap.py) with the configuration on stdin, then frames.
 
 Tasks: the reader (frames -> monitor), the ticker (closes 4-second slots, writes the
-record in one transaction per TICK), the trip poller (the kernel's multicast forwarding
-counters, read-only: no socket joins a group) and the daily pruning. Runs at a lower
+record in one transaction per TICK, with the last copy applied), the trip poller (the
+kernel's multicast forwarding counters, read-only: no socket joins a group) and the daily
+pruning. A restarted process resumes from its record and the feeder's ring (tap.py says
+how); the ticker waits until the ring's copies are applied. Runs at a lower
 priority than the relay (tap.CHILD), as the MQTT mirror does.
 """
 
@@ -23,14 +25,18 @@ from monitoring.primitives import serve
 from .clock import clock_state
 from .config import SheddingConfig
 from .metrics import SheddingMetrics
-from .monitor import SheddingMonitor
-from .record import DAY, ShedRecord
-from .tap import DROPPED, HEAD
+from .monitor import MAX_AGE_PERIODS, Resume, SheddingMonitor
+from .record import DAY, Applied, ShedRecord
+from .tap import DROPPED, DROPPED_BODY, HEAD, Hello
+from .verdict import Interruption, utc
 
 log = logging.getLogger("shedding")
 
 TICK = 0.25  # seconds between slot checks and record writes
 TRIP_POLL = 0.05  # seconds between reads of the kernel's multicast counters
+# Slots close this long after their end, so that copies on their way (the tap, the
+# feeder's 50 ms, the pipe) are counted in the slot they belong to.
+SETTLE = 0.5
 
 
 def trip_counters(groups: set[str]) -> dict[str, int]:
@@ -46,16 +52,67 @@ def trip_counters(groups: set[str]) -> dict[str, int]:
 
 
 class MonitorService:
-    def __init__(self, config: SheddingConfig) -> None:
+    """The monitor with its record and the copies from the relay (tap.py's protocol)."""
+
+    def __init__(self, config: SheddingConfig, hello: Hello) -> None:
         self.config = config
+        self.hello = hello
         self.record = ShedRecord(config.database, config.retention_days)
-        self.monitor = SheddingMonitor(config, time.time(), next_event_id=self.record.next_event_id())
+        now = time.time()
+        applied = self.record.applied()
+        resume = self.record.resume(config, now)
+        self.monitor = SheddingMonitor(config, now, resume=resume)
         self.metrics = SheddingMetrics(config, self.monitor)
         self.groups = {s.trip_group for s in config.sites if s.trip_group}
+        # Copies of this feeder up to `seen` were applied before a restart: they only
+        # restore measured values. `last` (sequence number, tap time) is the copy the next
+        # write records as applied last: everything before it is applied or recorded lost.
+        same = applied is not None and applied.epoch == hello.epoch
+        self.seen = applied.seq if same and applied is not None else 0
+        self.last = (hello.first_seq - 1, now)
+        self.replaying = hello.replay
+        self.replayed = trio.Event()
+        self.record_applied: Applied | None = None
+        if not self.replaying:
+            self.replayed.set()
+        if resume is not None:
+            self._restarted(resume, applied, now)
 
-    def feed(self, site: str, asdu: bytes, wall: float) -> None:
+    def _restarted(self, resume: Resume, applied: Applied | None, now: float) -> None:
+        """Whether the copies that follow continue what the record holds; if not, the span
+        that may be lost is an interruption (slots flagged, sheddings not judged)."""
+        hello, look_back = self.hello, MAX_AGE_PERIODS * self.config.sample_period
+        since = applied.at if applied is not None else resume.next_slot - self.config.sample_period
+        if (applied is not None and applied.epoch == hello.epoch and hello.first_seq <= applied.seq + 1
+                and hello.complete_from <= resume.next_slot - look_back):  # fmt: skip
+            self.last = (applied.seq, applied.at)
+            cause = f"monitor restarted at {utc(now)}; resumed from the relay's copies, none lost"
+            self.monitor.interrupted(Interruption(since, now, cause, 0))
+            log.info("record %s resumed at %s with no copy lost", self.config.database, utc(resume.next_slot))
+            return
+        lost = None
+        if applied is not None and applied.epoch == hello.epoch and hello.first_seq > applied.seq + 1:
+            lost = hello.first_seq - applied.seq - 1
+        until = max(hello.complete_from, since)
+        cause = f"monitor restarted at {utc(now)}; copies from {utc(since)} to {utc(until)} lost"
+        self.monitor.interrupted(Interruption(since, until, cause, lost))
+        log.warning("record %s: %s", self.config.database, cause)
+
+    def feed(self, seq: int, site: str, asdu: bytes, wall: float) -> None:
+        if self.replaying:
+            self.replaying -= 1
+            if not self.replaying:
+                self.replayed.set()
+        if seq <= self.seen:  # applied before the restart
+            if site and site != DROPPED:
+                self.monitor.site_values(site, asdu, wall)
+            return
+        self.last = (seq, wall)
         if site == DROPPED:
-            self.metrics.dropped += int.from_bytes(asdu, "big")
+            count, first, last = DROPPED_BODY.unpack(asdu)
+            self.metrics.dropped += count
+            cause = f"tap queue full: {count} copies from {utc(first)} to {utc(last)} dropped"
+            self.monitor.interrupted(Interruption(first, last, cause, count))
         elif site:
             self.metrics.asdus += 1
             self.monitor.site_asdu(site, asdu, wall)
@@ -64,20 +121,25 @@ class MonitorService:
             self.monitor.bmi_asdu(asdu, wall)
 
     def flush(self) -> None:
-        self.monitor.tick(time.time())
+        self.monitor.tick(time.time() - SETTLE)
         records = self.monitor.take_records()
-        if not records:
+        applied = Applied(self.hello.epoch, *self.last, self.monitor.next_slot)
+        if not records and applied == self.record_applied:
             return
         started = time.perf_counter()
         try:
-            self.record.write(records)
+            written, flagged = self.record.write(records, applied)
         except Exception:  # a full disk must not stop the metrics or the live verdicts
             self.metrics.record_errors += 1
             log.exception("writing %d records failed", len(records))
+        else:
+            self.record_applied = applied
+            self.metrics.written += written
+            self.metrics.flagged += flagged
         self.metrics.write_seconds = time.perf_counter() - started
-        self.metrics.written += len(records)
 
     async def ticker(self) -> None:
+        await self.replayed.wait()  # slots close after the copies sent again are applied
         while True:
             await trio.sleep(TICK)
             self.flush()
@@ -117,9 +179,11 @@ async def _main() -> None:
         return data
 
     (length,) = struct.unpack(">I", await read_exactly(4))
-    config: SheddingConfig = pickle.loads(await read_exactly(length))  # noqa: S301 (our parent's pipe)
+    hello: Hello
+    config: SheddingConfig
+    config, hello = pickle.loads(await read_exactly(length))  # noqa: S301 (our parent's pipe)
     try:
-        service = MonitorService(config)
+        service = MonitorService(config, hello)
     except sqlite3.Error as exc:
         log.error("cannot open the record %s: %s (its directory must exist and be writable by this user)",
                   config.database, exc)  # fmt: skip
@@ -132,9 +196,9 @@ async def _main() -> None:
             nursery.start_soon(service.trip_poller)
             nursery.start_soon(service.pruner)
             while True:
-                size, wall, name_length = HEAD.unpack(await read_exactly(HEAD.size))
-                rest = await read_exactly(size - 9)
-                service.feed(rest[:name_length].decode(), rest[name_length:], wall)
+                size, seq, wall, name_length = HEAD.unpack(await read_exactly(HEAD.size))
+                rest = await read_exactly(size - (HEAD.size - 4))
+                service.feed(seq, rest[:name_length].decode(), rest[name_length:], wall)
     finally:
         service.flush()
         service.record.close()

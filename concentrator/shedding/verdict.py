@@ -6,9 +6,13 @@ How the annex is read (docs/shedding.md says why):
 - 5.2: from the shedding command until the release, every 4-second sample Pi of the
   site's total power must satisfy Pi <= P0 - Pd + 5 % of the contractual power. P0 is
   the sample current at the command; Pd, the power shed, is the sum of the site's
-  interruptible load measures in that same sample. Samples are judged from one sample
-  period after the breakers opened (or after the opening limit, 200 ms / 5 s from the
-  command, if they did not): a measure needs that long to show the opening.
+  interruptible load measures in that same sample (measured, not the assigned power).
+  The judged window: a sample counts if it was taken after the command plus the opening
+  time allowed (200 ms instantaneous, 5 s emergency: 5.1.1), in a slot ending no later
+  than the release. A
+  sample's time is that of the oldest value in it (UPDC time tag, else receive time); a
+  slot with no value counts at its end. A sample taken before the breaker could open
+  cannot count against the holder; every one after can.
 - 5.3: a sample not received, or received with invalid quality, counts as zero (so P0
   is 0 when its sample is missing, and the site cannot pass the formula). An invalid
   sample during the shedding is also the failure "measure unavailable"; a silence is
@@ -18,10 +22,16 @@ How the annex is read (docs/shedding.md says why):
   unlocked before the release, lock never set (when the lock is mapped), load measure
   not zeroed, time error over 5 ms (instantaneous sites).
 - 5.6: a site with a connection-to-grid point must stay connected throughout.
+
+A verdict PASSes only on complete evidence: when copies of the site's ASDUs may have been
+lost during the shedding (monitor restarted without its copies, tap overloaded), a site
+that failed nothing is NOT_JUDGED, never PASS; a failure seen is still a FAIL.
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,6 +41,19 @@ from .config import ShedSite
 DISCONNECTION_TOLERATED = 20.0  # seconds (footnote 2: switching to the backup circuit)
 TIME_ERROR_LIMIT = 0.005  # seconds (5.4, instantaneous interruptibility)
 LOAD_ZERO_FRACTION = 0.02  # a load measure within 2 % of the interruptible power reads "zeroed"
+
+
+class Status(StrEnum):
+    """A verdict's outcome. Further outcomes (e.g. an unavailability notified to the
+    operator, which makes a shedding not creditable) extend this enum with their note."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_JUDGED = "not_judged"  # the monitor did not see all of the shedding
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ").upper()
 
 
 class Reason(StrEnum):
@@ -48,6 +71,13 @@ class Reason(StrEnum):
     GRID_DISCONNECTED = "grid_disconnected"  # 5.6: not connected to the grid
 
 
+def utc(t: float | None) -> str:
+    """A time as verdicts and reports write it: ISO 8601, UTC, milliseconds."""
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One 4-second slot of one site, as the BMI sees it."""
@@ -58,6 +88,13 @@ class Sample:
     loads: float | None  # sum of the raw load measures, None if one is missing
     loads_valid: bool
     grid_connected: bool | None = None  # 5.6 state, None if not mapped or unknown
+    taken: float | None = None  # when the oldest value in it was taken (UPDC tag, else receive time)
+    complete: bool = True  # False: copies of this slot's window may have been lost (see Interruption)
+
+    @property
+    def instant(self) -> float:
+        """The time the judged window compares: when it was taken, or the slot's end if empty."""
+        return self.taken if self.taken is not None else self.at
 
     @property
     def pi(self) -> float:
@@ -86,6 +123,16 @@ class Change:
         return self.tagged if self.tagged is not None else self.received
 
 
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """A span in which the monitor did not see every copy (restart, tap overload)."""
+
+    start: float
+    end: float
+    cause: str  # one sentence, e.g. "monitor restarted at ...: copies lost"
+    lost: int | None  # copies lost; None: unknown; 0: none (a restart resumed from its copies)
+
+
 @dataclass
 class SiteEvidence:
     """What the monitor saw of one site during one shedding."""
@@ -100,6 +147,7 @@ class SiteEvidence:
     locked_at_start: bool = False
     grid: list[Change] | None = None  # None: not mapped
     skews: list[float] = field(default_factory=list)  # time tag skews seen, seconds
+    interruptions: list[Interruption] = field(default_factory=list)  # during the shedding
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,29 +160,33 @@ class Failure:
 @dataclass(frozen=True)
 class SiteVerdict:
     site: str
-    passed: bool
+    status: Status
     final: bool  # False while the shedding goes on (the verdict may still turn)
     failures: tuple[Failure, ...]
     p0: float
     pd: float
     limit_kw: float  # P0 - Pd + 5 % of the contractual power
     opening_time: float | None  # seconds from the command to the opening (UPDC tag)
-    judged_from: float
+    judged_from: float  # samples taken after this instant count (command + opening time allowed)
+    note: str = ""  # why not judged (or what was interrupted)
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
 
     @property
     def reasons(self) -> tuple[Reason, ...]:
         return tuple(dict.fromkeys(f.reason for f in self.failures))
 
 
-def judge_site(site: ShedSite, evidence: SiteEvidence, now: float, sample_period: float) -> SiteVerdict:
+def judge_site(site: ShedSite, evidence: SiteEvidence, now: float) -> SiteVerdict:
     e = evidence
     failures: list[Failure] = []
     end = e.release_at if e.release_at is not None else now
     origin = e.command_at if e.command_at is not None else e.start
-    opened_at, opening_time = _breakers(site, e, origin, end, failures)
-    # The measure must show the opening one sample period after it; without an opening,
-    # after the opening limit.
-    judged_from = (opened_at if opened_at is not None else origin + site.opening_limit) + sample_period
+    opening_time = _breakers(site, e, origin, end, failures)
+    # The one judged window (docs/shedding.md): samples taken after the breaker could open.
+    judged_from = origin + site.opening_limit
 
     before = e.before
     p0 = before.pi if before is not None else 0.0
@@ -157,16 +209,15 @@ def judge_site(site: ShedSite, evidence: SiteEvidence, now: float, sample_period
     _silences(samples, e.start, end, failures)
 
     zero = LOAD_ZERO_FRACTION * site.interruptible_kw
-    for s in samples:
-        if s.at < judged_from:
-            continue
+    judged = judged_samples(samples, judged_from, end)
+    for s in judged:
         if s.pi > limit:
             failures.append(Failure(Reason.POWER_ABOVE_BAND,
                                     f"Pi {s.pi:.1f} kW > P0 {p0:.1f} - Pd {pd:.1f} + {site.tolerance_kw:.1f} "
                                     f"= {limit:.1f} kW", s.at))  # fmt: skip
             break
-    for s in samples:
-        if s.at >= judged_from and s.loads is not None and s.loads_valid and s.loads > zero:
+    for s in judged:
+        if s.loads is not None and s.loads_valid and s.loads > zero:
             failures.append(Failure(Reason.LOAD_NOT_ZEROED, f"load measure {s.loads:.1f} kW > {zero:.1f} kW", s.at))
             break
 
@@ -181,8 +232,18 @@ def judge_site(site: ShedSite, evidence: SiteEvidence, now: float, sample_period
         if abs(worst) > TIME_ERROR_LIMIT:
             failures.append(Failure(Reason.TIME_ERROR, f"time tags off by {worst * 1000:.1f} ms (limit 5 ms)"))
 
-    return SiteVerdict(site.name, not failures, e.release_at is not None, tuple(failures), p0, pd, limit,
-                       opening_time, judged_from)  # fmt: skip
+    # The monitor lists the interruptions that met the shedding (or the samples giving P0).
+    lost = [i for i in e.interruptions if i.lost != 0 and i.start <= end]
+    note = "; ".join(i.cause for i in lost)
+    status = Status.FAIL if failures else Status.NOT_JUDGED if lost else Status.PASS
+    return SiteVerdict(site.name, status, e.release_at is not None, tuple(failures), p0, pd, limit,
+                       opening_time, judged_from, note)  # fmt: skip
+
+
+def judged_samples(samples: Sequence[Sample], judged_from: float, end: float) -> list[Sample]:
+    """The judged window: samples taken after the command plus the opening time allowed
+    (`judged_from`), in slots up to the release (`end`)."""
+    return [s for s in samples if s.instant > judged_from and s.at <= end]
 
 
 def _silences(samples: Sequence[Sample], start: float, end: float, failures: list[Failure]) -> None:
@@ -197,8 +258,8 @@ def _silences(samples: Sequence[Sample], start: float, end: float, failures: lis
 
 
 def _breakers(site: ShedSite, e: SiteEvidence, origin: float, end: float,
-              failures: list[Failure]) -> tuple[float | None, float | None]:  # fmt: skip
-    """Opening (every breaker OFF: 5.1.5's cumulative breaker): when, how long after the
+              failures: list[Failure]) -> float | None:  # fmt: skip
+    """Opening (every breaker OFF: 5.1.5's cumulative breaker): how long after the
     command; reclosing."""
     opened: list[float] = []
     for ioa, changes in sorted(e.breakers.items()):
@@ -216,15 +277,13 @@ def _breakers(site: ShedSite, e: SiteEvidence, origin: float, end: float,
         if reclosed is not None:
             failures.append(Failure(Reason.RECLOSED_EARLY, f"breaker {ioa} closed before the release",
                                     reclosed.received))  # fmt: skip
-    if not opened or len(opened) < len(e.breakers):
-        return None, None
-    if e.command_at is None:
-        return max(opened), None
+    if not opened or len(opened) < len(e.breakers) or e.command_at is None:
+        return None
     opening = max(opened) - e.command_at
     if opening > site.opening_limit:
         failures.append(Failure(Reason.BREAKER_LATE, f"opened {opening * 1000:.0f} ms after the command "
                                 f"(limit {site.opening_limit * 1000:.0f} ms)", max(opened)))  # fmt: skip
-    return max(opened), opening
+    return opening
 
 
 def _lock(e: SiteEvidence, end: float, judged_from: float, failures: list[Failure]) -> None:
@@ -247,20 +306,23 @@ def _lock(e: SiteEvidence, end: float, judged_from: float, failures: list[Failur
 
 @dataclass(frozen=True)
 class AggregateVerdict:
-    passed: bool
+    status: Status
     failed_sites: tuple[str, ...]
     band: tuple[tuple[float, float, float], ...]  # (slot, sum of Pi, sum of P0 - Pd + tolerance)
 
 
 def judge_aggregate(verdicts: Sequence[SiteVerdict], evidence: dict[str, SiteEvidence]) -> AggregateVerdict:
-    """The shedding as a whole passes if every site passes; the summed band is for the plot."""
+    """The shedding as a whole passes if every site passes (fails if one fails, else is not
+    judged if one is not); the summed band is for the plot."""
     totals: dict[float, list[float]] = {}
     for v in verdicts:
-        for s in evidence[v.site].samples:
-            if s.at >= v.judged_from:
-                slot = totals.setdefault(s.at, [0.0, 0.0])
-                slot[0] += s.pi
-                slot[1] += v.limit_kw
-    failed = tuple(v.site for v in verdicts if not v.passed)
+        e = evidence[v.site]
+        for s in judged_samples(e.samples, v.judged_from, e.release_at if e.release_at is not None else math.inf):
+            slot = totals.setdefault(s.at, [0.0, 0.0])
+            slot[0] += s.pi
+            slot[1] += v.limit_kw
+    failed = tuple(v.site for v in verdicts if v.status is not Status.PASS)
+    statuses = {v.status for v in verdicts}
+    status = Status.FAIL if Status.FAIL in statuses else Status.NOT_JUDGED if failed else Status.PASS
     band = tuple((at, pi, limit) for at, (pi, limit) in sorted(totals.items()))
-    return AggregateVerdict(not failed, failed, band)
+    return AggregateVerdict(status, failed, band)

@@ -75,7 +75,7 @@ async def play(tmp_path: Path, misbehave: str) -> None:
         await trio.sleep(1.0)
         if misbehave == "invalid":
             sims[BAD].misbehaviour.invalid_quality = True
-        await trio.sleep(2.5)
+        await trio.sleep(6.0)  # samples count from the command + 5 s (emergency sites' opening time allowed)
         # Live, from the monitor process's own metrics port: who is shed, who fails now.
         listen = relay.config.shedding.metrics_listen
         live = await trio.to_thread.run_sync(scrape, f"http://{listen.host}:{listen.port}/metrics")

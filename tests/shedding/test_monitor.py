@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.monitor import AggregateRow, EventRow, SampleRow, SheddingMonitor, VerdictRow
-from concentrator.shedding.verdict import Reason
+from concentrator.shedding.record import Applied, ShedRecord, open_read_only
+from concentrator.shedding.record import events as stored_events
+from concentrator.shedding.report import event_summary
+from concentrator.shedding.verdict import Interruption, Reason, Status
 from concentrator.sim.points import (
     breaker_command,
     double_point,
@@ -54,7 +60,7 @@ def test_a_commanded_shedding_is_recorded_sampled_and_judged() -> None:
     assert len(final) == 1 and final[0].passed, final
     assert (final[0].p0, final[0].pd) == (900.0, 400.0) and abs(final[0].opening_time - 0.12) < 0.002
     agg = [r for r in records if isinstance(r, AggregateRow)][-1]
-    assert agg.passed and agg.final
+    assert agg.status is Status.PASS and agg.final
     rows = [r for r in records if isinstance(r, SampleRow) and r.site == "a"]
     assert [r.sample.at for r in rows] == [T, T + 4, T + 8, T + 12]
     assert rows[0].breaker_closed is None and rows[1].breaker_closed is False
@@ -120,3 +126,82 @@ def test_an_opening_without_a_command_is_closed_unjudged_and_the_next_shedding_i
     assert closed.end == T + 12 and closed.trigger == "breaker opened without a shedding command"
     m.bmi_asdu(breaker_command(102, False), T + 20)
     assert m.event is not None and m.event.event_id == 2 and list(m.event.sites) == ["b"]
+
+
+def test_a_monitor_resumed_from_the_record_judges_the_shedding_as_one_never_stopped(tmp_path: Path) -> None:
+    whole = SheddingMonitor(CONFIG, T - 3)
+    shed(whole, "reconnect")
+    expected = whole.last_verdicts["a"]
+    assert expected.final and expected.reasons == (Reason.POWER_ABOVE_BAND,)
+
+    # The same shedding, the monitor stopped after the sample of T + 3 and the slot of T + 4.
+    first = SheddingMonitor(CONFIG, T - 3)
+    samples(first, 101, "a", T - 1, 900, 400)
+    first.bmi_asdu(breaker_command(101, False), T)
+    first.site_asdu("a", double_point(101, 2001, False, T + 0.12), T + 0.122)
+    first.site_asdu("a", single_point(101, 2002, True, T + 0.13), T + 0.132)
+    samples(first, 101, "a", T + 3, 505, 0)
+    first.tick(T + 4.5)
+    record = ShedRecord(str(tmp_path / "r.sqlite"))
+    record.write(first.take_records(), Applied("relay", 5, T + 3.002, first.next_slot))
+
+    resumed = SheddingMonitor(CONFIG, T + 5, resume=record.resume(CONFIG, T + 5))
+    assert resumed.next_slot == T + 8 and resumed.event is not None and resumed.event.event_id == 1
+    assert resumed.sites["a"].breakers[2001].state is False  # the latest states came back too
+    samples(resumed, 101, "a", T + 7, 505, 0)
+    samples(resumed, 101, "a", T + 11, 620, 0)
+    resumed.bmi_asdu(release_command(101), T + 12.5)
+    assert resumed.event is None  # the release closed the resumed event
+    got = resumed.last_verdicts["a"]
+    assert (got.status, got.final, got.reasons, got.p0, got.pd, got.limit_kw) == (
+        expected.status, expected.final, expected.reasons, expected.p0, expected.pd, expected.limit_kw)  # fmt: skip
+    assert abs(got.opening_time - expected.opening_time) < 0.001 and got.judged_from == expected.judged_from
+    record.write(resumed.take_records())
+    (end,) = record.db.execute("SELECT end FROM events WHERE id = 1").fetchone()
+    assert end == T + 12.5
+    record.close()
+
+
+def test_a_loss_during_a_shedding_makes_a_clean_site_not_judged_and_flags_its_slots() -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    samples(m, 101, "a", T - 1, 900, 400)
+    m.bmi_asdu(breaker_command(101, False), T)
+    m.site_asdu("a", double_point(101, 2001, False, T + 0.12), T + 0.122)
+    m.site_asdu("a", single_point(101, 2002, True, T + 0.13), T + 0.132)
+    m.interrupted(Interruption(T + 5, T + 6, "tap queue full: 3 copies dropped", 3))
+    for k in range(1, 4):
+        samples(m, 101, "a", T + 4 * k - 1, 505, 0)
+    m.bmi_asdu(release_command(101), T + 12.5)
+    verdict = m.last_verdicts["a"]
+    assert verdict.status is Status.NOT_JUDGED and verdict.note == "tap queue full: 3 copies dropped"
+    rows = [r.sample for r in m.take_records() if isinstance(r, SampleRow) and r.site == "a"]
+    # Slots whose look-back (1.5 periods, 6 s) meets 5..6 s: the one ending at 8 s, not 4 s
+    # (ended before) nor 12 s (looks back to 6 s exclusive).
+    assert [(s.at - T, s.complete) for s in rows] == [(0, True), (4, True), (8, False), (12, True)]
+    assert m.incomplete_slots == len(SITES)
+
+
+def test_a_shedding_that_cannot_be_resumed_is_closed_not_judged_never_left_passing(tmp_path: Path) -> None:
+    m = SheddingMonitor(CONFIG, T - 3)
+    samples(m, 101, "a", T - 1, 900, 400)
+    m.bmi_asdu(breaker_command(101, False), T)
+    m.site_asdu("a", double_point(101, 2001, False, T + 0.12), T + 0.122)
+    m.site_asdu("a", single_point(101, 2002, True, T + 0.13), T + 0.132)
+    samples(m, 101, "a", T + 3, 505, 0)
+    m.tick(T + 8)
+    assert m.last_verdicts["a"].passed and not m.last_verdicts["a"].final  # PASS, provisional
+    record = ShedRecord(str(tmp_path / "r.sqlite"))
+    record.write(m.take_records())
+    # Restarted with site a no longer configured: its shedding cannot be resumed.
+    resume = record.resume(replace(CONFIG, sites=CONFIG.sites[1:]), T + 20)
+    assert resume is not None and resume.event is None
+    record.close()
+    db = open_read_only(str(tmp_path / "r.sqlite"))
+    (event,) = stored_events(db)
+    summary = event_summary(db, event)
+    assert event.end == T + 20
+    (verdict,) = summary["verdicts"]
+    assert (verdict["status"], verdict["final"]) == ("not_judged", True)
+    assert verdict["note"].endswith("this shedding could not be resumed")
+    assert summary["aggregate"] == {"status": "not_judged", "final": True, "sites_not_passing": ["a"]}
+    db.close()

@@ -15,7 +15,7 @@ from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.monitor import SampleRow
 from concentrator.shedding.record import DAY, ShedRecord, integrity
-from concentrator.shedding.tap import CHILD, config_frame, encode
+from concentrator.shedding.tap import CHILD, DROPPED, DROPPED_BODY, config_frame, encode
 from concentrator.shedding.verdict import Sample
 from concentrator.sim.points import breaker_command, double_point, float_measurements, release_command
 from tests.helpers import free_port
@@ -80,10 +80,10 @@ def monitor_process(db: Path) -> subprocess.Popen[bytes]:
 def shedding(process: subprocess.Popen[bytes]) -> None:
     assert process.stdin is not None
     t = time.time()
-    frames = [encode("a", float_measurements(101, [(1001, 900.0), (1002, 400.0)], t), t),
-              encode("", breaker_command(101, False), t + 0.01),
-              encode("a", double_point(101, 2001, False, t + 0.05), t + 0.06),
-              encode("", release_command(101), t + 0.1)]  # fmt: skip
+    frames = [encode("a", float_measurements(101, [(1001, 900.0), (1002, 400.0)], t), t, 1),
+              encode("", breaker_command(101, False), t + 0.01, 2),
+              encode("a", double_point(101, 2001, False, t + 0.05), t + 0.06, 3),
+              encode("", release_command(101), t + 0.1, 4)]  # fmt: skip
     process.stdin.write(b"".join(frames))
     process.stdin.flush()
 
@@ -125,3 +125,28 @@ def test_a_record_that_cannot_be_opened_is_named_and_the_monitor_exits(tmp_path:
     run = subprocess.run([sys.executable, "-c", CHILD], input=config_frame(config), capture_output=True, timeout=60)
     assert run.returncode == 2
     assert f"cannot open the record {tmp_path / 'missing' / 'r.sqlite'}" in run.stderr.decode()
+
+
+def test_copies_the_tap_dropped_make_the_monitor_process_record_an_interruption(tmp_path: Path) -> None:
+    db = tmp_path / "record.sqlite"
+    process = monitor_process(db)
+    try:
+        assert process.stdin is not None
+        t = time.time()
+        frames = [encode("a", float_measurements(101, [(1001, 900.0), (1002, 400.0)], t), t, 1),
+                  encode("", breaker_command(101, False), t + 0.01, 2),
+                  encode("a", double_point(101, 2001, False, t + 0.05), t + 0.06, 3),
+                  # The relay's tap was full: 5 copies tapped between t + 0.1 and t + 0.2 dropped.
+                  encode(DROPPED, DROPPED_BODY.pack(5, t + 0.1, t + 0.2), t + 0.25, 4),
+                  encode("", release_command(101), t + 0.3, 5)]  # fmt: skip
+        process.stdin.write(b"".join(frames))
+        process.stdin.flush()
+        wait_for(db, "SELECT count(*) FROM events WHERE end IS NOT NULL", 1)
+        with sqlite3.connect(db) as c:
+            (status, note), *_ = c.execute("SELECT status, note FROM verdicts WHERE site = 'a'").fetchall()
+            interruptions = c.execute("SELECT cause, lost FROM interruptions").fetchall()
+        assert status == "not_judged" and note.startswith("tap queue full: 5 copies from ")
+        assert [(cause.split(":")[0], lost) for cause, lost in interruptions] == [("tap queue full", 5)]
+    finally:
+        process.kill()
+        process.wait()

@@ -4,8 +4,8 @@ The site of every test: contractual power 1000 kW (5 % tolerance: 50 kW), interr
 power 400 kW (a load reads zeroed up to 2 %: 8 kW), instantaneous (opening within 200 ms).
 At the command (t = 1000 s) the site draws P0 = 900 kW, of which Pd = 400 kW on the
 interruptible loads: every judged Pi must stay <= 900 - 400 + 50 = 550 kW. Samples come
-every 4 s; they are judged from one period after the opening (tagged 1000.15 s): from
-1004.15 s, i.e. from the one at 1008 s.
+every 4 s; a sample is judged if it was taken after the command plus the opening time
+allowed (1000.2 s instantaneous, 1005 s emergency) and is in a slot up to the release.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import pytest
 from concentrator.shedding.config import ShedSite, SitePoints
 from concentrator.shedding.verdict import (
     Change,
+    Interruption,
     Reason,
     Sample,
     SiteEvidence,
+    Status,
     judge_aggregate,
     judge_site,
 )
@@ -29,7 +31,6 @@ POINTS = SitePoints(total_power=1001, loads=(1002,), breakers=(2001,), breaker_c
 SITE = ShedSite("s1", (101,), True, POINTS, contractual_kw=1000, interruptible_kw=400)
 EMERGENCY = replace(SITE, name="s2", instantaneous=False)
 T0 = 1000.0
-PERIOD = 4.0
 
 
 def good(t: float, total: float = 520.0, loads: float = 3.0) -> Sample:
@@ -44,7 +45,7 @@ def evidence(**changes: object) -> SiteEvidence:
         command_at=T0,
         release_at=T0 + 12,
         before=Sample(T0 - 1, 900.0, True, 400.0, True),
-        samples=[good(T0 + 4, 900.0, 400.0), good(T0 + 8), good(T0 + 12)],  # 1004: before judging starts
+        samples=[good(T0 + 4), good(T0 + 8), good(T0 + 12)],
         breakers={2001: [Change(T0 + 0.160, T0 + 0.150, False)]},
         lock=[Change(T0 + 0.170, T0 + 0.160, True)],
         skews=[0.001, -0.002],
@@ -55,7 +56,7 @@ def evidence(**changes: object) -> SiteEvidence:
 
 
 def judge(e: SiteEvidence, site: ShedSite = SITE, now: float = T0 + 100):
-    return judge_site(site, e, now, PERIOD)
+    return judge_site(site, e, now)
 
 
 def test_a_clean_shedding_passes_with_p0_pd_and_the_band_computed() -> None:
@@ -63,7 +64,7 @@ def test_a_clean_shedding_passes_with_p0_pd_and_the_band_computed() -> None:
     assert v.passed and v.final and v.failures == ()
     assert (v.p0, v.pd, v.limit_kw) == (900.0, 400.0, 550.0)
     assert v.opening_time == pytest.approx(0.150)
-    assert v.judged_from == pytest.approx(1004.15)
+    assert v.judged_from == pytest.approx(1000.2)  # the command plus 200 ms
 
 
 def test_power_above_band_when_a_load_is_reconnected() -> None:
@@ -74,9 +75,41 @@ def test_power_above_band_when_a_load_is_reconnected() -> None:
     assert v.failures[0].at == T0 + 12
 
 
-def test_samples_before_the_opening_limit_plus_one_period_are_not_judged() -> None:
-    # At 1004 s (before 1004.15) the site still draws 900 kW: not held against it.
-    assert judge(evidence()).passed
+def taken(at: float, when: float, total: float = 900.0, loads: float = 400.0) -> Sample:
+    """A slot ending at `at` whose values were taken at `when` (here: the opening not yet seen)."""
+    return Sample(at, total, True, loads, True, taken=when)
+
+
+@pytest.mark.parametrize(("site", "limit"), [(SITE, 0.2), (EMERGENCY, 5.0)])
+def test_the_judged_window_starts_at_the_command_plus_the_opening_time_allowed(site: ShedSite, limit: float) -> None:
+    # The same 900 kW sample (pre-opening power: far above the 550 kW band) in the slot
+    # ending at 1008 s: taken 1 ms before the command + 200 ms / 5 s it cannot count against
+    # the holder; taken 1 ms after, it is judged (and fails, as the load was not shed).
+    opened = {2001: [Change(T0 + 0.16, T0 + 0.15, False)]}
+    before = evidence(breakers=opened, samples=[taken(T0 + 8, T0 + limit - 0.001), good(T0 + 12)])
+    v = judge(before, site)
+    assert v.passed, v.failures
+    assert v.judged_from == pytest.approx(T0 + limit)
+    after = evidence(breakers=opened, samples=[taken(T0 + 8, T0 + limit + 0.001), good(T0 + 12)])
+    assert set(judge(after, site).reasons) == {Reason.POWER_ABOVE_BAND, Reason.LOAD_NOT_ZEROED}
+    # A slot is judged when it was taken, not where it ends: the oldest value counts, and
+    # an empty slot (counted 0 by 5.3) at its end.
+    assert Sample(T0 + 8, None, False, None, False).instant == T0 + 8
+    # A sample in a slot after the release is not judged, whenever it was taken.
+    late = evidence(breakers=opened, samples=[good(T0 + 8), taken(T0 + 16, T0 + 15)])
+    assert judge(late, site).passed
+
+
+def test_a_shedding_the_monitor_did_not_see_whole_is_not_judged_never_passed() -> None:
+    restart = Interruption(T0 + 5, T0 + 7, "monitor restarted at ...; copies from ... lost", None)
+    v = judge(evidence(interruptions=[restart]))
+    assert v.status is Status.NOT_JUDGED and not v.passed and v.note == restart.cause
+    # A restart that lost nothing is only noted; a failure seen is a failure anyway.
+    assert judge(evidence(interruptions=[replace(restart, lost=0)])).status is Status.PASS
+    failed = judge(evidence(interruptions=[restart], samples=[good(T0 + 8, 600.0)]))
+    assert failed.status is Status.FAIL and failed.reasons == (Reason.POWER_ABOVE_BAND,)
+    # An interruption after the release does not touch the shedding.
+    assert judge(evidence(interruptions=[replace(restart, start=T0 + 13, end=T0 + 14)])).passed
 
 
 def test_invalid_quality_counts_as_zero_and_fails_as_measure_unavailable() -> None:
@@ -112,7 +145,7 @@ def test_breaker_late_over_200_ms_instantaneous_and_5_s_emergency() -> None:
     # Tagged 250 ms after the command: late for an instantaneous site.
     v = judge(evidence(breakers={2001: [Change(T0 + 0.26, T0 + 0.250, False)]}))
     assert v.reasons == (Reason.BREAKER_LATE,) and v.opening_time == pytest.approx(0.25)
-    # An emergency site has 5 s: 4.9 s passes, 5.1 s does not (judged from 1008.9 / 1009.1 s).
+    # An emergency site has 5 s: 4.9 s passes, 5.1 s does not.
     late_ok = evidence(breakers={2001: [Change(T0 + 4.91, T0 + 4.9, False)]}, release_at=T0 + 12)
     assert judge(late_ok, EMERGENCY).passed
     too_late = evidence(breakers={2001: [Change(T0 + 5.11, T0 + 5.1, False)]})
@@ -174,6 +207,7 @@ def test_aggregate_names_the_failing_site_and_sums_the_band() -> None:
     site_b = replace(SITE, name="s2")
     verdicts = [judge(a), judge(b, site_b)]
     agg = judge_aggregate(verdicts, {"s1": a, "s2": b})
-    assert not agg.passed and agg.failed_sites == ("s2",)
-    # 1008 s: 520 + 520 = 1040 against 550 + 550 = 1100; 1012 s: 520 + 600 = 1120 > 1100.
-    assert agg.band == ((T0 + 8, 1040.0, 1100.0), (T0 + 12, 1120.0, 1100.0))
+    assert agg.status is Status.FAIL and agg.failed_sites == ("s2",)
+    # 1004 s: s1 only (s2 has no sample there); 1008 s: 520 + 520 = 1040 against 550 + 550 =
+    # 1100; 1012 s: 520 + 600 = 1120 > 1100.
+    assert agg.band == ((T0 + 4, 520.0, 550.0), (T0 + 8, 1040.0, 1100.0), (T0 + 12, 1120.0, 1100.0))
