@@ -160,7 +160,7 @@ def test_time_tags_in_the_site_zone(files: dict[str, Any]):
 
 
 def test_mirror_metrics_are_exported():
-    mirror = MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True, queue_length=4,
+    mirror = MirrorStats(sent_unconfirmable=5, published_qos2=2, dropped=3, connected=True, queue_length=4,
                          child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
                          lost={"disconnect/0": 9, "queue_full/0": 10}, oldest_unpublished=time.time() - 30,
                          last_error="broker refused x: Not authorized")  # fmt: skip
@@ -169,7 +169,8 @@ def test_mirror_metrics_are_exported():
         (s.name, tuple(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
     }
     assert samples[("concentrator_mirror_broker_connected", ())] == 1
-    assert samples[("concentrator_mirror_published_messages_total", (("qos", "0"),))] == 5
+    assert samples[("concentrator_mirror_sent_unconfirmable_messages_total", ())] == 5
+    assert ("concentrator_mirror_published_messages_total", (("qos", "0"),)) not in samples
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "2"),))] == 2
     assert samples[("concentrator_mirror_dropped_asdus_total", ())] == 3
     assert samples[("concentrator_mirror_queue_length", (("side", "relay"),))] == 4
