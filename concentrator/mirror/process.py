@@ -56,7 +56,7 @@ _HEAD = struct.Struct(">IdBB")  # length of the rest, time (wall clock), kind, s
 KIND_ASDU, KIND_STATUS = 0, 1
 # Copied from the child as they are; `dropped` and `lost` add to the relay queue's own.
 _CHILD_FIELDS = ("sent_unconfirmable", "published_qos2", "refused", "decode_errors", "connects", "connect_failures",
-                 "connected", "last_error", "in_flight")  # fmt: skip
+                 "connected", "last_error", "in_flight", "quota_retries")  # fmt: skip
 
 
 def encode(kind: int, site: str, when: float, body: bytes) -> bytes:

@@ -24,6 +24,7 @@ class MirrorStats:
     sent_unconfirmable: int = 0
     published_qos2: int = 0  # QoS 2 messages the broker completed (PUBCOMP): delivered
     refused: dict[str, int] = field(default_factory=dict)  # broker's reason code -> messages refused
+    quota_retries: int = 0  # PUBRECs saying quota exceeded (0x97): the message was sent again later
     # "reason/qos" -> messages lost: queue_full (dropped unsent), disconnect (QoS 0 not
     # confirmed when the connection broke), shutdown (in flight when the mirror stopped)
     lost: dict[str, int] = field(default_factory=dict)

@@ -187,3 +187,65 @@ def test_mirror_metrics_are_exported():
     assert "concentrator_mirror_oldest_unpublished_age_seconds 0.0" in idle and "last_error" not in idle
     without = RelayMetrics(RelayStats(), relay_config([2404]), lambda: 0.0).exposition().decode()
     assert "mirror" not in without
+
+
+# ------------------------------------------------------------------ resumed sessions (issue 25)
+class _Publisher:
+    """What MirrorClient calls back on its publisher."""
+
+    def __init__(self) -> None:
+        self.quota: list[int] = []
+
+    def on_quota_exceeded(self, mid: int) -> None:
+        self.quota.append(mid)
+
+
+def _client_holding(states: list[tuple[int, Any, bool]]) -> tuple[Any, _Publisher]:
+    """A MirrorClient (not connected) whose session holds messages (qos, state, dup)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from concentrator.mirror.publisher import MirrorClient
+
+    publisher = _Publisher()
+    client = MirrorClient(publisher, callback_api_version=CallbackAPIVersion.VERSION2, client_id="t",  # type: ignore[arg-type]
+                          protocol=mqtt.MQTTv5)  # fmt: skip
+    for mid, (qos, state, dup) in enumerate(states, start=1):
+        message = mqtt.MQTTMessage(mid, b"t")
+        message.qos, message.state, message.dup = qos, state, dup
+        client._out_messages[mid] = message
+    return client, publisher
+
+
+def test_a_resumed_session_sends_no_more_than_receive_maximum_again():
+    from paho.mqtt.enums import MessageState as S
+
+    states = [(2, S.MQTT_MS_PUBLISH, False)] * 6 + [(0, S.MQTT_MS_PUBLISH, False)]  # never sent; a QoS 0
+    states += [(2, S.MQTT_MS_PUBLISH, True)] * 3 + [(2, S.MQTT_MS_RESEND_PUBREL, False)] * 2  # sent before
+    client, _ = _client_holding(states)
+    assert client.resume_within(4) == 7
+    held = list(client._out_messages.values())
+    # QoS 0 (not counted), the PUBRELs, the PUBLISHes sent before; beyond 4, queued and last.
+    assert [m.mid for m in held] == [7, 11, 12, 8, 9, 10, 1, 2, 3, 4, 5, 6]
+    assert [m.state for m in held[5:]] == [S.MQTT_MS_QUEUED] * 7 and S.MQTT_MS_QUEUED not in [m.state for m in held[:5]]
+
+
+def test_a_quota_refusal_is_queued_again_not_given_up():
+    from paho.mqtt.enums import MessageState as S
+
+    client, publisher = _client_holding([(2, S.MQTT_MS_WAIT_FOR_PUBREC, False)])
+    client._inflight_messages = 1
+    client._in_packet["packet"] = b"\x00\x01\x97"  # PUBREC for mid 1, reason code 0x97
+    client._handle_pubrec()
+    message = client._out_messages[1]  # still held: it will go out again
+    assert message.state == S.MQTT_MS_QUEUED and client._inflight_messages == 0 and publisher.quota == [1]
+    client.retry_queued()
+    assert message.state == S.MQTT_MS_WAIT_FOR_PUBREC and client._inflight_messages == 1  # sent again
+    # Any other failure ends the message (counted refused by the publisher).
+    client, _ = _client_holding([(2, S.MQTT_MS_WAIT_FOR_PUBREC, False)])
+    refused: list[int] = []
+    client.publisher.on_refused = lambda mid, reason: refused.append(mid)  # type: ignore[attr-defined]
+    client._inflight_messages = 1
+    client._in_packet["packet"] = b"\x00\x01\x87"
+    client._handle_pubrec()
+    assert refused == [1] and client._out_messages == {}
