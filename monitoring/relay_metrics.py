@@ -161,6 +161,8 @@ class RelayMetrics:
             ("mirror_dropped_asdus", "ASDUs dropped from a full mirror queue (oldest cyclic measurements first).",
              mirror.dropped),
             ("mirror_decode_errors", "ASDUs the decoder refused (mirrored raw).", mirror.decode_errors),
+            ("mirror_quota_retries", "Publishes the broker answered with quota exceeded (0x97), sent again later.",
+             mirror.quota_retries),
             ("mirror_broker_connects", "Connections to the broker accepted.", mirror.connects),
             ("mirror_broker_connect_failures", "Attempts to connect to the broker that failed.",
              mirror.connect_failures),

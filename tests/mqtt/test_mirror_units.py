@@ -160,8 +160,8 @@ def test_time_tags_in_the_site_zone(files: dict[str, Any]):
 
 
 def test_mirror_metrics_are_exported():
-    mirror = MirrorStats(sent_unconfirmable=5, published_qos2=2, dropped=3, connected=True, queue_length=4,
-                         child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
+    mirror = MirrorStats(sent_unconfirmable=5, quota_retries=11, published_qos2=2, dropped=3, connected=True,
+                         queue_length=4, child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
                          lost={"disconnect/0": 9, "queue_full/0": 10}, oldest_unpublished=time.time() - 30,
                          last_error="broker refused x: Not authorized")  # fmt: skip
     text = RelayMetrics(RelayStats(mirror=mirror), relay_config([2404]), lambda: 0.0).exposition().decode()
@@ -173,6 +173,7 @@ def test_mirror_metrics_are_exported():
     assert ("concentrator_mirror_published_messages_total", (("qos", "0"),)) not in samples
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "2"),))] == 2
     assert samples[("concentrator_mirror_dropped_asdus_total", ())] == 3
+    assert samples[("concentrator_mirror_quota_retries_total", ())] == 11
     assert samples[("concentrator_mirror_queue_length", (("side", "relay"),))] == 4
     assert samples[("concentrator_mirror_queue_length", (("side", "child"),))] == 6
     assert samples[("concentrator_mirror_in_flight_messages", ())] == 7
