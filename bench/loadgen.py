@@ -580,13 +580,16 @@ class LoadGen:
                     self._start_command(ca)
                     break
 
-    async def steady(self, rate: float, duration: float, warmup: float, command_rate: float) -> dict[str, object]:
-        """Every site sends `rate` stamped ASDUs per second; the BMI runs `command_rate`
-        select/execute cycles per second; measure after `warmup` for `duration` s."""
+    async def steady(
+        self, rate: float, duration: float, warmup: float, command_rate: float, idle: int = 0
+    ) -> dict[str, object]:
+        """Every site but the first `idle` sends `rate` stamped ASDUs per second; the BMI
+        runs `command_rate` select/execute cycles per second; measure after `warmup` for
+        `duration` s."""
         loop = asyncio.get_running_loop()
         until = loop.time() + warmup + duration
         if rate > 0:
-            for site in self.sites:
+            for site in self.sites[idle:]:
                 self._schedule_site(loop, site, 1.0 / rate, until)
         commands = asyncio.ensure_future(self.commands(command_rate, until))
         result = await self._measure(warmup, until)
@@ -782,7 +785,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
             "ready_watched": {str(pid): tree_sample(pid) for pid in gen.watch_pids},
         }
         if args.scenario == "steady":
-            result.update(await gen.steady(args.rate, args.duration, args.warmup, args.commands))
+            result.update(await gen.steady(args.rate, args.duration, args.warmup, args.commands, args.idle_sites))
         elif args.scenario == "pingpong":
             result.update(await gen.pingpong(args.duration, args.warmup, args.gap))
         else:
@@ -804,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bmi-port", type=int, required=True, help="relay uplink port, or first per-site port")
     parser.add_argument("--per-site-bmi", action="store_true", help="one BMI connection per site (baselines)")
     parser.add_argument("--rate", type=float, default=10.0, help="ASDU/s per site (steady)")
+    parser.add_argument("--idle-sites", type=int, default=0, help="sites that send nothing (steady)")
     parser.add_argument("--commands", type=float, default=0.0, help="select/execute cycles per second (steady)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)

@@ -16,6 +16,7 @@ import trio
 
 from .config import Config, ConfigError, load_config
 from .evidence.history import record_accepted
+from .windows import window_warnings
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,12 @@ def _check_config(args: argparse.Namespace) -> int:
     check_installed(config)
     if args.bind:
         check_listeners(config)
-    if config.mqtt is not None and config.mqtt.tls_dates:  # (the relay starts anyway, and logs them)
-        for problem in config.mqtt.tls_dates:
-            print(f"{config.file}: {problem}", file=sys.stderr)
-        return 1
+    # Warnings, not refusals: the relay starts with these (and logs the certificate dates).
+    cautions = window_warnings(config.uplink.params, [site.params for site in config.sites])
+    if config.mqtt is not None:
+        cautions += config.mqtt.tls_dates
+    for caution in cautions:
+        print(f"{config.file}: warning: {caution}", file=sys.stderr)
     cas = sum(len(site.common_addresses) for site in config.sites)
     record_accepted(config, "check-config")
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .broadcasts import BroadcastLedger
 from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
 from .iec104.errors import Cause, ConcentratorError
 from .iec104.link import (
@@ -137,7 +138,7 @@ class Tap(Protocol):
 class Conn:
     """One connection the core knows: its link and what it is for."""
 
-    __slots__ = ("id", "link", "site", "label", "closed", "outstanding", "last_item")
+    __slots__ = ("id", "link", "site", "label", "closed", "outstanding", "last_item", "broadcasts")
 
     def __init__(self, conn_id: ConnId, link: Link, site: SiteState | None, label: str) -> None:
         self.id = conn_id
@@ -150,6 +151,8 @@ class Conn:
         # forwarded (foreign CA) are attached.
         self.outstanding = 0
         self.last_item: Item[Conn] | None = None
+        # Site connections: the BMI's broadcasts sent on it and the answers still due.
+        self.broadcasts = BroadcastLedger()
 
 
 class SiteState:
@@ -449,7 +452,8 @@ class RelayCore:
         if self.active is None:
             self._close(conn, Cause.UPLINK_NOT_STARTED, "data while the uplink is not started", now)
             return
-        if (asdu[4] | asdu[5] << 8) not in site.cas:
+        ca = asdu[4] | asdu[5] << 8
+        if ca not in site.cas and not (ca == BROADCAST_CA and conn.broadcasts.answers(asdu)):
             self._foreign(conn, site, asdu, now)
             return
         item = self.queue.push(conn, asdu, now)
@@ -461,17 +465,20 @@ class RelayCore:
             tap.up(site.name, asdu, now)
 
     def _foreign(self, conn: Conn, site: SiteState, asdu: bytes, now: float) -> None:
-        """A site's ASDU with a CA that is not one of the site's: not forwarded (it would
-        reach the BMI as another site's data). It is confirmed to the site in its turn,
+        """A site's ASDU with a CA that is not one of the site's, and not an answer to a
+        broadcast the BMI sent it (broadcasts.py): not forwarded (it would reach the BMI
+        as another site's data, or as every site's). It is confirmed to the site in its turn,
         after the frames before it, so end-to-end acknowledgement stays in order."""
         ca = asdu[4] | asdu[5] << 8
         site.stats.foreign_ca += 1
         self._log.warning(
             f"foreign {site.name}",
             now,
-            "site %s sent an ASDU (type %d) with CA %d, not one of its CAs %s: not forwarded",
+            "site %s sent an ASDU (type %d, cause %d) with CA %d, not one of its CAs %s nor an answer to a "
+            "broadcast sent to it: not forwarded",
             site.name,
             asdu[0],
+            asdu[2] & 0x3F,
             ca,
             sorted(site.cas),
         )
@@ -516,6 +523,8 @@ class RelayCore:
         while backlog and link.can_send:
             asdu, received_at = backlog.popleft()
             link.send_asdu(asdu, now)
+            if asdu[4] == 0xFF and asdu[5] == 0xFF:  # BROADCAST_CA: its answers are due now
+                conn.broadcasts.sent(asdu)
             site.stats.record_down(asdu, now - received_at)
             sent += 1
         if sent:

@@ -1,6 +1,7 @@
 """Whether the uplink's windows can make progress with the sites behind it (pure; the
 relay core's end-to-end acknowledgement is what makes this rule, see relay_core.py).
-`check-config` and the relay refuse a configuration that breaks it. And the buffer
+`check-config` and the relay refuse a configuration that breaks it; check-config warns
+when a few idle sites would break it. And the buffer
 budget of a connection, which its k window sets."""
 
 from __future__ import annotations
@@ -34,6 +35,35 @@ def window_problems(uplink: LinkParams, sites: Sequence[LinkParams]) -> list[tup
             )
         ]
     return []
+
+
+def idle_tolerant_w(sites: Sequence[LinkParams]) -> tuple[int, int]:
+    """(the largest w that the sites still fill with a few of them idle, how many idle).
+
+    "A few" is a quarter of the sites (at least one, when there are two or more), and
+    the idle ones are those with the largest windows: the streaming sites' k windows are
+    then all that can be in flight, and a w above their sum is never reached, so every
+    confirmation waits for the BMI's t2. bench/WIDE_WINDOW.md measured it with 12 sites
+    at k 12: at w 144 with 3 sites idle 2 % of the offered ASDUs reached the BMI, at
+    w 108 and below all of them."""
+    idle = max(1, len(sites) // 4) if len(sites) > 1 else 0
+    windows = sorted(site.k for site in sites)
+    return sum(windows[: len(windows) - idle]), idle
+
+
+def window_warnings(uplink: LinkParams, sites: Sequence[LinkParams]) -> list[str]:
+    """What check-config warns about (accepted, but slow when some sites are quiet)."""
+    if not sites or window_problems(uplink, sites):
+        return []
+    tolerant, idle = idle_tolerant_w(sites)
+    if idle == 0 or uplink.w <= tolerant:
+        return []
+    return [
+        f"uplink.w {uplink.w} is above {tolerant}, what the sites can have in flight with {idle} of the "
+        f"{len(sites)} sites idle: then the BMI reaches w only after its t2 ({uplink.t2} s) and each "
+        f"confirmation waits for it (measured with 12 sites at k 12: 2 % of the offered ASDUs delivered at "
+        f"w 144 with 3 sites idle, all of them at w 108 and 72, bench/WIDE_WINDOW.md); keep w at most {tolerant}"
+    ]
 
 
 # Each connection's budget, in both directions, is its k window plus a margin of frames

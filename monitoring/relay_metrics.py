@@ -126,13 +126,18 @@ class RelayMetrics:
             value=1 if mirror.connected else 0,
         )  # fmt: skip
         published = CounterMetricFamily(
-            f"{PREFIX}mirror_published_messages",
-            "MQTT messages the broker confirmed: QoS 2 at PUBCOMP, QoS 0 by answering a later PINGREQ.",
+            f"{PREFIX}mirror_published_messages", "MQTT messages the broker confirmed delivering (QoS 2 at PUBCOMP).",
             labels=["qos"],
         )  # fmt: skip
-        published.add_metric(["0"], mirror.published_qos0)
         published.add_metric(["2"], mirror.published_qos2)
         yield published
+        yield CounterMetricFamily(
+            f"{PREFIX}mirror_sent_unconfirmable_messages",
+            "QoS 0 MQTT messages the broker read (it answered a later PINGREQ): sent, unconfirmable, since MQTT does "
+            "not say whether it accepted them (an ACL denial drops them silently). Not delivered: never add to "
+            "published.",
+            value=mirror.sent_unconfirmable,
+        )
         refused = CounterMetricFamily(
             f"{PREFIX}mirror_refused_messages", "Messages the broker refused (MQTT 5 reason code), e.g. the ACL.",
             labels=["reason"],
@@ -156,6 +161,8 @@ class RelayMetrics:
             ("mirror_dropped_asdus", "ASDUs dropped from a full mirror queue (oldest cyclic measurements first).",
              mirror.dropped),
             ("mirror_decode_errors", "ASDUs the decoder refused (mirrored raw).", mirror.decode_errors),
+            ("mirror_quota_retries", "Publishes the broker answered with quota exceeded (0x97), sent again later.",
+             mirror.quota_retries),
             ("mirror_broker_connects", "Connections to the broker accepted.", mirror.connects),
             ("mirror_broker_connect_failures", "Attempts to connect to the broker that failed.",
              mirror.connect_failures),

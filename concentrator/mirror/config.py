@@ -54,7 +54,7 @@ class MqttConfig:
     areas: dict[str, str]
     critical: dict[str, frozenset[int]]
     time_zones: dict[str, str] = field(default_factory=dict)  # site -> IANA zone name
-    # Certificates not valid now (tlsfiles.py): check-config fails, the relay logs them.
+    # Certificates not valid now (tlsfiles.py): check-config warns, the relay logs them.
     tls_dates: tuple[str, ...] = ()
     queue_limit: int = 10_000
     keepalive: int = 30

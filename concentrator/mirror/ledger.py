@@ -6,9 +6,10 @@ read, PUBCOMP or a refusal read, connection lost) and it keeps `MirrorStats` hon
 - QoS 2: published at PUBCOMP; refused when PUBREC (or PUBCOMP) carries a failure reason
   code (MQTT 5), counted by reason; kept across a reconnection (the session is
   persistent: paho sends PUBLISH or PUBREL again and the broker completes it).
-- QoS 0: the protocol confirms nothing. A message counts as published once the broker
-  answered a PINGREQ queued after it: the broker reads a connection in order, so it
-  has processed the message by then. What the connection had not confirmed when it
+- QoS 0: the protocol confirms nothing. A message counts as sent, unconfirmable (never
+  as published) once the broker answered a PINGREQ queued after it: the broker reads a
+  connection in order, so it has processed the message by then, but whether it
+  accepted it (an ACL denies QoS 0 silently) no packet says. What the connection had not confirmed when it
   broke counts as lost at disconnect. That is exact when the broker stops or the
   connection breaks between packets it reads; a broker that read a message but not the
   PINGREQ behind it, or a connection we gave up on while the broker was frozen with our
@@ -74,7 +75,7 @@ class Ledger:
         for _ in range(confirmed):
             self._qos0.popleft()
         self._qos0_settled = fence
-        self.stats.published_qos0 += confirmed
+        self.stats.sent_unconfirmable += confirmed
 
     def completed(self, mid: int) -> Pending | None:
         """PUBCOMP with success. None for a message id that is not ours to count."""

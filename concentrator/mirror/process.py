@@ -55,8 +55,8 @@ STOP_TIMEOUT = 5.0  # for the child's goodbye to the broker, at a low CPU priori
 _HEAD = struct.Struct(">IdBB")  # length of the rest, time (wall clock), kind, site name length
 KIND_ASDU, KIND_STATUS = 0, 1
 # Copied from the child as they are; `dropped` and `lost` add to the relay queue's own.
-_CHILD_FIELDS = ("published_qos0", "published_qos2", "refused", "decode_errors", "connects", "connect_failures",
-                 "connected", "last_error", "in_flight")  # fmt: skip
+_CHILD_FIELDS = ("sent_unconfirmable", "published_qos2", "refused", "decode_errors", "connects", "connect_failures",
+                 "connected", "last_error", "in_flight", "quota_retries")  # fmt: skip
 
 
 def encode(kind: int, site: str, when: float, body: bytes) -> bytes:

@@ -12,7 +12,13 @@ MQTT 5, because 3.1.1 cannot say what the broker did with a message:
   topic; paho 2.2 ignores it, so `MirrorClient` handles it;
 - one paho client for the process's life, clean start only on its first connection and
   a session expiry interval: QoS 2 messages in flight when a connection breaks are sent
-  again (PUBLISH or PUBREL) and completed on the next one.
+  again (PUBLISH or PUBREL) and completed on the next one. Receive Maximum covers those
+  too: paho 2.2 would send every message it holds at once after CONNACK (its count of
+  messages in flight restarts at zero), so `MirrorClient.resume_within` leaves no more
+  than Receive Maximum to go out and queues the rest (Mosquitto refuses the excess
+  with 0x97, quota exceeded, and the message is lost);
+- a 0x97 refusal is flow control, not a verdict: the message is queued again and sent
+  when a message in flight completes (or at the next second).
 
 Back-pressure: at most MAX_IN_FLIGHT messages are handed to paho and not yet settled
 (see ledger.py). Past that we stop taking from the queue, so a slow or absent broker
@@ -34,7 +40,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import trio
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MessageState, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -48,6 +54,7 @@ from .stats import MirrorStats
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 200
+QUOTA_EXCEEDED = 0x97  # MQTT 5 reason code: more than Receive Maximum in flight
 CONNACK_TIMEOUT = 10.0
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
@@ -109,7 +116,9 @@ class MirrorClient(mqtt.Client):
     """paho's client plus what paho 2.2 does not do for us:
 
     - a PUBREC with a failure reason code ends that message (the broker refused it and
-      keeps no state; paho would send PUBREL and report success at PUBCOMP);
+      keeps no state; paho would send PUBREL and report success at PUBCOMP), except
+      quota exceeded (0x97): that message is queued again;
+    - after a reconnection, no more messages are sent again than Receive Maximum;
     - every PINGREQ queued and PINGRESP read is reported (QoS 0 confirmation, ledger.py);
     - the socket error behind a lost connection is kept (paho logs it and says only
       "connection lost"), so that a TLS refusal can be named.
@@ -124,6 +133,18 @@ class MirrorClient(mqtt.Client):
 
     def _handle_pubrec(self) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
+        if self._protocol == mqtt.MQTTv5 and len(packet) > 2 and packet[2] == QUOTA_EXCEEDED:
+            mid = int.from_bytes(packet[:2], "big")
+            with self._out_message_mutex:
+                message = self._out_messages.get(mid)
+                if message is not None and message.state == MessageState.MQTT_MS_WAIT_FOR_PUBREC:
+                    # Not stored by the broker: it goes out again, as new, when a slot
+                    # frees (_update_inflight at the next PUBCOMP, or retry_queued).
+                    self._inflight_messages -= 1
+                    message.state = MessageState.MQTT_MS_QUEUED
+                    message.dup = False
+            self.publisher.on_quota_exceeded(mid)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         if self._protocol == mqtt.MQTTv5 and len(packet) > 2 and packet[2] >= 0x80:
             mid = int.from_bytes(packet[:2], "big")
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -135,6 +156,38 @@ class MirrorClient(mqtt.Client):
             self.publisher.on_refused(mid, ReasonCode(PacketTypes.PUBREC, identifier=packet[2]))
             return rc
         return super()._handle_pubrec()
+
+    def resume_within(self, limit: int) -> int:
+        """Called from on_connect, before paho's CONNACK handler sends again what the
+        session holds: at most `limit` QoS 1/2 messages stay to be sent now (PUBRELs
+        first, the broker has those; then PUBLISHes sent before; then those never sent),
+        the others are queued, and put last, since paho's handler stops at the first
+        queued message. Returns how many were queued."""
+        ranks = {MessageState.MQTT_MS_RESEND_PUBREL: 0, MessageState.MQTT_MS_PUBLISH: 1}
+        zeros = 0  # QoS 0 messages among `now`: not counted by Receive Maximum
+        with self._out_message_mutex:
+            held = sorted(
+                self._out_messages.values(),
+                key=lambda m: (m.qos > 0, ranks.get(m.state, 2), not m.dup),  # stable: mid order kept within
+            )
+            now: list[mqtt.MQTTMessage] = []
+            later: list[mqtt.MQTTMessage] = []
+            for message in held:
+                if message.qos > 0 and len(now) - zeros >= limit:
+                    message.state = MessageState.MQTT_MS_QUEUED
+                    later.append(message)
+                else:
+                    zeros += message.qos == 0
+                    now.append(message)
+            self._out_messages.clear()
+            self._out_messages.update((m.mid, m) for m in (*now, *later))
+        return len(later)
+
+    def retry_queued(self) -> MQTTErrorCode:
+        """Send queued messages if Receive Maximum allows (after a quota refusal, when no
+        completion may come to do it)."""
+        with self._out_message_mutex:
+            return self._update_inflight()
 
     def _send_pingreq(self) -> MQTTErrorCode:
         rc = super()._send_pingreq()
@@ -282,7 +335,9 @@ class MqttMirror:
         self._trio_thread = False
         self.receive_maximum = 65535
         self.session_present = False
+        self.resume_queued = 0  # messages held back at CONNACK to keep to Receive Maximum
         self._status_mids: dict[int, str] = {}  # retained status messages in flight (QoS 1) -> topic
+        self._quota_logged = False
 
     # paho callbacks: called inside paho calls; during connect() that is a worker
     # thread, so they only set plain attributes, and trio objects only from trio's thread.
@@ -313,6 +368,9 @@ class MqttMirror:
         client._max_inflight_messages = min(MAX_IN_FLIGHT, receive_maximum)
         self.receive_maximum = receive_maximum
         self.session_present = flags.session_present
+        # paho sends what it holds right after this callback: within the limit.
+        assert isinstance(client, MirrorClient)
+        self.resume_queued = client.resume_within(client._max_inflight_messages)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._lost = f"disconnected ({reason})"
@@ -327,6 +385,16 @@ class MqttMirror:
         else:
             self.ledger.completed(mid)
             self._status_mids.pop(mid, None)
+        if self._trio_thread:
+            self._progress.set()
+
+    def on_quota_exceeded(self, mid: int) -> None:
+        """PUBREC 0x97: the broker had Receive Maximum in flight; the message was queued
+        again (MirrorClient), counted, and logged once per connection."""
+        self.stats.quota_retries += 1
+        if not self._quota_logged:
+            self._quota_logged = True
+            log.warning("MQTT broker %s: quota exceeded (0x97): sending that message again later", self.config.broker)
         if self._trio_thread:
             self._progress.set()
 
@@ -404,9 +472,10 @@ class MqttMirror:
             self.stats.connected = True
             self.stats.connects += 1
             log.info(
-                "MQTT mirror connected to %s (MQTT 5, receive maximum %d, session %s, %d QoS 2 messages to complete)",
+                "MQTT mirror connected to %s (MQTT 5, receive maximum %d, session %s, %d QoS 2 messages to complete, "
+                "%d of them held back to keep to the receive maximum)",
                 self.config.broker, self.receive_maximum, "resumed" if self.session_present else "new",
-                len(self.ledger.qos2),
+                len(self.ledger.qos2), self.resume_queued,
             )  # fmt: skip
             self._publish_status(mirror=True, sites=self.sites)
             nursery.start_soon(self._status_publisher)
@@ -458,6 +527,7 @@ class MqttMirror:
         while True:
             await trio.sleep(1.0)
             self._check(self.client.loop_misc())
+            self._check(self.client.retry_queued())
             self._flush()
 
     async def _status_publisher(self) -> None:

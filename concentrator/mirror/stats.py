@@ -18,9 +18,13 @@ class MirrorStats:
     # child side
     child_queue_length: int = 0  # ASDUs in the child's queue
     in_flight: int = 0  # messages handed to the broker connection, not yet confirmed
-    published_qos0: int = 0  # QoS 0 messages the broker confirmed having read (a later PINGRESP)
-    published_qos2: int = 0  # QoS 2 messages the broker completed (PUBCOMP)
+    # QoS 0 messages the broker has read (a later PINGRESP): sent, unconfirmable. MQTT does
+    # not say whether it accepted them (an ACL denial drops them silently), so they are
+    # never counted as published.
+    sent_unconfirmable: int = 0
+    published_qos2: int = 0  # QoS 2 messages the broker completed (PUBCOMP): delivered
     refused: dict[str, int] = field(default_factory=dict)  # broker's reason code -> messages refused
+    quota_retries: int = 0  # PUBRECs saying quota exceeded (0x97): the message was sent again later
     # "reason/qos" -> messages lost: queue_full (dropped unsent), disconnect (QoS 0 not
     # confirmed when the connection broke), shutdown (in flight when the mirror stopped)
     lost: dict[str, int] = field(default_factory=dict)
@@ -34,8 +38,9 @@ class MirrorStats:
     last_error: str = ""
 
     @property
-    def published(self) -> int:
-        return self.published_qos0 + self.published_qos2
+    def broker_read(self) -> int:
+        """Messages the broker has read: published (QoS 2) or sent, unconfirmable (QoS 0)."""
+        return self.sent_unconfirmable + self.published_qos2
 
     def lost_messages(self, qos: str) -> int:
         return sum(n for key, n in self.lost.items() if key.endswith(f"/{qos}"))

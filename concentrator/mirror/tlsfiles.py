@@ -5,8 +5,9 @@ with the key of the `mqtt.tls` section to fix.
 Structural problems (unreadable, mismatched, foreign chain) are configuration mistakes:
 the configuration is refused. Dates are not: a certificate expires while the relay runs,
 and relaying to the BMI must not stop for the mirror, so `check-config` reports them as
-errors and the relay logs them at start (the broker then refuses the connection, which
-the mirror logs as such).
+warnings (exit 0: the service's ExecStartPre check lets the relay start) and the relay
+logs them as errors at start (the broker then refuses the connection, which the mirror
+logs as such).
 """
 
 from __future__ import annotations

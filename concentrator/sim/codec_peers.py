@@ -7,6 +7,9 @@ These peers can:
 - `QueueingStation`: a controlled station (UPDC) that keeps every ASDU until the
   controlling station confirms it, and sends what was not confirmed again on the next
   started connection, as lib60870's server does when a connection is lost;
+- `Lib60870Station`: such a UPDC that also answers clock synchronisation and
+  interrogation as lib60870 does: its confirmation and termination are the received
+  ASDU sent back with the new cause, so a broadcast (CA 65535) is answered with CA 65535;
 - `CodecMaster`: a controlling station (BMI) that records what it receives, with times;
 - `Ed2Master`: a BMI with two connections (IEC 104 Ed. 2 redundancy group) that moves
   the active role between them and confirms late, as a BMI's t2 does.
@@ -148,6 +151,44 @@ class QueueingStation:
             session.link.send_asdu(asdu, now)
             self.unconfirmed.append(asdu)
         session.wake()
+
+
+class Lib60870Station(QueueingStation):
+    """A `QueueingStation` whose command handling is lib60870's (its CS104 server and the
+    handlers of its examples): a clock synchronisation (type 103) is confirmed, an
+    interrogation (type 100) confirmed, answered with one single point of the station's
+    own CA and terminated. Confirmation and termination reuse the received ASDU, with
+    its CA: a broadcast keeps CA 65535. `answers` records every ASDU sent in reply."""
+
+    def __init__(self, common_address: int, params: LinkParams = LinkParams()) -> None:
+        super().__init__(common_address, params)
+        self.answers: list[bytes] = []
+
+    def _on_event(self, session: LinkSession, event: Event) -> None:
+        if isinstance(event, AsduReceived) and event.asdu[2] & 0x3F == Cause.ACTIVATION:
+            asdu = event.asdu
+            if asdu[0] in (TypeId.C_CS_NA_1, TypeId.C_IC_NA_1):
+                self._answer(with_cause(asdu, Cause.ACTIVATION_CON))
+            if asdu[0] == TypeId.C_IC_NA_1:
+                qoi = asdu[9]
+                self._answer(
+                    bytes((TypeId.M_SP_NA_1, 1, qoi, 0))
+                    + self.common_address.to_bytes(2, "little")
+                    + (1).to_bytes(3, "little")
+                    + b"\x01"
+                )
+                self._answer(with_cause(asdu, Cause.ACTIVATION_TERMINATION))
+        super()._on_event(session, event)
+
+    def _answer(self, asdu: bytes) -> None:
+        self.answers.append(asdu)
+        self.waiting.append(asdu)
+
+
+def with_cause(asdu: bytes, cause: int) -> bytes:
+    """The ASDU with a new cause (P/N and test bits cleared, originator and CA kept): how
+    lib60870's `sendACT_CON` / `sendACT_TERM` answer the ASDU they received."""
+    return asdu[:2] + bytes((cause,)) + asdu[3:]
 
 
 @dataclass

@@ -203,3 +203,18 @@ def test_the_demo_without_c104_says_how_to_install_it(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "c104" else real(name, *a))
     assert main(["demo", "--duration", "1"]) == 2
     assert "pip install 'iec104-concentrator[demo]'" in capsys.readouterr().err
+
+
+def test_a_wide_uplink_w_is_accepted_with_a_warning_and_the_figure(tmp_path: Path) -> None:
+    """Issue 25: w at the sum of the sites' k (12 x 12 in the example) passes, but a few
+    idle sites would make every confirmation wait for the BMI's t2: said, with the figure."""
+    doc = document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    doc["uplink"].update(k=144, w=144)
+    for site in doc["sites"]:
+        site["k"], site["w"] = 12, 8
+    result = check_config(write(tmp_path, doc))
+    assert result.returncode == 0, result.stderr
+    assert "warning: uplink.w 144 is above 108" in result.stderr and "keep w at most 108" in result.stderr
+    doc["uplink"]["w"] = 72
+    result = check_config(write(tmp_path, doc))
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 @dataclass
 class Pki:
     directory: Path
+    label: str = "test"  # the CA's name, "<label> CA"; its files <label>-ca.crt / .crl but for "test"
     ca: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,8 +56,8 @@ class Pki:
         self._ca_key = ec.generate_private_key(ec.SECP256R1())
         self._ca_cert = (
             x509.CertificateBuilder()
-            .subject_name(_name("test CA"))
-            .issuer_name(_name("test CA"))
+            .subject_name(_name(f"{self.label} CA"))
+            .issuer_name(_name(f"{self.label} CA"))
             .public_key(self._ca_key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(self._not_before)
@@ -64,7 +66,7 @@ class Pki:
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .sign(self._ca_key, hashes.SHA256())
         )
-        self.ca = self.directory / "ca.crt"
+        self.ca = self.directory / self._file("ca.crt")
         self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
 
     def crl(self, revoked: list[Path]) -> Path:
@@ -81,9 +83,12 @@ class Pki:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
             )
-        path = self.directory / "ca.crl"
+        path = self.directory / self._file("ca.crl")
         path.write_bytes(builder.sign(self._ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
         return path
+
+    def _file(self, name: str) -> str:
+        return name if self.label == "test" else f"{self.label}-{name}"
 
     def issue(
         self, name: str, *, server: bool = False, not_after: datetime.datetime | None = None
@@ -118,40 +123,59 @@ class Broker:
     same port (the outage test). Always stopped by close()."""
 
     def __init__(self, mosquitto: str, mosquitto_passwd: str, extra_conf: str = "", *, shipped: bool = False) -> None:
-        """shipped: run conf/mosquitto/mosquitto.conf itself (its paths pointed here), with
-        a CRL that revokes the certificate of user "revoked"."""
+        """shipped: run conf/mosquitto/mosquitto.conf itself (its paths pointed here): the
+        concentrator's listener on `port` (certificate from the test CA, which also signs
+        the broker's), the viewers' on `viewer_port` (certificates of every other user,
+        "revoked" among them, from the viewers' CA, whose CRL revokes "revoked"), each with
+        its own password file."""
         # Not under pytest's tmp_path: its parents are 0700 and mosquitto, started as
         # root, drops to the `mosquitto` user, which must read these files.
         self.directory = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
         os.chmod(self.directory, 0o755)
         self.mosquitto = mosquitto
         self.port = free_tcp_port()
+        self.shipped = shipped
+        self.viewer_port = free_tcp_port() if shipped else self.port
         self.pki = Pki(self.directory)
         server_cert, server_key = self.pki.issue("broker", server=True)
-        self.clients = {user: self.pki.issue(user) for user in PASSWORDS}
-        passwd = self.directory / "passwd"
-        passwd.touch()
-        for user, password in PASSWORDS.items():
-            subprocess.run([mosquitto_passwd, "-b", str(passwd), user, password], check=True, capture_output=True)
+        self.viewer_pki = Pki(self.directory, "viewers") if shipped else self.pki
+        self.clients = {
+            user: (self.pki if user == "concentrator" else self.viewer_pki).issue(user) for user in PASSWORDS
+        }
+        self.passwd_path = self.directory / "passwd"
+        self._passwd(mosquitto_passwd, self.passwd_path, PASSWORDS if not shipped else {"concentrator"})
         acl = self.directory / "acl"
         acl.write_text(ACL)
         self.conf = self.directory / "mosquitto.conf"
         if shipped:
-            self.clients["revoked"] = self.pki.issue("revoked")
-            self.conf.write_text(self._shipped(passwd, acl, server_cert, server_key))
+            self.clients["revoked"] = self.viewer_pki.issue("revoked")
+            viewers_passwd = self.directory / "viewers.passwd"
+            self._passwd(mosquitto_passwd, viewers_passwd, set(PASSWORDS) - {"concentrator"})
+            self.conf.write_text(self._shipped(viewers_passwd, acl, server_cert, server_key))
         else:
-            self._write_conf(passwd, acl, server_cert, server_key, extra_conf)
+            self._write_conf(self.passwd_path, acl, server_cert, server_key, extra_conf)
         if os.geteuid() == 0:
             shutil.chown(self.directory, "mosquitto")  # persistence: mosquitto writes its database here
         for path in self.directory.iterdir():
             os.chmod(path, 0o644)
             if os.geteuid() == 0:
                 shutil.chown(path, "mosquitto")
-                if path.suffix == ".key" or path.name == "passwd":
+                if path.suffix in (".key", ".passwd") or path.name == "passwd":
                     os.chmod(path, 0o600)
         # The concentrator's own key is read by the test process (root): fine at 0600.
         self.log = self.directory / "mosquitto.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _passwd(mosquitto_passwd: str, path: Path, users: Iterable[str]) -> None:
+        path.touch()
+        for user in users:
+            subprocess.run([mosquitto_passwd, "-b", str(path), user, PASSWORDS[user]], check=True, capture_output=True)
+
+    def port_for(self, user: str) -> int:
+        """The listener a user connects to (the shipped broker has one for the concentrator
+        and one for viewers)."""
+        return self.port if user == "concentrator" else self.viewer_port
 
     def _write_conf(self, passwd: Path, acl: Path, cert: Path, key: Path, extra_conf: str) -> None:
         # As the shipped file, but users authenticated by password (certificate required,
@@ -179,23 +203,26 @@ tls_version tlsv1.2
 """
         )
 
-    def _shipped(self, passwd: Path, acl: Path, cert: Path, key: Path) -> str:
-        crl = self.pki.crl([self.clients["revoked"][0]])
+    def _shipped(self, viewers_passwd: Path, acl: Path, cert: Path, key: Path) -> str:
+        """The shipped file with its paths pointed here: per key, the values of its
+        occurrences in order (the concentrator's listener, then the viewers')."""
         paths = {
-            "password_file ": f"password_file {passwd}",
-            "acl_file ": f"acl_file {acl}",
-            "persistence_location ": f"persistence_location {self.directory}/",
-            "log_dest ": "log_dest stderr",
-            "listener ": f"listener {self.port} 127.0.0.1",
-            "cafile ": f"cafile {self.pki.ca}",
-            "crlfile ": f"crlfile {crl}",
-            "certfile ": f"certfile {cert}",
-            "keyfile ": f"keyfile {key}",
+            "password_file ": [self.passwd_path, viewers_passwd],
+            "acl_file ": [acl, acl],
+            "persistence_location ": [f"{self.directory}/"],
+            "log_dest ": ["stderr"],
+            "listener ": [f"{self.port} 127.0.0.1", f"{self.viewer_port} 127.0.0.1"],
+            "cafile ": [self.pki.ca, self.viewer_pki.ca],
+            "crlfile ": [self.pki.crl([]), self.viewer_pki.crl([self.clients["revoked"][0]])],
+            "certfile ": [cert, cert],
+            "keyfile ": [key, key],
         }
         lines = SHIPPED_CONF.read_text().splitlines()
-        for prefix, line in paths.items():
-            [index] = [i for i, text in enumerate(lines) if text.startswith(prefix)]  # the file must have it once
-            lines[index] = line
+        for prefix, values in paths.items():
+            where = [i for i, text in enumerate(lines) if text.startswith(prefix)]
+            assert len(where) == len(values), f"{SHIPPED_CONF}: {prefix.strip()} {len(where)} times"
+            for index, value in zip(where, values, strict=True):
+                lines[index] = f"{prefix}{value}"
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> None:

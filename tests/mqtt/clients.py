@@ -23,8 +23,17 @@ class Received:
     payload: dict[str, Any]
 
 
-def try_connect(broker: Broker, context: ssl.SSLContext, user: str, password: str, timeout: float = 5.0) -> str:
-    """'accepted', or why not: the CONNACK's reason, or the TLS/socket error."""
+def try_connect(
+    broker: Broker,
+    context: ssl.SSLContext,
+    user: str,
+    password: str | None,
+    timeout: float = 5.0,
+    *,
+    port: int | None = None,
+) -> str:
+    """'accepted', or why not: the CONNACK's reason, or the TLS/socket error. `port`: the
+    listener (by default, the one for `user`); password None: none sent."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{user}", protocol=mqtt.MQTTv311)
     client.tls_set_context(context)
     client.username_pw_set(user, password)
@@ -42,7 +51,7 @@ def try_connect(broker: Broker, context: ssl.SSLContext, user: str, password: st
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     try:
-        client.connect("127.0.0.1", broker.port, 30)
+        client.connect("127.0.0.1", port or broker.port_for(user), 30)
     except (OSError, ssl.SSLError) as exc:
         return f"error: {exc!r}"
     client.loop_start()
@@ -63,6 +72,7 @@ class Subscriber:
     ) -> None:
         """persistent: a session the broker keeps while the viewer is away (QoS 2
         messages are queued for it), and a quick reconnection after a broker restart."""
+        self.user = user
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
@@ -83,7 +93,7 @@ class Subscriber:
             self.messages.append(Received(message.topic, message.qos, json.loads(message.payload)))
 
     def __enter__(self) -> Subscriber:
-        self.client.connect("127.0.0.1", self.broker.port, 30)
+        self.client.connect("127.0.0.1", self.broker.port_for(self.user), 30)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             self.__exit__()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,11 @@ from .clients import Subscriber
 from .test_mirror import mqtt_section
 
 CP56 = bytes.fromhex("0bc40604160b1a")  # 2026-11-22 04:06:50.187, UTC
+
+
+def float_measurement(ioa: int, value: float = 1.5) -> bytes:
+    """M_ME_NC_1, periodic, CA 101: one QoS 0 message."""
+    return bytes((13, 1, 1, 0, 101, 0)) + ioa.to_bytes(3, "little") + struct.pack("<f", value) + b"\x00"
 
 
 def single_point_event(ioa: int, on: bool = True) -> bytes:
@@ -69,7 +75,8 @@ async def test_a_burst_of_1000_qos2_events_is_delivered_exactly_once(broker: Bro
 
 async def test_messages_the_acl_denies_are_counted_and_logged_never_published(make_broker, capfd):  # type: ignore[no-untyped-def]
     """A prefix the ACL does not let the concentrator write: MQTT 5 PUBREC says "Not
-    authorized"; paho alone would send PUBREL and report success."""
+    authorized"; paho alone would send PUBREL and report success. QoS 0 messages get no
+    answer at all: counted as sent, unconfirmable."""
     broker = make_broker("log_type debug")
     with Subscriber(broker, "viewer", "holder/#") as viewer:
         async with mirror_process(broker, prefix="holder/elsewhere") as (queue, stats):
@@ -79,9 +86,15 @@ async def test_messages_the_acl_denies_are_counted_and_logged_never_published(ma
                 queue.push(single_point_event(ioa), "site-01", now)
             # 20 events and the mirror's own retained status "online" (QoS 1)
             await wait_for(lambda: sum(stats.refused.values()) == 21, 20, "21 refusals")
-            assert stats.published == 0 and stats.in_flight == 0 and stats.lost == {}
+            assert stats.broker_read == 0 and stats.in_flight == 0 and stats.lost == {}
             assert stats.refused == {"Not authorized": 21}
             assert stats.last_error.endswith("Not authorized")
+            # QoS 0: the broker drops them silently; the broker read them, and that is all
+            # the mirror can say: sent, unconfirmable, not published.
+            for ioa in range(1, 11):
+                queue.push(float_measurement(ioa), "site-01", now)
+            await wait_for(lambda: stats.sent_unconfirmable == 10, 20, "10 QoS 0 messages read by the broker")
+            assert stats.published_qos2 == 0 and stats.in_flight == 0 and stats.lost == {}
         assert viewer.received() == []
     log = capfd.readouterr().err
     for ioa in range(1, 21):

@@ -164,7 +164,7 @@ async def test_broker_outage_does_not_touch_the_relay(updcs: list[UpdcSimulator]
     async with running(updcs, broker, queue_limit=20) as (relay, bmi):
         stats = relay.stats.mirror
         assert stats is not None
-        await wait_for(lambda: stats.connected and stats.published_qos0 > 10, what="the mirror publishing")
+        await wait_for(lambda: stats.connected and stats.sent_unconfirmable > 10, what="the mirror publishing")
         site_stats = [s.stats for s in relay.sites]
         count0 = sum(s.latency_up.count for s in site_stats)
         total0 = sum(s.latency_up.total for s in site_stats)
@@ -184,9 +184,9 @@ async def test_broker_outage_does_not_touch_the_relay(updcs: list[UpdcSimulator]
         assert len(relay.mirror_queue or []) <= 20
 
         await trio.to_thread.run_sync(broker.start)
-        published = stats.published
+        published = stats.broker_read
         await wait_for(lambda: stats.connected, timeout=20, what="the mirror reconnecting by itself")
-        await wait_for(lambda: stats.published > published + 10, what="publishing again after the outage")
+        await wait_for(lambda: stats.broker_read > published + 10, what="publishing again after the outage")
         with Subscriber(broker, "viewer", f"{PREFIX}/#") as viewer:
             await wait_for(lambda: len(viewer.data()) > 5, what="messages at a viewer after the outage")
 
@@ -207,9 +207,9 @@ async def test_no_broker_at_start_the_relay_relays_and_the_mirror_keeps_trying(
         assert stats is not None
         await wait_for(lambda: stats.connect_failures >= 2, what="two failed connection attempts")
         await wait_for(lambda: len(bmi.received_asdus()) > 20, what="ASDUs at the BMI without a broker")
-        assert not stats.connected and stats.published == 0 and stats.dropped > 0
+        assert not stats.connected and stats.broker_read == 0 and stats.dropped > 0
         await trio.to_thread.run_sync(broker.start)
-        await wait_for(lambda: stats.connected and stats.published > 0, timeout=20, what="the mirror publishing")
+        await wait_for(lambda: stats.connected and stats.broker_read > 0, timeout=20, what="the mirror publishing")
 
 
 def test_a_viewer_cannot_publish_into_the_mirror(broker: Broker):

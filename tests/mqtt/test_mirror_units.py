@@ -160,8 +160,8 @@ def test_time_tags_in_the_site_zone(files: dict[str, Any]):
 
 
 def test_mirror_metrics_are_exported():
-    mirror = MirrorStats(published_qos0=5, published_qos2=2, dropped=3, connected=True, queue_length=4,
-                         child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
+    mirror = MirrorStats(sent_unconfirmable=5, quota_retries=11, published_qos2=2, dropped=3, connected=True,
+                         queue_length=4, child_queue_length=6, in_flight=7, refused={"Not authorized": 8},
                          lost={"disconnect/0": 9, "queue_full/0": 10}, oldest_unpublished=time.time() - 30,
                          last_error="broker refused x: Not authorized")  # fmt: skip
     text = RelayMetrics(RelayStats(mirror=mirror), relay_config([2404]), lambda: 0.0).exposition().decode()
@@ -169,9 +169,11 @@ def test_mirror_metrics_are_exported():
         (s.name, tuple(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
     }
     assert samples[("concentrator_mirror_broker_connected", ())] == 1
-    assert samples[("concentrator_mirror_published_messages_total", (("qos", "0"),))] == 5
+    assert samples[("concentrator_mirror_sent_unconfirmable_messages_total", ())] == 5
+    assert ("concentrator_mirror_published_messages_total", (("qos", "0"),)) not in samples
     assert samples[("concentrator_mirror_published_messages_total", (("qos", "2"),))] == 2
     assert samples[("concentrator_mirror_dropped_asdus_total", ())] == 3
+    assert samples[("concentrator_mirror_quota_retries_total", ())] == 11
     assert samples[("concentrator_mirror_queue_length", (("side", "relay"),))] == 4
     assert samples[("concentrator_mirror_queue_length", (("side", "child"),))] == 6
     assert samples[("concentrator_mirror_in_flight_messages", ())] == 7
@@ -186,3 +188,65 @@ def test_mirror_metrics_are_exported():
     assert "concentrator_mirror_oldest_unpublished_age_seconds 0.0" in idle and "last_error" not in idle
     without = RelayMetrics(RelayStats(), relay_config([2404]), lambda: 0.0).exposition().decode()
     assert "mirror" not in without
+
+
+# ------------------------------------------------------------------ resumed sessions (issue 25)
+class _Publisher:
+    """What MirrorClient calls back on its publisher."""
+
+    def __init__(self) -> None:
+        self.quota: list[int] = []
+
+    def on_quota_exceeded(self, mid: int) -> None:
+        self.quota.append(mid)
+
+
+def _client_holding(states: list[tuple[int, Any, bool]]) -> tuple[Any, _Publisher]:
+    """A MirrorClient (not connected) whose session holds messages (qos, state, dup)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from concentrator.mirror.publisher import MirrorClient
+
+    publisher = _Publisher()
+    client = MirrorClient(publisher, callback_api_version=CallbackAPIVersion.VERSION2, client_id="t",  # type: ignore[arg-type]
+                          protocol=mqtt.MQTTv5)  # fmt: skip
+    for mid, (qos, state, dup) in enumerate(states, start=1):
+        message = mqtt.MQTTMessage(mid, b"t")
+        message.qos, message.state, message.dup = qos, state, dup
+        client._out_messages[mid] = message
+    return client, publisher
+
+
+def test_a_resumed_session_sends_no_more_than_receive_maximum_again():
+    from paho.mqtt.enums import MessageState as S
+
+    states = [(2, S.MQTT_MS_PUBLISH, False)] * 6 + [(0, S.MQTT_MS_PUBLISH, False)]  # never sent; a QoS 0
+    states += [(2, S.MQTT_MS_PUBLISH, True)] * 3 + [(2, S.MQTT_MS_RESEND_PUBREL, False)] * 2  # sent before
+    client, _ = _client_holding(states)
+    assert client.resume_within(4) == 7
+    held = list(client._out_messages.values())
+    # QoS 0 (not counted), the PUBRELs, the PUBLISHes sent before; beyond 4, queued and last.
+    assert [m.mid for m in held] == [7, 11, 12, 8, 9, 10, 1, 2, 3, 4, 5, 6]
+    assert [m.state for m in held[5:]] == [S.MQTT_MS_QUEUED] * 7 and S.MQTT_MS_QUEUED not in [m.state for m in held[:5]]
+
+
+def test_a_quota_refusal_is_queued_again_not_given_up():
+    from paho.mqtt.enums import MessageState as S
+
+    client, publisher = _client_holding([(2, S.MQTT_MS_WAIT_FOR_PUBREC, False)])
+    client._inflight_messages = 1
+    client._in_packet["packet"] = b"\x00\x01\x97"  # PUBREC for mid 1, reason code 0x97
+    client._handle_pubrec()
+    message = client._out_messages[1]  # still held: it will go out again
+    assert message.state == S.MQTT_MS_QUEUED and client._inflight_messages == 0 and publisher.quota == [1]
+    client.retry_queued()
+    assert message.state == S.MQTT_MS_WAIT_FOR_PUBREC and client._inflight_messages == 1  # sent again
+    # Any other failure ends the message (counted refused by the publisher).
+    client, _ = _client_holding([(2, S.MQTT_MS_WAIT_FOR_PUBREC, False)])
+    refused: list[int] = []
+    client.publisher.on_refused = lambda mid, reason: refused.append(mid)  # type: ignore[attr-defined]
+    client._inflight_messages = 1
+    client._in_packet["packet"] = b"\x00\x01\x87"
+    client._handle_pubrec()
+    assert refused == [1] and client._out_messages == {}

@@ -123,7 +123,7 @@ async def outage(updcs: list[UpdcSimulator], broker: Broker, begin: Callable[[],
     keys = Counter((m.topic, json.dumps(m.payload, sort_keys=True)) for m in got)
     assert max(keys.values()) == 1, "a message arrived twice"
     outcome = Outcome(want, Counter(m.qos for m in got), stats, figures, staleness)
-    print(f"\nsent {dict(want)}, at the viewer {dict(outcome.at_viewer)}, published q0 {stats.published_qos0} "
+    print(f"\nsent {dict(want)}, at the viewer {dict(outcome.at_viewer)}, published q0 {stats.sent_unconfirmable} "
           f"q2 {stats.published_qos2}, lost {stats.lost}, refused {stats.refused}; relay latency mean "
           f"{figures['before'] * 1e3:.3f} ms before, {figures['during'] * 1e3:.3f} ms during; "
           f"staleness at the end of the outage {staleness:.1f} s")  # fmt: skip

@@ -5,6 +5,12 @@ so any interleaving of the two directions of any connection can be produced.
 The peers are `Link` objects (the same codec on both ends, but separate state), and the
 lab records what the invariants need: what each BMI connection received and confirmed
 (and whether that confirmation reached the relay), what each UPDC had confirmed.
+
+UPDCs answer a broadcast clock synchronisation as lib60870 does (the received ASDU back
+as its confirmation, CA 65535 kept) and can be told to send such a confirmation
+unsolicited. The lab marks each with its station (originator address) and sequence
+number (in the time tag), counts the broadcast activations the relay wrote on each site
+connection, and checks that no connection had more answers forwarded than that.
 """
 
 from __future__ import annotations
@@ -26,9 +32,27 @@ from concentrator.iec104.link import (
     State,
 )
 from concentrator.relay_core import Close, ConnectSite, ConnId, RelayCore, TimerAt, Transmit
-from concentrator.sim.codec_peers import counter_asdu, counter_of
+from concentrator.sim.codec_peers import counter_asdu, counter_of, with_cause
 
 BASE_CA = 101
+CLOCK_SYNC = 103
+
+
+def clock_sync_broadcast(stamp: int) -> bytes:
+    """C_CS_NA_1 activation to CA 65535 (the stamp in the time tag's first octets)."""
+    return bytes((CLOCK_SYNC, 1, 6, 0, 0xFF, 0xFF, 0, 0, 0)) + stamp.to_bytes(4, "little") + bytes(3)
+
+
+def is_sync_activation(asdu: bytes) -> bool:
+    return asdu[0] == CLOCK_SYNC and asdu[2] & 0x3F == 6 and asdu[4:6] == b"\xff\xff"
+
+
+def ident(asdu: bytes) -> tuple[int, int]:
+    """(CA of the station that sent it, its sequence number) of an ASDU from a lab UPDC:
+    a broadcast answer is marked with its station (originator) and sequence (time tag)."""
+    if asdu[4:6] == b"\xff\xff":
+        return BASE_CA + asdu[3] - 1, int.from_bytes(asdu[9:13], "little")
+    return counter_of(asdu)
 
 
 def site_config(n: int, params: LinkParams) -> SiteConfig:
@@ -54,6 +78,11 @@ class Station:
     confirmed: set[int] = field(default_factory=set)
     resent_after_loss: set[int] = field(default_factory=set)
     received: list[bytes] = field(default_factory=list)  # from the BMI, through the relay
+    answers: dict[int, bytes] = field(default_factory=dict)  # sequence -> broadcast answer sent as it
+    sent_on: dict[int, ConnId] = field(default_factory=dict)  # answer sequence -> connection it left on
+
+    def asdu(self, seq: int) -> bytes:
+        return self.answers.get(seq) or counter_asdu(self.ca, seq)
 
 
 @dataclass
@@ -84,6 +113,8 @@ class Lab:
         self.bmi_confirmed: set[tuple[int, int]] = set()  # (CA, seq) whose confirmation reached the relay
         self.seen_up: dict[int, int] = {}  # CA -> highest new sequence seen at the BMI
         self.duplicates = 0
+        self.broadcasts_written: dict[ConnId, int] = {}  # site connection -> broadcast activations
+        self.answers_forwarded: dict[ConnId, set[tuple[int, int]]] = {}  # site connection -> answers at the BMI
         self.core.start(0.0)
         self.collect()
 
@@ -93,6 +124,8 @@ class Lab:
         while (action := core.next_action()) is not None:
             if isinstance(action, Transmit):
                 self.to_peer[action.conn] += action.data
+                if isinstance(self.by_conn.get(action.conn), Station):
+                    self._count_broadcasts(action.conn, action.data)
             elif isinstance(action, Close):
                 self.closed_by_core.append((action.conn, action.cause))
                 # Written bytes still reach the peer before the FIN.
@@ -102,6 +135,14 @@ class Lab:
                 self.connect_at[action.site] = action.at
             else:
                 assert isinstance(action, TimerAt)
+
+    def _count_broadcasts(self, conn: ConnId, data: bytes) -> None:
+        at = 0
+        while at < len(data):
+            frame = data[at : at + 2 + data[at + 1]]
+            if not frame[2] & 1 and is_sync_activation(frame[6:]):
+                self.broadcasts_written[conn] = self.broadcasts_written.get(conn, 0) + 1
+            at += len(frame)
 
     def _add(self, conn: ConnId, peer: Station | Bmi) -> None:
         self.by_conn[conn] = peer
@@ -143,6 +184,17 @@ class Lab:
         self.collect()
         return True
 
+    def answer(self, station: Station, broadcast: bytes) -> None:
+        """The UPDC confirms a broadcast clock sync, lib60870's way (CA 65535 kept)."""
+        seq = station.generated
+        station.generated += 1
+        answer = with_cause(broadcast, 7)
+        station.answers[seq] = (
+            answer[:3] + bytes((station.index + 1,)) + answer[4:9] + seq.to_bytes(4, "little") + answer[13:]
+        )
+        station.waiting.append(seq)
+        self._station_pump(station)
+
     def generate(self, index: int, count: int) -> None:
         station = self.stations[index]
         for _ in range(count):
@@ -156,7 +208,9 @@ class Lab:
             return
         while station.waiting and link.can_send:
             seq = station.waiting.popleft()
-            link.send_asdu(counter_asdu(station.ca, seq), self.now)
+            link.send_asdu(station.asdu(seq), self.now)
+            if seq in station.answers:
+                station.sent_on[seq] = station.conn
             station.unconfirmed.append(seq)
         self._peer_out(station.conn, link)
 
@@ -167,11 +221,16 @@ class Lab:
             if isinstance(event, Acknowledged):
                 for _ in range(event.count):
                     seq = station.unconfirmed.popleft()
-                    if (station.ca, seq) not in self.bmi_confirmed:
+                    forwarded = seq not in station.answers or any(
+                        (station.ca, seq) in answers for answers in self.answers_forwarded.values()
+                    )  # a refused answer is confirmed in its turn, without the BMI
+                    if forwarded and (station.ca, seq) not in self.bmi_confirmed:
                         raise InvariantBroken(f"site {station.ca} frame {seq} confirmed before the BMI confirmed it")
                     station.confirmed.add(seq)
             elif isinstance(event, AsduReceived):
                 station.received.append(event.asdu)
+                if is_sync_activation(event.asdu):
+                    self.answer(station, event.asdu)
             elif isinstance(event, LinkFailed):
                 self.drop(conn, event.cause)
                 return
@@ -215,7 +274,7 @@ class Lab:
             return
         bmi.link.acknowledge(count, self.now)
         for asdu in bmi.received[bmi.confirmed_upto : bmi.confirmed_upto + count]:
-            self.bmi_confirmed.add(counter_of(asdu))
+            self.bmi_confirmed.add(ident(asdu))
         bmi.confirmed_upto += count
         self._peer_out(bmi.conn, bmi.link)
         self.deliver_to_core(bmi.conn)
@@ -234,17 +293,32 @@ class Lab:
         confirmed, or one its UPDC sent again itself after losing its connection."""
         if asdu[2] & 0x3F == 46:  # the relay's negative answer to an unknown CA
             return
-        ca, seq = counter_of(asdu)
+        ca, seq = ident(asdu)
+        station = self.stations[ca - BASE_CA]
+        if seq in station.answers:
+            self._check_answer(station, seq)
         highest = self.seen_up.get(ca, -1)
-        if seq == highest + 1:
+        if seq > highest:
+            # Only refused broadcast answers may be missing in between.
+            if any(skipped not in station.answers for skipped in range(highest + 1, seq)):
+                raise InvariantBroken(f"site {ca}: frame {seq} after {highest}: gap or reordering")
             self.seen_up[ca] = seq
             return
-        if seq > highest + 1:
-            raise InvariantBroken(f"site {ca}: frame {seq} after {highest}: gap or reordering")
         self.duplicates += 1
-        station = self.stations[ca - BASE_CA]
         if (ca, seq) in self.bmi_confirmed and seq not in station.resent_after_loss:
             raise InvariantBroken(f"site {ca}: frame {seq} sent again although the BMI had confirmed it")
+
+    def _check_answer(self, station: Station, seq: int) -> None:
+        """A broadcast-CA answer reached the BMI: its connection must have had a broadcast
+        written for it (one for one)."""
+        conn = station.sent_on[seq]
+        forwarded = self.answers_forwarded.setdefault(conn, set())
+        forwarded.add((station.ca, seq))
+        if len(forwarded) > self.broadcasts_written.get(conn, 0):
+            raise InvariantBroken(
+                f"site {station.ca}: {len(forwarded)} broadcast answers forwarded from one connection, "
+                f"{self.broadcasts_written.get(conn, 0)} broadcasts written to it"
+            )
 
     # ------------------------------------------------------------------ both
     def deliver_to_core(self, conn: ConnId) -> None:
@@ -343,5 +417,6 @@ class Lab:
         for station in self.stations:
             kept = set(station.waiting) | set(station.unconfirmed)
             for seq in range(station.generated):
-                if seq not in kept and (station.ca, seq) not in self.bmi_confirmed:
+                # A broadcast answer may be refused: the ack check covers those forwarded.
+                if seq not in kept and seq not in station.answers and (station.ca, seq) not in self.bmi_confirmed:
                     raise InvariantBroken(f"site {station.ca} frame {seq} lost")

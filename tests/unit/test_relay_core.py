@@ -15,7 +15,7 @@ from concentrator.iec104.link import LinkParams, State
 from concentrator.relay_core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
 from concentrator.sim.codec_peers import counter_asdu, counter_of
 from concentrator.uplink_queue import QueueError
-from concentrator.windows import window_problems
+from concentrator.windows import idle_tolerant_w, window_problems, window_warnings
 
 from .core_lab import BASE_CA, Lab, site_config
 
@@ -249,6 +249,21 @@ def test_window_rule_refuses_an_uplink_w_the_sites_cannot_fill():
     assert "at most 144" in expected and "12 sites" in expected and "10.0 s" in expected
     assert window_problems(LinkParams(k=600, w=144), sites) == []
     assert window_problems(LinkParams(k=12, w=8), sites) == []
+
+
+def test_window_warning_above_what_the_sites_fill_with_a_quarter_of_them_idle():
+    sites = [LinkParams(k=12, w=8)] * 12
+    (warning,) = window_warnings(LinkParams(k=144, w=144), sites)
+    assert warning.startswith("uplink.w 144 is above 108, what the sites can have in flight with 3 of the 12 sites")
+    assert "t2 (10.0 s)" in warning and "keep w at most 108" in warning
+    assert window_warnings(LinkParams(k=144, w=109), sites) != []
+    assert window_warnings(LinkParams(k=144, w=108), sites) == []
+    assert window_warnings(LinkParams(k=144, w=72), sites) == []
+    assert window_warnings(LinkParams(k=600, w=400), sites) == []  # refused instead (window_problems)
+    # The idle ones are those with the largest windows; one site alone is never "idle".
+    assert idle_tolerant_w([LinkParams(k=k) for k in (4, 30, 8, 12, 12)]) == (36, 1)
+    assert idle_tolerant_w([LinkParams(k=12)]) == (12, 0)
+    assert window_warnings(LinkParams(k=12, w=12), [LinkParams(k=12)]) == []
 
 
 def _config(w: int, k: int, sites: int) -> dict:

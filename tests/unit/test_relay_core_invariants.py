@@ -9,6 +9,9 @@ timer expiries, and checks the invariants after every step (tests/unit/core_lab.
   again after losing its connection);
 - counts never go negative, and the queue's frames in flight equal the active link's;
 - at most one started BMI connection, and it is the active one;
+- a site's broadcast-CA confirmation (lib60870's answer to a broadcast clock sync, or one
+  sent unsolicited) is forwarded only one for one with the broadcasts the relay wrote on
+  that site connection;
 
 and, when asked to settle with a started BMI and every site started, that everything
 flows (every UPDC ends with nothing unconfirmed).
@@ -31,7 +34,7 @@ from concentrator.iec104.errors import Cause
 from concentrator.iec104.link import State
 from concentrator.sim.codec_peers import counter_asdu
 
-from .core_lab import BASE_CA, Lab
+from .core_lab import BASE_CA, Lab, clock_sync_broadcast
 
 settings.register_profile(
     "ci", max_examples=1000, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -99,6 +102,24 @@ class RelayCoreMachine(RuleBasedStateMachine):
     def bmi_command(self, which: int, ca: int) -> None:
         if (bmi := self._bmi(which)) is not None:
             self.lab.bmi_send(bmi, counter_asdu(ca, 10_000))
+
+    @rule(which=conn_index, stamp=st.integers(0, 1000), at_once=st.booleans())
+    def bmi_broadcast_clock_sync(self, which: int, stamp: int, at_once: bool) -> None:
+        """The BMI synchronises every site's clock; `at_once`: the broadcast reaches the
+        sites and their answers reach the relay now (else other steps come between)."""
+        if (bmi := self._bmi(which)) is not None:
+            self.lab.bmi_send(bmi, clock_sync_broadcast(stamp))
+            if at_once:
+                self.lab.deliver_to_core(bmi.conn)
+                for station in self.lab.stations:
+                    if station.conn is not None:
+                        self.lab.deliver_to_peer(station.conn)
+                        if station.conn is not None:
+                            self.lab.deliver_to_core(station.conn)
+
+    @rule(site=st.integers(0, SITES - 1), stamp=st.integers(0, 1000))
+    def site_unsolicited_broadcast_answer(self, site: int, stamp: int) -> None:
+        self.lab.answer(self.lab.stations[site], clock_sync_broadcast(stamp))
 
     # ---------------------------------------------------------------- data and time
     @rule(site=st.integers(0, SITES - 1), count=st.integers(1, 6))
@@ -181,6 +202,25 @@ def test_the_machine_catches_a_core_that_confirms_early(monkeypatch):
         run_state_machine_as_test(
             RelayCoreMachine,
             # No shrinking: finding it is the point, and CI time counts.
+            settings=settings(
+                max_examples=3000, stateful_step_count=60, deadline=None, database=None, phases=[Phase.generate]
+            ),
+        )
+
+
+def test_the_machine_catches_a_core_that_forwards_unsolicited_broadcast_answers(monkeypatch):
+    """NOT OK too: a core that takes every broadcast-CA ASDU from a site for an answer
+    (the rule of issue 25 turned into "let CA 65535 through") is caught."""
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from concentrator.broadcasts import BroadcastLedger
+
+    from .core_lab import InvariantBroken
+
+    monkeypatch.setattr(BroadcastLedger, "answers", lambda self, asdu: True)
+    with pytest.raises(InvariantBroken, match="broadcast answers forwarded from one connection"):
+        run_state_machine_as_test(
+            RelayCoreMachine,
             settings=settings(
                 max_examples=3000, stateful_step_count=60, deadline=None, database=None, phases=[Phase.generate]
             ),
