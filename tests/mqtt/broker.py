@@ -230,15 +230,20 @@ tls_version tlsv1.2
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([self.mosquitto, "-c", str(self.conf)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
+        waiting = {self.port, self.viewer_port}  # mosquitto opens its listeners one after the other
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            for port in sorted(waiting):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    waiting.discard(port)
+                except OSError:
+                    pass
+            if not waiting:
                 return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"mosquitto not listening after {timeout} s: {self.log.read_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"mosquitto not listening on {sorted(waiting)} after {timeout} s: {self.log.read_text()}")
 
     def freeze(self) -> None:
         """SIGSTOP: the broker's kernel still accepts and buffers, the broker does nothing."""
