@@ -63,7 +63,7 @@ class GroupConfig:
     outbound: tuple[str, ...]
 
 
-SMCROUTE, NFTABLES = "smcroute", "nftables"
+AUTO, SMCROUTE, NFTABLES = "auto", "smcroute", "nftables"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +71,9 @@ class MulticastConfig:
     groups: tuple[GroupConfig, ...]
     smcroute: SmcrouteFiles = field(default_factory=SmcrouteFiles)
     # How the kernel copies trips: the multicast routing table through smcrouted (up
-    # to MAXVIFS interfaces), or nftables `dup` at the uplinks' ingress (no limit).
-    engine: str = SMCROUTE
+    # to MAXVIFS interfaces), or nftables `dup` at the uplinks' ingress (no limit);
+    # as configured (AUTO too) until netconfig.tripcap.resolve() chose on this kernel.
+    engine: str = AUTO
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -87,7 +88,7 @@ class MulticastConfig:
 # ---------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"groups", "smcroute", "engine"}
-_ENGINES = ("auto", SMCROUTE, NFTABLES)
+_ENGINES = (AUTO, SMCROUTE, NFTABLES)
 _GROUP_KEYS = {"group", "port", "sources", "inbound", "outbound"}
 _FILES_KEYS = {"config_file", "socket", "pid_file"}
 
@@ -143,13 +144,12 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
                 raise p.error(
                     f"multicast.groups[{i}].outbound[{j}]", "an interface that is not inbound for any group", name
                 )
-    engine = m.get("engine", "auto")
+    engine = m.get("engine", AUTO)
     if engine not in _ENGINES:
         raise p.error("multicast.engine", " or ".join(_ENGINES), engine)
     count = len(MulticastConfig(groups).interfaces)
-    if engine == "auto":
-        engine = SMCROUTE if count <= MAXVIFS else NFTABLES
-    elif engine == SMCROUTE and count > MAXVIFS:
+    # `auto` stays as written: the engine depends on the kernel too (netconfig.tripcap).
+    if engine == SMCROUTE and count > MAXVIFS:
         raise p.error(
             "multicast.groups",
             f"at most {MAXVIFS} interfaces in all with engine smcroute (the kernel's "

@@ -50,6 +50,7 @@ from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
 from .sdnotify import notify, watchdog_period
+from .tripcap import probe, resolve
 from .tripnft import NftTripPath
 from .trippath import TripPath, TripState
 
@@ -385,8 +386,7 @@ async def run(
         if multicast is not None:
             if stats.trip is None:
                 stats.trip = TripState()
-            engine = TripPath if multicast.engine == SMCROUTE else NftTripPath
-            trip = engine(multicast, stats.trip, active_paths, writer.write)
+            trip = _trip_engine(multicast, stats.trip, active_paths, writer.write)
 
         async def probe(ctl: LinkController, role: Role) -> None:
             path = ctl.path(role)
@@ -442,6 +442,22 @@ async def run(
     finally:
         monitor.close()
         routes.close()
+
+
+def _trip_engine(
+    multicast: MulticastConfig, state: TripState, active_paths: Any, on_change: Any
+) -> TripPath | NftTripPath | None:
+    """The engine this kernel offers for the configuration (netconfig.tripcap), said
+    once; a refusal cannot heal by retrying: said once at ERROR, link failover runs."""
+    cap = probe()
+    resolved, choice = resolve(multicast, cap)
+    state.choose(choice, cap, multicast)
+    if resolved is None:
+        log.error("trip path not started, link failover runs: %s (%s)", choice.reason, cap.describe())
+        return None
+    log.info("trip path engine %s: %s; %s", resolved.engine, choice.reason, cap.describe())
+    engine = TripPath if resolved.engine == SMCROUTE else NftTripPath
+    return engine(resolved, state, active_paths, on_change)
 
 
 def _check_sysctls(cfg: NetworkConfig) -> None:
