@@ -101,3 +101,30 @@ def test_every_choice_says_what_was_asked(asked: str) -> None:
     for cap in (Capability(ROUTING, DUP), Capability(NO_ROUTING, DUP), Capability(ROUTING, NO_DUP)):
         c = choose(asked, cap, TWELVE_SITES)
         assert c.asked == asked and c.reason
+
+
+def test_a_trip_test_skips_on_the_probe_alone_never_on_a_missing_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests.lab.harness.require_engine: `smcroute` skips where MRT_INIT failed, with the
+    probe's reason; where the kernel has multicast routing, a missing smcrouted is a
+    failure in CI (CI=true), not a skip."""
+    import netconfig.tripcap
+    from tests.lab import harness
+
+    assert harness.engine_unavailable(SMCROUTE, Capability(NO_ROUTING, DUP)) == (
+        "engine smcroute needs the kernel's IPv4 multicast routing: "
+        "MRT_INIT failed with errno 92 (Protocol not available)"
+    )
+    assert harness.engine_unavailable(SMCROUTE, Capability(ROUTING, DUP)) is None
+    assert harness.engine_unavailable(NFTABLES, Capability(NO_ROUTING, DUP)) is None
+
+    monkeypatch.setattr(netconfig.tripcap, "probe", lambda: Capability(NO_ROUTING, DUP))
+    with pytest.raises(pytest.skip.Exception, match="errno 92"):
+        harness.require_engine(SMCROUTE)
+    assert harness.require_engine("auto") == NFTABLES
+
+    # Multicast routing present, smcrouted not on PATH: CI fails, it does not skip.
+    monkeypatch.setattr(netconfig.tripcap, "probe", lambda: Capability(ROUTING, DUP))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("tests.conftest.IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="needs smcrouted: apt-get install smcroute"):
+        harness.require_engine(SMCROUTE)
