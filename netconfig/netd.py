@@ -453,7 +453,7 @@ def _trip_engine(
     resolved, choice = resolve(multicast, cap)
     state.choose(choice, cap, multicast)
     if resolved is None:
-        log.error("trip path not started, link failover runs: %s (%s)", choice.reason, cap.describe())
+        log.error("trip path not started, link failover runs: %s", choice.reason)
         return None
     log.info("trip path engine %s: %s; %s", resolved.engine, choice.reason, cap.describe())
     engine = TripPath if resolved.engine == SMCROUTE else NftTripPath

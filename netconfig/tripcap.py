@@ -130,7 +130,7 @@ def choose(asked: str, cap: Capability, interfaces: int) -> Choice:
             return Choice(asked, None, f"engine smcroute: {interfaces} interfaces, the kernel has {MAXVIFS} VIFs")
         if mr.present is False:
             return Choice(asked, None, _NO_ROUTING.format(how=mr.how))
-        return Choice(asked, SMCROUTE, f"asked for in the configuration ({mr.how})")
+        return Choice(asked, SMCROUTE, "asked for in the configuration")
     if asked == NFTABLES:
         if dup.present is False:
             return Choice(
@@ -139,12 +139,13 @@ def choose(asked: str, cap: Capability, interfaces: int) -> Choice:
                 f"engine nftables needs nftables dup in the netdev family and this kernel refuses it ({dup.how}): "
                 "use a kernel with CONFIG_NF_DUP_NETDEV, or set multicast.engine to auto",
             )
-        return Choice(asked, NFTABLES, f"asked for in the configuration ({dup.how})")
+        return Choice(asked, NFTABLES, "asked for in the configuration")
     if dup.present is not False:
-        verified = "works here" if dup.present else "not verified"
-        return Choice(asked, NFTABLES, f"auto: nftables dup {verified} ({dup.how})")
+        if dup.present:
+            return Choice(asked, NFTABLES, "auto: nftables dup works on this kernel")
+        return Choice(asked, NFTABLES, f"auto: nftables dup, not verified ({dup.how})")
     if mr.present is not False and interfaces <= MAXVIFS:
-        return Choice(asked, SMCROUTE, f"auto: no nftables dup ({dup.how}), multicast routing instead ({mr.how})")
+        return Choice(asked, SMCROUTE, f"auto: no nftables dup ({dup.how}), the multicast routing table instead")
     why = f"{interfaces} interfaces, more than {MAXVIFS} VIFs" if interfaces > MAXVIFS else mr.how
     return Choice(
         asked,

@@ -26,12 +26,12 @@ TWELVE_SITES = 2 + 2 * 12  # the uplink's two paths and 12 two-path sites
 def test_no_multicast_routing_auto_takes_nftables() -> None:
     c = choose("auto", Capability(NO_ROUTING, DUP), TWELVE_SITES)
     assert (c.engine, c.asked) == (NFTABLES, "auto")
-    assert "nftables dup works here" in c.reason
+    assert c.reason == "auto: nftables dup works on this kernel"
 
 
 def test_routing_present_and_within_32_vifs_takes_the_routing_table_where_dup_is_missing() -> None:
     c = choose("auto", Capability(ROUTING, NO_DUP), TWELVE_SITES)
-    assert c.engine == SMCROUTE and "multicast routing instead" in c.reason
+    assert c.engine == SMCROUTE and "the multicast routing table instead" in c.reason
     assert choose("auto", Capability(ROUTING, NO_DUP), MAXVIFS).engine == SMCROUTE
     # Past 32 VIFs the routing table cannot do it: refused, with both reasons.
     c = choose("auto", Capability(ROUTING, NO_DUP), MAXVIFS + 1)
