@@ -1,10 +1,12 @@
 """The `multicast:` section (the operator's trip groups) and the pure logic around it.
 
 The BMI sends trip messages (IEC 104 over UDP) as IP multicast. The concentrator must
-not stand in their path: the kernel forwards them with static (S,G) routes that
-smcroute installs, and no concentrator process ever joins a trip group.
+not stand in their path: the kernel copies them, with nftables `dup` rules or static
+(S,G) routes that smcroute installs (`engine`; netconfig.tripcap chooses `auto` on the
+kernel at hand), and no concentrator process ever joins a trip group.
 
     multicast:
+      engine: auto                   # auto (the default), nftables or smcroute
       smcroute:                      # optional: where netd keeps smcrouted's files
         config_file: /run/concentrator/smcroute.conf
         socket: /run/concentrator/smcroute.sock
@@ -330,6 +332,12 @@ def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
         lines += ['    counter drop comment "end"', "  }"]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def nft_error(stderr: str) -> str:
+    """nft's error on one line: the message and the rule it points at (not the carets)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip().strip("^~")]
+    return ": ".join(lines[:2]) if lines else "no message"
 
 
 @dataclass(frozen=True, slots=True)

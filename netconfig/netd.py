@@ -4,7 +4,9 @@ Runs apart from the relay so that failover never depends on the relay being aliv
 For each protected link (the uplink, each site) one `Failover` decision object is
 fed by the netlink monitor (carrier events, ~5 ms) and by one ICMP probe per path
 (silent failures); each `Switched` decision re-points the link's routes with
-pyroute2, keeping the service address as source.
+pyroute2, keeping the service address as source. With a `multicast:` section it also
+runs the trip path, on the engine this kernel offers (netconfig.tripcap, said once at
+start; a refused engine is one ERROR line and link failover runs without it).
 
 Operator interface (local only, like the configuration):
     SIGUSR1          manual fail-back to the primary on every link where it is healthy

@@ -21,7 +21,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-from .multicast import MAXVIFS, NFTABLES, SMCROUTE, MulticastConfig
+from .multicast import MAXVIFS, NFTABLES, SMCROUTE, MulticastConfig, nft_error
 
 MRT_INIT, MRT_DONE = 200, 201  # <linux/mroute.h>
 _PROBE_TABLE = "concentrator_probe"
@@ -90,7 +90,7 @@ def probe_nftables_dup() -> Feature:
         return Feature(None, f"nft did not run: {exc}")
     if done.returncode == 0:
         return Feature(True, "a netdev table with a dup rule loaded and deleted")
-    err = done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}"
+    err = nft_error(done.stderr) if done.stderr.strip() else f"exit {done.returncode}"
     if "Operation not permitted" in err:
         return Feature(None, f"nft refused: {err} (needs root)")
     return Feature(False, f"nft refused a dup rule: {err}")

@@ -41,6 +41,7 @@ from .multicast import (
     nft_chain,
     nft_copy_rule,
     nft_entries,
+    nft_error,
     nft_inbound_rule,
     nft_ruleset,
     parse_nft,
@@ -48,7 +49,7 @@ from .multicast import (
     wanted_routes,
 )
 from .netlink import ChangeMonitor
-from .trippath import RECHECK_INTERVAL, TripEngine, TripState, record
+from .trippath import FAILURE_SUMMARY, RECHECK_INTERVAL, TripEngine, TripState, record
 
 log = logging.getLogger("netd.trip")
 
@@ -122,6 +123,8 @@ class NftTripPath(TripEngine):
         super().__init__(cfg, state, active_path, on_change)
         self._applied: dict[tuple[IPv4Address, IPv4Address], MRoute] = {}
         self._lock = trio.Lock()  # one transaction at a time (switch vs repair)
+        self._failed_loads = 0  # consecutive loads of the table that nft refused
+        self._last_failure_log = 0.0
 
     async def run(self) -> None:
         monitor = ChangeMonitor.nftables()  # before the first install: no change unseen
@@ -142,8 +145,18 @@ class NftTripPath(TripEngine):
         t0 = time.perf_counter()
         code, _out, err = await nft(nft_ruleset(self.cfg, wanted))
         if code != 0:
-            log.error("nft table netdev %s not loaded: %s", NFT_TABLE, err.strip())
+            # Tried again at each check (RECHECK_INTERVAL, or a change in nftables);
+            # what does not heal is said once, then once a minute.
+            self._failed_loads += 1
+            now = time.monotonic()
+            if self._failed_loads == 1 or now - self._last_failure_log >= FAILURE_SUMMARY:
+                self._last_failure_log = now
+                why = nft_error(err)
+                log.error("nft table netdev %s not loaded (attempt %d): %s", NFT_TABLE, self._failed_loads, why)
             return False
+        if self._failed_loads:
+            log.info("nft table netdev %s loaded after %d failed attempts", NFT_TABLE, self._failed_loads)
+            self._failed_loads = 0
         self._applied = {(r.source, r.group): r for r in wanted}
         log.info(
             "trip path (nftables) installed: %d (S,G), outbound %s, in %.1f ms",
@@ -187,7 +200,7 @@ class NftTripPath(TripEngine):
         code, _out, err = await nft("\n".join(batch) + "\n")
         took = time.perf_counter() - t0
         if code != 0:
-            log.error("nft re-point failed: %s", err.strip())
+            log.error("nft re-point failed: %s", nft_error(err))
             return False
         for before, route in moved:
             self._applied[(route.source, route.group)] = route
@@ -219,7 +232,8 @@ class NftTripPath(TripEngine):
                 await monitor.changed()
             async with self._lock:
                 if not await self._verify():
-                    log.error("trip path (nftables) not as wanted (table deleted or changed): loading it again")
+                    if not self._failed_loads:  # (else: not loaded yet, said by _install)
+                        log.error("trip path (nftables) not as wanted (table deleted or changed): loading it again")
                     await self._install()
 
 

@@ -1,4 +1,5 @@
-"""The multicast trip path: smcrouted under supervision, re-pointed on uplink switches.
+"""The trip path's routing-table engine: smcrouted under supervision, re-pointed on
+uplink switches (netd runs it where netconfig.tripcap chose `smcroute`).
 
 netd runs this (one task group beside the failover controllers); the relay plays no
 part, so trip messages keep flowing with the relay stopped, crashed or overloaded.
@@ -472,7 +473,7 @@ class TripPath(TripEngine):
             if self._failed_attempts == 0 or now - self._last_failure_log >= FAILURE_SUMMARY:
                 self._last_failure_log = now
                 log.error(
-                    "trip group %s from %s: not installed as asked (%s), %d attempts so far; kernel has %s",
+                    "trip group %s from %s: not installed as asked (%s, attempt %d); kernel has %s",
                     route.group,
                     route.source,
                     add,

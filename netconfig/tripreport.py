@@ -2,7 +2,9 @@
 the trip groups to the sites over the paths in use?
 
 For operators and certifiers (annex A40 5.10: the concentrator does not interpose in
-the BMI's multicast trip messages). It judges what happens, not what was meant:
+the BMI's multicast trip messages). It says first what this kernel offers and which
+engine runs (netconfig.tripcap; a refused engine is NOT OK), then judges what happens,
+not what was meant, from that engine's own rules and counters:
 
 - the paths in use come from the kernel's routes (`ip route get` of each link's first
   destination), not from the configuration's interface lists;

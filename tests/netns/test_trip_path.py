@@ -538,3 +538,20 @@ def test_check_config_prints_the_engine_auto_uses_here_and_refuses_one_the_kerne
             assert feature.how in done.stderr and f"got '{forced}'" in done.stderr
         else:
             assert done.returncode == 0 and f"trip path: engine {forced} on this host" in done.stdout, done.stderr
+
+
+def test_a_table_the_kernel_refuses_is_said_once_then_summarised_not_at_every_retry() -> None:
+    """A failure that does not heal by retrying (here: a copy to an interface that does
+    not exist) is one ERROR line, then one a minute; netd keeps trying at each check."""
+    require_root()
+    require_engine(NFTABLES)
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=NFTABLES, start_netd=False) as lab:
+        config = lab.netd_config("conc")
+        config["multicast"]["groups"][0]["outbound"].append("nosuch0")
+        lab._start_netd("conc", config)
+        lab.wait_netd_ready("conc")
+        time.sleep(11.0)  # two periodic checks (5 s each) after the first attempt
+        errors = [line for line in netd_log(lab).splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors
+        assert "nft table netdev concentrator_trip not loaded (attempt 1): " in errors[0] and "nosuch0" in errors[0]
+        assert trip_state(lab)["installed"] == {GROUP: False}

@@ -13,6 +13,7 @@ from netconfig.multicast import (
     NFTABLES,
     SMCROUTE,
     nft_entries,
+    nft_error,
     nft_ruleset,
     parse_multicast,
     parse_nft,
@@ -147,3 +148,15 @@ def test_a_site_switch_replaces_only_that_sites_rule() -> None:
     damaged = copy.deepcopy(LISTED)
     del damaged["nftables"][5]
     assert _changes(mc, parse_nft(damaged), before, after) is None
+
+
+def test_nft_errors_are_one_line_with_the_rule_they_point_at() -> None:
+    stderr = (
+        "/dev/stdin:15:20-28: Error: Interface does not exist\n"
+        '    counter dup to "nosuch0" comment "out"\n'
+        "                   ^^^^^^^^^\n"
+    )
+    assert nft_error(stderr) == (
+        '/dev/stdin:15:20-28: Error: Interface does not exist: counter dup to "nosuch0" comment "out"'
+    )
+    assert nft_error("") == "no message"
