@@ -200,9 +200,6 @@ class TripEngine:
         self.active_path = active_path
         self._on_change = on_change
         self._dirty = trio.Event()
-        for g in cfg.groups:
-            state.stats.installed.setdefault(str(g.group), False)
-            state.stats.repoints.setdefault(str(g.group), 0)
 
     def changed(self) -> None:
         """A link switched (called from netd's controllers): re-point now."""
