@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from netconfig.trippath import read_igmp_memberships
 from netconfig.tripreport import plain
 
@@ -98,3 +100,32 @@ def test_plain_words_of_a_refused_engine() -> None:
         "netd: running, pid 41",
         "trip path: NOT OK",
     ]
+
+
+def test_forwarded_per_group_from_either_engines_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the shedding monitor reads: arrivals on the inbound interface in use, never
+    the ones dropped on the other uplink, from the routing table or the nftables table."""
+    from ipaddress import IPv4Address
+
+    from netconfig import tripreport
+    from netconfig.multicast import KernelEntry, NftRule
+
+    g1, s = IPv4Address("239.192.10.1"), IPv4Address("10.0.1.1")
+    monkeypatch.setattr(tripreport, "read_kernel", lambda: [KernelEntry(g1, s, "up0", 9, 900, 2, ("s1p",))])
+    monkeypatch.setattr(tripreport, "read_rules_sync", lambda: None)
+    assert tripreport.forwarded_by_group() == {"239.192.10.1": 7}
+    rules = [
+        NftRule("in_up0", 3, "10.0.1.1 239.192.10.2 in", 5, "sg1"),
+        NftRule("in_up1", 4, "10.0.1.1 239.192.10.2 wrong", 4, None),
+        NftRule("sg1", 5, "out", 5, "s1p"),
+        NftRule("sg1", 6, "end", 5, None),
+    ]
+    monkeypatch.setattr(tripreport, "read_kernel", lambda: [])
+    monkeypatch.setattr(tripreport, "read_rules_sync", lambda: rules)
+    assert tripreport.forwarded_by_group() == {"239.192.10.2": 5}
+
+    def no_library() -> None:
+        raise OSError("libnftables.so.1 not loaded")
+
+    monkeypatch.setattr(tripreport, "read_rules_sync", no_library)
+    assert tripreport.forwarded_by_group() == {}
