@@ -97,10 +97,28 @@ def _check_config(args: argparse.Namespace) -> int:
         cautions += config.mqtt.tls_dates
     for caution in cautions:
         print(f"{config.file}: warning: {caution}", file=sys.stderr)
+    trip = check_trip_engine(config)
     cas = sum(len(site.common_addresses) for site in config.sites)
     record_accepted(config, "check-config")
     print(f"{config.file}: valid, {len(config.sites)} sites, {cas} common addresses, sha256 {config.sha256}")
+    if trip:
+        print(trip)
     return 0
+
+
+def check_trip_engine(config: Config) -> str | None:
+    """The trip path engine this host's kernel gives the `multicast:` section (what netd
+    will run), as a line to print; an engine the kernel cannot run is refused here."""
+    if config.multicast is None:
+        return None
+    from netconfig.tripcap import probe, resolve
+
+    cap = probe()
+    resolved, choice = resolve(config.multicast, cap)
+    if resolved is None:
+        expected = f"an engine this kernel offers ({choice.reason})"
+        raise ConfigError(config.file, "multicast.engine", expected, choice.asked)
+    return f"trip path: engine {resolved.engine} on this host ({choice.reason}); {cap.describe()}"
 
 
 def check_installed(config: Config) -> None:

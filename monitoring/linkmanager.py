@@ -20,6 +20,8 @@ collector over plain counters the link manager keeps (like the relay's stats):
                                                             the trip group to the sites
     concentrator_trip_path_repoints_total{group}            trip routes re-pointed to
                                                             another inbound interface
+    concentrator_trip_path_engine_info{engine,asked,        1: the engine netd runs (none:
+        multicast_routing,nftables_dup}                     refused) and the kernel's features
 
 `link` is "uplink" or a site's name; `path` is "primary" or "backup"; `reason` is one of
 netconfig.failover.Reason's values (carrier-down, probe-loss, hold-elapsed, manual,
@@ -91,6 +93,9 @@ class TripPathStats:
 
     installed: dict[str, bool] = field(default_factory=dict)  # group -> forwarding entry present
     repoints: dict[str, int] = field(default_factory=dict)  # group -> re-pointed after a switch
+    engine: str = ""  # smcroute, nftables, or none (refused on this kernel); "" before netd chose
+    asked: str = ""  # multicast.engine as configured: auto, smcroute or nftables
+    kernel: dict[str, str] = field(default_factory=dict)  # feature -> yes, no or unknown
 
 
 class LinkManagerCollector(Collector):
@@ -170,3 +175,14 @@ class LinkManagerCollector(Collector):
         for group, count in sorted(dict(trip.repoints).items()):
             repoints.add_metric([group], count)
         yield from (installed, repoints)
+        if trip.engine:
+            kernel = dict(trip.kernel)
+            features = sorted(kernel)
+            engine = GaugeMetricFamily(
+                f"{PREFIX}trip_path_engine_info",
+                "The trip path's engine on this kernel (none: refused), the one configured, and the kernel's "
+                "multicast routing and nftables dup.",
+                labels=["engine", "asked", *features],
+            )
+            engine.add_metric([trip.engine, trip.asked, *(kernel[f] for f in features)], 1)
+            yield engine

@@ -1,10 +1,12 @@
 """The `multicast:` section (the operator's trip groups) and the pure logic around it.
 
 The BMI sends trip messages (IEC 104 over UDP) as IP multicast. The concentrator must
-not stand in their path: the kernel forwards them with static (S,G) routes that
-smcroute installs, and no concentrator process ever joins a trip group.
+not stand in their path: the kernel copies them, with nftables `dup` rules or static
+(S,G) routes that smcroute installs (`engine`; netconfig.tripcap chooses `auto` on the
+kernel at hand), and no concentrator process ever joins a trip group.
 
     multicast:
+      engine: auto                   # auto (the default), nftables or smcroute
       smcroute:                      # optional: where netd keeps smcrouted's files
         config_file: /run/concentrator/smcroute.conf
         socket: /run/concentrator/smcroute.sock
@@ -63,7 +65,7 @@ class GroupConfig:
     outbound: tuple[str, ...]
 
 
-SMCROUTE, NFTABLES = "smcroute", "nftables"
+AUTO, SMCROUTE, NFTABLES = "auto", "smcroute", "nftables"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +73,9 @@ class MulticastConfig:
     groups: tuple[GroupConfig, ...]
     smcroute: SmcrouteFiles = field(default_factory=SmcrouteFiles)
     # How the kernel copies trips: the multicast routing table through smcrouted (up
-    # to MAXVIFS interfaces), or nftables `dup` at the uplinks' ingress (no limit).
-    engine: str = SMCROUTE
+    # to MAXVIFS interfaces), or nftables `dup` at the uplinks' ingress (no limit);
+    # as configured (AUTO too) until netconfig.tripcap.resolve() chose on this kernel.
+    engine: str = AUTO
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -87,7 +90,7 @@ class MulticastConfig:
 # ---------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"groups", "smcroute", "engine"}
-_ENGINES = ("auto", SMCROUTE, NFTABLES)
+_ENGINES = (AUTO, SMCROUTE, NFTABLES)
 _GROUP_KEYS = {"group", "port", "sources", "inbound", "outbound"}
 _FILES_KEYS = {"config_file", "socket", "pid_file"}
 
@@ -143,13 +146,12 @@ def parse_multicast(raw: object, file: str, network: NetworkConfig | None = None
                 raise p.error(
                     f"multicast.groups[{i}].outbound[{j}]", "an interface that is not inbound for any group", name
                 )
-    engine = m.get("engine", "auto")
+    engine = m.get("engine", AUTO)
     if engine not in _ENGINES:
         raise p.error("multicast.engine", " or ".join(_ENGINES), engine)
     count = len(MulticastConfig(groups).interfaces)
-    if engine == "auto":
-        engine = SMCROUTE if count <= MAXVIFS else NFTABLES
-    elif engine == SMCROUTE and count > MAXVIFS:
+    # `auto` stays as written: the engine depends on the kernel too (netconfig.tripcap).
+    if engine == SMCROUTE and count > MAXVIFS:
         raise p.error(
             "multicast.groups",
             f"at most {MAXVIFS} interfaces in all with engine smcroute (the kernel's "
@@ -330,6 +332,12 @@ def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
         lines += ['    counter drop comment "end"', "  }"]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def nft_error(stderr: str) -> str:
+    """nft's error on one line: the message and the rule it points at (not the carets)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip().strip("^~")]
+    return ": ".join(lines[:2]) if lines else "no message"
 
 
 @dataclass(frozen=True, slots=True)

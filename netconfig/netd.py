@@ -4,7 +4,9 @@ Runs apart from the relay so that failover never depends on the relay being aliv
 For each protected link (the uplink, each site) one `Failover` decision object is
 fed by the netlink monitor (carrier events, ~5 ms) and by one ICMP probe per path
 (silent failures); each `Switched` decision re-points the link's routes with
-pyroute2, keeping the service address as source.
+pyroute2, keeping the service address as source. With a `multicast:` section it also
+runs the trip path, on the engine this kernel offers (netconfig.tripcap, said once at
+start; a refused engine is one ERROR line and link failover runs without it).
 
 Operator interface (local only, like the configuration):
     SIGUSR1          manual fail-back to the primary on every link where it is healthy
@@ -50,6 +52,7 @@ from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
 from .sdnotify import notify, watchdog_period
+from .tripcap import probe, resolve
 from .tripnft import NftTripPath
 from .trippath import TripPath, TripState
 
@@ -385,8 +388,7 @@ async def run(
         if multicast is not None:
             if stats.trip is None:
                 stats.trip = TripState()
-            engine = TripPath if multicast.engine == SMCROUTE else NftTripPath
-            trip = engine(multicast, stats.trip, active_paths, writer.write)
+            trip = _trip_engine(multicast, stats.trip, active_paths, writer.write)
 
         async def probe(ctl: LinkController, role: Role) -> None:
             path = ctl.path(role)
@@ -442,6 +444,22 @@ async def run(
     finally:
         monitor.close()
         routes.close()
+
+
+def _trip_engine(
+    multicast: MulticastConfig, state: TripState, active_paths: Any, on_change: Any
+) -> TripPath | NftTripPath | None:
+    """The engine this kernel offers for the configuration (netconfig.tripcap), said
+    once; a refusal cannot heal by retrying: said once at ERROR, link failover runs."""
+    cap = probe()
+    resolved, choice = resolve(multicast, cap)
+    state.choose(choice, cap, multicast)
+    if resolved is None:
+        log.error("trip path not started, link failover runs: %s", choice.reason)
+        return None
+    log.info("trip path engine %s: %s; %s", resolved.engine, choice.reason, cap.describe())
+    engine = TripPath if resolved.engine == SMCROUTE else NftTripPath
+    return engine(resolved, state, active_paths, on_change)
 
 
 def _check_sysctls(cfg: NetworkConfig) -> None:

@@ -1,4 +1,5 @@
-"""The multicast trip path: smcrouted under supervision, re-pointed on uplink switches.
+"""The trip path's routing-table engine: smcrouted under supervision, re-pointed on
+uplink switches (netd runs it where netconfig.tripcap chose `smcroute`).
 
 netd runs this (one task group beside the failover controllers); the relay plays no
 part, so trip messages keep flowing with the relay stopped, crashed or overloaded.
@@ -47,6 +48,7 @@ from .multicast import (
     wanted_routes,
 )
 from .netlink import ChangeMonitor
+from .tripcap import Capability, Choice
 
 log = logging.getLogger("netd.trip")
 
@@ -54,6 +56,8 @@ RECHECK_INTERVAL = 5.0  # seconds between checks of the kernel's table when it r
 START_TIMEOUT = 5.0  # smcrouted must answer on its socket within this
 CTL_TIMEOUT = 2.0  # one smcroutectl command
 RESTART_BACKOFF = 0.5  # after 3 exits within 2 s, wait this long before the next start
+RETRY_MAX = 5.0  # seconds: the longest wait between attempts to install a route that did not take
+FAILURE_SUMMARY = 60.0  # seconds between ERROR lines about the same failure
 
 
 def read_vifs(proc: str = "/proc/net") -> dict[int, str]:
@@ -105,9 +109,25 @@ class TripState:
     smcrouted_restarts: int = 0
     inbound: dict[str, str] = field(default_factory=dict)  # group -> inbound interface in use
     last_repoint_seconds: float | None = None  # smcroutectl time of the last re-point
+    choice: Choice | None = None  # the engine chosen on this kernel, or the refusal
+    kernel: dict[str, Any] = field(default_factory=dict)  # Capability.to_json()
+
+    def choose(self, choice: Choice, cap: Capability, cfg: MulticastConfig) -> None:
+        """Record the engine (or refusal): a refused path is reported not installed."""
+        self.choice, self.kernel = choice, cap.to_json()
+        self.stats.asked, self.stats.engine = choice.asked, choice.engine or "none"
+        self.stats.kernel = {
+            "multicast_routing": _word(cap.multicast_routing.present),
+            "nftables_dup": _word(cap.nftables_dup.present),
+        }
+        for g in cfg.groups:
+            self.stats.installed.setdefault(str(g.group), False)
+            self.stats.repoints.setdefault(str(g.group), 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "engine": self.choice.to_json() if self.choice is not None else None,
+            "kernel": self.kernel,
             "installed": dict(self.stats.installed),
             "repoints": dict(self.stats.repoints),
             "smcrouted_pid": self.smcrouted_pid,
@@ -115,6 +135,10 @@ class TripState:
             "inbound": dict(self.inbound),
             "last_repoint_seconds": self.last_repoint_seconds,
         }
+
+
+def _word(present: bool | None) -> str:
+    return {True: "yes", False: "no", None: "unknown"}[present]
 
 
 def record(state: TripState, status: list[PathStatus], on_change: Callable[[], None]) -> list[PathStatus]:
@@ -176,9 +200,6 @@ class TripEngine:
         self.active_path = active_path
         self._on_change = on_change
         self._dirty = trio.Event()
-        for g in cfg.groups:
-            state.stats.installed.setdefault(str(g.group), False)
-            state.stats.repoints.setdefault(str(g.group), 0)
 
     def changed(self) -> None:
         """A link switched (called from netd's controllers): re-point now."""
@@ -201,6 +222,8 @@ class TripPath(TripEngine):
         self._force: set[tuple[Any, Any]] = set()  # (S,G) the kernel does not have as wanted
         self._conf_routes: list[MRoute] = []  # the routes in the file we wrote last
         self._daemon_up = False
+        self._failed_attempts = 0  # consecutive rounds in which a route did not take
+        self._last_failure_log = 0.0
         self.smcrouted = shutil.which("smcrouted") or "smcrouted"
         self.smcroutectl = shutil.which("smcroutectl") or "smcroutectl"
 
@@ -414,8 +437,14 @@ class TripPath(TripEngine):
                     failed = True
             self._verify()
             if failed:
-                await trio.sleep(0.2)
+                # What did not take may heal (a daemon restarting) or not (the kernel
+                # refuses): try again, ever less often, said once and then summarised.
+                self._failed_attempts += 1
+                await trio.sleep(min(0.2 * 2 ** (self._failed_attempts - 1), RETRY_MAX))
                 self._dirty.set()
+            elif self._failed_attempts:
+                log.info("trip path installed after %d failed attempts", self._failed_attempts)
+                self._failed_attempts = 0
 
     async def _apply(self, route: MRoute) -> bool:
         """Make smcrouted's entry for (S,G) exactly `route`. True when the kernel has it."""
@@ -437,13 +466,17 @@ class TripPath(TripEngine):
         took = time.perf_counter() - t0
         entry = {(e.source, e.group): e for e in read_kernel()}.get(key)
         if entry is None or entry.inbound != route.inbound or set(entry.outbound) != set(route.outbound):
-            log.error(
-                "trip group %s from %s: not installed as asked (%s); kernel has %s",
-                route.group,
-                route.source,
-                add,
-                entry,
-            )
+            now = time.monotonic()
+            if self._failed_attempts == 0 or now - self._last_failure_log >= FAILURE_SUMMARY:
+                self._last_failure_log = now
+                log.error(
+                    "trip group %s from %s: not installed as asked (%s, attempt %d); kernel has %s",
+                    route.group,
+                    route.source,
+                    add,
+                    self._failed_attempts + 1,
+                    entry,
+                )
             return False
         self._force.discard(key)
         self._applied[key] = route

@@ -2,7 +2,9 @@
 the trip groups to the sites over the paths in use?
 
 For operators and certifiers (annex A40 5.10: the concentrator does not interpose in
-the BMI's multicast trip messages). It judges what happens, not what was meant:
+the BMI's multicast trip messages). It says first what this kernel offers and which
+engine runs (netconfig.tripcap; a refused engine is NOT OK), then judges what happens,
+not what was meant, from that engine's own rules and counters:
 
 - the paths in use come from the kernel's routes (`ip route get` of each link's first
   destination), not from the configuration's interface lists;
@@ -45,6 +47,7 @@ from .multicast import (
     path_status,
 )
 from .routes import paths_in_use
+from .tripcap import probe, resolve
 from .tripnft import read_rules_sync
 from .trippath import read_igmp_memberships, read_kernel
 
@@ -127,10 +130,31 @@ def _write_last(path: str, doc: dict[str, Any]) -> None:
 
 
 def kernel_paths(mc: MulticastConfig, in_use: dict[str, str | None], last: Any = None) -> list[PathStatus]:
-    """Each trip (S,G) as the kernel forwards it (either engine), judged against the paths
-    in use (`in_use_by`); `last` as for path_status."""
+    """Each trip (S,G) as the kernel forwards it with the engine chosen on this kernel
+    (`mc` resolved by tripcap.resolve), judged against the paths in use (`in_use_by`);
+    `last` as for path_status."""
     entries = read_kernel() if mc.engine == SMCROUTE else nft_entries(mc, read_rules_sync() or [])
     return path_status(mc, entries, in_use, last)
+
+
+def forwarded_by_group() -> dict[str, int]:
+    """Trips forwarded per group (summed over sources) by either engine, from the
+    kernel's own counters, without the configuration: the multicast routing table's
+    entries (arrivals on their inbound interface) and the nftables table's inbound
+    rules (arrivals on the uplink in use, copied). Only one engine runs; reading both
+    needs no knowledge of which."""
+    counts: dict[str, int] = {}
+    for e in read_kernel():
+        counts[str(e.group)] = counts.get(str(e.group), 0) + e.packets - e.wrong_if
+    try:
+        rules = read_rules_sync() or []
+    except OSError:  # no libnftables on this host: no table of ours either
+        rules = []
+    for r in rules:
+        if r.comment.endswith(" in"):
+            group = r.comment.split()[1]
+            counts[group] = counts.get(group, 0) + r.packets
+    return counts
 
 
 def in_use_by(network: NetworkConfig | None) -> dict[str, str | None]:
@@ -139,7 +163,14 @@ def in_use_by(network: NetworkConfig | None) -> dict[str, str | None]:
 
 
 def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, last_file: str) -> dict[str, Any]:
+    cap = probe()
+    resolved, choice = resolve(mc, cap)
+    engine = {**choice.to_json(), "kernel": cap.to_json(), "summary": cap.describe()}
     in_use = in_use_by(network)
+    if resolved is None:  # nothing to read: no engine runs on this kernel
+        netd = _netd(network, state_file, in_use)
+        return {"ok": False, "engine": engine, "smcrouted": None, "netd": netd, "paths": []}
+    mc = resolved
     status = kernel_paths(mc, in_use, _read_last(last_file))
     _write_last(last_file, counters(status))
     joined = read_igmp_memberships()
@@ -159,13 +190,20 @@ def report(mc: MulticastConfig, network: NetworkConfig | None, state_file: str, 
         and netd["running"]
         and not netd["disagrees"]
     )
-    return {"ok": ok, "smcrouted": daemon, "netd": netd, "paths": groups}
+    return {"ok": ok, "engine": engine, "smcrouted": daemon, "netd": netd, "paths": groups}
 
 
 def plain(doc: dict[str, Any]) -> str:
-    lines = []
+    e = doc["engine"]
+    lines = [e["summary"]]
+    if e["engine"] is None:
+        lines.append(f"engine: REFUSED (multicast.engine {e['asked']}): {e['reason']}")
+    else:
+        lines.append(f"engine: {e['engine']} (multicast.engine {e['asked']}): {e['reason']}")
     d = doc["smcrouted"]
-    if d.get("engine", SMCROUTE) != SMCROUTE:
+    if d is None:
+        pass
+    elif d["engine"] != SMCROUTE:
         lines.append(f"copies made by nftables (table netdev {NFT_TABLE}), no daemon involved")
     else:
         lines.append(

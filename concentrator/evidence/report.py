@@ -206,9 +206,10 @@ def _spec(s: Section) -> str:
     parts.append("<h3>Trip groups</h3>")
     if f.get("multicast"):
         parts.append(
-            "<p>Forwarded by the kernel through static (source, group) routes that smcrouted installs "
-            "under netd; only the uplink's active path is the inbound interface and each site gets one "
-            "copy on its active path. No concentrator process joins a group.</p>"
+            "<p>Forwarded by the kernel, by the engine netd chose on this kernel (nftables dup rules, or "
+            "static (source, group) routes that smcrouted installs; section 3 names it); only the uplink's "
+            "active path is the inbound interface and each site gets one copy on its active path. No "
+            "concentrator process joins a group.</p>"
         )
         parts.append(
             table(
@@ -355,6 +356,15 @@ def _trips(s: Section) -> str:
     parts = [_section_head(s)]
     if not f:
         return "".join(parts)
+    e = f["engine"]
+    engine = e["choice"]["engine"] or "NONE (refused)"
+    parts.append(
+        f"<p>Trip path engine: <b>{esc(engine)}</b> (multicast.engine {esc(e['choice']['asked'])}): "
+        f"{esc(e['choice']['reason'])}. {esc(e['summary'])}.</p>"
+        "<p>That engine's own rules and counters, read from the kernel after the capture (the table "
+        "below is computed from them):</p>"
+        f"<pre>{esc(e['rules'])}</pre>"
+    )
     parts.append(
         table(
             [

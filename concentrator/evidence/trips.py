@@ -1,7 +1,8 @@
 """Non-interposition in trips: the kernel's view, the processes' sockets, the captured datagrams.
 
-Read-only: /proc/net (multicast routes and counters through netconfig.trippath and
-netconfig.multicast, IGMP memberships, sockets), /proc/<pid>/fd of the concentrator's
+Read-only: the trip path engine chosen on this kernel (netconfig.tripcap) and its own
+rules and counters (nftables' table, or the multicast routing table in /proc/net),
+/proc/net (IGMP memberships, sockets), /proc/<pid>/fd of the concentrator's
 processes, `ip maddr show`. With `--lab` (evidence.lab) the relay is stopped for a
 moment to show that trips keep flowing.
 """
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netconfig.config import NetworkConfig
-from netconfig.multicast import MulticastConfig, wanted_routes
+from netconfig.multicast import NFT_TABLE, SMCROUTE, MulticastConfig, wanted_routes
+from netconfig.tripcap import probe, resolve
 from netconfig.trippath import read_igmp_memberships
 from netconfig.tripreport import in_use_by, kernel_paths
 
@@ -128,8 +130,44 @@ def ip_maddr() -> str:
 
 def kernel_snapshot(mc: MulticastConfig, network: NetworkConfig | None) -> dict[str, dict[str, Any]]:
     """(source, group) -> the kernel's entry as JSON (netconfig.multicast.PathStatus), as
-    `concentrator trip-path` reads it."""
-    return {f"{st.source}>{st.group}": st.to_json() for st in kernel_paths(mc, in_use_by(network))}
+    `concentrator trip-path` reads it, from the engine chosen on this kernel (none when
+    the engine is refused here)."""
+    resolved, _choice = resolve(mc)
+    if resolved is None:
+        return {}
+    return {f"{st.source}>{st.group}": st.to_json() for st in kernel_paths(resolved, in_use_by(network))}
+
+
+def engine_facts(mc: MulticastConfig) -> dict[str, Any]:
+    """The engine on this kernel (or its refusal), the kernel's features, and that
+    engine's own rules with their counters, as text an engineer can compare with the
+    table of section 3: nftables' table, or the multicast routing table's VIFs and
+    entries."""
+    cap = probe()
+    resolved, choice = resolve(mc, cap)
+    if resolved is None:
+        rules = "(no engine runs on this kernel)"
+    elif resolved.engine == SMCROUTE:
+        rules = "".join(_read(f"/proc/net/{name}") for name in ("ip_mr_vif", "ip_mr_cache"))
+    else:
+        rules = _command(["nft", "list", "table", "netdev", NFT_TABLE])
+    return {"choice": choice.to_json(), "kernel": cap.to_json(), "summary": cap.describe(), "rules": rules}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        return f"({path}: {exc})\n"
+
+
+def _command(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"({' '.join(argv)} failed: {exc})"
+    return done.stdout if done.returncode == 0 else f"({' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()})"
 
 
 def active_interfaces(netd_state: dict[str, Any] | None, network: Any) -> dict[str, str | None]:
@@ -215,7 +253,13 @@ def judge(
     joined = read_igmp_memberships()
     active = active_interfaces(netd_state, network)
     wanted = {f"{r.source}>{r.group}": r for r in wanted_routes(mc, active)}
+    engine = engine_facts(mc)
     findings: list[str] = []
+    if engine["choice"]["engine"] is None:
+        findings.append(f"no trip path engine on this kernel: {engine['choice']['reason']}")
+    for key in wanted:
+        if key not in after:
+            findings.append(f"{key}: the kernel has no forwarding entry")
     rows = []
     for key, st in after.items():
         want = wanted[key]
@@ -259,6 +303,7 @@ def judge(
     for line in trip_lines:
         findings.append(f"ip maddr shows a trip group joined: {line}")
     return {
+        "engine": engine,
         "paths": rows,
         "igmp": joined,
         "ip_maddr_trip_lines": trip_lines,

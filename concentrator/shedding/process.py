@@ -40,15 +40,12 @@ SETTLE = 0.5
 
 
 def trip_counters(groups: set[str]) -> dict[str, int]:
-    """Packets the kernel forwarded per trip group (summed over sources)."""
-    from netconfig.trippath import read_kernel
+    """Packets the kernel forwarded per trip group (summed over sources), from the
+    counters of whichever trip path engine runs here (netconfig.tripreport)."""
+    from netconfig.tripreport import forwarded_by_group
 
-    counts = dict.fromkeys(groups, 0)
-    for entry in read_kernel():
-        group = str(entry.group)
-        if group in counts:
-            counts[group] += entry.packets
-    return counts
+    forwarded = forwarded_by_group()
+    return {group: forwarded.get(group, 0) for group in groups}
 
 
 class MonitorService:

@@ -13,10 +13,11 @@ route (a silent fault drops traffic both ways, so both ends have to notice).
 Service addresses live on loopback, on neither path, and are the routes'
 prefsrc, so TCP endpoints do not change across a switch.
 
-With `trip_groups`, the concentrator's netd also drives its own smcrouted (files in
-the lab's workdir) to forward those multicast groups from the BMI's service address
-to every site; `TripTraffic` sends trip datagrams with scapy from the BMI namespace
-and logs what a receiver in each site namespace gets (docs/trip-path.md).
+With `trip_groups`, the concentrator's netd also runs the trip path (the engine the
+kernel offers, or `trip_engine`; smcrouted's files in the lab's workdir) to forward
+those multicast groups from the BMI's service address to every site; `TripTraffic`
+sends trip datagrams with scapy from the BMI namespace and logs what a receiver in
+each site namespace gets (docs/trip-path.md).
 
 Faults: carrier loss (`ip link set down` on the concentrator's end), silent loss
 (nftables netdev ingress drop on both ends, carrier stays up), flapping, both paths
@@ -795,6 +796,40 @@ class TcpStream(Traffic):
                 )
             )
         self.wait_flowing(timeout=timeout)
+
+
+def engine_unavailable(engine: str, cap: Any) -> str | None:
+    """Why the trip path engine `engine` cannot run on a kernel with `cap`
+    (netconfig.tripcap.Capability), from its probe alone; None when it can. The one
+    reason a trip test may skip, even in CI: a tool missing is never one."""
+    from netconfig.multicast import SMCROUTE
+
+    if engine == SMCROUTE and cap.multicast_routing.present is False:
+        return f"engine smcroute needs the kernel's IPv4 multicast routing: {cap.multicast_routing.how}"
+    return None
+
+
+def require_engine(engine: str) -> str:
+    """Skip where this kernel cannot run `engine` (auto: the one it would choose);
+    otherwise require what the engine needs (CI fails when a tool is missing). Returns
+    the engine the test runs on."""
+    import pytest
+
+    from netconfig.multicast import AUTO, SMCROUTE
+    from netconfig.tripcap import choose, probe
+    from tests.conftest import require_tool
+
+    cap = probe()
+    if engine == AUTO:
+        chosen = choose(AUTO, cap, 2).engine
+        assert chosen is not None, cap.describe()
+        engine = chosen
+    why = engine_unavailable(engine, cap)
+    if why is not None:
+        pytest.skip(why)
+    if engine == SMCROUTE:
+        require_tool("smcrouted", "smcroute")
+    return engine
 
 
 class TripTraffic:

@@ -1,5 +1,5 @@
 """An appliance in the namespace lab for the evidence tests: the real relay (or a patched
-one, tests/netns/evidence_peers.py), netd with smcrouted, UPDC stations, a BMI sending
+one, tests/netns/evidence_peers.py), netd with its trip path, UPDC stations, a BMI sending
 interrogations, trip datagrams; and `concentrator evidence` run in its namespace."""
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ with its own netd, and twelve UPDCs, in network namespaces joined by three bridg
 
 As the standalone appliance (docs/failover.md, tests/lab/harness.py): the relay listens
 on the service address 10.0.0.1, on lo and on neither path; each appliance's netd routes
-the BMI's service address via 192.0.2.1 (bmi0) or 192.0.3.1 (bmi1) and supervises its
-smcrouted (the trip group from the active uplink path to the sites' LAN, always: both
-appliances forward trips, docs/ha.md); the BMI's netd routes 10.0.0.1 via the uplink's
+the BMI's service address via 192.0.2.1 (bmi0) or 192.0.3.1 (bmi1) and runs its trip
+path, on the engine the kernel offers (the trip group from the active uplink path to
+the sites' LAN, always: both appliances forward trips, docs/ha.md); the BMI's netd routes 10.0.0.1 via the uplink's
 virtual address on eth0 or, if that path fails, on eth1. Which appliance gets the BMI's
 traffic is decided by who holds the virtual addresses; which path it takes, by the netds.
 
@@ -178,8 +178,7 @@ class HaLab:
                     "backup": {"interface": UPLINKS[1], "gateway": BMI_IPS[1]},
                 },
             },
-            "multicast": {
-                "engine": "smcroute",
+            "multicast": {  # engine auto: what this kernel offers (tests.lab.harness.require_engine)
                 "smcroute": {
                     key: os.path.join(directory, f"smcroute.{ext}")
                     for key, ext in (("config_file", "conf"), ("socket", "sock"), ("pid_file", "pid"))

@@ -1,8 +1,9 @@
 """`concentrator evidence` on an appliance in the namespace lab: the real relay, netd with
-smcrouted, UPDC stations in the site namespaces, a BMI sending interrogations (own CAs,
-broadcast, an unknown CA) and trip datagrams. A healthy appliance is all PASS; a relay
-patched to alter one byte or to route a command to a second site, or a socket that joins
-a trip group, turns exactly the right section to FAIL, with the bytes shown."""
+its trip path (the engine the kernel offers), UPDC stations in the site namespaces, a
+BMI sending interrogations (own CAs, broadcast, an unknown CA) and trip datagrams. A
+healthy appliance is all PASS; a relay patched to alter one byte or to route a command
+to a second site, or a socket that joins a trip group, turns exactly the right section
+to FAIL, with the bytes shown."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from netconfig.multicast import AUTO, NFTABLES
 from tests.conftest import require_root, require_tool
-from tests.lab.harness import Lab, wait_for
+from tests.lab.harness import Lab, require_engine, wait_for
 from tests.netns.appliance import Appliance
 
 pytestmark = pytest.mark.netns
@@ -39,7 +41,7 @@ def verdicts(doc: dict[str, Any]) -> dict[int, str]:
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     require_root()
-    require_tool("smcrouted", "smcroute")
+    require_engine(AUTO)
     # Probes lenient enough that a loaded test machine does not fake a silent failure
     # (the live switches of --lab are carrier losses).
     with Lab(n_sites=2, hold_time=1.0, probe_interval=0.2, probe_misses=5, trip_groups=[(GROUP, PORT)]) as lab:
@@ -62,6 +64,18 @@ def test_healthy_appliance_is_all_pass_with_the_lab_proofs(lab: Lab) -> None:
     # The relay was stopped and trips still went through the kernel.
     assert trips["relay_stopped"]["relay_states"] and set(trips["relay_stopped"]["relay_states"].values()) == {"T"}
     assert sum(trips["relay_stopped"]["forwarded_while_stopped"].values()) > 0
+    # Section 3 names the engine the kernel offers and shows that engine's own rules and
+    # counters: nftables' dup rules to each site's path in use, or the routing table's.
+    engine = trips["engine"]
+    assert engine["choice"]["engine"] == require_engine(AUTO) and engine["choice"]["asked"] == AUTO
+    if engine["choice"]["engine"] == NFTABLES:
+        for site in ("s1p", "s2p"):
+            assert f'dup to "{site}" comment "out"' in engine["rules"], engine["rules"]
+        assert 'jump sg0 comment "10.0.1.1 239.192.10.7 in"' in engine["rules"]
+    else:
+        assert "Group    Origin" in engine["rules"] and "s1p" in engine["rules"], engine["rules"]
+    [row] = trips["paths"]
+    assert row["installed"] and row["packets_during_capture"] > 0 and row["wrong_if_during_capture"] == 0, row
     [group] = trips["forwarded"]["groups"].values()
     assert group["in"] > 0 and group["not_forwarded"] == 0 and set(group["copies"]) == {"s1p", "s2p"}
     delay = trips["forwarded"]["delay"]

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
+from netconfig.multicast import AUTO
 from tests.conftest import require_root, require_tool
-from tests.lab.harness import Lab
+from tests.lab.harness import Lab, require_engine
 from tests.netns.appliance import Appliance
 
 pytestmark = pytest.mark.netns
@@ -21,7 +22,7 @@ SITES = 12
 
 def test_twelve_site_dossier_is_all_pass_and_renders(tmp_path) -> None:
     require_root()
-    require_tool("smcrouted", "smcroute")
+    require_engine(AUTO)
     browser = require_tool("chromium", "chromium")
     # Sites on two relay endpoints each (no netd per site): 14 namespaces stay light on 2 cores.
     with Lab(

@@ -1,5 +1,5 @@
 """A redundant pair of appliances in namespaces (tests/netns/ha_lab.py): two real
-appliances (keepalived, the HA supervisor, the relay, netd with its smcrouted), two
+appliances (keepalived, the HA supervisor, the relay, netd with its trip path), two
 uplink paths to a BMI that runs its own netd, and twelve UPDCs that keep what was not
 confirmed. Faults: the master's processes killed (-9), its links cut, the VRRP path cut
 with both alive, the BMI's primary path lost (a path switch inside the pair, not a
@@ -20,7 +20,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from netconfig.multicast import AUTO, SMCROUTE
 from tests.conftest import require_tool
+from tests.lab.harness import require_engine
 from tests.netns.ha_lab import PORT, UPLINKS, HaLab, check_stream, outage, per_site, run, stale_overlaps, wait_for
 
 pytestmark = pytest.mark.netns
@@ -31,7 +33,7 @@ CEILING = 5.0  # outage bound in these tests (goal < 2 s: bench/HA.md has the fi
 
 def _pair(lab: HaLab) -> None:
     require_tool("keepalived", "keepalived")
-    require_tool("smcrouted", "smcroute")
+    require_engine(AUTO)
     lab.start_node("a")
     lab.wait_role("a", "active")
     lab.start_node("b")
@@ -96,10 +98,11 @@ def test_master_killed_backup_takes_over_nothing_lost_trips_keep_flowing(pair: H
     sender = lab.start_trips(count=150, interval=0.02)  # 3 s of trips around the takeover
     before = _ha_snapshot(lab)
     running = " | ".join(lab.commands("a"))
-    for name in ("keepalived", "concentrator ha", "concentrator relay", "concentrator netd", "smcrouted"):
+    daemons = ("smcrouted",) if require_engine(AUTO) == SMCROUTE else ()  # nftables: in the kernel only
+    for name in ("keepalived", "concentrator ha", "concentrator relay", "concentrator netd", *daemons):
         assert name in running, (name, running)
     fault = time.monotonic()  # 25 trips (0.5 s) went out before
-    lab.kill_node("a")  # keepalived, the supervisor, the relay, netd and its smcrouted
+    lab.kill_node("a")  # keepalived, the supervisor, the relay, netd (and smcrouted)
     lab.wait_role("b", "active")
     assert lab.commands("a") == []  # nothing of the appliance survived
     lab.wait_all_flowing(fault)

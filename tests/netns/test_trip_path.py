@@ -1,8 +1,11 @@
 """The multicast trip path in real namespaces: forwarded by the kernel, outside the relay.
 
-A lab with the BMI, the concentrator (netd driving smcrouted, the real relay) and two
-sites. scapy in the BMI namespace sends trip datagrams (IEC 104 APDUs over UDP, TTL 16)
-to the group from the BMI's service address; a receiver in each site namespace logs
+A lab with the BMI, the concentrator (netd running the trip path engine the kernel
+offers, or the one a test forces; the real relay) and two sites. A case that only the
+multicast routing table can run skips where the MRT_INIT probe says this kernel has
+none (tests.lab.harness.require_engine), and only there. scapy in the BMI namespace
+sends trip datagrams (IEC 104 APDUs over UDP, TTL 16) to the group from the BMI's
+service address; a receiver in each site namespace logs
 the SHA-256 of each payload. Every check compares hashes: what each site got must be
 exactly what was sent, once.
 """
@@ -21,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from netconfig.multicast import NFT_TABLE, path_status
-from tests.conftest import require_root, require_tool
-from tests.lab.harness import Iec104Stream, Lab, TripTraffic, run, wait_for
+from netconfig.multicast import AUTO, NFT_TABLE, NFTABLES, SMCROUTE, path_status
+from netconfig.tripcap import probe
+from tests.conftest import require_root
+from tests.lab.harness import Iec104Stream, Lab, TripTraffic, require_engine, run, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -32,17 +36,24 @@ GROUP, PORT = "239.192.10.1", 30104
 
 @pytest.fixture
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """Two sites; the engine is smcroute (the multicast routing table) unless the test
-    is parametrized with `engine` (nftables: the copies made past 15 sites)."""
+    """Two sites; the configuration's engine is `auto` (the default: what this kernel
+    offers) unless the test is parametrized with another."""
     require_root()
-    require_tool("smcrouted", "smcroute")
-    with Lab(
-        n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=getattr(request, "param", "smcroute")
-    ) as lab:
+    engine = getattr(request, "param", AUTO)
+    require_engine(engine)
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=engine) as lab:
         yield lab
 
 
-both_engines = pytest.mark.parametrize("lab", ["smcroute", "nftables"], indirect=True)
+both_engines = pytest.mark.parametrize("lab", [SMCROUTE, NFTABLES], indirect=True)
+smcroute_only = pytest.mark.parametrize("lab", [SMCROUTE], indirect=True)
+
+
+def engine_in_use(lab: Lab) -> str:
+    """The engine netd chose (its state file), checked against what the lab asked for."""
+    chosen: str = trip_state(lab)["engine"]["engine"]
+    assert chosen == (require_engine(AUTO) if lab.trip_engine == AUTO else lab.trip_engine), trip_state(lab)
+    return chosen
 
 
 @pytest.fixture
@@ -87,8 +98,10 @@ def assert_nobody_joined(lab: Lab) -> None:
     assert group_hex(GROUP) not in text and GROUP not in text, text
 
 
-@both_engines
+@pytest.mark.parametrize("lab", [AUTO, SMCROUTE, NFTABLES], indirect=True)
 def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trips: TripTraffic) -> None:
+    """[auto] is the default configuration: the engine this kernel offers."""
+    engine = engine_in_use(lab)
     stream = Iec104Stream(lab, rate=200.0)
     try:
         stream.start()
@@ -116,9 +129,20 @@ def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trip
     assert entries[0].forwarded == 60 and entries[0].wrong_if == 0, entries
     metrics = lab.netd_metrics()
     assert f'concentrator_trip_path_installed{{group="{GROUP}"}} 1.0' in metrics
+    cap = probe()
+    features = {
+        f: {True: "yes", False: "no", None: "unknown"}[getattr(cap, f).present]
+        for f in ("multicast_routing", "nftables_dup")
+    }
+    assert (
+        f'concentrator_trip_path_engine_info{{asked="{lab.trip_engine}",engine="{engine}",'
+        f'multicast_routing="{features["multicast_routing"]}",nftables_dup="{features["nftables_dup"]}"}} 1.0'
+    ) in metrics, metrics
     # The operators' and certifiers' view: same facts, from the kernel, with the relay dead.
     doc = trip_path_command(lab, "--json")
     assert doc["ok"] and doc["smcrouted"]["running"]
+    assert (doc["engine"]["engine"], doc["engine"]["asked"]) == (engine, lab.trip_engine)
+    assert doc["engine"]["kernel"] == cap.to_json()
     [path] = doc["paths"]
     assert (path["group"], path["installed"], path["inbound"], path["inbound_role"]) == (
         GROUP,
@@ -129,6 +153,7 @@ def test_trips_reach_every_site_untouched_whatever_the_relay_does(lab: Lab, trip
     assert (path["outbound"], path["packets_forwarded"], path["wrong_interface"]) == (["s1p", "s2p"], 60, 0)
     assert path["members_on_this_host"] == []
     text = trip_path_command(lab)
+    assert text.startswith(cap.describe() + f"\nengine: {engine} (multicast.engine {lab.trip_engine}): "), text
     assert f"group {GROUP} (UDP {PORT}) from 10.0.1.1: forwarded by the kernel, in on up0 (uplink primary)" in text
     assert "60 packets forwarded, 0 arrived on another interface (0 since the last check)" in text
     assert "no socket on this host is a member of the group" in text
@@ -218,6 +243,7 @@ def test_after_an_uplink_switch_trips_on_the_backup_are_delivered(lab: Lab, trip
     assert {r["iface"] for r in trips.received(lab.sites[0])[-10:]} == {"p1"}
 
 
+@smcroute_only
 def test_smcrouted_killed_the_supervisor_brings_the_path_back(lab: Lab, trips: TripTraffic) -> None:
     assert_identical(trips, trips.send(5))
     pid = trip_state(lab)["smcrouted_pid"]
@@ -239,6 +265,7 @@ def test_smcrouted_killed_the_supervisor_brings_the_path_back(lab: Lab, trips: T
     assert time.monotonic() - killed_at < 5.0, waited
 
 
+@smcroute_only
 def test_netd_crash_leaves_the_trip_path_and_the_next_netd_adopts_smcrouted(lab: Lab, trips: TripTraffic) -> None:
     smcrouted = trip_state(lab)["smcrouted_pid"]
     lab.kill_netd()
@@ -252,10 +279,13 @@ def test_netd_crash_leaves_the_trip_path_and_the_next_netd_adopts_smcrouted(lab:
     assert_identical(trips, trips.send(10))
 
 
-def test_strict_rp_filter_on_the_uplinks_is_made_loose() -> None:
+@pytest.mark.parametrize("engine", [SMCROUTE, NFTABLES])
+def test_strict_rp_filter_on_the_uplinks_is_made_loose_where_the_engine_routes(engine: str) -> None:
+    """The routing table's forwarding checks the reverse path: netd makes it loose. The
+    nftables copies are made at ingress, before that check: nothing to change."""
     require_root()
-    require_tool("smcrouted", "smcroute")
-    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], start_netd=False) as lab:
+    require_engine(engine)
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], start_netd=False, trip_engine=engine) as lab:
         for ifname in ("up0", "up1"):
             run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-q", "-w", f"net.ipv4.conf.{ifname}.rp_filter=1"])
         for role in lab.netd_roles:
@@ -267,7 +297,7 @@ def test_strict_rp_filter_on_the_uplinks_is_made_loose() -> None:
         wait_for(lambda: trip_state(lab).get("installed", {}).get(GROUP) is True, 10.0, "trip path installed")
         for ifname in ("up0", "up1"):
             value = run(["ip", "netns", "exec", lab.ns("conc"), "sysctl", "-n", f"net.ipv4.conf.{ifname}.rp_filter"])
-            assert value.stdout.strip() == "2"
+            assert value.stdout.strip() == ("2" if engine == SMCROUTE else "1")
         assert_identical(trips, trips.send(5))
 
 
@@ -316,7 +346,7 @@ def test_lists_naming_only_the_primaries_still_follow_every_switch() -> None:
     """Found 2: `inbound: [up0]`, `outbound: [s1p, s2p]`: once a link switched, the
     path in use was no VIF and that site (or, for the uplink, every site) got nothing."""
     require_root()
-    require_tool("smcrouted", "smcroute")
+    require_engine(AUTO)
     with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_lists="primary") as lab:
         trips = TripTraffic(lab, GROUP, PORT)
         trips.start()
@@ -338,8 +368,8 @@ def test_a_restarted_netd_makes_the_running_smcrouted_load_a_new_site() -> None:
     """Found 3: a site added to `multicast:` and netd restarted as documented: the
     adopted smcrouted kept its old interfaces and the new site got nothing."""
     require_root()
-    require_tool("smcrouted", "smcroute")
-    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], start_netd=False) as lab:
+    require_engine(SMCROUTE)
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], start_netd=False, trip_engine=SMCROUTE) as lab:
         for role in lab.netd_roles:
             config = lab.netd_config(role)
             if role == "conc":  # site2 not in the trip group yet
@@ -374,8 +404,8 @@ def test_a_deleted_forwarding_entry_is_back_at_once() -> None:
     0.25 s, and under 0.05 s one time in ten), and none over a second (the median,
     not the maximum: on a loaded machine one repair may wait for the CPU)."""
     require_root()
-    require_tool("smcrouted", "smcroute")
-    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)]) as lab:
+    require_engine(SMCROUTE)
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=SMCROUTE) as lab:
         wait_for(lambda: trip_state(lab).get("installed", {}).get(GROUP) is True, 10.0, "trip path installed")
         script = f"""
 import random, subprocess, sys, time
@@ -414,3 +444,114 @@ def test_the_nftables_table_deleted_or_emptied_is_loaded_again_at_once(lab: Lab,
         waited = wait_for(lambda: path_status_in(lab)[0].ok, 5.0, f"table repaired after {damage[0]}")
         assert waited < 1.0, waited
         assert_identical(trips, trips.send(5))
+
+
+@pytest.mark.parametrize("lab", [NFTABLES], indirect=True)
+def test_netd_crash_leaves_the_nftables_copies_and_the_next_netd_takes_them_over(lab: Lab, trips: TripTraffic) -> None:
+    """The nftables table belongs to the kernel: no process holds it, so netd's death
+    cuts nothing; the next netd loads its table again and goes on."""
+    assert_identical(trips, trips.send(5))
+    lab.kill_netd()
+    assert_identical(trips, trips.send(10))  # netd dead: the kernel copies as before
+    os.unlink(lab.state_file("conc"))
+    lab._start_netd("conc")
+    lab.wait_netd_ready("conc")
+    wait_for(lambda: trip_state(lab).get("installed", {}).get(GROUP) is True, 10.0, "trip path installed")
+    assert_identical(trips, trips.send(10))
+    assert path_status_in(lab)[0].ok
+
+
+def netd_log(lab: Lab) -> str:
+    with open(os.path.join(lab.workdir, "netd-conc.log"), encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def test_a_forced_smcroute_engine_without_multicast_routing_is_refused_once_and_said_everywhere() -> None:
+    """The kernel of issue 23 (MRT_INIT: errno 92): `engine: smcroute` used to start
+    smcrouted, forward nothing, and log an ERROR every 205 ms forever. Now netd says
+    once why it refuses and what to do, runs link failover, starts no smcrouted, and
+    trip-path, the metrics and the state file say the same."""
+    require_root()
+    cap = probe()
+    if cap.multicast_routing.present is not False:
+        pytest.skip(f"this kernel has IPv4 multicast routing ({cap.multicast_routing.how}): smcroute is not refused")
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=SMCROUTE) as lab:
+        wait_for(lambda: "engine" in trip_state(lab), 10.0, "netd's trip state")
+        choice = trip_state(lab)["engine"]
+        assert choice["asked"] == SMCROUTE and choice["engine"] is None
+        assert f"this kernel has none ({cap.multicast_routing.how})" in choice["reason"]
+        assert "CONFIG_IP_MROUTE" in choice["reason"] and "nftables or auto" in choice["reason"]
+        assert trip_state(lab)["installed"] == {GROUP: False}
+        # Link failover runs: the links are managed as ever.
+        assert lab.netd_state("conc")["ready"] and set(lab.netd_state("conc")["links"]) == {"uplink", "site1", "site2"}
+        time.sleep(2.0)  # ten times the old retry period: still one line
+        errors = [line for line in netd_log(lab).splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors
+        assert "trip path not started, link failover runs: engine smcroute needs" in errors[0]
+        assert not os.path.exists(lab.smcroute_files()["pid_file"]), "smcrouted started anyway"
+        metrics = lab.netd_metrics()
+        assert 'engine="none"' in metrics and 'asked="smcroute"' in metrics, metrics
+        assert f'concentrator_trip_path_installed{{group="{GROUP}"}} 0.0' in metrics
+        doc = trip_path_command(lab, "--json", expect=1)
+        assert not doc["ok"] and doc["engine"]["engine"] is None and doc["engine"]["reason"] == choice["reason"]
+        text = trip_path_command(lab, expect=1)
+        assert f"engine: REFUSED (multicast.engine smcroute): {choice['reason']}" in text
+        assert text.endswith("trip path: NOT OK\n")
+
+
+def check_config(path: str) -> subprocess.CompletedProcess[str]:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run(
+        [sys.executable, "-m", "concentrator", "check-config", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+
+
+def test_check_config_prints_the_engine_auto_uses_here_and_refuses_one_the_kernel_lacks(tmp_path: Any) -> None:
+    """As root (netd's user), so that the probe can answer."""
+    import yaml
+
+    require_root()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    doc = yaml.safe_load(open(os.path.join(root, "conf", "concentrator.yaml"), encoding="utf-8"))
+    assert "engine" not in doc["multicast"]  # the example keeps the default, auto
+    path = tmp_path / "concentrator.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    done = check_config(str(path))
+    assert done.returncode == 0, done.stderr
+    engine = require_engine(AUTO)
+    assert f"trip path: engine {engine} on this host (auto: " in done.stdout
+    assert probe().describe() in done.stdout
+    for forced in (SMCROUTE, NFTABLES):
+        doc["multicast"]["engine"] = forced
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        done = check_config(str(path))
+        feature = probe().multicast_routing if forced == SMCROUTE else probe().nftables_dup
+        if feature.present is False:
+            assert done.returncode != 0 and "valid" not in done.stdout
+            assert f"{path}: multicast.engine: expected an engine this kernel offers (engine {forced} needs" in (
+                done.stderr
+            )
+            assert feature.how in done.stderr and f"got '{forced}'" in done.stderr
+        else:
+            assert done.returncode == 0 and f"trip path: engine {forced} on this host" in done.stdout, done.stderr
+
+
+def test_a_table_the_kernel_refuses_is_said_once_then_summarised_not_at_every_retry() -> None:
+    """A failure that does not heal by retrying (here: a copy to an interface that does
+    not exist) is one ERROR line, then one a minute; netd keeps trying at each check."""
+    require_root()
+    require_engine(NFTABLES)
+    with Lab(n_sites=2, hold_time=60.0, trip_groups=[(GROUP, PORT)], trip_engine=NFTABLES, start_netd=False) as lab:
+        config = lab.netd_config("conc")
+        config["multicast"]["groups"][0]["outbound"].append("nosuch0")
+        lab._start_netd("conc", config)
+        lab.wait_netd_ready("conc")
+        time.sleep(11.0)  # two periodic checks (5 s each) after the first attempt
+        errors = [line for line in netd_log(lab).splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors
+        assert "nft table netdev concentrator_trip not loaded (attempt 1): " in errors[0] and "nosuch0" in errors[0]
+        assert trip_state(lab)["installed"] == {GROUP: False}

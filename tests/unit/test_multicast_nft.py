@@ -9,9 +9,11 @@ from typing import Any
 
 from netconfig.config import parse_network
 from netconfig.multicast import (
+    AUTO,
     NFTABLES,
     SMCROUTE,
     nft_entries,
+    nft_error,
     nft_ruleset,
     parse_multicast,
     parse_nft,
@@ -67,11 +69,13 @@ def active(n: int, **moved: str) -> dict[str, str]:
     return out
 
 
-def test_auto_takes_the_routing_table_up_to_15_sites_and_nftables_past_it() -> None:
-    assert parse_multicast(section(15), FILE, parse_network(network(15), FILE)).engine == SMCROUTE
+def test_the_engine_is_kept_as_written_the_kernel_decides_auto() -> None:
+    """The section says what was asked; netconfig.tripcap chooses on the kernel."""
+    assert parse_multicast(section(15), FILE, parse_network(network(15), FILE)).engine == AUTO
     mc = parse_multicast(section(100), FILE, parse_network(network(100), FILE))
-    assert mc.engine == NFTABLES and len(mc.interfaces) == 202
+    assert mc.engine == AUTO and len(mc.interfaces) == 202
     assert parse_multicast(section(2, engine="nftables"), FILE, parse_network(network(2), FILE)).engine == NFTABLES
+    assert parse_multicast(section(2, engine="smcroute"), FILE, parse_network(network(2), FILE)).engine == SMCROUTE
 
 
 def test_the_table_copies_once_per_site_path_in_use_and_counts_the_other_uplink() -> None:
@@ -144,3 +148,15 @@ def test_a_site_switch_replaces_only_that_sites_rule() -> None:
     damaged = copy.deepcopy(LISTED)
     del damaged["nftables"][5]
     assert _changes(mc, parse_nft(damaged), before, after) is None
+
+
+def test_nft_errors_are_one_line_with_the_rule_they_point_at() -> None:
+    stderr = (
+        "/dev/stdin:15:20-28: Error: Interface does not exist\n"
+        '    counter dup to "nosuch0" comment "out"\n'
+        "                   ^^^^^^^^^\n"
+    )
+    assert nft_error(stderr) == (
+        '/dev/stdin:15:20-28: Error: Interface does not exist: counter dup to "nosuch0" comment "out"'
+    )
+    assert nft_error("") == "no message"

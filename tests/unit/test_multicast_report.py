@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from netconfig.trippath import read_igmp_memberships
 from netconfig.tripreport import plain
 
@@ -43,18 +45,23 @@ def path_doc(**over: object) -> dict[str, object]:
 
 
 NETD = {"running": True, "pid": 41, "state_file": "/run/n.json", "disagrees": []}
+KERNEL = "kernel: multicast routing yes (MRT_INIT on a raw IGMP socket succeeded); nftables dup NO (nft refused)"
+SMCROUTE = {"asked": "auto", "engine": "smcroute", "reason": "auto: no nftables dup", "summary": KERNEL}
 
 
 def test_plain_words() -> None:
     text = plain(
         {
             "ok": True,
-            "smcrouted": {"running": True, "pid": 42, "pid_file": "/run/x.pid"},
+            "engine": SMCROUTE,
+            "smcrouted": {"engine": "smcroute", "running": True, "pid": 42, "pid_file": "/run/x.pid"},
             "netd": NETD,
             "paths": [path_doc()],
         }
     )
     assert text.splitlines() == [
+        KERNEL,
+        "engine: smcroute (multicast.engine auto): auto: no nftables dup",
         "smcrouted: running, pid 42",
         "netd: running, pid 41",
         "group 239.192.10.1 (UDP 2404) from 10.0.1.1: forwarded by the kernel, in on up1 (uplink backup), "
@@ -65,7 +72,8 @@ def test_plain_words() -> None:
     bad = plain(
         {
             "ok": False,
-            "smcrouted": {"running": False, "pid": None, "pid_file": "/run/x.pid"},
+            "engine": SMCROUTE,
+            "smcrouted": {"engine": "smcroute", "running": False, "pid": None, "pid_file": "/run/x.pid"},
             "netd": {"running": False, "pid": None, "state_file": "/run/n.json", "disagrees": []},
             "paths": [
                 path_doc(installed=False, ok=False, members_on_this_host=["up0"]),
@@ -76,3 +84,48 @@ def test_plain_words() -> None:
     assert "smcrouted: NOT RUNNING" in bad and "NOT INSTALLED" in bad and "netd: NOT RUNNING" in bad
     assert "NOT FORWARDED AS NEEDED" in bad and "  in on up0, but the uplink path in use is up1" in bad
     assert "MEMBER OF THE GROUP on up0" in bad and bad.endswith("trip path: NOT OK")
+
+
+def test_plain_words_of_a_refused_engine() -> None:
+    reason = (
+        "engine smcroute needs the kernel's IPv4 multicast routing and this kernel has none (MRT_INIT failed "
+        "with errno 92 (Protocol not available)): use a kernel built with CONFIG_IP_MROUTE, or set "
+        "multicast.engine to nftables or auto"
+    )
+    engine = {"asked": "smcroute", "engine": None, "reason": reason, "summary": "kernel: multicast routing NO"}
+    text = plain({"ok": False, "engine": engine, "smcrouted": None, "netd": NETD, "paths": []})
+    assert text.splitlines() == [
+        "kernel: multicast routing NO",
+        f"engine: REFUSED (multicast.engine smcroute): {reason}",
+        "netd: running, pid 41",
+        "trip path: NOT OK",
+    ]
+
+
+def test_forwarded_per_group_from_either_engines_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the shedding monitor reads: arrivals on the inbound interface in use, never
+    the ones dropped on the other uplink, from the routing table or the nftables table."""
+    from ipaddress import IPv4Address
+
+    from netconfig import tripreport
+    from netconfig.multicast import KernelEntry, NftRule
+
+    g1, s = IPv4Address("239.192.10.1"), IPv4Address("10.0.1.1")
+    monkeypatch.setattr(tripreport, "read_kernel", lambda: [KernelEntry(g1, s, "up0", 9, 900, 2, ("s1p",))])
+    monkeypatch.setattr(tripreport, "read_rules_sync", lambda: None)
+    assert tripreport.forwarded_by_group() == {"239.192.10.1": 7}
+    rules = [
+        NftRule("in_up0", 3, "10.0.1.1 239.192.10.2 in", 5, "sg1"),
+        NftRule("in_up1", 4, "10.0.1.1 239.192.10.2 wrong", 4, None),
+        NftRule("sg1", 5, "out", 5, "s1p"),
+        NftRule("sg1", 6, "end", 5, None),
+    ]
+    monkeypatch.setattr(tripreport, "read_kernel", lambda: [])
+    monkeypatch.setattr(tripreport, "read_rules_sync", lambda: rules)
+    assert tripreport.forwarded_by_group() == {"239.192.10.2": 5}
+
+    def no_library() -> None:
+        raise OSError("libnftables.so.1 not loaded")
+
+    monkeypatch.setattr(tripreport, "read_rules_sync", no_library)
+    assert tripreport.forwarded_by_group() == {}
