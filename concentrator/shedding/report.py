@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from concentrator.config import load_config
+from concentrator.incidents.verdicts import incidents_beside, shedding_note
 
 from .record import StoredEvent, events, open_read_only, samples, verdicts
 from .verdict import Sample
@@ -46,7 +47,8 @@ def _utc(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def report(database: str, *, since: float | None, event_id: int | None, html_dir: str | None) -> str:
+def report(database: str, *, since: float | None, event_id: int | None, html_dir: str | None,
+           incidents: str | None = None) -> str:  # fmt: skip
     db = open_read_only(database)
     try:
         lines = []
@@ -70,6 +72,12 @@ def report(database: str, *, since: float | None, event_id: int | None, html_dir
                 for failure in json.loads(row["details"]):
                     lines.append(f"    {failure['reason']}: {failure['detail']}"
                                  + (f" at {_utc(failure['at'])}" if failure["at"] else ""))  # fmt: skip
+                # --- incident register (issue 27; concentrator/incidents/verdicts.py) ---
+                note = shedding_note(incidents, row["site"], event.start, event.end, bool(row["passed"]))
+                if note is not None:
+                    lines.append(f"    register: {note}")
+            # --- incident register (issue 27): the incidents beside the shedding ---
+            lines.extend(f"  {line}" for line in incidents_beside(incidents, event.sites, event.start, event.end))
             if html_dir is not None:
                 path = os.path.join(html_dir, f"shedding-event-{event.id}.html")
                 with open(path, "w") as f:
@@ -198,15 +206,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--html", metavar="DIR", help="write shedding-event-<id>.html pages here")
     args = parser.parse_args(argv)
     database = args.db
+    incidents = None
     if args.config:
         config = load_config(args.config)
         if config.shedding is None:
             parser.error(f"{args.config} has no shedding: section")
         database = config.shedding.database
+        incidents = None if config.incidents is None else config.incidents.database  # issue 27
     if not os.path.exists(database):
         parser.error(f"no shedding record at {database}")
     since = parse_since(args.since, time.time()) if args.since else None
     if args.html:
         os.makedirs(args.html, exist_ok=True)
-    print(report(database, since=since, event_id=args.event, html_dir=args.html), end="")
+    print(report(database, since=since, event_id=args.event, html_dir=args.html, incidents=incidents), end="")
     return 0
