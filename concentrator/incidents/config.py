@@ -4,7 +4,7 @@ and SMTP relay (annex A40 5.7.1-5.7.3; docs/incidents.md).
     incidents:
       database: /var/lib/concentrator/incidents.sqlite   # SQLite, WAL, one writer
       spool: /var/lib/concentrator/notices               # .eml and .txt of every notice
-      metrics_listen: "127.0.0.1:9107"
+      metrics_listen: "127.0.0.1:9108"
       netd_state: /run/concentrator/netd.json            # netd's state file (both paths down)
       holder: "Acme S.p.A."                               # who signs the notices
       unreachable_grace: 20        # s; annex A40 footnote 2: disconnections under 20 s are tolerated
@@ -46,7 +46,7 @@ _KEYS = ("database", "spool", "metrics_listen", "netd_state", "holder", "unreach
 _SMTP_KEYS = ("host", "port", "starttls", "ca_file", "username", "password_file", "from", "to", "retry_min",
               "retry_max", "timeout")  # fmt: skip
 _SITE_KEYS = ("updc", "measures", "skew_limit")
-DEFAULT_METRICS_LISTEN = "127.0.0.1:9107"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9108"
 INSTANTANEOUS_SKEW = 0.005  # s, annex A40 5.4
 MAX_IOA = 0xFFFFFF
 
