@@ -18,7 +18,7 @@ from typing import Any
 from concentrator.config import load_config
 
 from .config import IncidentsConfig
-from .notices import ROME, when
+from .notices import ROME, by_end_of, when
 from .registrar import Registrar
 from .report import write_report
 from .requests import carry_out, submit
@@ -73,7 +73,7 @@ def _show(register: Register, i: Incident) -> str:
         f"  detected  {when(i.detected)}",
     ]
     if i.deadline is not None:
-        lines.append(f"  deadline  {when(i.deadline)} (3 working days)")
+        lines.append(f"  deadline  {by_end_of(i.deadline)} (3 working days)")
     if i.proposed_en:
         lines.append(f"  proposed  {i.proposed_it} / {i.proposed_en}")
     if i.closed is not None:

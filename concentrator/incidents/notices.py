@@ -56,6 +56,14 @@ def when(t: float | None) -> str:
     return f"{local:%d/%m/%Y %H:%M:%S} ({local:%Z}, {utc:%H:%M:%S} UTC)"
 
 
+def by_end_of(t: float | None) -> str:
+    """A deadline (midnight in Rome) as the day it ends: "10/12/2026 24:00 (CET)"."""
+    if t is None:
+        return "-"
+    day = datetime.datetime.fromtimestamp(t - 1, ROME)
+    return f"{day:%d/%m/%Y} 24:00 ({day:%Z})"
+
+
 def notice_name(incident_id: int, kind: str) -> str:
     return f"incident-{incident_id:05d}-{kind}"
 
@@ -70,11 +78,11 @@ def render(incident: Incident, kind: str, holder: str) -> tuple[str, str]:
         it = [f"Segnalazione di malfunzionamento UPDC (Allegato A40, 5.7.1), evento n. {i.id}", "",
               f"i.   Sito interrompibile: {site_it}", f"ii.  Apparato UPDC: {i.updc}",
               f"iii. Inizio dell'indisponibilità: {when(i.start)}", f"Tipo: {KIND_IT[i.kind]}",
-              f"Ripristino completo entro: {when(i.deadline)} (3 giorni lavorativi)"]  # fmt: skip
+              f"Ripristino completo entro: {by_end_of(i.deadline)} (3 giorni lavorativi)"]  # fmt: skip
         en = [f"UPDC malfunction notice (annex A40, 5.7.1), incident {i.id}", "",
               f"i.   Interruptible site: {site_en}", f"ii.  UPDC: {i.updc}",
               f"iii. Unavailable since: {when(i.start)}", f"Type: {KIND_EN[i.kind]}",
-              f"Full restoration due by: {when(i.deadline)} (3 working days)"]  # fmt: skip
+              f"Full restoration due by: {by_end_of(i.deadline)} (3 working days)"]  # fmt: skip
     elif kind == "closing":
         subject = f"Fine indisponibilità UPDC / UPDC restored: {site_en}, {i.updc}, incident {i.id}"
         cause_it = i.cause if i.cause else (i.proposed_it or "")

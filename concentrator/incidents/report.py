@@ -8,7 +8,7 @@ import html
 import os
 
 from .detector import Kind
-from .notices import when
+from .notices import by_end_of, when
 from .store import Incident, Register
 
 COLOURS = {Kind.UNREACHABLE: "#d33", Kind.RESTART: "#a0a", Kind.MEASURES: "#e80", Kind.SKEW: "#08a",
@@ -40,7 +40,8 @@ def timeline(incidents: list[Incident], now: float, width: int = 900) -> str:
                          f"{faded}><title>{title}</title></rect>")  # fmt: skip
     for k in range(5):
         t = start + (end - start) * k / 4
-        parts.append(f"<text x='{x(t):.1f}' y='{height - 6}' font-size='10' text-anchor='middle'>"
+        anchor = ("start", "middle", "middle", "middle", "end")[k]
+        parts.append(f"<text x='{x(t):.1f}' y='{height - 6}' font-size='10' text-anchor='{anchor}'>"
                      f"{html.escape(when(t)[:19])}</text>")  # fmt: skip
     parts.append("</svg>")
     return "".join(parts)
@@ -56,9 +57,9 @@ def page(register: Register, now: float) -> str:
         )
         cause = i.cause or (f"{i.proposed_it} / {i.proposed_en}" if i.proposed_en else "")
         late = i.end is None and i.deadline is not None and now > i.deadline
-        deadline = "" if i.deadline is None else html.escape(when(i.deadline)) + (" <b>PAST</b>" if late else "")
+        deadline = "" if i.deadline is None else html.escape(by_end_of(i.deadline)) + (" <b>PAST</b>" if late else "")
         rows.append(f"<tr><td>{i.id}</td><td>{html.escape(i.site)}</td><td>{html.escape(i.updc)}</td>"
-                    f"<td style='color:{COLOURS[i.kind]}'>{i.kind}</td><td>{i.state}</td>"
+                    f"<td><span style='color:{COLOURS[i.kind]}'>{i.kind}</span></td><td>{i.state}</td>"
                     f"<td>{html.escape(when(i.start))}</td><td>{html.escape(when(i.end))}</td><td>{deadline}</td>"
                     f"<td>{html.escape(cause)}</td><td>{notices}</td></tr>")  # fmt: skip
     return (

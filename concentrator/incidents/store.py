@@ -57,6 +57,8 @@ class Incident:
 
     @property
     def state(self) -> str:
+        if self.kind is Kind.MAINTENANCE:
+            return "planned"
         if self.closed is not None:
             return "closed"
         return "open" if self.end is None else "restored"

@@ -43,7 +43,7 @@ def test_opening_and_closing_notices_carry_the_fields_of_5_7_1(tmp_path: Path) -
     opening = (tmp_path / "spool" / "incident-00001-opening.txt").read_text()
     for field in ("Sito interrompibile: north", "Apparato UPDC: RTU north", "Inizio dell'indisponibilità: 27/11/2026",
                   "Interruptible site: north", "UPDC: RTU north", "Unavailable since: 27/11/2026",
-                  "Ripristino completo entro: 03/12/2026", "-- Acme S.p.A."):  # fmt: skip
+                  "Ripristino completo entro: 02/12/2026 24:00 (CET)", "-- Acme S.p.A."):  # fmt: skip
         assert field in opening, field
     r.restored(Restored("north", Kind.UNREACHABLE, T + 600, "collegamenti giù", "links down"), T + 610)
     other = r.opened(Opened("south", Kind.RESTART, T, T, ()), T)
@@ -146,3 +146,7 @@ def test_the_command_line_plans_lists_shows_and_refuses(tmp_path: Path) -> None:
     assert "notice    planned: incident-00001-planned.eml, NOT SENT" in shown.stdout
     bad = run("incidents", "--config", str(conf), "close", "1", "--cause", "x")
     assert bad.returncode == 1 and "planned maintenance" in bad.stderr
+    page = run("incidents", "--config", str(conf), "report", "--html", str(tmp_path / "html"))
+    assert page.returncode == 0, page.stderr
+    text = (tmp_path / "html" / "incidents.html").read_text()
+    assert text.count("<svg") == 1 and text.count("<tr>") == 2 and "cambio batterie" in text and "planned" in text
