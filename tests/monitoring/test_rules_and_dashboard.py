@@ -27,8 +27,15 @@ from tests.shedding.test_metrics import shedding_names
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "dashboard.json"
-ROWS = ["Sites", "Latency", "Uplink and failover", "Data quality", "Trip path and configuration", "Shedding compliance",
-        "Incidents"]
+ROWS = [
+    "Sites",
+    "Latency",
+    "Uplink and failover",
+    "Data quality",
+    "Trip path and configuration",
+    "Shedding compliance",
+    "Incidents",
+]
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
