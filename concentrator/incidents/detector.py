@@ -221,7 +221,9 @@ class Detector:
         elif state is LinkState.DISCONNECTED:
             first = now
             if detail.startswith("t1_expired") and site.last_heard is not None:
-                first = site.last_heard  # the link was silent since: the first evidence
+                # Silent since the last ASDU, but a quiet UPDC answers TESTFR: the link
+                # was still alive t3 + t1 before this expiry at the latest.
+                first = max(site.last_heard, now - LINK_SUPERVISION)
             site.connected = site.started = False
             self._note(site, now, f"connection lost: {detail}")
             if detail.startswith("connection_error") and "Reset" in detail:

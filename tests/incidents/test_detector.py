@@ -88,7 +88,8 @@ def test_unreachable_opens_after_the_grace_with_the_start_of_the_silence() -> No
     clock = Clock()
     both_up(clock)
     clock.asdu(99.5, "north", measure(99.5))
-    clock.link(135.0, "north", LinkState.DISCONNECTED, "t1_expired: no confirmation in 15 s")
+    # t3 (20 s) after the last frame the relay tested the link, t1 (15 s) later it gave up.
+    clock.link(134.5, "north", LinkState.DISCONNECTED, "t1_expired: no confirmation in 15 s")
     # The link was silent since 99.5 s: that is the start; the grace ran out long ago.
     assert clock.opened() == [("north", Kind.UNREACHABLE, 99.5)]
     clock.link(160.0, "north", LinkState.CONNECTED, "10.1.1.1:2404")
@@ -98,6 +99,15 @@ def test_unreachable_opens_after_the_grace_with_the_start_of_the_silence() -> No
     clock.advance(171.0)
     assert clock.restored() == [("north", Kind.UNREACHABLE, 160.0)]
     assert len(clock.opened()) == 1
+
+
+def test_a_quiet_updc_timed_out_is_unreachable_from_t3_plus_t1_before_at_most() -> None:
+    clock = Clock()
+    both_up(clock)
+    clock.asdu(10.0, "north", measure(10.0))  # then quiet for long: it sends on change only
+    clock.link(1000.0, "north", LinkState.DISCONNECTED, "t1_expired: no confirmation in 15 s")
+    clock.advance(1100.0)
+    assert clock.opened(Kind.UNREACHABLE) == [("north", Kind.UNREACHABLE, 965.0)]
 
 
 def test_both_paths_down_opens_at_the_grace_even_with_the_connection_still_open() -> None:

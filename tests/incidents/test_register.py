@@ -60,6 +60,18 @@ def test_opening_and_closing_notices_carry_the_fields_of_5_7_1(tmp_path: Path) -
         r.close(incident_id, "again", T + 800)
 
 
+def test_automatic_closing_writes_the_closing_notice_with_the_proposed_cause(tmp_path: Path) -> None:
+    config = incidents_config(str(tmp_path), closing="automatic")
+    r = Registrar(config, Register(config.database))
+    incident_id = r.opened(Opened("north", Kind.RESTART, T, T, ()), T)
+    r.restored(Restored("north", Kind.RESTART, T + 30, "riavvio dell'UPDC", "UPDC restart"), T + 40)
+    incident = r.register.get(incident_id)
+    assert incident is not None and incident.state == "closed"
+    closing = (tmp_path / "spool" / "incident-00001-closing.txt").read_text()
+    assert "riavvio dell'UPDC (anomalia dell'apparato): riavvio dell'UPDC" in closing
+    assert "UPDC restart (anomaly of the apparatus): UPDC restart" in closing
+
+
 def test_maintenance_under_10_days_ahead_is_refused_unless_the_operator_asked(tmp_path: Path) -> None:
     r = registrar(tmp_path)
     with pytest.raises(Refused, match="9.9 days ahead.*at least 10 calendar days"):
