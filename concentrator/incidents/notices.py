@@ -91,11 +91,11 @@ def render(incident: Incident, kind: str, holder: str) -> tuple[str, str]:
               f"Sito interrompibile: {site_it}", f"Apparato UPDC: {i.updc}",
               f"Inizio dell'indisponibilità: {when(i.start)}",
               f"I.  Fine dell'indisponibilità: {when(i.end)}",
-              f"II. Tipo e causa dell'evento: {KIND_IT[i.kind]}: {cause_it}"]  # fmt: skip
+              f"II. Tipo e causa dell'evento: {KIND_IT[i.kind]}", f"    {cause_it}"]  # fmt: skip
         en = [f"End of UPDC unavailability (annex A40, 5.7.1), incident {i.id}", "",
               f"Interruptible site: {site_en}", f"UPDC: {i.updc}", f"Unavailable since: {when(i.start)}",
               f"I.  Unavailable until: {when(i.end)}",
-              f"II. Type and cause: {KIND_EN[i.kind]}: {cause_en}"]  # fmt: skip
+              f"II. Type and cause: {KIND_EN[i.kind]}", f"    {cause_en}"]  # fmt: skip
     else:
         subject = f"Manutenzione programmata UPDC / planned UPDC maintenance: {site_en}, {i.updc}, notice {i.id}"
         it = [f"Comunicazione di manutenzione programmata (Allegato A40, 5.7.2), n. {i.id}", "",

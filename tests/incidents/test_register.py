@@ -52,8 +52,8 @@ def test_opening_and_closing_notices_carry_the_fields_of_5_7_1(tmp_path: Path) -
     r.close(incident_id, None, T + 700)
     closing = (tmp_path / "spool" / "incident-00001-closing.txt").read_text()
     assert "Fine dell'indisponibilità: 27/11/2026" in closing and "Unavailable until: 27/11/2026" in closing
-    assert "Tipo e causa dell'evento: UPDC non raggiungibile (anomalia nel colloquio): collegamenti giù" in closing
-    assert "Type and cause: UPDC unreachable (anomaly in its exchange): links down" in closing
+    assert "Tipo e causa dell'evento: UPDC non raggiungibile (anomalia nel colloquio)\n    collegamenti giù" in closing
+    assert "Type and cause: UPDC unreachable (anomaly in its exchange)\n    links down" in closing
     eml = parse(tmp_path / "spool" / "incident-00001-closing.eml")
     assert eml["Subject"].startswith("Fine indisponibilità UPDC / UPDC restored: north")
     with pytest.raises(Refused, match="already closed"):
@@ -68,8 +68,8 @@ def test_automatic_closing_writes_the_closing_notice_with_the_proposed_cause(tmp
     incident = r.register.get(incident_id)
     assert incident is not None and incident.state == "closed"
     closing = (tmp_path / "spool" / "incident-00001-closing.txt").read_text()
-    assert "riavvio dell'UPDC (anomalia dell'apparato): riavvio dell'UPDC" in closing
-    assert "UPDC restart (anomaly of the apparatus): UPDC restart" in closing
+    assert "riavvio dell'UPDC (anomalia dell'apparato)\n    riavvio dell'UPDC" in closing
+    assert "UPDC restart (anomaly of the apparatus)\n    UPDC restart" in closing
 
 
 def test_maintenance_under_10_days_ahead_is_refused_unless_the_operator_asked(tmp_path: Path) -> None:
