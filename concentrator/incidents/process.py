@@ -77,23 +77,26 @@ class IncidentService:
                     log.info("site %s: incident %d restored (%s): %s", action.site, restored, action.kind,
                              action.proposed_en)  # fmt: skip
 
-    def poll_netd(self, now: float) -> None:
+    def poll_netd(self) -> None:
+        """netd's view of the paths. netd rewrites its state file (atomically) on every
+        change: the file's modification time is when it decided, the evidence's time."""
         path = self.config.netd_state
         if path is None:
             return
         try:
             with open(path) as f:
+                written = min(os.fstat(f.fileno()).st_mtime, time.time())
                 state = json.load(f)
         except (OSError, ValueError):
             return  # netd not started yet, or rewriting: the next tick reads it
         if not state.get("ready"):
             return
         for name, link in state.get("links", {}).items():
-            self.detector.paths(name, bool(link.get("all_down")), now)
+            self.detector.paths(name, bool(link.get("all_down")), written)
 
     def tick(self) -> None:
         now = time.time() - LAG
-        self.poll_netd(now)
+        self.poll_netd()
         if now - self._maintenance_read >= MAINTENANCE_REFRESH:
             self.detector.set_maintenance(self.register.maintenance_windows(), now)
             self._maintenance_read = now
