@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
@@ -128,9 +128,10 @@ class _Site:
 
 
 class Detector:
-    def __init__(self, config: IncidentsConfig, now: float, open_incidents: Iterable[tuple[str, Kind]] = ()) -> None:
-        """`open_incidents`: (site, kind) of incidents the register holds open (a restart
-        of the appliance): they stay open until their cause is seen gone."""
+    def __init__(self, config: IncidentsConfig, now: float,
+                 open_incidents: Mapping[tuple[str, Kind], float] | None = None) -> None:  # fmt: skip
+        """`open_incidents`: (site, kind) -> start of the incidents the register holds open
+        (a restart of the appliance): they stay open until their cause is seen gone."""
         self.config = config
         self.sites = {s.name: _Site(s.name) for s in config.sites}
         self.trackers: dict[tuple[str, Kind], Tracker] = {}
@@ -148,10 +149,10 @@ class Detector:
         self.bmi_started = False
         self._now = now
         self._actions: deque[Action] = deque()
-        for key in open_incidents:
+        for key, start in (open_incidents or {}).items():
             tracker = self.trackers.get(key)
             if tracker is not None:
-                tracker.phase, tracker.opened_at = Phase.OPEN, now
+                tracker.phase, tracker.opened_at, tracker.bad_since = Phase.OPEN, now, start
         # At start nothing is connected yet: each site (and the BMI) is bad from now.
         for site in self.sites:
             if site == BMI:
@@ -342,8 +343,8 @@ class Detector:
             tracker.bad_since = max(tracker.bad_since, window[1])
             if tracker.confirm_on_evidence or now < tracker.bad_since + tracker.grace:
                 return
-        for _site, start, end in self.maintenance:
-            if _site == tracker.site and start <= tracker.bad_since < end:
+        for name, start, end in self.maintenance:
+            if name == tracker.site and start <= tracker.bad_since < end:
                 tracker.bad_since = end
         tracker.phase, tracker.opened_at = Phase.OPEN, now
         site = self.sites[tracker.site]

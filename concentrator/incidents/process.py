@@ -46,7 +46,8 @@ class IncidentService:
         self.lock.acquire()
         self.register = Register(config.database)
         self.registrar = Registrar(config, self.register)
-        self.detector = Detector(config, now, self.registrar.open)
+        starts = {key: self.register.start(incident_id) for key, incident_id in self.registrar.open.items()}
+        self.detector = Detector(config, now, starts)
         self.detector.set_maintenance(self.register.maintenance_windows(), now)
         self.counters = Counters()
         self.metrics = IncidentMetrics(config, self.counters)

@@ -178,6 +178,10 @@ class Register:
         row = self.db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
         return None if row is None else _incident(row)
 
+    def start(self, incident_id: int) -> float:
+        (start,) = self.db.execute("SELECT start FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return float(start)
+
     def incidents(self, *, since: float | None = None, site: str | None = None) -> list[Incident]:
         query, args = "SELECT * FROM incidents WHERE 1", list[object]()
         if since is not None:

@@ -360,7 +360,7 @@ def test_trouble_outlasting_the_window_opens_from_its_end() -> None:
 
 def test_an_incident_left_open_stays_open_and_is_restored_when_the_updc_is_back() -> None:
     config = incidents_config()
-    detector = Detector(config, T0, [("north", Kind.UNREACHABLE)])
+    detector = Detector(config, T0, {("north", Kind.UNREACHABLE): T0 - 3600})
     detector.link(None, LinkState.STARTED, "BMI", T0 + 1)
     detector.link("north", LinkState.CONNECTED, "10.1.1.1:2404", T0 + 3)
     detector.link("north", LinkState.STARTED, "", T0 + 3)
@@ -371,3 +371,4 @@ def test_an_incident_left_open_stays_open_and_is_restored_when_the_updc_is_back(
         actions.append(action)
     assert [type(a) for a in actions] == [Restored]
     assert actions[0].end == T0 + 3  # type: ignore[union-attr]
+    assert "07:00:00-08:00:03 UTC" in actions[0].proposed_en, actions[0].proposed_en  # type: ignore[union-attr]
