@@ -135,6 +135,7 @@ class Detector:
         self.config = config
         self.sites = {s.name: _Site(s.name) for s in config.sites}
         self.trackers: dict[tuple[str, Kind], Tracker] = {}
+        self._by_site: dict[str, list[Tracker]] = {}
         hold = config.recovery_hold
         for s in config.sites:
             self._add(s.name, Kind.UNREACHABLE, config.unreachable_grace, hold)
@@ -162,7 +163,9 @@ class Detector:
         self.handle_timer(now)
 
     def _add(self, site: str, kind: Kind, grace: float, hold: float, confirm_on_evidence: bool = False) -> None:
-        self.trackers[(site, kind)] = Tracker(site, kind, grace, hold, confirm_on_evidence)
+        tracker = Tracker(site, kind, grace, hold, confirm_on_evidence)
+        self.trackers[(site, kind)] = tracker
+        self._by_site.setdefault(site, []).append(tracker)
 
     # ------------------------------------------------------------------ driver API
     def next_action(self) -> Action | None:
@@ -193,6 +196,13 @@ class Detector:
         for tracker in self.trackers.values():
             self._tick(tracker, now)
 
+    def _tick_site(self, name: str, now: float) -> None:
+        """The deadlines of one site only: an input touches its own site (the ticker
+        runs `handle_timer` for all; per ASDU that would cost O(sites))."""
+        self._now = max(self._now, now)
+        for tracker in self._by_site.get(name, ()):
+            self._tick(tracker, now)
+
     def set_maintenance(self, windows: Iterable[tuple[str, float, float]], now: float) -> None:
         """The planned maintenance windows (site, start, end) known now."""
         self.maintenance = sorted(windows, key=lambda w: w[1])
@@ -207,7 +217,7 @@ class Detector:
             if BMI in self.sites:
                 self._note(self.sites[BMI], now, f"BMI {state.value} ({detail})" if detail else f"BMI {state.value}")
                 self._set(BMI, Kind.BMI_LINK, not self.bmi_started, now)
-            self.handle_timer(now)
+            self._tick_site(BMI, now)
             return
         site = self.sites.get(site_name)
         if site is None:
@@ -232,7 +242,7 @@ class Detector:
                 self._set(site_name, Kind.RESTART, True, now)
             self._set(site_name, Kind.UNREACHABLE, True, first)
         self._set(site_name, Kind.UNREACHABLE, not site.connected or site.paths_down, now)
-        self.handle_timer(now)
+        self._tick_site(site_name, now)
 
     def paths(self, site_name: str, all_down: bool, now: float) -> None:
         """netd's state: are both paths of the site's link down?"""
@@ -242,7 +252,7 @@ class Detector:
         site.paths_down = all_down
         self._note(site, now, "primary and backup links down" if all_down else "a link is up again")
         self._set(site_name, Kind.UNREACHABLE, all_down or not site.connected, now)
-        self.handle_timer(now)
+        self._tick_site(site_name, now)
 
     def asdu(self, site_name: str, asdu: bytes, now: float) -> None:
         """A copy of an ASDU the site sent (forwarded to the BMI)."""
@@ -257,7 +267,7 @@ class Detector:
         if decoded.kind is ValueKind.END_OF_INIT:
             self._note(site, now, "UPDC sent end of initialisation (restart)")
             self._set(site_name, Kind.RESTART, True, now)
-            self.handle_timer(now)
+            self._tick_site(site_name, now)
             if site.started:
                 self._set(site_name, Kind.RESTART, False, now)
             return
@@ -284,7 +294,7 @@ class Detector:
                     self._set(site_name, Kind.SKEW, bad, now)
         if (site_name, Kind.MEASURES) in self.trackers and site.started:
             self._set(site_name, Kind.MEASURES, bool(site.invalid), now)
-        self.handle_timer(now)
+        self._tick_site(site_name, now)
 
     # ------------------------------------------------------------------ trackers
     def _measures_since(self, name: str, site: _Site) -> float | None:
