@@ -101,12 +101,16 @@ def incidents_main(argv: list[str]) -> int:
     cause = close.add_mutually_exclusive_group(required=True)
     cause.add_argument("--cause", help="the type and cause of the event for the operator (5.7.1 II)")
     cause.add_argument("--proposed", action="store_true", help="send the type and cause proposed from the evidence")
+    close.add_argument("--json", action="store_true")
     report = commands.add_parser("report", help="an HTML page of the incidents")
     report.add_argument("--html", metavar="DIR", required=True)
     args = parser.parse_args(argv)
     config = _config(args.config)
     if args.command == "close":
         answer = _write(config, {"op": "close", "id": args.id, "cause": None if args.proposed else args.cause})
+        if args.json:
+            print(json.dumps(answer))
+            return 0 if answer["ok"] else 1
         if not answer["ok"]:
             print(f"refused: {answer['error']}", file=sys.stderr)
             return 1

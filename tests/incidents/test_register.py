@@ -158,6 +158,8 @@ def test_the_command_line_plans_lists_shows_and_refuses(tmp_path: Path) -> None:
     assert "notice    planned: incident-00001-planned.eml, NOT SENT" in shown.stdout
     bad = run("incidents", "--config", str(conf), "close", "1", "--cause", "x")
     assert bad.returncode == 1 and "planned maintenance" in bad.stderr
+    bad = run("incidents", "--config", str(conf), "close", "1", "--cause", "x", "--json")
+    assert bad.returncode == 1 and yaml.safe_load(bad.stdout)["ok"] is False
     page = run("incidents", "--config", str(conf), "report", "--html", str(tmp_path / "html"))
     assert page.returncode == 0, page.stderr
     text = (tmp_path / "html" / "incidents.html").read_text()
