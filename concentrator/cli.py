@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("netd", help="run the link manager (primary/backup failover); netd --help for its options")
     commands.add_parser("shedding", help="shedding compliance: `shedding report --config FILE [--since 7d] "
                         "[--event ID] [--html DIR] [--json]`")  # fmt: skip
+    commands.add_parser("incidents", help="the incident register (annex A40 5.7): `incidents --config FILE "
+                        "list|show ID|close ID --cause TEXT|report --html DIR` [--json]")  # fmt: skip
+    commands.add_parser("maintenance", help="`maintenance --config FILE plan --site S --start T --end T --cause TEXT "
+                        "[--config-change FILE] [--requested-by-operator]` (annex A40 5.7.2)")  # fmt: skip
     commands.add_parser("ha", help="run the HA supervisor of one appliance of a pair (keepalived, relay); ha --help")
     commands.add_parser("ha-status", help="this appliance's HA role, from its supervisor; --json")
     commands.add_parser(
@@ -258,6 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             return report_main(argv[2:])
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    if argv[:1] in (["incidents"], ["maintenance"]):
+        # The incident register (concentrator/incidents/cli.py): reads it, or writes through its one writer.
+        from .incidents import cli as incidents_cli
+
+        run = incidents_cli.incidents_main if argv[0] == "incidents" else incidents_cli.maintenance_main
+        try:
+            return run(argv[1:])
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2

@@ -44,6 +44,7 @@ from concentrator.configbase import (
 from concentrator.ha.config import HaConfig, check_against_relay, parse_ha
 from concentrator.iec104.asdu import BROADCAST_CA
 from concentrator.iec104.link import LinkParams
+from concentrator.incidents.config import IncidentsConfig, parse_incidents
 from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.shedding.config import SheddingConfig, parse_shedding
 from concentrator.windows import window_problems
@@ -120,6 +121,7 @@ class Config:
     mqtt: MqttConfig | None = None  # the telemetry mirror (concentrator/mirror), if present
     shedding: SheddingConfig | None = None  # the shedding compliance monitor (concentrator/shedding), if present
     ha: HaConfig | None = None  # a redundant pair under keepalived (concentrator/ha/config.py), if present
+    incidents: IncidentsConfig | None = None  # the incident register (concentrator/incidents), if present
     _by_ca: dict[int, SiteConfig] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -140,6 +142,8 @@ class Config:
             found.append(("shedding.metrics_listen", self.shedding.metrics_listen))
         if self.ha is not None:
             found.append(("ha.metrics_listen", self.ha.metrics_listen))
+        if self.incidents is not None:
+            found.append(("incidents.metrics_listen", self.incidents.metrics_listen))
         return found
 
 
@@ -175,6 +179,9 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
     if top.get("ha", MISSING) is not MISSING:
         ha = parse_ha(top["ha"], file)
         check_against_relay(ha, sections["uplink"].listen.host, file, None if net is None else net.service_address)
+    incidents = None
+    if top.get("incidents", MISSING) is not MISSING:
+        incidents = parse_incidents(top["incidents"], file, sections["sites"])
     return Config(
         file=file,
         sha256=sha256,
@@ -184,6 +191,7 @@ def parse_config(data: object, file: str, *, sha256: str = "", mtime: float = 0.
         mqtt=mqtt,
         shedding=shedding,
         ha=ha,
+        incidents=incidents,
         **sections,
     )
 
@@ -285,7 +293,7 @@ _SECTIONS: dict[str, Callable[[object, str], Any]] = {
     "metrics": _parse_metrics,
 }
 # Sections whose parsers report errors themselves (they need the file name).
-_OWN_SECTIONS = ("network", "multicast", "mqtt", "shedding", "ha")
+_OWN_SECTIONS = ("network", "multicast", "mqtt", "shedding", "ha", "incidents")
 """Top-level key -> parser(value or MISSING, key path); the result goes to the `Config` field of that name."""
 
 

@@ -27,6 +27,7 @@ import trio
 from .config import Config
 from .fdio import write_all
 from .iec104.errors import Cause
+from .incidents.tap import IncidentFeeder, IncidentTap
 from .mirror.queue import MirrorQueue
 from .mirror.stats import MirrorStats
 from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
@@ -76,6 +77,12 @@ class Relay:
         if config.shedding is not None:
             self.shed_tap = ShedTap(frozenset(s.name for s in config.shedding.sites), config.shedding.queue_limit)
             self.core.add_tap(self.shed_tap)
+        # The incident register's copies and link events: a tap, fed to its own process.
+        self.incident_tap: IncidentTap | None = None
+        if config.incidents is not None:
+            self.incident_tap = IncidentTap(config.incidents.queue_limit)
+            self.core.add_tap(self.incident_tap)
+            self.core.add_link_tap(self.incident_tap)
 
     @property
     def sites(self) -> list[SiteState]:
@@ -108,6 +115,8 @@ class Relay:
                 nursery.start_soon(mirror.run)
             if self.config.shedding is not None and self.shed_tap is not None:  # the monitor's own process
                 nursery.start_soon(ShedFeeder(self.config.shedding, self.shed_tap).run)
+            if self.config.incidents is not None and self.incident_tap is not None:
+                nursery.start_soon(IncidentFeeder(self.config.incidents, self.incident_tap).run)
             task_status.started(self)
 
     # ------------------------------------------------------------------ actions

@@ -134,6 +134,14 @@ class Tap(Protocol):
     def down(self, asdu: bytes, now: float) -> None: ...
 
 
+class LinkTap(Protocol):
+    """An observer of link states (the incident register): `site` None is the BMI; state
+    "connected", "started" or "disconnected" (detail: the cause) for a site, "started" or
+    "stopped" for the BMI. O(1), must not raise, like `Tap`."""
+
+    def link(self, site: str | None, state: str, detail: str, now: float) -> None: ...
+
+
 # ------------------------------------------------------------------------------ state
 class Conn:
     """One connection the core knows: its link and what it is for."""
@@ -198,6 +206,7 @@ class RelayCore:
         self.uplinks: dict[ConnId, Conn] = {}
         self.active: Conn | None = None
         self.taps: list[Tap] = []
+        self.link_taps: list[LinkTap] = []
         self._next_id = 1
         self._actions: deque[Action] = deque()
         self._dirty: list[Conn] = []
@@ -217,6 +226,9 @@ class RelayCore:
 
     def add_tap(self, tap: Tap) -> None:
         self.taps.append(tap)
+
+    def add_link_tap(self, tap: LinkTap) -> None:
+        self.link_taps.append(tap)
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any link or backlog; None if there is none."""
@@ -285,6 +297,8 @@ class RelayCore:
         site.stats.connects += 1
         site.stats.set_state("connected", now)
         log.info("site %s connected on %s", site.name, endpoint)
+        for tap in self.link_taps:
+            tap.link(site.name, "connected", endpoint, now)
         self._sync(site, now)
         self._announce_timer(conn)
         self._flush()
@@ -336,6 +350,8 @@ class RelayCore:
             elif kind is DataTransferStarted:
                 if site is not None:
                     site.stats.set_state("started", now)
+                    for tap in self.link_taps:
+                        tap.link(site.name, "started", "", now)
                     self._drain(site, conn, now)
                 else:
                     self._activate(conn, now)
@@ -357,6 +373,8 @@ class RelayCore:
         stats.active_peer = conn.label
         if previous is None:
             log.info("%s started data transfer: starting the sites", conn.label)
+            for tap in self.link_taps:
+                tap.link(None, "started", conn.label, now)
             for site in self.sites:
                 self._sync(site, now)
         else:
@@ -375,6 +393,8 @@ class RelayCore:
         keeps (and will send again) whatever the BMI did not confirm; the relay holds no
         copy that could go out twice."""
         log.warning("%s no longer started: disconnecting the sites until the BMI starts again", conn.label)
+        for tap in self.link_taps:
+            tap.link(None, "stopped", conn.label, now)
         self.active = None
         self.stats.uplink.active_peer = ""
         self.queue.clear()
@@ -584,6 +604,8 @@ class RelayCore:
         site.stats.set_state("disconnected", now)
         site.stats.disconnects[cause.value] += 1
         site.stats.last_close_reason = f"{cause.value}: {detail}"
+        for tap in self.link_taps:
+            tap.link(site.name, "disconnected", site.stats.last_close_reason, now)
         # Its frames not yet sent are dropped (the UPDC sends them again); those in flight
         # stay, so that the BMI's confirmations keep counting the right frames.
         self.queue.discard_pending(conn)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from concentrator.config import load_config
+from concentrator.incidents.verdicts import incidents_beside, shedding_note
 
 from .record import StoredEvent, events, interruptions, open_read_only, samples, verdicts
 from .verdict import Sample, Status, judged_samples, utc
@@ -46,8 +47,9 @@ def parse_since(text: str, now: float) -> float:
     return moment.timestamp()
 
 
-def event_summary(db: sqlite3.Connection, event: StoredEvent) -> dict[str, Any]:
-    """One event as the report gives it (the text is written from this, --json is this)."""
+def event_summary(db: sqlite3.Connection, event: StoredEvent, incidents: str | None = None) -> dict[str, Any]:
+    """One event as the report gives it (the text is written from this, --json is this);
+    `incidents`: the incident register's database, whose word is given beside each site."""
     rows = verdicts(db, event.id)
     sites, aggregate = [], None
     for row in rows:
@@ -59,6 +61,9 @@ def event_summary(db: sqlite3.Connection, event: StoredEvent) -> dict[str, Any]:
             "site": row["site"], "status": status, "final": bool(row["final"]), "p0_kw": row["p0"],
             "pd_kw": row["pd"], "limit_kw": row["limit_kw"], "opening_time_s": row["opening_time"],
             "judged_from": row["judged_from"], "note": row["note"] or "", "failures": json.loads(row["details"]),
+            # issue 27: the register's word (concentrator/incidents/verdicts.py); "failed, not
+            # notified" only for a verdict that failed, not for one the monitor could not judge
+            "register": shedding_note(incidents, row["site"], event.start, event.end, status != Status.FAIL),
         })  # fmt: skip
     if aggregate is not None:
         aggregate["sites_not_passing"] = [v["site"] for v in sites if v["status"] != Status.PASS]
@@ -67,6 +72,7 @@ def event_summary(db: sqlite3.Connection, event: StoredEvent) -> dict[str, Any]:
         "id": event.id, "start": event.start, "end": event.end, "trigger": event.trigger, "sites": list(event.sites),
         "interruptions": [asdict(i) for i in interruptions(db, event.start, end)],
         "verdicts": sites, "aggregate": aggregate,
+        "incidents": incidents_beside(incidents, event.sites, event.start, event.end),
     }  # fmt: skip
 
 
@@ -88,6 +94,9 @@ def event_text(e: dict[str, Any]) -> list[str]:
         for failure in v["failures"]:
             lines.append(f"    {failure['reason']}: {failure['detail']}"
                          + (f" at {utc(failure['at'])}" if failure["at"] else ""))  # fmt: skip
+        if v.get("register"):
+            lines.append(f"    register: {v['register']}")
+    lines.extend(f"  {line}" for line in e.get("incidents", []))
     a = e["aggregate"]
     if a is not None:
         failed = [v["site"] for v in e["verdicts"] if v["status"] == Status.FAIL]
@@ -99,13 +108,13 @@ def event_text(e: dict[str, Any]) -> list[str]:
 
 
 def report(database: str, *, since: float | None, event_id: int | None, html_dir: str | None,
-           as_json: bool = False) -> tuple[str, bool]:  # fmt: skip
+           as_json: bool = False, incidents: str | None = None) -> tuple[str, bool]:  # fmt: skip
     """The report's text (or JSON) and whether every verdict listed could be judged."""
     db = open_read_only(database)
     try:
         summaries = []
         for event in events(db, since, event_id):
-            summary = event_summary(db, event)
+            summary = event_summary(db, event, incidents)
             if html_dir is not None:
                 path = os.path.join(html_dir, f"shedding-event-{event.id}.html")
                 with open(path, "w") as f:
@@ -318,16 +327,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="the same events and verdicts as JSON")
     args = parser.parse_args(argv)
     database = args.db
+    incidents = None
     if args.config:
         config = load_config(args.config)
         if config.shedding is None:
             parser.error(f"{args.config} has no shedding: section")
         database = config.shedding.database
+        incidents = None if config.incidents is None else config.incidents.database  # issue 27
     if not os.path.exists(database):
         parser.error(f"no shedding record at {database}")
     since = parse_since(args.since, time.time()) if args.since else None
     if args.html:
         os.makedirs(args.html, exist_ok=True)
-    text, judged = report(database, since=since, event_id=args.event, html_dir=args.html, as_json=args.json)
+    text, judged = report(
+        database, since=since, event_id=args.event, html_dir=args.html, as_json=args.json, incidents=incidents
+    )
     print(text, end="")
     return 0 if judged else NOT_JUDGED_EXIT

@@ -57,6 +57,8 @@ NO_DATA_HERE = {
     # The compliance monitor (its own process and job) does not run here; its panels are
     # checked against a real Prometheus in tests/shedding/test_metrics.py.
     **{title: "no shedding monitor in this scenario" for title, _ in dashboard_queries() if "shedding" in _},
+    # The incident register (its own process and job) neither: tests/incidents/test_dashboard.py.
+    **{title: "no incident register in this scenario" for title, _ in dashboard_queries() if "_incident" in _},
 }
 # Grafana's variables, as a dashboard over the last 5 minutes would expand them.
 VARIABLES = {"$instance": ".*", "$__rate_interval": "10s", "$__range": "5m"}

@@ -20,13 +20,22 @@ from monitoring.linkmanager import LinkManagerCollector, TripPathStats
 from monitoring.relay_metrics import RelayMetrics
 from tests.conftest import require_tool
 from tests.helpers import relay_config
+from tests.incidents.test_alerts import incident_names
 from tests.monitoring.test_metrics import FakeLink, FakeManager, scrape
 from tests.shedding.test_metrics import shedding_names
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "dashboard.json"
-ROWS = ["Sites", "Latency", "Uplink and failover", "Data quality", "Trip path and configuration", "Shedding compliance"]
+ROWS = [
+    "Sites",
+    "Latency",
+    "Uplink and failover",
+    "Data quality",
+    "Trip path and configuration",
+    "Shedding compliance",
+    "Incidents",
+]
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -99,7 +108,7 @@ def exported_names() -> set[str]:
     trip = TripPathStats({"239.192.0.1": True}, {"239.192.0.1": 1})
     ha = HaCollector(HaState("conc-a", 150, last_takeover_seconds=0.05))
     names = {name for name, _ in scrape(relay, LinkManagerCollector(FakeManager(links={"uplink": uplink}), trip), ha)}
-    return names | shedding_names()
+    return names | shedding_names() | incident_names()
 
 
 @pytest.mark.parametrize("source", ["dashboard.json", "alerts.yml"])

@@ -186,7 +186,7 @@ def test_top_level_must_be_a_mapping() -> None:
 
 def test_unknown_top_level_key() -> None:
     err = error(lambda d: d.update(sitse=[]))
-    allowed = "uplink, sites, metrics, network, multicast, mqtt, shedding, ha"
+    allowed = "uplink, sites, metrics, network, multicast, mqtt, shedding, ha, incidents"
     check(err, "sitse", f"a key allowed in the top level ({allowed})")
 
 
