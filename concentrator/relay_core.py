@@ -361,9 +361,16 @@ class RelayCore:
             # old connection is closed (as lib60870 does), so that none of its late
             # confirmations counts against the new one; what it had not confirmed is
             # sent again on the new one, in order.
-            stats.requeued += self.queue.in_flight
-            self.queue.requeue_in_flight()
-            log.info("active role moved from %s to %s: closing the old connection", previous.label, conn.label)
+            # The relay's own answers to the old connection's commands are dropped, not
+            # carried over: they answer commands the new connection never sent (README,
+            # "Ed. 2 redundancy"). The sites' data is carried over, in order.
+            in_flight = self.queue.in_flight
+            dropped = self.queue.requeue_in_flight(drop=previous)
+            stats.requeued += in_flight - dropped
+            dropped += self.queue.discard_pending(previous)
+            stats.answers_dropped += dropped
+            log.info("active role moved from %s to %s: closing the old connection%s", previous.label, conn.label,
+                     f", {dropped} of the relay's answers to its commands dropped" if dropped else "")  # fmt: skip
             self._close(previous, Cause.SUPERSEDED, f"STARTDT on {conn.label}", now)
         self._pump(now)
 
@@ -386,7 +393,7 @@ class RelayCore:
         released: dict[Conn, int] = {}
         for item in items:
             origin = item.origin
-            if origin is None:
+            if origin is None or origin.site is None:  # the relay's own answer
                 continue
             origin.outstanding -= 1
             if origin.last_item is item:
@@ -408,7 +415,7 @@ class RelayCore:
         sent = 0
         while link.can_send and (item := self.queue.take(now)) is not None:
             link.send_asdu(item.asdu, now)
-            if item.origin is not None:
+            if item.origin is not None and item.origin.site is not None:
                 item.origin.site.stats.record_forwarded(now - item.received_at)  # type: ignore[union-attr]
             sent += 1
         if sent:
@@ -438,7 +445,7 @@ class RelayCore:
         # the concentrator ever originates.
         self.stats.uplink.negative_answers += 1
         self._log.warning("unknown ca", now, "BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
-        self.queue.push(None, negative_mirror(asdu), now)
+        self.queue.push(conn, negative_mirror(asdu), now)  # it belongs to `conn`: see _activate
         self._pump(now)
 
     # ------------------------------------------------------------------ site side
