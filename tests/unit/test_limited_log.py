@@ -23,3 +23,31 @@ def test_the_limited_log_says_the_first_then_a_summary_with_the_count(
         assert messages == ["unknown CA 7", "unknown CA 7 (999 more like it not logged)"]
     else:
         assert messages == ["unknown CA 7"]
+
+
+def test_the_summary_comes_on_the_timer_with_the_count_even_if_the_condition_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 29 item 2: a reconnect flood that stops still gets its count logged, at the
+    deadline the limiter reports; before it, nothing more is logged."""
+    limited = LimitedLog()
+    with caplog.at_level("INFO"):
+        for n in range(10_000):
+            limited.info("connected 10.0.0.1", n * 0.0001, "BMI %s connected", "10.0.0.1")
+        assert limited.deadline() == LOG_INTERVAL
+        limited.flush(LOG_INTERVAL - 0.001)
+        assert [r.getMessage() for r in caplog.records] == ["BMI 10.0.0.1 connected"]
+        limited.flush(LOG_INTERVAL)
+    assert [r.getMessage() for r in caplog.records] == [
+        "BMI 10.0.0.1 connected",
+        "BMI 10.0.0.1 connected (9999 like it in 10 s, this the latest)",
+    ]
+    assert [r.levelname for r in caplog.records] == ["INFO", "INFO"]
+    assert limited.deadline() is None
+
+
+def test_keys_with_nothing_pending_are_forgotten_beyond_the_ceiling() -> None:
+    limited = LimitedLog()
+    for n in range(3 * LimitedLog.MAX_KEYS):
+        limited.info(f"connected 10.0.{n // 256}.{n % 256}", n * LOG_INTERVAL / LimitedLog.MAX_KEYS, "x")
+    assert len(limited._last) <= LimitedLog.MAX_KEYS + 2
