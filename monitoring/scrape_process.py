@@ -302,7 +302,7 @@ def listen(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         listener.bind((host, port))
-        listener.listen(128)
+        listener.listen(1024)  # a burst of connections waits here rather than being dropped (SYN retried after 1 s)
     except OSError:
         listener.close()
         raise

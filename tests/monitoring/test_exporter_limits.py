@@ -1,0 +1,184 @@
+"""Issue 29 item 1: the relay's exporter process is a peer of whoever reaches the metrics
+port, and bounds what each client may hold (monitoring/scrape_process.py, `Limits`).
+Against the real exporter process, with short limits so that the tests are quick; the
+full attack (3,000 connections while 12 sites stream through a relay) is
+tests/interop/test_metrics_slowloris.py, its figures bench/SCRAPE.md."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import trio
+
+from concentrator.config import Config, Endpoint
+from concentrator.iec104.link import LinkParams
+from concentrator.relay_core import RelayCore
+from concentrator.stats import RelayStats
+from monitoring.exporter import RelayExporter, serve_relay
+from monitoring.scrape_process import Limits
+from tests.helpers import relay_config
+from tests.monitoring.test_metrics import parse, value
+
+HEAD = b"GET /metrics HTTP/1.1\r\nHost: test\r\n"
+
+
+@contextmanager
+def exporter(limits: Limits, sites: int = 1) -> Iterator[RelayExporter]:
+    config = relay_config(list(range(20000, 20000 + sites)))
+    stats = RelayCore(config.sites, LinkParams(), 0.0).stats
+    served = trio.run(_serve, stats, config, limits)  # relay_clock() reads trio's clock: one short trio run
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+async def _serve(stats: RelayStats, config: Config, limits: Limits) -> RelayExporter:
+    return serve_relay(stats, config, Endpoint("127.0.0.1", 0), limits)
+
+
+def scrape(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        assert response.status == 200
+        return str(response.read().decode())
+
+
+def retrying(url: str, seconds: float = 10.0) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return scrape(url)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def threads(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` (FIN or RST) within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_one_snapshot_per_interval_however_many_clients_ask() -> None:
+    with exporter(Limits(snapshot_interval=2.0)) as served:
+        scrape(served.url)
+        before = served.snapshots
+
+        async def many() -> list[str]:
+            bodies: list[str] = []
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    nursery.start_soon(lambda: _append(bodies, served.url))
+            return bodies
+
+        bodies = trio.run(many)
+        assert len(bodies) == 40
+        assert served.snapshots - before <= 1  # 40 clients within the interval: at most one more
+        time.sleep(2.0)
+        scrape(served.url)
+        assert served.snapshots > before  # and once the interval passed, a new one
+
+
+async def _append(bodies: list[str], url: str) -> None:
+    bodies.append(await trio.to_thread.run_sync(scrape, url))
+
+
+def test_a_request_head_not_finished_in_time_is_closed_and_a_whole_one_is_answered() -> None:
+    with exporter(Limits(header_timeout=0.5)) as served:
+        with socket.create_connection((served.host, served.port)) as slow:
+            slow.sendall(HEAD)  # never the blank line
+            started = time.monotonic()
+            assert closed_within(slow, 5.0)
+            assert 0.4 < time.monotonic() - started < 3.0
+        with socket.create_connection((served.host, served.port)) as whole:
+            whole.sendall(HEAD + b"\r\n")
+            whole.settimeout(5)
+            assert whole.recv(1024).startswith(b"HTTP/1.1 200 OK")
+        samples = parse(scrape(served.url))
+        assert value(samples, "concentrator_exporter_closed_connections_total", outcome="head_timeout") == 1
+
+
+def test_an_oversized_request_head_is_refused() -> None:
+    with exporter(Limits(max_head=1024)) as served:
+        with socket.create_connection((served.host, served.port)) as big:
+            try:
+                big.sendall(HEAD + b"X-Long: " + b"a" * 4096 + b"\r\n\r\n")
+            except ConnectionResetError:
+                pass
+            assert closed_within(big, 5.0)
+
+
+def test_connections_are_bounded_and_a_scrape_still_answers_among_half_open_ones() -> None:
+    with exporter(Limits(max_connections=8, header_timeout=60.0)) as served:
+        assert threads(served.process.pid) == 1
+        half_open = [socket.create_connection((served.host, served.port)) for _ in range(200)]
+        try:
+            for _ in range(3):  # each time, the oldest half-open connection makes room
+                samples = parse(scrape(served.url))
+            assert value(samples, "concentrator_exporter_connections") <= 8
+            assert value(samples, "concentrator_exporter_closed_connections_total", outcome="dropped_for_room") >= 190
+            assert threads(served.process.pid) == 1  # one trio loop, whatever the clients
+            # The server closed all but the newest few (a reset), without waiting for them.
+            still_open = sum(not closed_within(sock, 0.01) for sock in half_open)
+            assert still_open <= 8
+        finally:
+            for sock in half_open:
+                sock.close()
+
+
+def test_every_open_connection_being_answered_refuses_a_new_one() -> None:
+    """The other side of making room: a connection whose request is in is never dropped
+    for a newcomer (here 2 that do not read the answer of 100 sites, about 700 kB); the
+    newcomer is refused. Once they are gone, a scrape answers again."""
+    with exporter(Limits(max_connections=2, send_timeout=30.0), sites=100) as served:
+        readers = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((served.host, served.port))
+            sock.sendall(HEAD + b"\r\n")
+            readers.append(sock)
+        time.sleep(1.0)  # both answers started, and stuck in full socket buffers
+        with socket.create_connection((served.host, served.port)) as newcomer:
+            newcomer.sendall(HEAD + b"\r\n")
+            assert closed_within(newcomer, 5.0)
+        for sock in readers:
+            sock.close()  # unread data: a reset, which the exporter meets when it next writes
+        samples = parse(retrying(served.url))
+        assert value(samples, "concentrator_exporter_closed_connections_total", outcome="refused_full") >= 1
+        assert len(scrape(served.url)) > 500_000  # the answers that were stuck were this large
+
+
+def test_a_client_that_leaves_is_met_with_silence(capfd: pytest.CaptureFixture[str]) -> None:
+    """Request sent, then gone with a reset before the answer: the old exporter printed a
+    BrokenPipe traceback for each one into the relay's log."""
+    with exporter(Limits()) as served:
+        for _ in range(200):
+            with socket.create_connection((served.host, served.port)) as sock:
+                sock.sendall(HEAD + b"\r\n")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        scrape(served.url)
+        pid = served.process.pid
+        assert os.path.exists(f"/proc/{pid}")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert "Error" not in out + err
