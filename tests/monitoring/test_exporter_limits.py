@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
 import trio
@@ -127,21 +128,46 @@ def test_an_oversized_request_head_is_refused() -> None:
             assert closed_within(big, 5.0)
 
 
-def test_connections_are_bounded_and_a_scrape_still_answers_among_half_open_ones() -> None:
-    with exporter(Limits(max_connections=8, header_timeout=60.0)) as served:
-        assert threads(served.process.pid) == 1
-        half_open = [socket.create_connection((served.host, served.port)) for _ in range(200)]
+def slow_client(served: RelayExporter, source: str) -> socket.socket:
+    """A connection from `source` that sent the start of a request head, never the end."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect((served.host, served.port))
+    sock.sendall(HEAD[:5])
+    return sock
+
+
+def test_half_open_connections_are_never_accepted() -> None:
+    with exporter(Limits(max_connections=8)) as served:
+        half_open = [socket.create_connection((served.host, served.port)) for _ in range(500)]
         try:
-            for _ in range(3):  # each time, the oldest half-open connection makes room
+            time.sleep(1.0)  # the exporter's counters come with the snapshot, once a second
+            samples = parse(scrape(served.url))
+            assert value(samples, "concentrator_exporter_connections") == 1  # this scrape
+            assert sum(v for (name, _), v in samples.items() if name.startswith("concentrator_exporter_closed")) == 0
+            assert threads(served.process.pid) == 1
+        finally:
+            for sock in half_open:
+                sock.close()
+
+
+def test_connections_are_bounded_and_the_oldest_unfinished_request_makes_room() -> None:
+    """Slow requests from 200 addresses (one each, so that the per-address limit does not
+    apply): 8 held at most, and a scraper is answered every time."""
+    with exporter(Limits(max_connections=8, header_timeout=60.0)) as served:
+        slow = [slow_client(served, f"127.0.1.{n + 1}") for n in range(200)]
+        try:
+            for _ in range(3):
                 samples = parse(scrape(served.url))
+            time.sleep(1.0)  # the exporter's counters come with the snapshot, once a second
+            samples = parse(scrape(served.url))
             assert value(samples, "concentrator_exporter_connections") <= 8
             assert value(samples, "concentrator_exporter_closed_connections_total", outcome="dropped_for_room") >= 190
             assert threads(served.process.pid) == 1  # one trio loop, whatever the clients
-            # The server closed all but the newest few (a reset), without waiting for them.
-            still_open = sum(not closed_within(sock, 0.01) for sock in half_open)
+            still_open = sum(not closed_within(sock, 0.01) for sock in slow)
             assert still_open <= 8
         finally:
-            for sock in half_open:
+            for sock in slow:
                 sock.close()
 
 
@@ -176,9 +202,40 @@ def test_a_client_that_leaves_is_met_with_silence(capfd: pytest.CaptureFixture[s
             with socket.create_connection((served.host, served.port)) as sock:
                 sock.sendall(HEAD + b"\r\n")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        scrape(served.url)
+        # (While 64 of those are being answered, a newcomer is refused: hence the retries.)
+        retrying(served.url)
+        time.sleep(1.0)  # the exporter's own counters come with the snapshot, once a second
+        samples = parse(retrying(served.url))
+        closed = partial(value, samples, "concentrator_exporter_closed_connections_total")
+        assert closed(outcome="client_gone") > 0
+        # Met one way or another: answered (the answer fitted in the socket before the
+        # reset came), gone, or reset while 64 others were being answered.
+        assert closed(outcome="client_gone") + closed(outcome="answered") + closed(outcome="refused_full") >= 200
         pid = served.process.pid
         assert os.path.exists(f"/proc/{pid}")
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
     assert "Error" not in out + err
+
+
+def test_one_address_holds_at_most_max_per_peer_unfinished_requests() -> None:
+    """A slowloris from one host (127.0.0.2) keeps at most 4 places, its other
+    connections are reset at once; a scraper elsewhere (127.0.0.1) is never dropped."""
+    with exporter(Limits(max_connections=8, max_per_peer=4, header_timeout=60.0)) as served:
+        attackers = [slow_client(served, "127.0.0.2") for _ in range(100)]
+        try:
+            with socket.create_connection((served.host, served.port)) as slow_scraper:
+                slow_scraper.sendall(HEAD)  # not finished yet: it waits among the attackers
+                attackers += [slow_client(served, "127.0.0.2") for _ in range(100)]
+                slow_scraper.sendall(b"\r\n")
+                slow_scraper.settimeout(5)
+                assert slow_scraper.recv(1024).startswith(b"HTTP/1.1 200 OK")
+            still_open = sum(not closed_within(sock, 0.01) for sock in attackers)
+            assert still_open == 4
+            time.sleep(1.0)  # the exporter's counters come with the snapshot, once a second
+            samples = parse(scrape(served.url))
+            closed = partial(value, samples, "concentrator_exporter_closed_connections_total")
+            assert closed(outcome="refused_peer") == 196 and closed(outcome="dropped_for_room") == 0
+        finally:
+            for sock in attackers:
+                sock.close()
