@@ -99,10 +99,11 @@ class Watcher:
                 try:
                     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
                     cpu = cpu_seconds(pid)
-                except (OSError, ValueError):
+                    threads, rss = int(fields["Threads"]), int(fields["VmRSS"].split()[0]) / 1024
+                except (OSError, ValueError, KeyError):  # gone, or exiting (no VmRSS any more)
                     continue
-                self.threads = max(self.threads, int(fields["Threads"]))
-                self.rss_mib = max(self.rss_mib, int(fields["VmRSS"].split()[0]) / 1024)
+                self.threads = max(self.threads, threads)
+                self.rss_mib = max(self.rss_mib, rss)
                 if self._start_cpu is None:
                     self._start_cpu = cpu
                 self.cpu_s = cpu - self._start_cpu
