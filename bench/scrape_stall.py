@@ -155,6 +155,9 @@ def run(workdir: Path, tag: str, sites: int, rate: float, duration: float, warmu
                           "cpu_s": round(watcher.cpu_s, 2), "attacker_cpu_s": round(attacker_cpu, 2),
                           "relay_log_lines": len(relay_log.splitlines()),
                           "tracebacks": relay_log.count("Traceback")}  # fmt: skip
+    if not result.get("up", {}).get("n"):  # nothing measured: keep what the relay said
+        result["relay_log_tail"] = relay_log[-3000:]
+        result["loadgen_log_tail"] = log.read_text()[-3000:]
     if attack:
         result["attack"] = json.loads((workdir / f"{tag}.attack.log").read_text().strip().splitlines()[-1])
     result["scrapes"] = {
@@ -194,11 +197,17 @@ def main() -> int:
                     print(f"[{time.strftime('%H:%M:%S')}] {tag}", flush=True)
                     result = run(Path(tmp), tag, sites, rate, duration, warmup, scrape, attack, tree)
                     rows.append({"run": prefix + kind, "scraped": scrape, "attacked": attack, **result})
+    name = "attack" if args.attack else str(sites)
+    out = Path(__file__).resolve().parent / f"scrape_results_{name}.json"
+    out.write_text(json.dumps({"sites": sites, "rate": rate, "duration": duration, "runs": rows}, indent=1))
     print(f"\n{sites} sites x {rate:g} ASDU/s, {duration:g} s per run; relay latency site -> BMI, µs")
     header = f"{'run':<16} {'n':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8}"
     print(f"{header}  scrapes (n, median/max ms, errors)  exporter (threads, MiB, CPU s)  attacker CPU s  tracebacks")
     for row in rows:
         up = row["up"]
+        if not up.get("n"):
+            print(f"{row['run']:<16} nothing measured: errors {row.get('errors')}")
+            continue
         s = row["scrapes"]
         e = row["exporter"]
         scrapes = f"{s['count']} ({s['duration_ms_median']:.1f}/{s['duration_ms_max']:.1f}, {s['errors']})" if s[
@@ -208,9 +217,6 @@ def main() -> int:
               f"{e['cpu_s']:>6.2f}  {e['attacker_cpu_s']:>6.2f}  {e['tracebacks']}")  # fmt: skip
         if row.get("errors") or row.get("gaps"):
             print(f"           errors {row.get('errors')}, gaps {row.get('gaps')}")
-    name = "attack" if args.attack else str(sites)
-    out = Path(__file__).resolve().parent / f"scrape_results_{name}.json"
-    out.write_text(json.dumps({"sites": sites, "rate": rate, "duration": duration, "runs": rows}, indent=1))
     print(f"\nwritten to {out}")
     return 0
 

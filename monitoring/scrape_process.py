@@ -172,12 +172,13 @@ class Snapshots:
 
 
 class _Connection:
-    __slots__ = ("peer", "scope", "answering")
+    __slots__ = ("peer", "scope", "answering", "replied")
 
     def __init__(self, peer: str) -> None:
         self.peer = peer  # the client's address
         self.scope = trio.CancelScope()
         self.answering = False  # its request head is in: it is being answered
+        self.replied = False  # a whole answer was sent: close with a FIN, not a reset
 
 
 class HttpServer:
@@ -261,7 +262,7 @@ class HttpServer:
             if connection in self.open:  # else _drop took it out and counted it
                 del self.open[connection]
                 self.closed[outcome] += 1
-            if outcome == "answered":
+            if connection.replied:
                 client.close()
             else:
                 _reset(client)
@@ -294,6 +295,7 @@ class HttpServer:
         with trio.move_on_after(limits.send_timeout) as sending:
             await stream.send_all(header % (status, kind, len(body)))
             await stream.send_all(body)  # not joined to the header: every client shares this one copy
+            connection.replied = True
         return "send_timeout" if sending.cancelled_caught else outcome
 
     def metrics(self) -> bytes:
