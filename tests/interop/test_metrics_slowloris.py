@@ -6,8 +6,9 @@ First a quiet window, then the same with 3,000 attacking connections (bench/slow
 half half-open, half sending a request head one byte a second, re-opened when closed,
 and at the end every one completes its request and leaves with a reset). The precise
 side-by-side figures are bench/scrape_stall.py --attack (bench/SCRAPE.md); this test
-checks the bounds, and that the good sites' latency is nowhere near what the old
-exporter did to it (p99 3-4 ms -> 138-1,536 ms).
+checks the bounds: no traceback, one exporter thread, its memory, every legitimate
+scrape answered, nothing lost (on main: 1,000-1,700 threads, 68-77 MiB, a traceback per
+released request).
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ async def test_a_slowloris_on_the_metrics_port_costs_the_relay_nothing():
     assert "concentrator_exporter_connections" in after
     assert "Traceback" not in log and "Error" not in log, log[-3000:]
     assert len(log.splitlines()) < 20
-    # Within noise, with a margin for a shared 2-core machine: the old exporter made it
-    # 138-1,536 ms from 3-4 ms.
-    assert p99[1] < max(3 * p99[0], p99[0] + 0.010), p99
+    # The latency itself is judged in bench/scrape_stall.py --attack (pairs, 20 s runs): one
+    # 5 s window's p99 on this shared machine is at the mercy of any stall of any process
+    # (runs without an attack showed a p99 of 59 ms and a max of 284 ms too). Here only a
+    # median, which such a stall does not move, as the I-frame flood test does.
+    assert statistics.median(attack) < 3 * statistics.median(quiet)
