@@ -136,6 +136,18 @@ def test_a_missing_package(monkeypatch: pytest.MonkeyPatch, capfd: pytest.Captur
     )
 
 
+def test_keepalived_missing_for_an_ha_appliance(tmp_path: Path) -> None:
+    from tests.interop.test_check_config import document, with_ha, write
+
+    doc = with_ha(document("127.0.0.1:1", f"127.0.0.1:{free_port()}"), "192.0.2.10", f"127.0.0.1:{free_port()}")
+    path = write(tmp_path, doc)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(tmp_path)}  # no keepalived there
+    argv = [sys.executable, "-m", "concentrator", "ha", "--config", str(path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert one_line(result) == f"{path}: ha: keepalived is not on PATH; apt-get install keepalived"
+    assert result.returncode == STATUS["missing"]
+
+
 def test_a_bad_configuration_is_one_line_too(tmp_path: Path) -> None:
     path = tmp_path / "concentrator.yaml"
     path.write_text("uplink: {listen: nowhere}\n")
