@@ -91,9 +91,12 @@ def test_one_snapshot_per_interval_however_many_clients_ask() -> None:
                     nursery.start_soon(lambda: _append(bodies, served.url))
             return bodies
 
+        started = time.monotonic()
         bodies = trio.run(many)
+        elapsed = time.monotonic() - started
         assert len(bodies) == 40
-        assert served.snapshots - before <= 1  # 40 clients within the interval: at most one more
+        # At most one snapshot per interval begun (one, when the 40 took less than 2 s).
+        assert served.snapshots - before <= 1 + elapsed // 2.0, elapsed
         time.sleep(2.0)
         scrape(served.url)
         assert served.snapshots > before  # and once the interval passed, a new one
@@ -109,7 +112,7 @@ def test_a_request_head_not_finished_in_time_is_closed_and_a_whole_one_is_answer
             slow.sendall(HEAD)  # never the blank line
             started = time.monotonic()
             assert closed_within(slow, 5.0)
-            assert 0.4 < time.monotonic() - started < 3.0
+            assert 0.4 < time.monotonic() - started < 4.5
         with socket.create_connection((served.host, served.port)) as whole:
             whole.sendall(HEAD + b"\r\n")
             whole.settimeout(5)
