@@ -314,7 +314,10 @@ class RelayCore:
         site.stats.endpoint = endpoint
         site.stats.connects += 1
         site.stats.set_state("connected", now)
-        log.info("site %s connected on %s", site.name, endpoint)
+        # Limited like its disconnect line: a UPDC that accepts and closes at once is
+        # reconnected every RETRY_MIN.
+        self._log.info(f"connected {site.name}", now, "site %s connected on %s", site.name, endpoint)
+        self._announce_summary()
         self._sync(site, now)
         self._announce_timer(conn)
         self._flush()
