@@ -26,6 +26,7 @@ import trio
 
 from bench.loadgen import descendants
 from concentrator.sim.codec_peers import QueueingStation, counter_of
+from monitoring.scrape_process import Limits
 from tests.helpers import wait_for
 from tests.interop.test_relay_floods import HOST, connect_bmi, relay_process, stream
 
@@ -104,6 +105,7 @@ async def test_a_slowloris_on_the_metrics_port_costs_the_relay_nothing():
                 nursery.start_soon(watch, exporter, WINDOW + 3, peak)
                 attack_scrapes = await scrapes(url, WINDOW)
                 attack_to = trio.current_time()
+                open_during = await trio.to_thread.run_sync(relay.sample, "concentrator_exporter_connections")
                 out, _ = await trio.to_thread.run_sync(lambda: attacker.communicate(timeout=60))
             finally:
                 if attacker.poll() is None:
@@ -126,7 +128,8 @@ async def test_a_slowloris_on_the_metrics_port_costs_the_relay_nothing():
     print(f"\nslowloris: {summary}; exporter reset {refused:.0f} over the per-address limit, {gone:.0f} gone; "
           f"exporter peak "
           f"{peak['threads']:.0f} threads, {peak['rss']:.1f} MiB (quiet {quiet_exporter[0]}, "
-          f"{quiet_exporter[1]:.1f} MiB); scrapes quiet median {statistics.median(quiet_scrapes) * 1e3:.0f} ms, "
+          f"{quiet_exporter[1]:.1f} MiB), {open_during:.0f} connections open during the attack; "
+          f"scrapes quiet median {statistics.median(quiet_scrapes) * 1e3:.0f} ms, "
           f"attacked median {statistics.median(attack_scrapes) * 1e3:.0f} / max {max(attack_scrapes) * 1e3:.0f} ms; "
           f"good sites p50 {statistics.median(quiet) * 1e3:.2f} / {statistics.median(attack) * 1e3:.2f} ms, "
           f"p99 {p99[0] * 1e3:.2f} / {p99[1] * 1e3:.2f} ms (quiet / attacked); {len(log.splitlines())} log lines")
@@ -135,6 +138,8 @@ async def test_a_slowloris_on_the_metrics_port_costs_the_relay_nothing():
     assert len(quiet) > 0.95 * WINDOW * SITES * RATE and len(attack) > 0.95 * WINDOW * SITES * RATE  # none lost
     assert len(attack_scrapes) >= 3  # a legitimate scrape still answers, every time
     assert peak["threads"] <= EXPORTER_THREADS and peak["rss"] < EXPORTER_RSS_MIB
+    # Tasks: one per open connection, at most 8 of them the attacker's (Limits.max_per_peer).
+    assert open_during <= Limits().max_per_peer + 2, open_during
     assert "concentrator_exporter_connections" in after
     assert "Traceback" not in log and "Error" not in log, log[-3000:]
     assert len(log.splitlines()) < 20
