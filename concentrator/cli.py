@@ -10,11 +10,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import trio
 
 from .config import Config, ConfigError, load_config
+from .configbase import MissingTool, StartupError, os_failure, run_main
 from .evidence.history import record_accepted
 from .windows import window_warnings
 
@@ -28,6 +29,9 @@ def _relay(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     check_installed(config)
+    # A busy or foreign uplink address is said in one line before anything is logged
+    # (exit statuses: README); Relay.run says the same if it is taken meanwhile.
+    check_listeners(config, keys=("uplink.listen",))
     log.info("configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites))
     record_accepted(config, "relay")
     relay = Relay(config)
@@ -126,31 +130,42 @@ def check_installed(config: Config) -> None:
     and cryptography."""
     for module, package in (("paho", "paho-mqtt"), ("cryptography", "cryptography")):
         if config.mqtt is not None and importlib.util.find_spec(module) is None:
-            install = "pip install 'iec104-concentrator[mqtt]'"
-            expected = f"{package} installed for the MQTT mirror ({install})"
-            raise ConfigError(config.file, "mqtt", expected, "not installed")
+            raise MissingTool(f"{config.file}: mqtt", f"the MQTT mirror needs {package}, which is not installed",
+                              "pip install 'iec104-concentrator[mqtt]'")  # fmt: skip
 
 
-def check_listeners(config: Config) -> None:
-    """Bind every address the appliance will listen on, all at once, then release them:
-    a busy or foreign address fails here, with the reason, not when the relay starts.
-    Bound as the relay and the exporters bind (SO_REUSEADDR; IPv6 only for IPv6). An HA
-    pair's virtual addresses are held by the active appliance only: there the port is
-    checked, not the address (IP_FREEBIND)."""
+def check_listeners(config: Config, keys: Collection[str] | None = None) -> None:
+    """Bind every address the appliance will listen on (or those of `keys`), all at once,
+    then release them: a busy or foreign address fails here, with the reason, not when the
+    relay starts (AddressInUse, AddressNotHere, PermissionRefused, KernelLacks). Bound as
+    the relay and the exporters bind (SO_REUSEADDR; IPv6 only for IPv6). An HA pair's
+    virtual addresses are held by the active appliance only: there the port is checked,
+    not the address (IP_FREEBIND). Two keys of the file on one port are a ConfigError."""
     virtual = set() if config.ha is None else {str(config.ha.uplink.virtual_address.ip)}
+    wildcard = ("0.0.0.0", "::")
+    taken: dict[tuple[bool, int], list[tuple[str, str]]] = {}  # (IPv6, port) -> (host, key)
     with contextlib.ExitStack() as held:
         for key, listen in config.listeners():
-            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-            sock = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if listen.host in virtual:
-                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            if keys is not None and key not in keys:
+                continue
+            ipv6 = ":" in listen.host
+            for host, other in taken.get((ipv6, listen.port), []):
+                if host == listen.host or wildcard[ipv6] in (host, listen.host):
+                    raise ConfigError(config.file, key, f"a port not also used by {other}", str(listen))
+            taken.setdefault((ipv6, listen.port), []).append((listen.host, key))
             try:
+                sock = held.enter_context(socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if ipv6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if listen.host in virtual:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
                 sock.bind((listen.host, listen.port))
                 sock.listen()  # two bound sockets may share a port; two listening ones may not
             except OSError as exc:
+                failure = os_failure(exc, f"{config.file}: {key}", f"listening on {listen}")
+                if isinstance(failure, StartupError):
+                    raise failure from None
                 got = f"{listen}: {exc.strerror or exc}"
                 raise ConfigError(config.file, key, "an address and port this host can listen on now", got) from None
 
@@ -180,8 +195,8 @@ def listening(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/
 
 def _demo(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("c104") is None:
-        print("the demo's simulated sites and BMI need c104: pip install 'iec104-concentrator[demo]'", file=sys.stderr)
-        return 2
+        raise MissingTool("demo", "the simulated sites and BMI need c104, which is not installed",
+                          "pip install 'iec104-concentrator[demo]'")  # fmt: skip
     from .demo import run_demo
 
     return run_demo(sites=args.sites, duration=args.duration, sample_period=args.sample_period)
@@ -241,7 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command: an expected start-up failure is one line and its own exit status
+    (configbase.run_main; README, "Exit statuses"); a traceback is a bug."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run_main(lambda: _command(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _command(argv: list[str]) -> int:
     if argv[:1] == ["netd"]:
         # The link manager is its own program (failover must not depend on the relay).
         from netconfig.netd import main as netd_main
@@ -287,13 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return evidence_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.run(args))
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

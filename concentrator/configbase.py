@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import ipaddress
 import math
 import os
 import re
 import reprlib
-from collections.abc import Collection, Hashable, Iterable, Iterator
+import sys
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -432,3 +434,90 @@ def network(value: object, path: str) -> IPNetwork:
     except ValueError:
         raise Invalid(path, expected, value) from None
     raise Invalid(path, f"a network without host bits ({loose}?)", value)
+
+
+# ------------------------------------------------------------------------------ start-up failures
+class StartupError(Exception):
+    """An expected failure at start, not a bug: said in one line (where: what was wrong;
+    the remedy) with an exit status of its own (README, "Exit statuses"), never with a
+    traceback. Every command's main goes through `run_main`, which prints it."""
+
+    status = 1
+
+    def __init__(self, where: str, problem: str, remedy: str) -> None:
+        super().__init__(where, problem, remedy)
+        self.where = where
+        self.problem = problem
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}; {self.remedy}"
+
+
+class AddressInUse(StartupError):
+    status = 3
+
+
+class AddressNotHere(StartupError):
+    status = 4
+
+
+class MissingTool(StartupError):
+    status = 5
+
+
+class PermissionRefused(StartupError):
+    status = 6
+
+
+class KernelLacks(StartupError):
+    status = 7
+
+
+EXIT_CONFIG = 2  # ConfigError: the file, the key, what was expected
+
+
+def os_failure(exc: OSError, where: str, doing: str) -> StartupError | OSError:
+    """The start-up failure an OSError met while `doing` (e.g. "listening on
+    127.0.0.1:2404") stands for; `exc` itself if it is none of the expected ones."""
+    reason = f"{doing} failed: {exc.strerror or exc}"
+    code = exc.errno
+    if code == errno.EADDRINUSE:
+        return AddressInUse(where, f"{reason} (another process holds it)",
+                            "stop that process or choose another port")  # fmt: skip
+    if code == errno.EADDRNOTAVAIL:
+        return AddressNotHere(where, f"{reason} (no interface of this host has that address)",
+                              "use an address of this host (ip -brief address) or 0.0.0.0")  # fmt: skip
+    if code in (errno.EACCES, errno.EPERM):
+        return PermissionRefused(where, f"{reason} (not allowed to this process)",
+                                 "run it as root or with the capability it needs (ports below 1024: "
+                                 "CAP_NET_BIND_SERVICE), or choose a port from 1024")  # fmt: skip
+    if code in (errno.ENOPROTOOPT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.ENOSYS, errno.EOPNOTSUPP):
+        return KernelLacks(where, f"{reason} (this kernel lacks the feature)",
+                           "use a kernel built with it, or configure without it")  # fmt: skip
+    return exc
+
+
+def expected_failure(exc: BaseException) -> StartupError | ConfigError | None:
+    """The one expected failure `exc` is, looking inside exception groups (a trio nursery
+    wraps what its task raised); None if it is anything else (a bug: let it show)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, (StartupError, ConfigError)) else None
+
+
+def run_main(main: Callable[[], int], stderr: TextIO | None = None) -> int:
+    """Run a command's main: an expected failure is one line on stderr and its exit
+    status (a `ConfigError` is "configuration error: ..." and EXIT_CONFIG)."""
+    out = stderr or sys.stderr
+    try:
+        return main()
+    except BaseException as exc:  # noqa: BLE001 (re-raised unless expected)
+        failure = expected_failure(exc)
+        if failure is None:
+            raise
+        if isinstance(failure, ConfigError):
+            print(f"configuration error: {failure}", file=out)
+            return EXIT_CONFIG
+        print(failure, file=out)
+        return failure.status

@@ -25,6 +25,7 @@ import termios
 import trio
 
 from .config import Config
+from .configbase import os_failure
 from .fdio import write_all
 from .iec104.errors import Cause
 from .incidents.tap import IncidentFeeder, IncidentTap
@@ -96,7 +97,10 @@ class Relay:
 
     async def run(self, *, task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.uplink.listen
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        try:
+            listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        except OSError as exc:  # busy, foreign, not permitted: one line, its exit status (cli)
+            raise os_failure(exc, f"{self.config.file}: uplink.listen", f"listening on {listen}") from None
         self.listen_port = listeners[0].socket.getsockname()[1]
         log.info("listening for the BMI on %s:%d", listen.host, self.listen_port)
         async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:

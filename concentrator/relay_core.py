@@ -75,22 +75,49 @@ LOG_INTERVAL = 10.0
 
 
 class LimitedLog:
-    """Warnings about a repeated condition (keyed, e.g. by site) at most once per
-    LOG_INTERVAL each; the next one says how many were left out."""
+    """Lines about a repeated condition (keyed, e.g. by site or peer): the first is logged,
+    the others within LOG_INTERVAL are counted, and once the interval has passed one
+    summary (the latest line, with the count) is logged, by the next line of that key or
+    by `flush(now)` at `deadline()`, whichever comes first. Keys with nothing pending are
+    forgotten after LOG_INTERVAL once there are more than MAX_KEYS, so that peers from
+    ever new addresses cannot grow it."""
+
+    MAX_KEYS = 1024
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
+        self._skipped: dict[str, tuple[int, int, str, tuple[object, ...]]] = {}  # key: count, level, latest line
 
     def warning(self, key: str, now: float, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, now, message, *args)
+
+    def info(self, key: str, now: float, message: str, *args: object) -> None:
+        self.log(logging.INFO, key, now, message, *args)
+
+    def log(self, level: int, key: str, now: float, message: str, *args: object) -> None:
         if now - self._last.get(key, -LOG_INTERVAL) < LOG_INTERVAL:
-            self._skipped[key] = self._skipped.get(key, 0) + 1
+            count = self._skipped[key][0] if key in self._skipped else 0
+            self._skipped[key] = (count + 1, level, message, args)
             return
+        if len(self._last) > self.MAX_KEYS:
+            self._last = {k: t for k, t in self._last.items() if k in self._skipped or now - t < LOG_INTERVAL}
         self._last[key] = now
-        skipped = self._skipped.pop(key, 0)
+        skipped = self._skipped.pop(key, None)
         if skipped:
-            message += f" ({skipped} more like it not logged)"
-        log.warning(message, *args)
+            message += f" ({skipped[0]} more like it not logged)"
+        log.log(level, message, *args)
+
+    def deadline(self) -> float | None:
+        """When the earliest pending summary is due; None if none is."""
+        return min((self._last[key] + LOG_INTERVAL for key in self._skipped), default=None)
+
+    def flush(self, now: float) -> None:
+        """Log the summaries that are due: the latest line of each such key, with how many
+        like it were left out since the line before."""
+        for key in [k for k in self._skipped if now - self._last[k] >= LOG_INTERVAL]:
+            count, level, message, args = self._skipped.pop(key)
+            self._last[key] = now
+            log.log(level, f"{message} ({count} like it in {LOG_INTERVAL:.0f} s, this the latest)", *args)
 
 
 class CoreError(ConcentratorError):
@@ -236,6 +263,8 @@ class RelayCore:
         for site in self.sites:
             if site.backlog:
                 deadlines.append(site.backlog[0][1] + site.config.params.t1)
+        if (summary := self._log.deadline()) is not None:
+            deadlines.append(summary)
         self._timer_at = min(deadlines, default=float("inf"))
         return None if not deadlines else self._timer_at
 
@@ -248,6 +277,7 @@ class RelayCore:
                 self._process(conn, now)
         for site in self.sites:
             self._expire_backlog(site, now)
+        self._log.flush(now)
         self._flush()
 
     def uplink_accepted(self, peer: str, now: float) -> ConnId | None:
@@ -270,7 +300,10 @@ class RelayCore:
         self.uplinks[conn.id] = conn
         stats.connections += 1
         stats.open_connections = len(self.uplinks)
-        log.info("BMI %s connected (%d open)", peer, len(self.uplinks))
+        # Per peer through the limiter: an allowlisted peer reconnecting flat out wrote
+        # 9,092 lines in 3.7 s (issue 29); the metrics count every connection.
+        self._log.info(f"connected {peer}", now, "BMI %s connected (%d open)", peer, len(self.uplinks))
+        self._announce_summary()
         self._announce_timer(conn)
         self._flush()
         return conn.id
@@ -296,7 +329,10 @@ class RelayCore:
         site.stats.endpoint = endpoint
         site.stats.connects += 1
         site.stats.set_state("connected", now)
-        log.info("site %s connected on %s", site.name, endpoint)
+        # Limited like its disconnect line: a UPDC that accepts and closes at once is
+        # reconnected every RETRY_MIN.
+        self._log.info(f"connected {site.name}", now, "site %s connected on %s", site.name, endpoint)
+        self._announce_summary()
         for tap in self.link_taps:
             tap.link(site.name, "connected", endpoint, now)
         self._sync(site, now)
@@ -382,9 +418,16 @@ class RelayCore:
             # old connection is closed (as lib60870 does), so that none of its late
             # confirmations counts against the new one; what it had not confirmed is
             # sent again on the new one, in order.
-            stats.requeued += self.queue.in_flight
-            self.queue.requeue_in_flight()
-            log.info("active role moved from %s to %s: closing the old connection", previous.label, conn.label)
+            # The relay's own answers to the old connection's commands are dropped, not
+            # carried over: they answer commands the new connection never sent (README,
+            # "Ed. 2 redundancy"). The sites' data is carried over, in order.
+            in_flight = self.queue.in_flight
+            dropped = self.queue.requeue_in_flight(drop=previous)
+            stats.requeued += in_flight - dropped
+            dropped += self.queue.discard_pending(previous)
+            stats.answers_dropped += dropped
+            log.info("active role moved from %s to %s: closing the old connection%s", previous.label, conn.label,
+                     f", {dropped} of the relay's answers to its commands dropped" if dropped else "")  # fmt: skip
             self._close(previous, Cause.SUPERSEDED, f"STARTDT on {conn.label}", now)
         self._pump(now)
 
@@ -409,7 +452,7 @@ class RelayCore:
         released: dict[Conn, int] = {}
         for item in items:
             origin = item.origin
-            if origin is None:
+            if origin is None or origin.site is None:  # the relay's own answer
                 continue
             origin.outstanding -= 1
             if origin.last_item is item:
@@ -431,7 +474,7 @@ class RelayCore:
         sent = 0
         while link.can_send and (item := self.queue.take(now)) is not None:
             link.send_asdu(item.asdu, now)
-            if item.origin is not None:
+            if item.origin is not None and item.origin.site is not None:
                 item.origin.site.stats.record_forwarded(now - item.received_at)  # type: ignore[union-attr]
             sent += 1
         if sent:
@@ -461,7 +504,7 @@ class RelayCore:
         # the concentrator ever originates.
         self.stats.uplink.negative_answers += 1
         self._log.warning("unknown ca", now, "BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
-        self.queue.push(None, negative_mirror(asdu), now)
+        self.queue.push(conn, negative_mirror(asdu), now)  # it belongs to `conn`: see _activate
         self._pump(now)
 
     # ------------------------------------------------------------------ site side
@@ -596,7 +639,9 @@ class RelayCore:
             stats.open_connections = len(self.uplinks)
             stats.disconnects[cause.value] += 1
             stats.last_close_reason = f"{cause.value}: {detail}"
-            log.info("%s disconnected: %s: %s", conn.label, cause.value, detail)
+            key = f"disconnected {conn.label}"
+            self._log.info(key, now, "%s disconnected: %s: %s", conn.label, cause.value, detail)
+            self._announce_summary()
             if conn is self.active:
                 self._uplink_lost(conn, now)
             return
@@ -651,6 +696,12 @@ class RelayCore:
         if deadline < self._timer_at:
             self._timer_at = deadline
             self._actions.append(TimerAt(deadline))
+
+    def _announce_summary(self) -> None:
+        """The limiter may now owe a summary: make sure the driver wakes for it."""
+        deadline = self._log.deadline()
+        if deadline is not None:
+            self._announce(deadline)
 
     def _warn_refused(self, message: str, now: float) -> None:
         self._log.warning("refused", now, "%s (%d refused so far)", message, self.stats.uplink.refused)

@@ -177,6 +177,7 @@ class UplinkStats:
     asdus_down: int = 0
     negative_answers: int = 0  # unknown common address, cause 46
     requeued: int = 0  # frames re-sent after the active role moved
+    answers_dropped: int = 0  # the relay's answers to a superseded connection's commands, not carried over
     last_test_round_trip: float | None = None
     last_close_reason: str = ""
     disconnects: Counter[str] = field(default_factory=Counter)  # by cause (iec104.errors.Cause values)

@@ -27,7 +27,7 @@ Origin = TypeVar("Origin", bound=Closable)
 
 @dataclass(slots=True)
 class Item(Generic[Origin]):
-    origin: Origin | None  # the site connection; None for the relay's own negative answers
+    origin: Origin | None  # the site connection, or the BMI connection the relay's own answer is for
     asdu: bytes
     received_at: float
     sent_at: float = field(default=0.0)
@@ -104,9 +104,17 @@ class UplinkQueue(Generic[Origin]):
             raise QueueError(f"{count} confirmed, only {len(self._in_flight)} in flight")
         return [self._in_flight.popleft() for _ in range(count)]
 
-    def requeue_in_flight(self) -> None:
+    def requeue_in_flight(self, drop: Origin | None = None) -> int:
         """The active role moved to another BMI connection: what the old one did not
-        confirm goes out again, ahead of each site's newer frames, and those sites first."""
+        confirm goes out again, ahead of each site's newer frames, and those sites first;
+        except the frames of origin `drop` (the relay's answers to the old connection),
+        which are dropped. Returns how many were dropped."""
+        if drop is not None:
+            kept = deque(item for item in self._in_flight if item.origin is not drop)
+            dropped = len(self._in_flight) - len(kept)
+            self._in_flight = kept
+        else:
+            dropped = 0
         first: list[Origin | None] = []
         for item in reversed(self._in_flight):
             queue = self._pending.get(item.origin)
@@ -120,6 +128,7 @@ class UplinkQueue(Generic[Origin]):
         self._taken = 0
         self._count += len(self._in_flight)
         self._in_flight.clear()
+        return dropped
 
     def discard_pending(self, origin: Origin) -> int:
         """A site connection ended: its UPDC will send again what nobody confirmed, so

@@ -1,10 +1,11 @@
 """Serve the relay's metrics over HTTP, read-only, through a process of its own (other
 collectors, the link manager's, are served by monitoring.primitives.serve in daemon threads).
 
-prometheus_client's WSGI server runs each scrape on its own thread, so a scrape never
-runs on the relay's trio loop. But formatting holds the GIL, and in the relay's process
-that stalled the relay (bench/SCRAPE.md): so the relay's metrics are formatted in
-another process, from a snapshot (monitoring/scrape_process.py).
+Formatting holds the GIL, and in the relay's process that stalled the relay
+(bench/SCRAPE.md): so the relay's metrics are formatted and served by another process,
+from a snapshot (monitoring/scrape_process.py), which also bounds what HTTP clients may
+hold (connections, time, snapshots: its `Limits`). The relay's side is one thread that
+pickles a snapshot when asked, at most once per `Limits.snapshot_interval`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import trio
 from concentrator.config import Config, Endpoint
 from concentrator.stats import RelayStats
 
-from .scrape_process import SNAPSHOT_REQUEST, Setup, receive_frame, send_frame
+from .scrape_process import SNAPSHOT_REQUEST, Limits, Setup, receive_frame, send_frame
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,17 @@ class RelayExporter:
     stats. The relay's event loop does nothing for a scrape; this thread holds the GIL
     for the pickling only (about 1.5 ms for 100 sites, in C)."""
 
-    def __init__(self, stats: RelayStats, config: Config, now: Callable[[], float], listen: Endpoint) -> None:
+    def __init__(
+        self,
+        stats: RelayStats,
+        config: Config,
+        now: Callable[[], float],
+        listen: Endpoint,
+        limits: Limits | None = None,
+    ) -> None:
         self.stats = stats
         self.now = now
+        self.snapshots = 0  # pickled for the exporter
         ours, theirs = socket.socketpair()
         self._sock = ours
         self._closing = False
@@ -63,7 +72,7 @@ class RelayExporter:
         finally:
             theirs.close()
         try:
-            setup = Setup(config, listen.host, listen.port, now(), time.time(), os.getpid())
+            setup = Setup(config, listen.host, listen.port, now(), time.time(), os.getpid(), limits or Limits())
             send_frame(ours, setup)
             answer = receive_frame(ours)  # waits for the process to start (a few 100 ms, once)
         except (OSError, EOFError) as exc:
@@ -88,6 +97,7 @@ class RelayExporter:
                 # it), then the time, so that no state in the snapshot begins after it.
                 states = {name: site.state_snapshot() for name, site in list(self.stats.sites.items())}
                 send_frame(self._sock, (self.now(), self.stats, states))
+                self.snapshots += 1
         except OSError:
             pass
         if not self._closing:
@@ -108,8 +118,10 @@ class RelayExporter:
                 self.process.wait()
 
 
-def serve_relay(stats: RelayStats, config: Config, listen: Endpoint | None = None) -> RelayExporter:
+def serve_relay(
+    stats: RelayStats, config: Config, listen: Endpoint | None = None, limits: Limits | None = None
+) -> RelayExporter:
     """The relay's exporter on `listen` (default: the configuration's metrics.listen), in
     a process of its own. Call it inside trio.run, from the relay's thread (relay_clock()).
     Raises OSError if it cannot listen there."""
-    return RelayExporter(stats, config, relay_clock(), listen or config.metrics.listen)
+    return RelayExporter(stats, config, relay_clock(), listen or config.metrics.listen, limits)

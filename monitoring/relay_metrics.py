@@ -221,6 +221,8 @@ class RelayMetrics:
              uplink.negative_answers),
             ("uplink_requeued_asdus", "ASDUs sent again after the started role moved to another connection.",
              uplink.requeued),
+            ("uplink_dropped_answers", "The relay's cause-46 answers to a superseded connection's commands, "
+             "not carried over to the connection that took the started role.", uplink.answers_dropped),
         ):  # fmt: skip
             yield CounterMetricFamily(f"{PREFIX}{name}", doc, value=value)
         refused = CounterMetricFamily(

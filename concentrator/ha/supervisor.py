@@ -43,6 +43,7 @@ from typing import Any
 import trio
 
 from concentrator.config import Config, ConfigError, load_config
+from concentrator.configbase import MissingTool
 from monitoring.ha_metrics import HaCollector
 from monitoring.primitives import serve
 
@@ -453,9 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if shutil.which("keepalived") is None:
-        print("keepalived not found on PATH: apt-get install keepalived", file=sys.stderr)
-        return 2
+    if shutil.which("keepalived") is None:  # one line, exit status 5 (cli.main: configbase.run_main)
+        raise MissingTool(f"{args.config}: ha", "keepalived is not on PATH", "apt-get install keepalived")
     supervisor = Supervisor(config, args.state)
     assert config.ha is not None
     try:

@@ -17,6 +17,7 @@ import yaml
 
 from concentrator.cli import check_installed, check_listeners, main
 from concentrator.config import ConfigError, load_config
+from concentrator.configbase import AddressInUse, MissingTool
 from tests.helpers import free_port
 from tests.mqtt.broker import Pki
 
@@ -72,19 +73,19 @@ def test_a_busy_uplink_fails_with_the_reason(tmp_path: Path, busy: socket.socket
     port = busy.getsockname()[1]
     path = write(tmp_path, document(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"))
     result = check_config(path)
-    assert result.returncode == 2
+    assert result.returncode == 3  # README, "Exit statuses"
     assert result.stderr.strip() == (
-        f"configuration error: {path}: uplink.listen: expected an address and port this host can listen on now, "
-        f"got '127.0.0.1:{port}: Address already in use'"
+        f"{path}: uplink.listen: listening on 127.0.0.1:{port} failed: Address already in use "
+        "(another process holds it); stop that process or choose another port"
     )
 
 
 def test_a_wildcard_uplink_on_a_busy_port_fails(tmp_path: Path, busy: socket.socket) -> None:
     port = busy.getsockname()[1]
     config = load_config(write(tmp_path, document(f"0.0.0.0:{port}", f"127.0.0.1:{free_port()}")))
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(AddressInUse) as info:
         check_listeners(config)
-    assert info.value.key == "uplink.listen" and "Address already in use" in str(info.value.got)
+    assert info.value.where.endswith(": uplink.listen") and "Address already in use" in info.value.problem
 
 
 def with_ha(doc: dict[str, Any], virtual: str, ha_metrics: str) -> dict[str, Any]:
@@ -107,16 +108,16 @@ def test_an_ha_virtual_address_not_held_here_passes_but_a_foreign_one_does_not(t
     # Any other address this host does not have still fails: here the HA metrics.
     doc["ha"]["metrics_listen"] = f"192.0.2.99:{free_port()}"
     result = check_config(write(tmp_path, doc))
-    assert result.returncode == 2
-    assert ": ha.metrics_listen: expected an address and port this host can listen on now" in result.stderr
+    assert result.returncode == 4
+    assert ": ha.metrics_listen: listening on 192.0.2.99:" in result.stderr
 
 
 def test_a_foreign_metrics_address_fails_with_the_reason(tmp_path: Path) -> None:
     # 192.0.2.0/24 is TEST-NET-1: on no interface of this host.
     path = write(tmp_path, document(f"127.0.0.1:{free_port()}", f"192.0.2.1:{free_port()}"))
     result = check_config(path)
-    assert result.returncode == 2
-    assert f"{path}: metrics.listen: expected an address and port this host can listen on now" in result.stderr
+    assert result.returncode == 4
+    assert f"{path}: metrics.listen: listening on 192.0.2.1:" in result.stderr
     assert "Cannot assign requested address" in result.stderr
     no_bind = subprocess.run(
         [sys.executable, "-m", "concentrator", "check-config", "--no-bind", str(path)],
@@ -133,9 +134,9 @@ def test_the_link_managers_metrics_address_is_bound_too(tmp_path: Path, busy: so
     config = load_config(
         write(tmp_path, document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}"))
     )
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(AddressInUse) as info:
         check_listeners(config)
-    assert info.value.key == "network.metrics_listen"
+    assert info.value.where.endswith(": network.metrics_listen")
 
 
 def test_two_processes_on_one_address_are_refused(tmp_path: Path) -> None:
@@ -144,18 +145,20 @@ def test_two_processes_on_one_address_are_refused(tmp_path: Path) -> None:
     config = load_config(
         write(tmp_path, document(f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}", f"127.0.0.1:{port}"))
     )
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError) as info:  # not "another process": this file, twice
         check_listeners(config)
-    assert info.value.key == "network.metrics_listen" and "Address already in use" in str(info.value.got)
+    assert (
+        info.value.key == "network.metrics_listen" and info.value.expected == "a port not also used by metrics.listen"
+    )
 
 
 def test_ipv6_addresses_are_bound_as_ipv6(tmp_path: Path) -> None:
     with socket.create_server(("::1", 0), family=socket.AF_INET6) as server:
         port = server.getsockname()[1]
         config = load_config(write(tmp_path, document(f"[::1]:{port}", f"127.0.0.1:{free_port()}")))
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(AddressInUse) as info:
             check_listeners(config)
-    assert info.value.key == "uplink.listen" and str(info.value.got).startswith(f"[::1]:{port}: ")
+    assert info.value.problem.startswith(f"listening on [::1]:{port} failed: ")
     check_listeners(config)  # free again once the other listener is gone
 
 
@@ -191,9 +194,9 @@ def test_a_mirror_without_paho_is_named_with_the_install_command(
     check_installed(config)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "paho" else real(name, *a))
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(MissingTool) as info:
         check_installed(config)
-    assert info.value.key == "mqtt" and "pip install 'iec104-concentrator[mqtt]'" in info.value.expected
+    assert info.value.where.endswith(": mqtt") and info.value.remedy == "pip install 'iec104-concentrator[mqtt]'"
 
 
 def test_the_demo_without_c104_says_how_to_install_it(
@@ -201,7 +204,7 @@ def test_the_demo_without_c104_says_how_to_install_it(
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "c104" else real(name, *a))
-    assert main(["demo", "--duration", "1"]) == 2
+    assert main(["demo", "--duration", "1"]) == 5
     assert "pip install 'iec104-concentrator[demo]'" in capsys.readouterr().err
 
 

@@ -59,7 +59,7 @@ def test_relay_serves_metrics_and_its_exporter_stops_with_it(tmp_path: Path) -> 
             urllib.request.urlopen(request, timeout=5)
             raise AssertionError("POST accepted")
         except urllib.error.HTTPError as exc:
-            assert exc.code == 501
+            assert exc.code == 405  # Method Not Allowed
     finally:
         relay.send_signal(signal.SIGTERM)
         output = relay.communicate(timeout=20)[0].decode()

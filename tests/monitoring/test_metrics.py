@@ -273,6 +273,7 @@ async def test_the_relays_exporter_runs_in_its_own_process_from_snapshots() -> N
         assert value(s, "concentrator_site_measured_values_total", site="site-01") == 0
         site.record_up(tf_asdu([0x80, 0x00]), trio.current_time())
         site.set_state("started", trio.current_time())
+        await trio.sleep(1.0)  # Limits.snapshot_interval: within it, scrapes share one snapshot
         s = parse(await trio.to_thread.run_sync(get, exporter.url))
         assert value(s, "concentrator_site_invalid_measured_values_total", site="site-01") == 1
         assert value(s, "concentrator_site_up", site="site-01") == 1

@@ -92,6 +92,34 @@ def test_switch_away_and_back_closes_each_superseded_connection_and_loses_nothin
     assert lab.core.stats.uplink.disconnects == {"superseded": 2}
 
 
+def test_a_hand_over_carries_the_sites_data_over_but_not_the_relays_answers_to_the_old_connection():
+    """Issue 29 item 4: A, started, sends commands for an unknown CA and reads none of the
+    answers; B takes the role. The sites' unconfirmed data goes to B, in order; the
+    relay's cause-46 answers to A's commands (in flight and not yet sent) do not: B never
+    sent those commands. On main B received all of them."""
+    lab, a = started_lab(uplink=LinkParams(k=8, w=6))
+    for n in range(20):
+        lab.bmi_send(a, counter_asdu(999, n))  # type: ignore[arg-type]
+        lab.deliver_to_core(a.conn)  # type: ignore[attr-defined]
+        lab.deliver_to_peer(a.conn)  # type: ignore[attr-defined]  # its commands acknowledged, no answer confirmed
+    lab.generate(0, 3)
+    lab.deliver_to_core(lab.stations[0].conn)  # type: ignore[arg-type]
+    lab.deliver_to_peer(a.conn)  # type: ignore[attr-defined]
+    answers_to_a = [x for x in a.received if x[2] & 0x3F == 46]  # type: ignore[attr-defined]
+    assert answers_to_a and lab.core.queue.in_flight == 8 and len(lab.core.queue) > 0  # in flight and waiting
+    b = lab.connect_bmi()
+    lab.bmi_start(b)  # type: ignore[arg-type]
+    lab.deliver_to_core(b.conn)  # type: ignore[union-attr]
+    assert (a.conn, Cause.SUPERSEDED) in lab.closed_by_core  # type: ignore[attr-defined]
+    lab.settle()
+    assert [x for x in b.received if x[2] & 0x3F == 46] == []  # type: ignore[union-attr]
+    assert [counter_of(x) for x in b.received] == [(BASE_CA, 0), (BASE_CA, 1), (BASE_CA, 2)]  # type: ignore[union-attr]
+    assert lab.core.stats.uplink.negative_answers == 20
+    assert lab.core.stats.uplink.answers_dropped == 20  # A confirmed none of them
+    lab.check()
+    assert lab.stations[0].confirmed == {0, 1, 2}
+
+
 def test_stopdt_from_the_active_bmi_waits_for_the_frames_in_flight():
     """Issue 10 item 2 on the uplink: STOPDT is confirmed only once the BMI confirmed the
     I-frames it had; those are released to their sites, then the sites are disconnected."""

@@ -108,3 +108,19 @@ def test_a_site_dropped_in_its_turn_does_not_shorten_the_next_sites_turn():
 def test_a_turn_is_at_least_one_frame():
     with pytest.raises(ValueError):
         UplinkQueue(turn=0)
+
+
+def test_requeue_drops_the_frames_of_the_origin_it_is_told_and_keeps_the_rest_in_order() -> None:
+    """Issue 29 item 4: on a hand-over the relay's answers to the old connection (origin
+    `old`) are dropped; the sites' frames in flight go out again, first, in order."""
+    old, site = Site("BMI a"), Site("site-01")
+    queue: UplinkQueue[Site] = UplinkQueue()
+    for n in range(3):
+        queue.push(site, bytes([n]), 0.0)
+        queue.push(old, b"answer", 0.0)
+    for _ in range(4):
+        queue.take(0.0)  # in flight: site 0, answer, site 1, answer
+    assert queue.requeue_in_flight(drop=old) == 2
+    assert queue.discard_pending(old) == 1  # the answer not yet sent
+    assert [queue.take(0.0).asdu for _ in range(3)] == [b"\x00", b"\x01", b"\x02"]  # type: ignore[union-attr]
+    assert queue.take(0.0) is None
