@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.loadgen import cpu_seconds  # noqa: E402
-from netconfig.multicast import NFT_TABLE  # noqa: E402
+from netconfig.trip.config import NFT_TABLE  # noqa: E402
 from tests.lab.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for  # noqa: E402
 from tests.lab.trip_peers import trip_payload  # noqa: E402
 
@@ -400,7 +400,7 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
 
 
 def bench_sites(args: argparse.Namespace) -> dict[str, Any]:
-    from netconfig.tripcap import choose, probe
+    from netconfig.trip.capability import choose, probe
     from tests.lab.harness import Iec104Stream
 
     cap = probe()

@@ -47,14 +47,14 @@ from .failover import (
     Role,
     Switched,
 )
-from .multicast import SMCROUTE, MulticastConfig, parse_multicast_section
 from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
 from .sdnotify import notify, watchdog_period
-from .tripcap import probe, resolve
-from .tripnft import NftTripPath
-from .trippath import TripPath, TripState
+from .trip.capability import probe, resolve
+from .trip.config import SMCROUTE, MulticastConfig, parse_multicast_section
+from .trip.nftables import NftTripPath
+from .trip.smcroute import TripPath, TripState
 
 log = logging.getLogger("netd")
 

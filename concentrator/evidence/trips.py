@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netconfig.config import NetworkConfig
-from netconfig.multicast import NFT_TABLE, SMCROUTE, MulticastConfig, wanted_routes
-from netconfig.tripcap import probe, resolve
-from netconfig.trippath import read_igmp_memberships
-from netconfig.tripreport import in_use_by, kernel_paths
+from netconfig.trip.capability import probe, resolve
+from netconfig.trip.config import NFT_TABLE, SMCROUTE, MulticastConfig, wanted_routes
+from netconfig.trip.report import in_use_by, kernel_paths
+from netconfig.trip.smcroute import read_igmp_memberships
 
 from .streams import Datagram
 

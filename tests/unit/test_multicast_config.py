@@ -13,7 +13,7 @@ import yaml
 
 from concentrator.config import ConfigError, load_config
 from netconfig.config import parse_network
-from netconfig.multicast import (
+from netconfig.trip.config import (
     MRoute,
     parse_mr_cache,
     parse_multicast,

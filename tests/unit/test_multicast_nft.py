@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from netconfig.config import parse_network
-from netconfig.multicast import (
+from netconfig.trip.config import (
     AUTO,
     NFTABLES,
     SMCROUTE,
@@ -20,7 +20,7 @@ from netconfig.multicast import (
     path_status,
     wanted_routes,
 )
-from netconfig.tripnft import _changes
+from netconfig.trip.nftables import _changes
 
 FILE = "conc.yaml"
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from concentrator.configbase import MISSING, ConfigError, read_yaml, repeated
 
-from .config import NetworkConfig, _Parser, parse_network
+from ..config import NetworkConfig, _Parser, parse_network
 
 MAXVIFS = 32  # the kernel's limit of multicast virtual interfaces per table
 _LINK_LOCAL = IPv4Network("224.0.0.0/24")  # never forwarded by a multicast router

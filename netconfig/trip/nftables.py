@@ -33,7 +33,8 @@ from typing import Any
 
 import trio
 
-from .multicast import (
+from ..netlink import ChangeMonitor
+from .config import (
     NFT_TABLE,
     MRoute,
     MulticastConfig,
@@ -48,8 +49,7 @@ from .multicast import (
     path_status,
     wanted_routes,
 )
-from .netlink import ChangeMonitor
-from .trippath import FAILURE_SUMMARY, RECHECK_INTERVAL, TripEngine, TripState, record
+from .smcroute import FAILURE_SUMMARY, RECHECK_INTERVAL, TripEngine, TripState, record
 
 log = logging.getLogger("netd.trip")
 

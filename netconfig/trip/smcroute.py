@@ -36,7 +36,9 @@ import trio
 
 from monitoring.linkmanager import TripPathStats
 
-from .multicast import (
+from ..netlink import ChangeMonitor
+from .capability import Capability, Choice
+from .config import (
     KernelEntry,
     MRoute,
     MulticastConfig,
@@ -47,8 +49,6 @@ from .multicast import (
     smcroute_conf,
     wanted_routes,
 )
-from .netlink import ChangeMonitor
-from .tripcap import Capability, Choice
 
 log = logging.getLogger("netd.trip")
 
@@ -82,7 +82,7 @@ def read_kernel(proc: str = "/proc/net") -> list[KernelEntry]:
 
 def read_igmp_memberships(path: str = "/proc/net/igmp") -> dict[str, list[str]]:
     """Groups joined by any socket in this namespace: group -> interfaces."""
-    from .multicast import _addr
+    from .config import _addr
 
     joined: dict[str, list[str]] = {}
     device = "?"

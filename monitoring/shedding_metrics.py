@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .clock import ClockState
-from .config import SheddingConfig
-from .monitor import SheddingMonitor
-from .verdict import Status
+from concentrator.shedding.clock import ClockState
+from concentrator.shedding.config import SheddingConfig
+from concentrator.shedding.monitor import SheddingMonitor
+from concentrator.shedding.verdict import Status
 
 P = "concentrator_shedding_"
 

@@ -18,23 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import IncidentsConfig
-from .detector import Kind
-from .store import Register
+from concentrator.incidents.config import IncidentsConfig
+from concentrator.incidents.counters import Counters
+from concentrator.incidents.detector import Kind
+from concentrator.incidents.store import Register
 
 P = "concentrator_incident"
-
-
-@dataclass
-class Counters:
-    asdus: int = 0
-    dropped: int = 0
-    send_failures: int = 0
 
 
 class IncidentMetrics(Collector):

@@ -34,8 +34,10 @@ from typing import Any
 
 from concentrator.configbase import ConfigError
 
-from .config import NetworkConfig
-from .multicast import (
+from ..config import NetworkConfig
+from ..routes import paths_in_use
+from .capability import probe, resolve
+from .config import (
     NFT_TABLE,
     SMCROUTE,
     MulticastConfig,
@@ -46,10 +48,8 @@ from .multicast import (
     parse_counters,
     path_status,
 )
-from .routes import paths_in_use
-from .tripcap import probe, resolve
-from .tripnft import read_rules_sync
-from .trippath import read_igmp_memberships, read_kernel
+from .nftables import read_rules_sync
+from .smcroute import read_igmp_memberships, read_kernel
 
 DEFAULT_STATE = "/run/concentrator/netd.json"
 
