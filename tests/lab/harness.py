@@ -800,7 +800,7 @@ class TcpStream(Traffic):
 
 def engine_unavailable(engine: str, cap: Any) -> str | None:
     """Why the trip path engine `engine` cannot run on a kernel with `cap`
-    (netconfig.tripcap.Capability), from its probe alone; None when it can. The one
+    (netconfig.trip.capability.Capability), from its probe alone; None when it can. The one
     reason a trip test may skip, even in CI: a tool missing is never one."""
     from netconfig.trip.config import SMCROUTE
 

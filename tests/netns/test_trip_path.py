@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 
 from netconfig.trip.capability import probe
-from netconfig.trip.config import AUTO, NFT_TABLE, NFTABLES, SMCROUTE, path_status
+from netconfig.trip.config import AUTO, NFTABLES, SMCROUTE
+from netconfig.trip.render import NFT_TABLE
+from netconfig.trip.verdict import path_status
 from tests.conftest import require_root
 from tests.lab.harness import Iec104Stream, Lab, TripTraffic, require_engine, run, wait_for
 
@@ -191,7 +193,8 @@ def trip_path_command(lab: Lab, *extra: str, expect: int = 0) -> Any:
 def path_status_in(lab: Lab) -> list[Any]:
     """The kernel's entries as netd's view of the paths in use wants them."""
     from netconfig.netd import load_sections
-    from netconfig.trip.config import SMCROUTE, nft_entries, parse_mr_cache, parse_nft, parse_vifs
+    from netconfig.trip.config import SMCROUTE
+    from netconfig.trip.tables import nft_entries, parse_mr_cache, parse_nft, parse_vifs
 
     def read(name: str) -> str:
         return run(["ip", "netns", "exec", lab.ns("conc"), "cat", f"/proc/net/{name}"]).stdout

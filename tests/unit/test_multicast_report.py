@@ -108,7 +108,7 @@ def test_forwarded_per_group_from_either_engines_counters(monkeypatch: pytest.Mo
     from ipaddress import IPv4Address
 
     from netconfig.trip import report as tripreport
-    from netconfig.trip.config import KernelEntry, NftRule
+    from netconfig.trip.tables import KernelEntry, NftRule
 
     g1, s = IPv4Address("239.192.10.1"), IPv4Address("10.0.1.1")
     monkeypatch.setattr(tripreport, "read_kernel", lambda: [KernelEntry(g1, s, "up0", 9, 900, 2, ("s1p",))])

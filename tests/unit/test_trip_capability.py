@@ -1,4 +1,4 @@
-"""Which trip path engine runs on which kernel (netconfig.tripcap.choose), from given
+"""Which trip path engine runs on which kernel (netconfig.trip.capability.choose), from given
 probe results: no special kernel needed to see both ways. And the probes themselves,
 run on this host as whoever runs the tests."""
 
