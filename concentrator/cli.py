@@ -17,7 +17,7 @@ import trio
 from .config import Config, ConfigError, load_config
 from .configbase import MissingTool, StartupError, os_failure, run_main
 from .evidence.history import record_accepted
-from .windows import window_warnings
+from .relay.windows import window_warnings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ IP_FREEBIND = 15  # linux/in.h: bind an address this host does not hold (yet); n
 
 
 def _relay(args: argparse.Namespace) -> int:
-    from .relay import Relay
+    from .relay.driver import Relay
 
     config = load_config(args.config)
     check_installed(config)

@@ -46,8 +46,8 @@ from concentrator.iec104.asdu import BROADCAST_CA
 from concentrator.iec104.link import LinkParams
 from concentrator.incidents.config import IncidentsConfig, parse_incidents
 from concentrator.mirror.config import MqttConfig, parse_mqtt
+from concentrator.relay.windows import window_problems
 from concentrator.shedding.config import SheddingConfig, parse_shedding
-from concentrator.windows import window_problems
 from netconfig.config import NetworkConfig, parse_network
 from netconfig.multicast import MulticastConfig, parse_multicast
 

@@ -1,6 +1,6 @@
 """What the relay's and the link manager's metrics share; imports nothing of the project.
 
-The relay (concentrator/stats.py) and the link manager (netconfig/netd.py) keep plain
+The relay (concentrator/relay/stats.py) and the link manager (netconfig/netd.py) keep plain
 counters and `Histogram`s; their collectors (relay_metrics.py, linkmanager.py) render
 them under one name `PREFIX` with `histogram_buckets`; `serve` publishes collectors over
 HTTP. Kept apart so that the link manager, which must run without the relay, imports

@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 
 from concentrator.iec104.link import LinkParams
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.sim.codec_peers import Lib60870Station, with_cause
 from tests.helpers import relay_config, wait_for
 from tests.interop.test_relay_codec import INTERROGATION_BROADCAST, connect_master

@@ -29,8 +29,8 @@ import trio
 
 from concentrator.iec104.apci import UFunction, encode_i, encode_u
 from concentrator.iec104.link import LinkParams
+from concentrator.relay.windows import budget
 from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_asdu, counter_of
-from concentrator.windows import budget
 from tests.helpers import free_port, wait_for
 
 HOST = "127.0.0.1"

@@ -14,7 +14,7 @@ import trio
 from concentrator.iec104.asdu import AsduHeader
 from concentrator.iec104.decode import decode_asdu
 from concentrator.mirror.config import parse_mqtt
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.points import IOA_BREAKER, IOA_TOTAL_POWER
 from concentrator.sim.updc import UpdcSimulator

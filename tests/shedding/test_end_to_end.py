@@ -14,7 +14,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from concentrator.config import parse_config
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.shedding.record import integrity
 from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command

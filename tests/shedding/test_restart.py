@@ -25,7 +25,7 @@ from typing import Any
 import trio
 from pytest import MonkeyPatch
 
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.shedding import tap
 from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command

@@ -31,7 +31,7 @@ from concentrator.iec104.link import (
     Role,
     State,
 )
-from concentrator.relay_core import Close, ConnectSite, ConnId, RelayCore, TimerAt, Transmit
+from concentrator.relay.core import Close, ConnectSite, ConnId, RelayCore, TimerAt, Transmit
 from concentrator.sim.codec_peers import counter_asdu, counter_of, with_cause
 
 BASE_CA = 101

@@ -178,7 +178,7 @@ def test_the_machine_catches_a_core_that_confirms_early(monkeypatch):
     is caught."""
     from hypothesis.stateful import run_state_machine_as_test
 
-    from concentrator.relay_core import RelayCore
+    from concentrator.relay.core import RelayCore
 
     from .core_lab import InvariantBroken
 
@@ -213,7 +213,7 @@ def test_the_machine_catches_a_core_that_forwards_unsolicited_broadcast_answers(
     (the rule of issue 25 turned into "let CA 65535 through") is caught."""
     from hypothesis.stateful import run_state_machine_as_test
 
-    from concentrator.broadcasts import BroadcastLedger
+    from concentrator.relay.broadcasts import BroadcastLedger
 
     from .core_lab import InvariantBroken
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .iec104.apci import MAX_LENGTH
-from .iec104.link import LinkParams
+from ..iec104.apci import MAX_LENGTH
+from ..iec104.link import LinkParams
 
 
 def window_problems(uplink: LinkParams, sites: Sequence[LinkParams]) -> list[tuple[str, str, object]]:

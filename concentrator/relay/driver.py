@@ -24,22 +24,22 @@ import termios
 
 import trio
 
-from .config import Config
-from .configbase import os_failure
+from ..config import Config
+from ..configbase import os_failure
+from ..iec104.errors import Cause
+from ..incidents.tap import IncidentFeeder, IncidentTap
+from ..mirror.queue import MirrorQueue
+from ..mirror.stats import MirrorStats
+from ..shedding.tap import ShedFeeder, ShedTap
+from .core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
 from .fdio import write_all
-from .iec104.errors import Cause
-from .incidents.tap import IncidentFeeder, IncidentTap
-from .mirror.queue import MirrorQueue
-from .mirror.stats import MirrorStats
-from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
-from .shedding.tap import ShedFeeder, ShedTap
 from .stats import Buffers
 from .windows import budget
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("concentrator.relay")  # the name the logs have always had
 
 # How often a connection whose peer does not read checks whether the peer still sends
-# (the budgets: concentrator/windows.py).
+# (the budgets: concentrator/relay/windows.py).
 PAUSED_CHECK = 0.05
 # SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (refused connections).
 _RESET = struct.pack("ii", 1, 0)

@@ -35,10 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .broadcasts import BroadcastLedger
-from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
-from .iec104.errors import Cause, ConcentratorError
-from .iec104.link import (
+from ..iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
+from ..iec104.errors import Cause, ConcentratorError
+from ..iec104.link import (
     Acknowledged,
     AsduReceived,
     DataTransferStarted,
@@ -50,11 +49,12 @@ from .iec104.link import (
     State,
     TestFrameConfirmed,
 )
+from .broadcasts import BroadcastLedger
 from .stats import RelayStats, SiteStats
 from .uplink_queue import Item, UplinkQueue
 
 if TYPE_CHECKING:
-    from .config import SiteConfig
+    from ..config import SiteConfig
 
 log = logging.getLogger("concentrator.relay")
 
