@@ -16,10 +16,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from concentrator.configbase import Histogram
 from concentrator.iec104.quality import MEASURED_VALUE_TYPES, MalformedMeasurement, count_invalid
-from concentrator.mirror.stats import MirrorStats
-from monitoring.primitives import Histogram
+
+if TYPE_CHECKING:  # the mirror's counters ride on the relay's stats for the exporter
+    from concentrator.mirror.stats import MirrorStats
 
 # Relay latency buckets, seconds: 10 µs to 1 s.
 LATENCY_BUCKETS = (
