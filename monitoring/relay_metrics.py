@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
+from concentrator.mirror.stats import MirrorStats
 from concentrator.relay.stats import SITE_STATES, RelayStats, SiteStats
 from concentrator.relay.windows import budget
 
@@ -118,7 +119,7 @@ class RelayMetrics:
 
     # ------------------------------------------------------------------ MQTT mirror
     def _mirror(self) -> Iterator[Metric]:
-        mirror = self.stats.mirror
+        mirror: MirrorStats | None = self.stats.mirror
         if mirror is None:  # no `mqtt:` section: no mirror metrics at all
             return
         yield GaugeMetricFamily(

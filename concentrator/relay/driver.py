@@ -34,7 +34,6 @@ from .core import (
     Close,
     ConnectSite,
     ConnId,
-    LimitedLog,
     LinkTap,
     RelayCore,
     SiteConn,
@@ -44,6 +43,7 @@ from .core import (
     Transmit,
 )
 from .fdio import write_all
+from .limited_log import LimitedLog
 from .stats import Buffers
 from .windows import budget
 

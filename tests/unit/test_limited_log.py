@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from concentrator.relay.core import LOG_INTERVAL, LimitedLog
+from concentrator.relay.limited_log import LOG_INTERVAL, LimitedLog
 
 
 @pytest.mark.parametrize("interval_passes", [False, True])
