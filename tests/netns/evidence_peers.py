@@ -24,7 +24,7 @@ def interrogation(ca: int) -> bytes:
 
 
 async def bmi(target: str, cas: list[int], period: float) -> None:
-    from concentrator.sim.codec_peers import CodecMaster
+    from tests.peers.codec_peers import CodecMaster
 
     host, port = target.rsplit(":", 1)
     while True:

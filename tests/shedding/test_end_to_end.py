@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from concentrator.cli import feature_relay
 from concentrator.config import parse_config
 from concentrator.shedding.record import integrity
-from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command
-from concentrator.sim.shedding_site import Misbehaviour, SheddingSite
 from tests.helpers import free_port
+from tests.peers.codec_peers import CodecMaster
+from tests.peers.shedding_site import Misbehaviour, SheddingSite
 
 
 def scrape(url: str) -> dict[str, dict[str, float]]:

@@ -27,9 +27,9 @@ from pytest import MonkeyPatch
 
 from concentrator.cli import feature_relay
 from concentrator.shedding import tap
-from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command
-from concentrator.sim.shedding_site import Misbehaviour, SheddingSite
+from tests.peers.codec_peers import CodecMaster
+from tests.peers.shedding_site import Misbehaviour, SheddingSite
 from tests.shedding.test_end_to_end import PERIOD, config, scrape
 
 SITES = {101: "site-01", 102: "site-02", 103: "site-03"}  # compliant, reconnects, invalid measures

@@ -32,7 +32,7 @@ from concentrator.iec104.link import (
     State,
 )
 from concentrator.relay.core import Close, ConnectSite, ConnId, RelayCore, SiteConn, TimerAt, Transmit
-from concentrator.sim.codec_peers import counter_asdu, counter_of, with_cause
+from tests.peers.codec_peers import counter_asdu, counter_of, with_cause
 
 BASE_CA = 101
 CLOCK_SYNC = 103

@@ -15,7 +15,7 @@ from concentrator.iec104.link import LinkParams, State
 from concentrator.relay.core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
 from concentrator.relay.uplink_queue import QueueError
 from concentrator.relay.windows import idle_tolerant_w, window_problems, window_warnings
-from concentrator.sim.codec_peers import counter_asdu, counter_of
+from tests.peers.codec_peers import counter_asdu, counter_of
 
 from .core_lab import BASE_CA, Lab, site_config
 

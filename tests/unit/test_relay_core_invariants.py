@@ -32,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from concentrator.iec104.errors import Cause
 from concentrator.iec104.link import State
-from concentrator.sim.codec_peers import counter_asdu
+from tests.peers.codec_peers import counter_asdu
 
 from .core_lab import BASE_CA, Lab, clock_sync_broadcast
 

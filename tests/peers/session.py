@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import trio
 
-from ..iec104.link import Event, Link, LinkFailed
-from ..relay.fdio import write_all
+from concentrator.iec104.link import Event, Link, LinkFailed
+from concentrator.relay.fdio import write_all
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from functools import partial
 
 import trio
 
-from ..iec104.asdu import Cause
-from ..iec104.decode import TypeId
-from ..iec104.link import (
+from concentrator.iec104.asdu import Cause
+from concentrator.iec104.decode import TypeId
+from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
     DataTransferStarted,
@@ -39,6 +39,7 @@ from ..iec104.link import (
     LinkParams,
     Role,
 )
+
 from .session import LinkSession, set_nodelay
 
 SEQUENCE_IOA = 7001
