@@ -101,11 +101,6 @@ class QueueingStation:
             self.port = listeners[0].socket.getsockname()[1]
             task_status.started(self.port)
 
-    def drop_connections(self) -> None:
-        """Close every connection at once (a UPDC restart, or a cut wire)."""
-        for session in list(self._sessions):
-            session.close("dropped by the station")
-
     async def _handle(self, stream: trio.SocketStream) -> None:
         set_nodelay(stream)
         session = LinkSession(
