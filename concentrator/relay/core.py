@@ -3,7 +3,7 @@
 `RelayCore` owns every IEC 104 link of the relay (the BMI connections and one connection
 per site), routing by common address (CA), the uplink queue, end-to-end acknowledgement,
 the Ed. 2 active role, the BMI ASDUs waiting for a site (backlogs) and when sites
-connect. The driver (`relay.py`) tells it what happened, with the time:
+connect. The driver (driver.py) tells it what happened, with the time:
 
     start(now)                                       the relay starts: connect the sites
     uplink_accepted(peer, now) -> ConnId | None     a BMI connection came in

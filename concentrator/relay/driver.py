@@ -1,4 +1,4 @@
-"""The relay's trio driver: sockets and time around `RelayCore` (relay_core.py).
+"""The relay's trio driver: sockets and time around `RelayCore` (core.py).
 
 Every decision (routing, end-to-end acknowledgement, the Ed. 2 active role, backlogs,
 when to connect a site) is the core's; this module only moves bytes and reads the

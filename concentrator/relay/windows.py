@@ -1,5 +1,5 @@
 """Whether the uplink's windows can make progress with the sites behind it (pure; the
-relay core's end-to-end acknowledgement is what makes this rule, see relay_core.py).
+relay core's end-to-end acknowledgement is what makes this rule, see core.py).
 `check-config` and the relay refuse a configuration that breaks it; check-config warns
 when a few idle sites would break it. And the buffer
 budget of a connection, which its k window sets."""
