@@ -28,7 +28,7 @@ import time
 from concentrator.config import Endpoint, SiteConfig
 from concentrator.iec104.apci import UFunction, encode_i, encode_s, encode_u
 from concentrator.iec104.link import LinkParams
-from concentrator.relay_core import RelayCore, TimerAt, Transmit
+from concentrator.relay.core import RelayCore, TimerAt, Transmit
 
 K, W = 12, 8
 BASE_CA = 1000

@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netconfig.measure import analyze  # noqa: E402
 from tests.lab.harness import Iec104Stream, Lab, install_signal_cleanup, run  # noqa: E402
+from tests.lab.measure import analyze  # noqa: E402
 
 
 def _both_down(lab: Lab, link: str, _path: str) -> None:

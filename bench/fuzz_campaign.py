@@ -50,7 +50,7 @@ import trio
 
 from concentrator.iec104.apci import UFunction, encode_i, encode_s, encode_u
 from concentrator.iec104.link import Link, LinkParams, Role
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_of
+from tests.peers.codec_peers import CodecMaster, QueueingStation, counter_of
 
 HOST = "127.0.0.1"
 GOOD_FIRST_CA = 101

@@ -31,8 +31,8 @@ import trio
 
 from concentrator.config import parse_config
 from concentrator.iec104.link import LinkParams
-from concentrator.relay import Relay
-from concentrator.sim.codec_peers import Ed2Master, QueueingStation, counter_of
+from concentrator.relay.driver import Relay
+from tests.peers.codec_peers import Ed2Master, QueueingStation, counter_of
 
 
 def _free_port() -> int:

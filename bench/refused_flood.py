@@ -31,7 +31,7 @@ from typing import Any
 import trio
 
 from concentrator.iec104.link import LinkParams
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation
+from tests.peers.codec_peers import CodecMaster, QueueingStation
 
 HOST = "127.0.0.1"
 SOURCES = 40

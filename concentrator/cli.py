@@ -11,22 +11,69 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING
 
 import trio
 
 from .config import Config, ConfigError, load_config
 from .configbase import MissingTool, StartupError, os_failure, run_main
 from .evidence.history import record_accepted
-from .windows import window_warnings
+from .relay.windows import window_warnings
+
+if TYPE_CHECKING:
+    from .relay.core import LinkTap, Tap
+    from .relay.driver import Relay
 
 log = logging.getLogger(__name__)
 
 IP_FREEBIND = 15  # linux/in.h: bind an address this host does not hold (yet); not in Python's socket module
 
 
-def _relay(args: argparse.Namespace) -> int:
-    from .relay import Relay
+def feature_relay(config: Config) -> Relay:
+    """The relay with the taps of the features the file configures and the tasks that
+    feed their processes: the relay itself imports none of them (README, Architecture)."""
+    from .relay.driver import Relay
 
+    taps: list[Tap] = []
+    link_taps: list[LinkTap] = []
+    runners: list[Callable[[], Awaitable[None]]] = []
+    mqtt, shedding, incidents = config.mqtt, config.shedding, config.incidents
+    if mqtt is not None:  # the MQTT mirror: decoding and publishing in its own process
+        from .mirror.queue import MirrorQueue
+        from .mirror.stats import MirrorStats
+
+        mirror_stats = MirrorStats()
+        mirror_queue = MirrorQueue(mqtt.queue_limit, mirror_stats, frozenset(mqtt.critical))
+        taps.append(mirror_queue)
+
+        async def mirror() -> None:
+            from .mirror.process import MirrorProcess
+
+            await MirrorProcess(mqtt, mirror_queue, relay.stats).run()
+
+        runners.append(mirror)
+    if shedding is not None:  # the shedding compliance monitor's copies, fed to its process
+        from .shedding.tap import ShedFeeder, ShedTap
+
+        shed_tap = ShedTap(frozenset(s.name for s in shedding.sites), shedding.queue_limit)
+        taps.append(shed_tap)
+        runners.append(ShedFeeder(shedding, shed_tap).run)
+    if incidents is not None:  # the incident register's copies and link events
+        from .incidents.tap import IncidentFeeder, IncidentTap
+
+        incident_tap = IncidentTap(incidents.queue_limit)
+        taps.append(incident_tap)
+        link_taps.append(incident_tap)
+        runners.append(IncidentFeeder(incidents, incident_tap).run)
+    # In an HA pair the sites are reached from the sites' virtual address only (docs/ha.md).
+    source = None if config.ha is None else str(config.ha.sites.virtual_address.ip)
+    relay = Relay(config, taps=taps, link_taps=link_taps, runners=runners, source_address=source)
+    if mqtt is not None:
+        relay.stats.mirror = mirror_stats
+    return relay
+
+
+def _relay(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_installed(config)
     # A busy or foreign uplink address is said in one line before anything is logged
@@ -34,7 +81,7 @@ def _relay(args: argparse.Namespace) -> int:
     check_listeners(config, keys=("uplink.listen",))
     log.info("configuration %s (sha256 %s): %d sites", config.file, config.sha256[:12], len(config.sites))
     record_accepted(config, "relay")
-    relay = Relay(config)
+    relay = feature_relay(config)
 
     async def run() -> None:
         from monitoring.exporter import serve_relay

@@ -29,8 +29,9 @@ import os
 import re
 import reprlib
 import sys
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import yaml
@@ -521,3 +522,27 @@ def run_main(main: Callable[[], int], stderr: TextIO | None = None) -> int:
             return EXIT_CONFIG
         print(failure, file=out)
         return failure.status
+
+
+# --------------------------------------------------------------------------- counting
+# Not configuration, but a primitive both the relay and the link manager count in (their
+# exporters read it, monitoring/primitives.py): here, at the bottom both may import.
+
+
+@dataclass
+class Histogram:
+    """Cumulative-on-read histogram: observe() is one bisect and two additions."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # one per bound, then +Inf
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1

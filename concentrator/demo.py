@@ -18,11 +18,11 @@ import trio
 from monitoring.exporter import serve_relay
 
 from .config import Config, parse_config
-from .relay import Relay
+from .relay.driver import Relay
+from .relay.stats import RelayStats
 from .sim.bmi import BmiSimulator
 from .sim.points import free_tcp_port
 from .sim.updc import UpdcSimulator
-from .stats import RelayStats
 
 FIRST_CA = 101
 DEFAULT_METRICS_PORT = 9104  # conf/prometheus.yml's target for the relay

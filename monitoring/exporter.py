@@ -23,7 +23,7 @@ from collections.abc import Callable
 import trio
 
 from concentrator.config import Config, Endpoint
-from concentrator.stats import RelayStats
+from concentrator.relay.stats import RelayStats
 
 from .scrape_process import SNAPSHOT_REQUEST, Limits, Setup, receive_frame, send_frame
 

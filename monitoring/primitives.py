@@ -1,18 +1,18 @@
-"""What the relay's and the link manager's metrics share; imports nothing of the project.
+"""What the relay's and the link manager's metrics share; imports only the configuration primitives.
 
-The relay (concentrator/stats.py) and the link manager (netconfig/netd.py) keep plain
-counters and `Histogram`s; their collectors (relay_metrics.py, linkmanager.py) render
-them under one name `PREFIX` with `histogram_buckets`; `serve` publishes collectors over
-HTTP. Kept apart so that the link manager, which must run without the relay, imports
-nothing of it (tests/unit/test_imports.py).
+The relay (concentrator/relay/stats.py) and the link manager (netconfig/netd.py) keep
+plain counters and `Histogram`s (concentrator/configbase.py, the bottom both may
+import); their collectors (relay_metrics.py, linkmanager.py) render them under one name
+`PREFIX` with `histogram_buckets`; `serve` publishes collectors over HTTP. Kept apart so
+that the link manager, which must run without the relay, imports nothing of it
+(tests/unit/test_imports.py).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from threading import Thread
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
@@ -20,26 +20,9 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.registry import Collector
 
+from concentrator.configbase import Histogram  # what the relay and netd count in
+
 PREFIX = "concentrator_"
-
-
-@dataclass
-class Histogram:
-    """Cumulative-on-read histogram: observe() is one bisect and two additions."""
-
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)  # one per bound, then +Inf
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
 
 
 def histogram_buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:

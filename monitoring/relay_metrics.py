@@ -1,6 +1,6 @@
 """Prometheus view of the relay's `RelayStats`, in the text exposition format.
 
-The relay keeps plain numbers (concentrator/stats.py) and never calls into
+The relay keeps plain numbers (concentrator/relay/stats.py) and never calls into
 prometheus_client, so its event loop does no metrics work beyond additions; this runs
 in the exporter process (monitoring/scrape_process.py) over a snapshot of them, or on
 any thread over the live objects, and only reads.
@@ -36,8 +36,9 @@ from prometheus_client.registry import Collector
 
 from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
-from concentrator.stats import SITE_STATES, RelayStats, SiteStats
-from concentrator.windows import budget
+from concentrator.mirror.stats import MirrorStats
+from concentrator.relay.stats import SITE_STATES, RelayStats, SiteStats
+from concentrator.relay.windows import budget
 
 from .primitives import PREFIX, Histogram, histogram_buckets
 
@@ -118,7 +119,7 @@ class RelayMetrics:
 
     # ------------------------------------------------------------------ MQTT mirror
     def _mirror(self) -> Iterator[Metric]:
-        mirror = self.stats.mirror
+        mirror: MirrorStats | None = self.stats.mirror
         if mirror is None:  # no `mqtt:` section: no mirror metrics at all
             return
         yield GaugeMetricFamily(

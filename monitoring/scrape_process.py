@@ -58,7 +58,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # what render_sites writes
 
 from concentrator.config import Config
-from concentrator.stats import RelayStats
+from concentrator.relay.stats import RelayStats
 
 from .relay_metrics import RelayMetrics
 

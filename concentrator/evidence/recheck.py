@@ -8,7 +8,6 @@ compared with DIR/matches.json. Needs no root and touches nothing but reads DIR.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import struct
@@ -70,7 +69,3 @@ def recheck(out: str) -> tuple[bool, dict[str, Any]]:
     ended = facts["truncated_at"] if facts["truncated_at"] is not None else facts["capture_ended"]
     result = match(config, streams.apdus, hops, facts["capture_started"], ended).to_json()
     return result == recorded, result
-
-
-def digest(result: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()

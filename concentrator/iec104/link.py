@@ -242,10 +242,9 @@ class Link:
         """Take received bytes. With `max_frames`, handle at most that many frames and
         return True if more whole frames may be waiting: call again (with b"") later, so
         that one peer's burst cannot hold the caller's event loop for long."""
-        if self.state is State.CLOSED:
-            return False
         reader = self._reader
-        reader.feed(data)
+        if self.state is not State.CLOSED:  # a closed link buffers nothing more
+            reader.feed(data)
         next_raw = reader.next_raw
         left = max_frames
         while self.state is not State.CLOSED:
@@ -266,8 +265,8 @@ class Link:
                 self._on_u_frame(_U_BY_OCTET[a], now)
             left -= 1
             if left == 0:
-                return self.state is not State.CLOSED and reader.buffered > 0
-        return False
+                break
+        return left == 0 and self.state is not State.CLOSED and reader.buffered > 0
 
     def _on_i(self, send_seq: int, recv_seq: int, asdu: bytes, now: float) -> None:
         if self.state not in self._accepting:

@@ -44,7 +44,7 @@ from .queue import MirrorQueue
 from .stats import MirrorStats
 
 if TYPE_CHECKING:
-    from concentrator.stats import RelayStats
+    from concentrator.relay.stats import RelayStats
 
 log = logging.getLogger(__name__)
 

@@ -536,12 +536,3 @@ async def _wait_exit(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
         os.close(fd)
     if proc is not None:
         proc.wait()  # reap it (readable pidfd: it has exited)
-
-
-def stop_smcrouted(pid_file: str) -> None:
-    """For tests and uninstall: stop the daemon named in `pid_file` (its routes go)."""
-    try:
-        with open(pid_file) as f:
-            os.kill(int(f.read().strip()), signal.SIGTERM)
-    except (OSError, ValueError):
-        pass

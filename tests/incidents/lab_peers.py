@@ -2,7 +2,7 @@
 `python -m tests.incidents.lab_peers site|bmi ...`.
 
     site  a UPDC that sends its power samples every PERIOD s and obeys breaker and
-          release commands (concentrator.sim.shedding_site, lib60870's queue semantics),
+          release commands (tests.peers.shedding_site, lib60870's queue semantics),
           listening on the site's service address
     bmi   a BMI on our codec: starts data transfer, then at --shed-after s sends the
           breaker opening (select, execute) to --ca and at --release-after s the release;
@@ -19,9 +19,9 @@ from functools import partial
 
 import trio
 
-from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command
-from concentrator.sim.shedding_site import SheddingSite
+from tests.peers.codec_peers import CodecMaster
+from tests.peers.shedding_site import SheddingSite
 
 
 async def _until_signal() -> None:

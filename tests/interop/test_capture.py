@@ -14,10 +14,10 @@ import trio
 from scapy.contrib.scada.iec104 import IEC104_I_Message_SingleIOA
 
 from concentrator.iec104.asdu import common_address
-from concentrator.relay import Relay
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_asdu
+from concentrator.relay.driver import Relay
 from tests.conftest import require_root, require_tool
 from tests.helpers import free_port, relay_config, wait_for
+from tests.peers.codec_peers import CodecMaster, QueueingStation, counter_asdu
 
 SITES = 3
 PER_SITE = 40

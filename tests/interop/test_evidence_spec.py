@@ -13,7 +13,7 @@ import trio
 from concentrator.config import Config, load_config
 from concentrator.evidence.dossier import Section, specification
 from concentrator.evidence.history import record_accepted
-from concentrator.stats import RelayStats
+from concentrator.relay.stats import RelayStats
 from monitoring.exporter import serve_relay
 from tests.helpers import free_port
 

@@ -5,7 +5,7 @@ the relay as its own process while 12 good sites stream."""
 from __future__ import annotations
 
 from bench.fuzz_campaign import campaign, check_order
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_asdu
+from tests.peers.codec_peers import CodecMaster, QueueingStation, counter_asdu
 
 
 async def test_20000_mutated_frames_per_side_cost_the_good_sites_nothing():

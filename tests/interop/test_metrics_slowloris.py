@@ -25,10 +25,10 @@ from pathlib import Path
 import trio
 
 from bench.loadgen import descendants
-from concentrator.sim.codec_peers import QueueingStation, counter_of
 from monitoring.scrape_process import Limits
 from tests.helpers import wait_for
 from tests.interop.test_relay_floods import HOST, connect_bmi, relay_process, stream
+from tests.peers.codec_peers import QueueingStation, counter_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = 12

@@ -47,7 +47,7 @@ async def test_an_allowlisted_peer_reconnecting_10000_times_writes_a_bounded_num
         await wait_for(lambda: relay.sample("concentrator_uplink_connections_total") == RECONNECTS, timeout=30,
                        what="every connection counted")  # fmt: skip
         await wait_for(lambda: relay.sample("concentrator_uplink_open_connections") == 0, timeout=30)
-        # The summaries are due 10 s after each first line (relay_core.LOG_INTERVAL).
+        # The summaries are due 10 s after each first line (relay/limited_log.py LOG_INTERVAL).
         await wait_for(lambda: counted(relay.log.read_text().splitlines(), "disconnected") == RECONNECTS, timeout=25,
                        what="the summaries' counts to add up")  # fmt: skip
         lines = relay.log.read_text().splitlines()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import trio
 
 from concentrator.iec104.apci import UFrame, UFunction, encode_i, encode_u
-from concentrator.sim.codec_peers import counter_of
 from tests.helpers import wait_for
 from tests.interop.test_relay_codec import connect_master, start_all
 from tests.interop.test_relay_ed2 import read_frames
+from tests.peers.codec_peers import counter_of
 
 COMMANDS = 200
 UNKNOWN_CA = 999

@@ -7,10 +7,10 @@ from __future__ import annotations
 import trio
 
 from concentrator.iec104.link import LinkParams
-from concentrator.relay import Relay
-from concentrator.sim.codec_peers import Lib60870Station, with_cause
+from concentrator.relay.driver import Relay
 from tests.helpers import relay_config, wait_for
 from tests.interop.test_relay_codec import INTERROGATION_BROADCAST, connect_master
+from tests.peers.codec_peers import Lib60870Station, with_cause
 
 # C_CS_NA_1 to every station, activation, IOA 0, CP56Time2a 2026-12-07 16:30:00.000.
 CLOCK_SYNC_BROADCAST = bytes((103, 1, 6, 0, 0xFF, 0xFF, 0, 0, 0)) + bytes((0, 0, 30, 16, 7, 12, 26))

@@ -14,7 +14,7 @@ import trio
 
 from concentrator.iec104.apci import UFunction, encode_u
 from concentrator.iec104.asdu import AsduHeader
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.points import IOA_BREAKER, free_tcp_port
 from concentrator.sim.updc import UpdcSimulator

@@ -12,9 +12,9 @@ import trio
 from concentrator.iec104.apci import UFunction, encode_i, encode_u
 from concentrator.iec104.asdu import AsduHeader
 from concentrator.iec104.link import LinkParams
-from concentrator.relay import Relay
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_asdu, counter_of
+from concentrator.relay.driver import Relay
 from tests.helpers import free_port, relay_config, wait_for
+from tests.peers.codec_peers import CodecMaster, QueueingStation, counter_asdu, counter_of
 
 
 # C_SC_NA_1 single command, activation, IOA 5000.

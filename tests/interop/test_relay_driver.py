@@ -9,7 +9,7 @@ import socket
 import trio
 
 from concentrator.iec104.apci import UFrame, UFunction, decode, encode_u
-from concentrator.relay import Connection, Relay
+from concentrator.relay.driver import Connection, Relay
 from tests.helpers import relay_config
 
 

@@ -29,9 +29,9 @@ import trio
 
 from concentrator.iec104.apci import UFunction, encode_i, encode_u
 from concentrator.iec104.link import LinkParams
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation, counter_asdu, counter_of
-from concentrator.windows import budget
+from concentrator.relay.windows import budget
 from tests.helpers import free_port, wait_for
+from tests.peers.codec_peers import CodecMaster, QueueingStation, counter_asdu, counter_of
 
 HOST = "127.0.0.1"
 RSS_LIMIT_MIB = 100  # the bound; the relay idles at about 35 MiB

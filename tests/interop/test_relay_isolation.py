@@ -7,10 +7,10 @@ from functools import partial
 import trio
 
 from concentrator.iec104.apci import UFunction, encode_i, encode_u
-from concentrator.relay import Relay
-from concentrator.sim.codec_peers import QueueingStation, counter_asdu
+from concentrator.relay.driver import Relay
 from tests.helpers import relay_config, wait_for
 from tests.interop.test_relay_codec import connect_master
+from tests.peers.codec_peers import QueueingStation, counter_asdu
 
 
 async def greedy_site(k: int, stream: trio.SocketStream) -> None:

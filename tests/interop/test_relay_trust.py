@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from concentrator.iec104.link import LinkParams
-from concentrator.sim.codec_peers import counter_asdu, counter_of
 from tests.helpers import wait_for
 from tests.interop.test_relay_codec import connect_master, start_all
+from tests.peers.codec_peers import counter_asdu, counter_of
 
 
 async def test_a_site_sending_another_sites_ca_is_not_forwarded_and_is_counted():

@@ -34,7 +34,7 @@ from concentrator.configbase import (
     os_failure,
     run_main,
 )
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from tests.helpers import free_port
 from tests.lab import seccomp
 

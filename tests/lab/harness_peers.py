@@ -172,7 +172,7 @@ def read_sink(path: str) -> list[tuple[int, int, int, float]]:
 
 
 async def station(listen: str, common_address: int, rate: float) -> None:
-    from concentrator.sim.codec_peers import QueueingStation
+    from tests.peers.codec_peers import QueueingStation
 
     host, port = _hostport(listen)
     st = QueueingStation(common_address)
@@ -198,7 +198,7 @@ async def station(listen: str, common_address: int, rate: float) -> None:
 
 
 async def master(target: str, out: str) -> None:
-    from concentrator.sim.codec_peers import CodecMaster, counter_of
+    from tests.peers.codec_peers import CodecMaster, counter_of
 
     host, port = _hostport(target)
     log = open(out, "ab", buffering=0)

@@ -19,8 +19,8 @@ import trio
 
 from concentrator.config import Config, Endpoint
 from concentrator.iec104.link import LinkParams
-from concentrator.relay_core import RelayCore
-from concentrator.stats import RelayStats
+from concentrator.relay.core import RelayCore
+from concentrator.relay.stats import RelayStats
 from monitoring.exporter import RelayExporter, serve_relay
 from monitoring.scrape_process import Limits
 from tests.helpers import relay_config

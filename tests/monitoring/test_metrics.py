@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from concentrator.config import Endpoint
-from concentrator.stats import LATENCY_BUCKETS, RelayStats, SiteStats
+from concentrator.relay.stats import LATENCY_BUCKETS, RelayStats, SiteStats
 from monitoring.exporter import serve_relay
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats, outage_histogram
 from monitoring.primitives import Histogram, serve
@@ -296,8 +296,8 @@ async def test_the_relays_exporter_reports_an_address_it_cannot_listen_on() -> N
 
 
 def test_buffers_against_their_budgets_per_site_and_uplink(rig: Rig) -> None:
-    from concentrator.stats import Buffers
-    from concentrator.windows import budget
+    from concentrator.relay.stats import Buffers
+    from concentrator.relay.windows import budget
 
     quiet = scrape(rig.collector)
     limit = budget(12)  # the default k
@@ -319,7 +319,7 @@ def test_buffers_against_their_budgets_per_site_and_uplink(rig: Rig) -> None:
 
 
 def test_kinds_beyond_the_limit_are_exported_as_other(rig: Rig) -> None:
-    from concentrator.stats import KIND_LIMIT
+    from concentrator.relay.stats import KIND_LIMIT
 
     for type_id in range(KIND_LIMIT + 5):
         rig.site().record_up(bytes((type_id, 1, 3, 0, 101, 0)))

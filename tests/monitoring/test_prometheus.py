@@ -29,7 +29,7 @@ import trio
 import yaml
 
 from concentrator.config import Endpoint
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.updc import UpdcSimulator
 from monitoring.exporter import serve_relay

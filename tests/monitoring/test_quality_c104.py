@@ -10,7 +10,7 @@ import c104
 import trio
 from scapy.contrib.scada.iec104 import IEC104_I_Message_SeqIOA, IEC104_I_Message_SingleIOA
 
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.updc import UpdcSimulator
 from tests.helpers import relay_config, wait_for

@@ -14,7 +14,7 @@ import pytest
 
 from concentrator.ha.state import HaState
 from concentrator.mirror.stats import MirrorStats
-from concentrator.stats import RelayStats, SiteStats
+from concentrator.relay.stats import RelayStats, SiteStats
 from monitoring.ha_metrics import HaCollector
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats
 from monitoring.relay_metrics import RelayMetrics

@@ -14,7 +14,7 @@ from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.mirror.process import MirrorProcess
 from concentrator.mirror.queue import MirrorQueue
 from concentrator.mirror.stats import MirrorStats
-from concentrator.stats import RelayStats
+from concentrator.relay.stats import RelayStats
 from tests.helpers import wait_for
 
 from .broker import PREFIX, Broker

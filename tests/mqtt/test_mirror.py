@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 import trio
 
+from concentrator.cli import feature_relay
 from concentrator.iec104.asdu import AsduHeader
 from concentrator.iec104.decode import decode_asdu
 from concentrator.mirror.config import parse_mqtt
-from concentrator.relay import Relay
+from concentrator.mirror.queue import MirrorQueue
+from concentrator.relay.driver import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.points import IOA_BREAKER, IOA_TOTAL_POWER
 from concentrator.sim.updc import UpdcSimulator
@@ -52,7 +54,7 @@ async def running(
     config = dataclasses.replace(config, mqtt=mqtt)
     with ExitStack() as stack:
         async with trio.open_nursery() as nursery:
-            relay = Relay(config)
+            relay = feature_relay(config)
             await nursery.start(relay.run)
             bmi = BmiSimulator("127.0.0.1", relay.listen_port, [u.common_address for u in updcs])
             stack.callback(bmi.stop)
@@ -181,7 +183,7 @@ async def test_broker_outage_does_not_touch_the_relay(updcs: list[UpdcSimulator]
         total1 = sum(s.latency_up.total for s in site_stats)
         assert count1 > count0
         assert (total1 - total0) / (count1 - count0) < 0.005, "forwarding slowed down during the outage"
-        assert len(relay.mirror_queue or []) <= 20
+        assert sum(len(t) for t in relay.core.taps if isinstance(t, MirrorQueue)) <= 20
 
         await trio.to_thread.run_sync(broker.start)
         published = stats.broker_read

@@ -18,7 +18,7 @@ from concentrator.mirror.config import MqttConfig
 from concentrator.mirror.payload import messages
 from concentrator.mirror.queue import MirrorQueue
 from concentrator.mirror.stats import MirrorStats
-from concentrator.stats import RelayStats
+from concentrator.relay.stats import RelayStats
 from monitoring.relay_metrics import RelayMetrics
 from tests.helpers import relay_config
 

@@ -16,7 +16,7 @@ import trio
 from concentrator.iec104.asdu import AsduHeader
 from concentrator.mirror.payload import messages
 from concentrator.mirror.stats import MirrorStats
-from concentrator.relay import Relay
+from concentrator.relay.driver import Relay
 from concentrator.sim.bmi import BmiSimulator
 from concentrator.sim.updc import UpdcSimulator
 from tests.helpers import wait_for

@@ -11,7 +11,7 @@ import trio
 
 from concentrator.config import Endpoint
 from concentrator.mirror.queue import MirrorQueue
-from concentrator.stats import RelayStats
+from concentrator.relay.stats import RelayStats
 from monitoring.exporter import serve_relay
 from tests.helpers import relay_config, wait_for
 from tests.monitoring.test_prometheus import firing, prometheus

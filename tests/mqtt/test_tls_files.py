@@ -15,8 +15,8 @@ import trio
 import yaml
 
 from concentrator.config import ConfigError
-from concentrator.sim.codec_peers import CodecMaster, QueueingStation
 from tests.helpers import free_port, wait_for
+from tests.peers.codec_peers import CodecMaster, QueueingStation
 
 from .broker import Pki
 from .test_mirror_units import config_with

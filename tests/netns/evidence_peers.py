@@ -24,7 +24,7 @@ def interrogation(ca: int) -> bytes:
 
 
 async def bmi(target: str, cas: list[int], period: float) -> None:
-    from concentrator.sim.codec_peers import CodecMaster
+    from tests.peers.codec_peers import CodecMaster
 
     host, port = target.rsplit(":", 1)
     while True:
@@ -48,7 +48,7 @@ async def bmi(target: str, cas: list[int], period: float) -> None:
 
 def patched_relay(config: str, patch: str | None) -> int:
     from concentrator.cli import main
-    from concentrator.relay_core import RelayCore
+    from concentrator.relay.core import RelayCore
 
     if patch == "alter":
         site_asdu = RelayCore._site_asdu

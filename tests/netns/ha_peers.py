@@ -25,8 +25,8 @@ from typing import IO
 import trio
 
 from concentrator.iec104.link import DataTransferStarted, Event
-from concentrator.sim.codec_peers import QueueingStation
-from concentrator.sim.session import LinkSession
+from tests.peers.codec_peers import QueueingStation
+from tests.peers.session import LinkSession
 
 
 class LoggedStation(QueueingStation):

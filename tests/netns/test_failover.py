@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from netconfig.measure import FaultResult, analyze
 from tests.lab.harness import Iec104Stream, Lab, list_namespaces, wait_for
+from tests.lab.measure import FaultResult, analyze
 
 pytestmark = pytest.mark.netns
 

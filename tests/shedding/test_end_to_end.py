@@ -13,13 +13,13 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from concentrator.cli import feature_relay
 from concentrator.config import parse_config
-from concentrator.relay import Relay
 from concentrator.shedding.record import integrity
-from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command
-from concentrator.sim.shedding_site import Misbehaviour, SheddingSite
 from tests.helpers import free_port
+from tests.peers.codec_peers import CodecMaster
+from tests.peers.shedding_site import Misbehaviour, SheddingSite
 
 
 def scrape(url: str) -> dict[str, dict[str, float]]:
@@ -60,7 +60,7 @@ async def play(tmp_path: Path, misbehave: str) -> None:
         sims[BAD].misbehaviour = Misbehaviour(reconnect_kw=300.0, reconnect_after=1.0)
     async with trio.open_nursery() as nursery:
         ports = [await nursery.start(sim.run) for sim in sims.values()]
-        relay = Relay(config(ports, tmp_path / "record.sqlite"))
+        relay = feature_relay(config(ports, tmp_path / "record.sqlite"))
         await nursery.start(relay.run)
         bmi = CodecMaster()
         await nursery.start(bmi.run, "127.0.0.1", relay.listen_port)

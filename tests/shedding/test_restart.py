@@ -25,11 +25,11 @@ from typing import Any
 import trio
 from pytest import MonkeyPatch
 
-from concentrator.relay import Relay
+from concentrator.cli import feature_relay
 from concentrator.shedding import tap
-from concentrator.sim.codec_peers import CodecMaster
 from concentrator.sim.points import breaker_command, release_command
-from concentrator.sim.shedding_site import Misbehaviour, SheddingSite
+from tests.peers.codec_peers import CodecMaster
+from tests.peers.shedding_site import Misbehaviour, SheddingSite
 from tests.shedding.test_end_to_end import PERIOD, config, scrape
 
 SITES = {101: "site-01", 102: "site-02", 103: "site-03"}  # compliant, reconnects, invalid measures
@@ -60,7 +60,7 @@ async def play(database: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
         ports = [await nursery.start(sim.run) for sim in sims.values()]
-        relay = Relay(config(ports, database))
+        relay = feature_relay(config(ports, database))
         await nursery.start(relay.run)
         bmi = CodecMaster()
         await nursery.start(bmi.run, "127.0.0.1", relay.listen_port)

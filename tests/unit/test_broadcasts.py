@@ -1,10 +1,10 @@
-"""The broadcast ledger (concentrator/broadcasts.py): which broadcast-CA ASDUs from a
+"""The broadcast ledger (concentrator/relay/broadcasts.py): which broadcast-CA ASDUs from a
 site answer a broadcast the BMI sent it, one for one."""
 
 from __future__ import annotations
 
-from concentrator.broadcasts import BroadcastLedger, answer_cause
-from concentrator.sim.codec_peers import with_cause
+from concentrator.relay.broadcasts import BroadcastLedger, answer_cause
+from tests.peers.codec_peers import with_cause
 
 SYNC = bytes((103, 1, 6, 0, 0xFF, 0xFF, 0, 0, 0)) + bytes(7)
 GI = bytes((100, 1, 6, 0, 0xFF, 0xFF, 0, 0, 0, 20))

@@ -8,7 +8,7 @@ from concentrator.config import Config, parse_config
 from concentrator.evidence.match import Hop, MatchResult, match
 from concentrator.evidence.streams import Apdu
 from concentrator.iec104.asdu import negative_mirror
-from concentrator.sim.codec_peers import counter_asdu
+from tests.peers.codec_peers import counter_asdu
 
 SITE1 = ("10.1.1.1", 2404, "10.0.0.1", 40001)  # UPDC -> concentrator
 DOWN1 = ("10.0.0.1", 40001, "10.1.1.1", 2404)

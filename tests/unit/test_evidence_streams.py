@@ -10,7 +10,7 @@ from scapy.layers.l2 import Ether
 from concentrator.evidence.capture import Packet
 from concentrator.evidence.streams import Datagram, Reassembler, Segment, parse_frame
 from concentrator.iec104.apci import encode_i, encode_s
-from concentrator.sim.codec_peers import counter_asdu
+from tests.peers.codec_peers import counter_asdu
 
 FLOW = ("10.1.1.1", 2404, "10.0.0.1", 40001)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from concentrator.relay_core import LOG_INTERVAL, LimitedLog
+from concentrator.relay.limited_log import LOG_INTERVAL, LimitedLog
 
 
 @pytest.mark.parametrize("interval_passes", [False, True])
@@ -60,7 +60,7 @@ def test_a_flapping_site_and_a_reconnecting_bmi_write_the_first_lines_then_summa
     when the driver runs the timer the core announced, with the counts."""
     from concentrator.iec104.errors import Cause
     from concentrator.iec104.link import LinkParams
-    from concentrator.relay_core import RelayCore
+    from concentrator.relay.core import RelayCore
 
     from .core_lab import site_config
 

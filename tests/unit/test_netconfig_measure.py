@@ -8,8 +8,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from netconfig.measure import analyze
 from netconfig.probe import echo_request, parse_echo_reply
+from tests.lab.measure import analyze
 
 
 def rows(times: list[float], seqs: list[int] | None = None, conn: int = 1, stream: int = 101):

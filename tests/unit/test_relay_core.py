@@ -12,10 +12,10 @@ import yaml
 from concentrator.config import ConfigError, parse_config
 from concentrator.iec104.errors import Cause, ConcentratorError
 from concentrator.iec104.link import LinkParams, State
-from concentrator.relay_core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
-from concentrator.sim.codec_peers import counter_asdu, counter_of
-from concentrator.uplink_queue import QueueError
-from concentrator.windows import idle_tolerant_w, window_problems, window_warnings
+from concentrator.relay.core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
+from concentrator.relay.uplink_queue import QueueError
+from concentrator.relay.windows import idle_tolerant_w, window_problems, window_warnings
+from tests.peers.codec_peers import counter_asdu, counter_of
 
 from .core_lab import BASE_CA, Lab, site_config
 
@@ -345,7 +345,7 @@ def test_uplink_ceiling_and_foreign_ca_keys():
 def test_the_core_handles_a_burst_in_turns():
     lab, bmi = started_lab()
     from concentrator.iec104.apci import UFunction, encode_u
-    from concentrator.relay_core import FRAMES_PER_TURN
+    from concentrator.relay.core import FRAMES_PER_TURN
 
     conn = lab.stations[0].conn
     assert conn is not None
@@ -389,7 +389,7 @@ def test_a_command_leaves_before_the_confirmation_the_same_bmi_frame_released():
     the command is written first, the S-frame after (a write on loopback costs the
     writer its reader's wake-up; bench/pingpong.py measured 4-5 µs less one-way down)."""
     from concentrator.iec104.apci import SFrame, UFunction, decode, encode_i, encode_u
-    from concentrator.relay_core import Transmit
+    from concentrator.relay.core import Transmit
 
     params = LinkParams()
     core = RelayCore([site_config(0, params), site_config(1, params)], params, 0.0)

@@ -32,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from concentrator.iec104.errors import Cause
 from concentrator.iec104.link import State
-from concentrator.sim.codec_peers import counter_asdu
+from tests.peers.codec_peers import counter_asdu
 
 from .core_lab import BASE_CA, Lab, clock_sync_broadcast
 
@@ -178,7 +178,7 @@ def test_the_machine_catches_a_core_that_confirms_early(monkeypatch):
     is caught."""
     from hypothesis.stateful import run_state_machine_as_test
 
-    from concentrator.relay_core import RelayCore
+    from concentrator.relay.core import RelayCore, SiteConn
 
     from .core_lab import InvariantBroken
 
@@ -186,7 +186,7 @@ def test_the_machine_catches_a_core_that_confirms_early(monkeypatch):
         previous = self.active
         if previous is not None:
             for item in self.queue.confirmed(self.queue.in_flight):
-                if item.origin is not None and not item.origin.closed:
+                if isinstance(item.origin, SiteConn) and not item.origin.closed:
                     item.origin.outstanding -= 1
                     item.origin.link.acknowledge(1, now)
                     self._touch(item.origin)
@@ -213,7 +213,7 @@ def test_the_machine_catches_a_core_that_forwards_unsolicited_broadcast_answers(
     (the rule of issue 25 turned into "let CA 65535 through") is caught."""
     from hypothesis.stateful import run_state_machine_as_test
 
-    from concentrator.broadcasts import BroadcastLedger
+    from concentrator.relay.broadcasts import BroadcastLedger
 
     from .core_lab import InvariantBroken
 

@@ -6,7 +6,7 @@ import trio.testing
 
 from concentrator.iec104.apci import UFrame, UFunction, decode, encode_i, encode_u
 from concentrator.iec104.link import AsduReceived, Link, LinkParams, Role
-from concentrator.sim.session import LinkSession
+from tests.peers.session import LinkSession
 
 
 async def read_frame(stream: trio.abc.ReceiveStream) -> object:

@@ -1,4 +1,4 @@
-from concentrator.stats import LATENCY_BUCKETS, SiteStats
+from concentrator.relay.stats import LATENCY_BUCKETS, SiteStats
 from monitoring.primitives import Histogram
 
 
@@ -34,7 +34,7 @@ def test_records_by_type_and_cause():
 
 
 def test_kinds_a_peer_chooses_are_counted_apart_up_to_a_limit_then_as_other():
-    from concentrator.stats import KIND_LIMIT, OTHER_KIND
+    from concentrator.relay.stats import KIND_LIMIT, OTHER_KIND
 
     stats = SiteStats("s", (101,))
     for type_id in range(256):  # a fuzzing peer: every type id, two causes

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from concentrator.uplink_queue import QueueError, UplinkQueue
+from concentrator.relay.uplink_queue import QueueError, UplinkQueue
 
 
 @dataclass(eq=False)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .iec104.asdu import HEADER_LENGTH
+from ..iec104.asdu import HEADER_LENGTH
 
 ACTIVATION = 6
 ACTIVATION_CON = 7

@@ -1,5 +1,5 @@
 """Drives one IEC 104 `Link` over one trio stream: the own-codec test peers' driver
-(codec_peers.py). The relay has its own driver around its core (concentrator/relay.py).
+(codec_peers.py). The relay has its own driver around its core (concentrator/relay/driver.py).
 
 One task reads and feeds the link; one task writes what the link has to send and runs
 its timers. Code elsewhere that makes the link send something (a forwarded ASDU, an
@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import trio
 
-from ..fdio import write_all
-from ..iec104.link import Event, Link, LinkFailed
+from concentrator.iec104.link import Event, Link, LinkFailed
+from concentrator.relay.fdio import write_all
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import trio
 
-from ..iec104.asdu import Cause
-from ..iec104.decode import TypeId
-from .codec_peers import QueueingStation
-from .points import (
+from concentrator.iec104.asdu import Cause
+from concentrator.iec104.decode import TypeId
+from concentrator.sim.points import (
     IOA_BREAKER,
     IOA_BREAKER_CMD,
     IOA_LOCK,
@@ -37,6 +36,8 @@ from .points import (
     load_power_ioa,
     single_point,
 )
+
+from .codec_peers import QueueingStation
 
 COMMAND_POLL = 0.005  # seconds between looks at what the BMI sent
 

@@ -1,4 +1,4 @@
-"""The relay's trio driver: sockets and time around `RelayCore` (relay_core.py).
+"""The relay's trio driver: sockets and time around `RelayCore` (core.py).
 
 Every decision (routing, end-to-end acknowledgement, the Ed. 2 active role, backlogs,
 when to connect a site) is the core's; this module only moves bytes and reads the
@@ -21,32 +21,69 @@ import os
 import socket
 import struct
 import termios
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import trio
 
-from .config import Config
-from .configbase import os_failure
+from ..configbase import os_failure
+from ..iec104.errors import Cause
+from .config import SiteConfig, UplinkConfig
+from .core import (
+    BmiConn,
+    Close,
+    ConnectSite,
+    ConnId,
+    LinkTap,
+    RelayCore,
+    SiteConn,
+    SiteState,
+    Tap,
+    TimerAt,
+    Transmit,
+)
 from .fdio import write_all
-from .iec104.errors import Cause
-from .incidents.tap import IncidentFeeder, IncidentTap
-from .mirror.queue import MirrorQueue
-from .mirror.stats import MirrorStats
-from .relay_core import Close, Conn, ConnectSite, ConnId, LimitedLog, RelayCore, SiteState, TimerAt, Transmit
-from .shedding.tap import ShedFeeder, ShedTap
+from .limited_log import LimitedLog
 from .stats import Buffers
 from .windows import budget
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("concentrator.relay")  # the name the logs have always had
 
 # How often a connection whose peer does not read checks whether the peer still sends
-# (the budgets: concentrator/windows.py).
+# (the budgets: concentrator/relay/windows.py).
 PAUSED_CHECK = 0.05
 # SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (refused connections).
 _RESET = struct.pack("ii", 1, 0)
 
 
+class RelaySections(Protocol):
+    """What the relay reads of the configuration: its own sections and the file's name
+    (the whole file's `Config` is one)."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def uplink(self) -> UplinkConfig: ...
+
+    @property
+    def sites(self) -> tuple[SiteConfig, ...]: ...
+
+
 class Relay:
-    def __init__(self, config: Config) -> None:
+    """The relay knows nothing of the features that watch it: the wiring layer
+    (concentrator/cli.py `feature_relay`) hands it their taps and the tasks that feed
+    their processes, started in the relay's nursery."""
+
+    def __init__(
+        self,
+        config: RelaySections,
+        *,
+        taps: Sequence[Tap] = (),
+        link_taps: Sequence[LinkTap] = (),
+        runners: Sequence[Callable[[], Awaitable[None]]] = (),
+        source_address: str | None = None,
+    ) -> None:
         self.config = config
         self.core = RelayCore(
             config.sites,
@@ -65,25 +102,12 @@ class Relay:
         self._log = LimitedLog()
         # In an HA pair the sites are reached from the sites' virtual address only: a relay
         # on the appliance that does not hold it cannot connect (docs/ha.md).
-        self.source_address = None if config.ha is None else str(config.ha.sites.virtual_address.ip)
-        # The MQTT mirror (config `mqtt:`): a tap on the core; decoding and publishing
-        # run in the mirror's own process (concentrator/mirror).
-        self.mirror_queue: MirrorQueue | None = None
-        if config.mqtt is not None:
-            self.stats.mirror = MirrorStats()
-            self.mirror_queue = MirrorQueue(config.mqtt.queue_limit, self.stats.mirror, frozenset(config.mqtt.critical))
-            self.core.add_tap(self.mirror_queue)
-        # The shedding compliance monitor's copies: another tap, fed to its own process.
-        self.shed_tap: ShedTap | None = None
-        if config.shedding is not None:
-            self.shed_tap = ShedTap(frozenset(s.name for s in config.shedding.sites), config.shedding.queue_limit)
-            self.core.add_tap(self.shed_tap)
-        # The incident register's copies and link events: a tap, fed to its own process.
-        self.incident_tap: IncidentTap | None = None
-        if config.incidents is not None:
-            self.incident_tap = IncidentTap(config.incidents.queue_limit)
-            self.core.add_tap(self.incident_tap)
-            self.core.add_link_tap(self.incident_tap)
+        self.source_address = source_address
+        for tap in taps:
+            self.core.add_tap(tap)
+        for link_tap in link_taps:
+            self.core.add_link_tap(link_tap)
+        self._runners = tuple(runners)
 
     @property
     def sites(self) -> list[SiteState]:
@@ -91,7 +115,7 @@ class Relay:
         return self.core.sites
 
     @property
-    def active(self) -> Conn | None:
+    def active(self) -> BmiConn | None:
         """The core's active BMI connection, or None."""
         return self.core.active
 
@@ -112,15 +136,8 @@ class Relay:
             nursery.start_soon(self._timers)
             self.core.start(trio.current_time())
             self._act()
-            if self.config.mqtt is not None and self.mirror_queue is not None:
-                from .mirror.process import MirrorProcess
-
-                mirror = MirrorProcess(self.config.mqtt, self.mirror_queue, self.stats)
-                nursery.start_soon(mirror.run)
-            if self.config.shedding is not None and self.shed_tap is not None:  # the monitor's own process
-                nursery.start_soon(ShedFeeder(self.config.shedding, self.shed_tap).run)
-            if self.config.incidents is not None and self.incident_tap is not None:
-                nursery.start_soon(IncidentFeeder(self.config.incidents, self.incident_tap).run)
+            for runner in self._runners:  # the features' processes (mirror, shedding, incidents)
+                nursery.start_soon(runner)
             task_status.started(self)
 
     # ------------------------------------------------------------------ actions
@@ -128,21 +145,21 @@ class Relay:
         """Carry out what the core decided."""
         core = self.core
         while (action := core.next_action()) is not None:
-            kind = type(action)
-            if kind is Transmit:
-                connection = self._connections.get(action.conn)  # type: ignore[union-attr]
-                if connection is not None:
-                    connection.send(action.data)  # type: ignore[union-attr]
-            elif kind is TimerAt:
-                if action.at < self._timer_at:  # type: ignore[union-attr]
-                    self._timer_wake.set()
-            elif kind is Close:
-                connection = self._connections.pop(action.conn, None)  # type: ignore[union-attr]
-                if connection is not None:
-                    connection.close()
-            elif kind is ConnectSite:
-                assert self._nursery is not None
-                self._nursery.start_soon(self._connect_site, action.site, action.at)  # type: ignore[union-attr]
+            match action:
+                case Transmit():
+                    connection = self._connections.get(action.conn)
+                    if connection is not None:
+                        connection.send(action.data)
+                case TimerAt():
+                    if action.at < self._timer_at:
+                        self._timer_wake.set()
+                case Close():
+                    connection = self._connections.pop(action.conn, None)
+                    if connection is not None:
+                        connection.close()
+                case ConnectSite():
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._connect_site, action.site, action.at)
 
     async def _timers(self) -> None:
         while True:
@@ -201,10 +218,11 @@ class Relay:
         conn = self.core.conns[conn_id]
         size = budget(conn.link.params.k)
         buffers = Buffers(send_budget=size, receive_budget=size)
-        if conn.site is not None:
-            conn.site.stats.buffers = buffers
-        else:
-            self.stats.uplink.buffers[conn_id] = buffers
+        match conn:
+            case SiteConn():
+                conn.site.stats.buffers = buffers
+            case BmiConn():
+                self.stats.uplink.buffers[conn_id] = buffers
         connection = Connection(self, conn_id, stream, buffers)
         self._connections[conn_id] = connection
         assert self._nursery is not None
@@ -354,7 +372,7 @@ class Connection:
 
 def _readable(fd: int) -> int:
     """Bytes waiting in the socket's receive queue (FIONREAD)."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

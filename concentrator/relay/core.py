@@ -3,7 +3,7 @@
 `RelayCore` owns every IEC 104 link of the relay (the BMI connections and one connection
 per site), routing by common address (CA), the uplink queue, end-to-end acknowledgement,
 the Ed. 2 active role, the BMI ASDUs waiting for a site (backlogs) and when sites
-connect. The driver (`relay.py`) tells it what happened, with the time:
+connect. The driver (driver.py) tells it what happened, with the time:
 
     start(now)                                       the relay starts: connect the sites
     uplink_accepted(peer, now) -> ConnId | None     a BMI connection came in
@@ -33,12 +33,11 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from .broadcasts import BroadcastLedger
-from .iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
-from .iec104.errors import Cause, ConcentratorError
-from .iec104.link import (
+from ..iec104.asdu import BROADCAST_CA, HEADER_LENGTH, AsduError, common_address, negative_mirror
+from ..iec104.errors import Cause, ConcentratorError
+from ..iec104.link import (
     Acknowledged,
     AsduReceived,
     DataTransferStarted,
@@ -50,6 +49,8 @@ from .iec104.link import (
     State,
     TestFrameConfirmed,
 )
+from .broadcasts import BroadcastLedger
+from .limited_log import LimitedLog
 from .stats import RelayStats, SiteStats
 from .uplink_queue import Item, UplinkQueue
 
@@ -70,54 +71,6 @@ SITE_BACKLOG_LIMIT = 256
 # Frames handled per call of receive_data: a peer's burst (64 KiB of TESTFR acts is 10,922
 # frames) is handled in turns, so other connections are served in between.
 FRAMES_PER_TURN = 1000
-# The same warning about the same site at most this often (seconds); the rest are counted.
-LOG_INTERVAL = 10.0
-
-
-class LimitedLog:
-    """Lines about a repeated condition (keyed, e.g. by site or peer): the first is logged,
-    the others within LOG_INTERVAL are counted, and once the interval has passed one
-    summary (the latest line, with the count) is logged, by the next line of that key or
-    by `flush(now)` at `deadline()`, whichever comes first. Keys with nothing pending are
-    forgotten after LOG_INTERVAL once there are more than MAX_KEYS, so that peers from
-    ever new addresses cannot grow it."""
-
-    MAX_KEYS = 1024
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, tuple[int, int, str, tuple[object, ...]]] = {}  # key: count, level, latest line
-
-    def warning(self, key: str, now: float, message: str, *args: object) -> None:
-        self.log(logging.WARNING, key, now, message, *args)
-
-    def info(self, key: str, now: float, message: str, *args: object) -> None:
-        self.log(logging.INFO, key, now, message, *args)
-
-    def log(self, level: int, key: str, now: float, message: str, *args: object) -> None:
-        if now - self._last.get(key, -LOG_INTERVAL) < LOG_INTERVAL:
-            count = self._skipped[key][0] if key in self._skipped else 0
-            self._skipped[key] = (count + 1, level, message, args)
-            return
-        if len(self._last) > self.MAX_KEYS:
-            self._last = {k: t for k, t in self._last.items() if k in self._skipped or now - t < LOG_INTERVAL}
-        self._last[key] = now
-        skipped = self._skipped.pop(key, None)
-        if skipped:
-            message += f" ({skipped[0]} more like it not logged)"
-        log.log(level, message, *args)
-
-    def deadline(self) -> float | None:
-        """When the earliest pending summary is due; None if none is."""
-        return min((self._last[key] + LOG_INTERVAL for key in self._skipped), default=None)
-
-    def flush(self, now: float) -> None:
-        """Log the summaries that are due: the latest line of each such key, with how many
-        like it were left out since the line before."""
-        for key in [k for k in self._skipped if now - self._last[k] >= LOG_INTERVAL]:
-            count, level, message, args = self._skipped.pop(key)
-            self._last[key] = now
-            log.log(level, f"{message} ({count} like it in {LOG_INTERVAL:.0f} s, this the latest)", *args)
 
 
 class CoreError(ConcentratorError):
@@ -171,23 +124,42 @@ class LinkTap(Protocol):
 
 # ------------------------------------------------------------------------------ state
 class Conn:
-    """One connection the core knows: its link and what it is for."""
+    """One connection the core knows: its link and its label. Either a `SiteConn` or a
+    `BmiConn` (match on the class: the type checker narrows it)."""
 
-    __slots__ = ("id", "link", "site", "label", "closed", "outstanding", "last_item", "broadcasts")
+    __slots__ = ("id", "link", "label", "closed")
 
-    def __init__(self, conn_id: ConnId, link: Link, site: SiteState | None, label: str) -> None:
+    def __init__(self, conn_id: ConnId, link: Link, label: str) -> None:
         self.id = conn_id
         self.link = link
-        self.site = site  # None for a BMI connection
         self.label = label
         self.closed = False
-        # Site connections: frames of this connection in the uplink queue (pending or in
-        # flight), and the newest of them, to which confirmations of frames that were not
-        # forwarded (foreign CA) are attached.
+
+
+class BmiConn(Conn):
+    """A connection from the BMI (the uplink; the relay is the controlled station)."""
+
+    __slots__ = ()
+
+
+class SiteConn(Conn):
+    """The connection to one site's UPDC (the relay is the controlling station)."""
+
+    __slots__ = ("site", "outstanding", "last_item", "broadcasts")
+
+    def __init__(self, conn_id: ConnId, link: Link, label: str, site: SiteState) -> None:
+        super().__init__(conn_id, link, label)
+        self.site = site
+        # Frames of this connection in the uplink queue (pending or in flight), and the
+        # newest of them, to which confirmations of frames that were not forwarded
+        # (foreign CA) are attached.
         self.outstanding = 0
         self.last_item: Item[Conn] | None = None
-        # Site connections: the BMI's broadcasts sent on it and the answers still due.
+        # The BMI's broadcasts sent on it and the answers still due.
         self.broadcasts = BroadcastLedger()
+
+
+C = TypeVar("C", bound=Conn)
 
 
 class SiteState:
@@ -198,7 +170,7 @@ class SiteState:
         self.config = config
         self.name = config.name
         self.cas = frozenset(config.common_addresses)
-        self.conn: Conn | None = None
+        self.conn: SiteConn | None = None
         self.backlog: deque[tuple[bytes, float]] = deque()  # (BMI ASDU, when it arrived)
         self.retry = RETRY_MIN
         self.stats = SiteStats(config.name, tuple(config.common_addresses), state_since=now)
@@ -230,14 +202,14 @@ class RelayCore:
         self.close_on_foreign_ca = close_on_foreign_ca
         self.backlog_limit = backlog_limit
         self.conns: dict[ConnId, Conn] = {}
-        self.uplinks: dict[ConnId, Conn] = {}
-        self.active: Conn | None = None
+        self.uplinks: dict[ConnId, BmiConn] = {}
+        self.active: BmiConn | None = None
         self.taps: list[Tap] = []
         self.link_taps: list[LinkTap] = []
         self._next_id = 1
         self._actions: deque[Action] = deque()
         self._dirty: list[Conn] = []
-        self._confirming: list[Conn] = []  # sites a BMI confirmation released S-frames to: flushed last
+        self._confirming: list[SiteConn] = []  # sites a BMI confirmation released S-frames to: flushed last
         self._timer_at = float("inf")
         self._log = LimitedLog()
 
@@ -296,7 +268,7 @@ class RelayCore:
                 f"refused a BMI connection from {peer}: {len(self.uplinks)} open, uplink.max_connections reached", now
             )
             return None
-        conn = self._new_conn(Link(Role.CONTROLLED, self.uplink_params, now=now), None, f"BMI {peer}")
+        conn = self._add(BmiConn(self._next_id, Link(Role.CONTROLLED, self.uplink_params, now=now), f"BMI {peer}"))
         self.uplinks[conn.id] = conn
         stats.connections += 1
         stats.open_connections = len(self.uplinks)
@@ -324,7 +296,7 @@ class RelayCore:
             raise CoreError(f"site {site.name} connected twice")
         site.retry = RETRY_MIN
         link = Link(Role.CONTROLLING, site.config.params, manual_ack=True, now=now)
-        conn = self._new_conn(link, site, f"site {site.name} ({endpoint})")
+        conn = self._add(SiteConn(self._next_id, link, f"site {site.name} ({endpoint})", site))
         site.conn = conn
         site.stats.endpoint = endpoint
         site.stats.connects += 1
@@ -367,41 +339,53 @@ class RelayCore:
 
     # ------------------------------------------------------------------ events
     def _process(self, conn: Conn, now: float) -> None:
-        link = conn.link
-        site = conn.site
+        match conn:
+            case SiteConn():
+                self._site_events(conn, now)
+            case BmiConn():
+                self._bmi_events(conn, now)
+
+    def _site_events(self, conn: SiteConn, now: float) -> None:
+        link, site = conn.link, conn.site
         while not conn.closed and (event := link.next_event()) is not None:
-            kind = type(event)
-            if kind is AsduReceived:
-                if site is not None:
-                    self._site_asdu(conn, site, event.asdu, now)  # type: ignore[union-attr]
-                else:
-                    self._bmi_asdu(conn, event.asdu, now)  # type: ignore[union-attr]
-            elif kind is Acknowledged:
-                if site is not None:
+            match event:
+                case AsduReceived():
+                    self._site_asdu(conn, site, event.asdu, now)
+                case Acknowledged():
                     self._drain(site, conn, now)
-                elif conn is self.active:
-                    self._bmi_confirmed(event.count, now)  # type: ignore[union-attr]
-            elif kind is LinkFailed:
-                self._close(conn, event.cause, event.detail, now)  # type: ignore[union-attr]
-            elif kind is DataTransferStarted:
-                if site is not None:
+                case LinkFailed():
+                    self._close(conn, event.cause, event.detail, now)
+                case DataTransferStarted():
                     site.stats.set_state("started", now)
                     for tap in self.link_taps:
                         tap.link(site.name, "started", "", now)
                     self._drain(site, conn, now)
-                else:
-                    self._activate(conn, now)
-            elif kind is DataTransferStopped:
-                if site is not None:
+                case DataTransferStopped():
                     site.stats.set_state("connected", now)
-                elif conn is self.active:
-                    self._uplink_lost(conn, now)
-            elif kind is TestFrameConfirmed:
-                stats = site.stats if site is not None else self.stats.uplink
-                stats.last_test_round_trip = event.round_trip  # type: ignore[union-attr]
+                case TestFrameConfirmed():
+                    site.stats.last_test_round_trip = event.round_trip
+
+    def _bmi_events(self, conn: BmiConn, now: float) -> None:
+        link = conn.link
+        while not conn.closed and (event := link.next_event()) is not None:
+            match event:
+                case AsduReceived():
+                    self._bmi_asdu(conn, event.asdu, now)
+                case Acknowledged():
+                    if conn is self.active:
+                        self._bmi_confirmed(event.count, now)
+                case LinkFailed():
+                    self._close(conn, event.cause, event.detail, now)
+                case DataTransferStarted():
+                    self._activate(conn, now)
+                case DataTransferStopped():
+                    if conn is self.active:
+                        self._uplink_lost(conn, now)
+                case TestFrameConfirmed():
+                    self.stats.uplink.last_test_round_trip = event.round_trip
 
     # ------------------------------------------------------------------ uplink side
-    def _activate(self, conn: Conn, now: float) -> None:
+    def _activate(self, conn: BmiConn, now: float) -> None:
         previous = self.active
         self.active = conn
         stats = self.stats.uplink
@@ -431,7 +415,7 @@ class RelayCore:
             self._close(previous, Cause.SUPERSEDED, f"STARTDT on {conn.label}", now)
         self._pump(now)
 
-    def _uplink_lost(self, conn: Conn, now: float) -> None:
+    def _uplink_lost(self, conn: BmiConn, now: float) -> None:
         """No started uplink connection is left. The sites are disconnected, so every UPDC
         keeps (and will send again) whatever the BMI did not confirm; the relay holds no
         copy that could go out twice."""
@@ -449,17 +433,17 @@ class RelayCore:
 
     def _bmi_confirmed(self, count: int, now: float) -> None:
         items = self.queue.confirmed(count)
-        released: dict[Conn, int] = {}
+        released: dict[SiteConn, int] = {}
         for item in items:
             origin = item.origin
-            if origin is None or origin.site is None:  # the relay's own answer
+            if not isinstance(origin, SiteConn):  # the relay's own answer
                 continue
             origin.outstanding -= 1
             if origin.last_item is item:
                 origin.last_item = None
             if origin.closed:
                 continue
-            origin.site.stats.record_confirmed(now - item.sent_at)  # type: ignore[union-attr]
+            origin.site.stats.record_confirmed(now - item.sent_at)
             released[origin] = released.get(origin, 0) + 1 + item.extra
         for origin, count_released in released.items():
             origin.link.acknowledge(count_released, now)
@@ -474,14 +458,14 @@ class RelayCore:
         sent = 0
         while link.can_send and (item := self.queue.take(now)) is not None:
             link.send_asdu(item.asdu, now)
-            if item.origin is not None and item.origin.site is not None:
-                item.origin.site.stats.record_forwarded(now - item.received_at)  # type: ignore[union-attr]
+            if isinstance(origin := item.origin, SiteConn):
+                origin.site.stats.record_forwarded(now - item.received_at)
             sent += 1
         if sent:
             self.stats.uplink.asdus_up += sent
             self._touch(active)
 
-    def _bmi_asdu(self, conn: Conn, asdu: bytes, now: float) -> None:
+    def _bmi_asdu(self, conn: BmiConn, asdu: bytes, now: float) -> None:
         if conn is not self.active:
             return  # cannot happen: the link refuses I-frames unless started, and only the active one is
         try:
@@ -508,7 +492,7 @@ class RelayCore:
         self._pump(now)
 
     # ------------------------------------------------------------------ site side
-    def _site_asdu(self, conn: Conn, site: SiteState, asdu: bytes, now: float) -> None:
+    def _site_asdu(self, conn: SiteConn, site: SiteState, asdu: bytes, now: float) -> None:
         if len(asdu) < HEADER_LENGTH:
             self._close(conn, Cause.MALFORMED_ASDU, f"{len(asdu)} octets", now)
             return
@@ -527,7 +511,7 @@ class RelayCore:
         for tap in self.taps:  # after the uplink got it: a tap never delays it
             tap.up(site.name, asdu, now)
 
-    def _foreign(self, conn: Conn, site: SiteState, asdu: bytes, now: float) -> None:
+    def _foreign(self, conn: SiteConn, site: SiteState, asdu: bytes, now: float) -> None:
         """A site's ASDU with a CA that is not one of the site's, and not an answer to a
         broadcast the BMI sent it (broadcasts.py): not forwarded (it would reach the BMI
         as another site's data, or as every site's). It is confirmed to the site in its turn,
@@ -578,7 +562,7 @@ class RelayCore:
         if site.conn is not None:
             self._drain(site, site.conn, now)
 
-    def _drain(self, site: SiteState, conn: Conn, now: float) -> None:
+    def _drain(self, site: SiteState, conn: SiteConn, now: float) -> None:
         self._expire_backlog(site, now)
         link = conn.link
         backlog = site.backlog
@@ -609,8 +593,7 @@ class RelayCore:
             )
 
     # ------------------------------------------------------------------ connections
-    def _new_conn(self, link: Link, site: SiteState | None, label: str) -> Conn:
-        conn = Conn(self._next_id, link, site, label)
+    def _add(self, conn: C) -> C:
         self._next_id += 1
         self.conns[conn.id] = conn
         return conn
@@ -632,19 +615,26 @@ class RelayCore:
             return
         conn.closed = True
         del self.conns[conn.id]
+        match conn:
+            case BmiConn():
+                self._forget_bmi(conn, cause, detail, now)
+            case SiteConn():
+                self._forget_site(conn, cause, detail, now)
+
+    def _forget_bmi(self, conn: BmiConn, cause: Cause, detail: str, now: float) -> None:
+        del self.uplinks[conn.id]
+        stats = self.stats.uplink
+        stats.open_connections = len(self.uplinks)
+        stats.disconnects[cause.value] += 1
+        stats.last_close_reason = f"{cause.value}: {detail}"
+        key = f"disconnected {conn.label}"
+        self._log.info(key, now, "%s disconnected: %s: %s", conn.label, cause.value, detail)
+        self._announce_summary()
+        if conn is self.active:
+            self._uplink_lost(conn, now)
+
+    def _forget_site(self, conn: SiteConn, cause: Cause, detail: str, now: float) -> None:
         site = conn.site
-        if site is None:
-            del self.uplinks[conn.id]
-            stats = self.stats.uplink
-            stats.open_connections = len(self.uplinks)
-            stats.disconnects[cause.value] += 1
-            stats.last_close_reason = f"{cause.value}: {detail}"
-            key = f"disconnected {conn.label}"
-            self._log.info(key, now, "%s disconnected: %s: %s", conn.label, cause.value, detail)
-            self._announce_summary()
-            if conn is self.active:
-                self._uplink_lost(conn, now)
-            return
         site.conn = None
         site.stats.set_state("disconnected", now)
         site.stats.disconnects[cause.value] += 1

@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
+from concentrator.configbase import Histogram
 from concentrator.iec104.quality import MEASURED_VALUE_TYPES, MalformedMeasurement, count_invalid
-from concentrator.mirror.stats import MirrorStats
-from monitoring.primitives import Histogram
 
 # Relay latency buckets, seconds: 10 µs to 1 s.
 LATENCY_BUCKETS = (
@@ -188,4 +188,7 @@ class UplinkStats:
 class RelayStats:
     uplink: UplinkStats = field(default_factory=UplinkStats)
     sites: dict[str, SiteStats] = field(default_factory=dict)
-    mirror: MirrorStats | None = None  # the MQTT mirror's counters, when configured
+    # The MQTT mirror's counters (concentrator/mirror/stats.py `MirrorStats`), when the
+    # wiring layer configured one: the relay only carries them to the exporter and knows
+    # nothing of the mirror, so they are untyped here; their readers name the type.
+    mirror: Any = None

@@ -27,9 +27,9 @@ from functools import partial
 
 import trio
 
-from ..iec104.asdu import Cause
-from ..iec104.decode import TypeId
-from ..iec104.link import (
+from concentrator.iec104.asdu import Cause
+from concentrator.iec104.decode import TypeId
+from concentrator.iec104.link import (
     Acknowledged,
     AsduReceived,
     DataTransferStarted,
@@ -39,6 +39,7 @@ from ..iec104.link import (
     LinkParams,
     Role,
 )
+
 from .session import LinkSession, set_nodelay
 
 SEQUENCE_IOA = 7001
@@ -99,11 +100,6 @@ class QueueingStation:
             listeners = await nursery.start(partial(trio.serve_tcp, self._handle, port, host="127.0.0.1"))
             self.port = listeners[0].socket.getsockname()[1]
             task_status.started(self.port)
-
-    def drop_connections(self) -> None:
-        """Close every connection at once (a UPDC restart, or a cut wire)."""
-        for session in list(self._sessions):
-            session.close("dropped by the station")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         set_nodelay(stream)

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from .iec104.errors import ConcentratorError
+from ..iec104.errors import ConcentratorError
 
 
 class QueueError(ConcentratorError):

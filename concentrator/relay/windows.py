@@ -1,5 +1,5 @@
 """Whether the uplink's windows can make progress with the sites behind it (pure; the
-relay core's end-to-end acknowledgement is what makes this rule, see relay_core.py).
+relay core's end-to-end acknowledgement is what makes this rule, see core.py).
 `check-config` and the relay refuse a configuration that breaks it; check-config warns
 when a few idle sites would break it. And the buffer
 budget of a connection, which its k window sets."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .iec104.apci import MAX_LENGTH
-from .iec104.link import LinkParams
+from ..iec104.apci import MAX_LENGTH
+from ..iec104.link import LinkParams
 
 
 def window_problems(uplink: LinkParams, sites: Sequence[LinkParams]) -> list[tuple[str, str, object]]:
