@@ -1,7 +1,8 @@
 """Issue 24: Ctrl-C (SIGINT) on a long-running command ends with one line and status 130
 (README, "Exit statuses"), never a traceback: the demo (trio delivers KeyboardInterrupt
 inside exception groups) and the relay (it stops cleanly on SIGINT itself, then says so
-the same way). The real commands run as processes and get a real SIGINT once running.
+the same way), and netd as root in a network namespace of its own. The real commands run
+as processes and get a real SIGINT once running.
 SIGTERM (a service manager's stop) is not an interruption: the relay's status stays 0."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,12 +24,14 @@ from concentrator.configbase import EXIT_INTERRUPTED, INTERRUPTED
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")  # logging.basicConfig's format in cli.py
+# The log formats of cli.py ("2026-12-07 17:24:48,759 INFO ...") and netd ("2026-12-07T17:24:48.759 netd INFO ...")
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d{3} ")
+IN_CI = os.environ.get("CI") == "true"
 
 
-def start(command: list[str]) -> subprocess.Popen[str]:
+def start(command: list[str], prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "concentrator", *command], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([*prefix, sys.executable, "-m", "concentrator", *command], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
@@ -122,3 +126,36 @@ def test_run_main_says_ctrl_c_in_one_line_bare_or_in_groups_and_nothing_else() -
     mixed = BaseExceptionGroup("nursery", [KeyboardInterrupt(), ValueError("a bug")])
     with pytest.raises(BaseExceptionGroup):
         run_main(lambda: _raise(mixed), io.StringIO())
+
+
+NETD_FILE = """network:
+  service_address: 10.0.0.1
+  uplink:
+    destinations: ["10.1.0.0/24"]
+    primary: {interface: bmi0, gateway: 172.16.0.1}
+    backup: {interface: bmi1, gateway: 172.16.1.1}
+"""
+
+
+def test_ctrl_c_on_netd_is_one_line_and_130(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if IN_CI:
+            pytest.fail("netd needs root and iproute2 (.ci/install)")
+        pytest.skip("netd needs root and iproute2")
+    ns = f"sigint-{os.getpid()}"
+    config = tmp_path / "netd.yaml"
+    config.write_text(NETD_FILE)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        # Two uplink paths whose gateways never answer: netd runs, finds both down, keeps going.
+        for cmd in ("link set lo up", "link add bmi0 type veth peer name bmi0p",
+                    "link add bmi1 type veth peer name bmi1p", "addr add 172.16.0.2/24 dev bmi0",
+                    "addr add 172.16.1.2/24 dev bmi1", "link set bmi0 up", "link set bmi0p up",
+                    "link set bmi1 up", "link set bmi1p up"):  # fmt: skip
+            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
+        netd = start(["netd", "--config", str(config)], prefix=("ip", "netns", "exec", ns))
+        stdout, stderr = signalled_when(netd, "stderr", "link uplink:", signal.SIGINT)
+        assert "stopping on signal 2 (routes left in place)" in stderr  # stopped cleanly, by its own receiver
+        assert_one_line_130(netd, stdout, stderr)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
