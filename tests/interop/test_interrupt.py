@@ -1,7 +1,8 @@
 """Issue 24: Ctrl-C (SIGINT) on a long-running command ends with one line and status 130
 (README, "Exit statuses"), never a traceback: the demo (trio delivers KeyboardInterrupt
 inside exception groups) and the relay (it stops cleanly on SIGINT itself, then says so
-the same way), and netd as root in a network namespace of its own. The real commands run
+the same way), netd as root in a network namespace of its own, and `concentrator evidence`
+(root) while it captures. The real commands run
 as processes and get a real SIGINT once running.
 SIGTERM (a service manager's stop) is not an interruption: the relay's status stays 0."""
 
@@ -159,3 +160,24 @@ def test_ctrl_c_on_netd_is_one_line_and_130(tmp_path: Path) -> None:
         assert_one_line_130(netd, stdout, stderr)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_ctrl_c_on_evidence_while_it_captures_is_one_line_and_130(tmp_path: Path) -> None:
+    if os.geteuid() != 0:  # packet sockets
+        if IN_CI:
+            pytest.fail("concentrator evidence needs root")
+        pytest.skip("concentrator evidence needs root")
+    out = tmp_path / "dossier"
+    evidence = start(["evidence", "--config", str(relay_file(tmp_path)), "--out", str(out), "--duration", "60"])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.rglob("*.pcap")):  # capturing (it prints nothing until the end)
+            assert evidence.poll() is None and time.monotonic() < deadline, evidence.communicate()
+            time.sleep(0.1)
+        evidence.send_signal(signal.SIGINT)
+        stdout, stderr = evidence.communicate(timeout=30)
+    finally:
+        if evidence.poll() is None:
+            evidence.kill()
+            evidence.wait()
+    assert_one_line_130(evidence, stdout, stderr)
