@@ -39,7 +39,7 @@ import yaml
 
 from bench.common import percentile, result_path
 from bench.loadgen import cpu_seconds
-from netconfig.multicast import NFT_TABLE
+from netconfig.trip.render import NFT_TABLE
 from tests.lab.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for
 from tests.lab.trip_peers import trip_payload
 
@@ -313,7 +313,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- sites: 1, 15, 100
 
 # (sites, engine): both engines where the routing table fits (1 and 15 sites), nftables
-# past it. A size whose engine this kernel lacks (netconfig.tripcap) is recorded as
+# past it. A size whose engine this kernel lacks (netconfig.trip.capability) is recorded as
 # skipped, with the probe's reason.
 SCALE_PLAN = ((1, "smcroute"), (1, "nftables"), (15, "smcroute"), (15, "nftables"), (100, "nftables"))
 
@@ -402,7 +402,7 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
 
 
 def bench_sites(args: argparse.Namespace) -> dict[str, Any]:
-    from netconfig.tripcap import choose, probe
+    from netconfig.trip.capability import choose, probe
     from tests.lab.harness import Iec104Stream
 
     cap = probe()

@@ -119,7 +119,7 @@ def check_trip_engine(config: Config) -> str | None:
     will run), as a line to print; an engine the kernel cannot run is refused here."""
     if config.multicast is None:
         return None
-    from netconfig.tripcap import probe, resolve
+    from netconfig.trip.capability import probe, resolve
 
     cap = probe()
     resolved, choice = resolve(config.multicast, cap)
@@ -274,7 +274,7 @@ def _command(argv: list[str]) -> int:
         return netd_main(argv[1:])
     if argv[:1] == ["trip-path"]:
         # Reads the kernel only: answers whether the relay or netd run or not.
-        from netconfig.tripreport import main as trip_main
+        from netconfig.trip.report import main as trip_main
 
         return trip_main(argv[1:])
     if argv[:1] == ["shedding"]:

@@ -49,7 +49,7 @@ from concentrator.mirror.config import MqttConfig, parse_mqtt
 from concentrator.shedding.config import SheddingConfig, parse_shedding
 from concentrator.windows import window_problems
 from netconfig.config import NetworkConfig, parse_network
-from netconfig.multicast import MulticastConfig, parse_multicast
+from netconfig.trip.config import MulticastConfig, parse_multicast
 
 __all__ = [
     "ConfigError",

@@ -5,7 +5,7 @@ For each protected link (the uplink, each site) one `Failover` decision object i
 fed by the netlink monitor (carrier events, ~5 ms) and by one ICMP probe per path
 (silent failures); each `Switched` decision re-points the link's routes with
 pyroute2, keeping the service address as source. With a `multicast:` section it also
-runs the trip path, on the engine this kernel offers (netconfig.tripcap, said once at
+runs the trip path, on the engine this kernel offers (netconfig.trip.capability, said once at
 start; a refused engine is one ERROR line and link failover runs without it).
 
 Operator interface (local only, like the configuration):
@@ -47,14 +47,14 @@ from .failover import (
     Role,
     Switched,
 )
-from .multicast import SMCROUTE, MulticastConfig, parse_multicast_section
 from .netlink import LinkMonitor, LinkState, current_links
 from .probe import run_probe
 from .routes import RouteError, Routes
 from .sdnotify import notify, watchdog_period
-from .tripcap import probe, resolve
-from .tripnft import NftTripPath
-from .trippath import TripPath, TripState
+from .trip.capability import probe, resolve
+from .trip.config import SMCROUTE, MulticastConfig, parse_multicast_section
+from .trip.nftables import NftTripPath
+from .trip.smcroute import TripPath, TripState
 
 log = logging.getLogger("netd")
 
@@ -449,7 +449,7 @@ async def run(
 def _trip_engine(
     multicast: MulticastConfig, state: TripState, active_paths: Any, on_change: Any
 ) -> TripPath | NftTripPath | None:
-    """The engine this kernel offers for the configuration (netconfig.tripcap), said
+    """The engine this kernel offers for the configuration (netconfig.trip.capability), said
     once; a refusal cannot heal by retrying: said once at ERROR, link failover runs."""
     cap = probe()
     resolved, choice = resolve(multicast, cap)

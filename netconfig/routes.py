@@ -122,7 +122,7 @@ class Routes:
 
 def paths_in_use(links: tuple[LinkConfig, ...]) -> dict[str, str | None]:
     """Which interface the kernel sends each link's traffic over now (`ip route get`
-    of the link's first destination), as `multicast.wanted_routes` wants it: every
+    of the link's first destination), as `netconfig.trip.plan.wanted_routes` wants it: every
     path interface of a link -> the interface in use (None: no route). Read-only:
     for the diagnostic, which must judge what the kernel does, not what netd thinks."""
     out: dict[str, str | None] = {}

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from netconfig.config import NetworkConfig
-from netconfig.multicast import MulticastConfig
 from netconfig.probe import echo_request
+from netconfig.trip.config import MulticastConfig
 
 from .trips import kernel_snapshot
 

@@ -1,6 +1,6 @@
 """Non-interposition in trips: the kernel's view, the processes' sockets, the captured datagrams.
 
-Read-only: the trip path engine chosen on this kernel (netconfig.tripcap) and its own
+Read-only: the trip path engine chosen on this kernel (netconfig.trip.capability) and its own
 rules and counters (nftables' table, or the multicast routing table in /proc/net),
 /proc/net (IGMP memberships, sockets), /proc/<pid>/fd of the concentrator's
 processes, `ip maddr show`. With `--lab` (evidence.lab) the relay is stopped for a
@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netconfig.config import NetworkConfig
-from netconfig.multicast import NFT_TABLE, SMCROUTE, MulticastConfig, wanted_routes
-from netconfig.tripcap import probe, resolve
-from netconfig.trippath import read_igmp_memberships
-from netconfig.tripreport import in_use_by, kernel_paths
+from netconfig.trip.capability import probe, resolve
+from netconfig.trip.config import SMCROUTE, MulticastConfig
+from netconfig.trip.plan import wanted_routes
+from netconfig.trip.render import NFT_TABLE
+from netconfig.trip.report import in_use_by, kernel_paths
+from netconfig.trip.smcroute import read_igmp_memberships
 
 from .streams import Datagram
 
@@ -129,7 +131,7 @@ def ip_maddr() -> str:
 
 
 def kernel_snapshot(mc: MulticastConfig, network: NetworkConfig | None) -> dict[str, dict[str, Any]]:
-    """(source, group) -> the kernel's entry as JSON (netconfig.multicast.PathStatus), as
+    """(source, group) -> the kernel's entry as JSON (netconfig.trip.verdict.PathStatus), as
     `concentrator trip-path` reads it, from the engine chosen on this kernel (none when
     the engine is refused here)."""
     resolved, _choice = resolve(mc)

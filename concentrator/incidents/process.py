@@ -19,11 +19,12 @@ import time
 
 import trio
 
+from monitoring.incident_metrics import IncidentMetrics
 from monitoring.primitives import serve
 
 from .config import IncidentsConfig
+from .counters import Counters
 from .detector import Detector, LinkState, Opened, Restored
-from .metrics import Counters, IncidentMetrics
 from .notices import send
 from .registrar import Registrar
 from .requests import handle_requests

@@ -21,10 +21,10 @@ import time
 import trio
 
 from monitoring.primitives import serve
+from monitoring.shedding_metrics import SheddingMetrics
 
 from .clock import clock_state
 from .config import SheddingConfig
-from .metrics import SheddingMetrics
 from .monitor import MAX_AGE_PERIODS, Resume, SheddingMonitor
 from .record import DAY, Applied, ShedRecord
 from .tap import DROPPED, DROPPED_BODY, HEAD, Hello
@@ -41,8 +41,8 @@ SETTLE = 0.5
 
 def trip_counters(groups: set[str]) -> dict[str, int]:
     """Packets the kernel forwarded per trip group (summed over sources), from the
-    counters of whichever trip path engine runs here (netconfig.tripreport)."""
-    from netconfig.tripreport import forwarded_by_group
+    counters of whichever trip path engine runs here (netconfig.trip.report)."""
+    from netconfig.trip.report import forwarded_by_group
 
     forwarded = forwarded_by_group()
     return {group: forwarded.get(group, 0) for group in groups}

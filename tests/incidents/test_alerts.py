@@ -9,10 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from concentrator.incidents.counters import Counters
 from concentrator.incidents.detector import Kind, Opened, Restored
-from concentrator.incidents.metrics import Counters, IncidentMetrics
 from concentrator.incidents.registrar import Registrar
 from concentrator.incidents.store import Register
+from monitoring.incident_metrics import IncidentMetrics
 from tests.conftest import require_tool
 from tests.monitoring.test_metrics import scrape
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import trio
 
 from concentrator.configbase import Endpoint
+from concentrator.incidents.counters import Counters
 from concentrator.incidents.detector import Kind, Opened
-from concentrator.incidents.metrics import Counters, IncidentMetrics
 from concentrator.incidents.registrar import Registrar
 from concentrator.incidents.store import Register
+from monitoring.incident_metrics import IncidentMetrics
 from monitoring.primitives import serve
 from tests.monitoring.test_prometheus import VARIABLES, prometheus
 from tests.monitoring.test_rules_and_dashboard import dashboard_queries

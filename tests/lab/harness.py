@@ -800,9 +800,9 @@ class TcpStream(Traffic):
 
 def engine_unavailable(engine: str, cap: Any) -> str | None:
     """Why the trip path engine `engine` cannot run on a kernel with `cap`
-    (netconfig.tripcap.Capability), from its probe alone; None when it can. The one
+    (netconfig.trip.capability.Capability), from its probe alone; None when it can. The one
     reason a trip test may skip, even in CI: a tool missing is never one."""
-    from netconfig.multicast import SMCROUTE
+    from netconfig.trip.config import SMCROUTE
 
     if engine == SMCROUTE and cap.multicast_routing.present is False:
         return f"engine smcroute needs the kernel's IPv4 multicast routing: {cap.multicast_routing.how}"
@@ -815,8 +815,8 @@ def require_engine(engine: str) -> str:
     the engine the test runs on."""
     import pytest
 
-    from netconfig.multicast import AUTO, SMCROUTE
-    from netconfig.tripcap import choose, probe
+    from netconfig.trip.capability import choose, probe
+    from netconfig.trip.config import AUTO, SMCROUTE
     from tests.conftest import require_tool
 
     cap = probe()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from netconfig.multicast import AUTO, NFTABLES
+from netconfig.trip.config import AUTO, NFTABLES
 from tests.conftest import require_root, require_tool
 from tests.lab.harness import Lab, require_engine, wait_for
 from tests.netns.appliance import Appliance

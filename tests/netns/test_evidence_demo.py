@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from netconfig.multicast import AUTO
+from netconfig.trip.config import AUTO
 from tests.conftest import require_root, require_tool
 from tests.lab.harness import Lab, require_engine
 from tests.netns.appliance import Appliance

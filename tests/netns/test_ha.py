@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netconfig.multicast import AUTO, SMCROUTE
+from netconfig.trip.config import AUTO, SMCROUTE
 from tests.conftest import require_tool
 from tests.lab.harness import require_engine
 from tests.netns.ha_lab import PORT, UPLINKS, HaLab, check_stream, outage, per_site, run, stale_overlaps, wait_for

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from netconfig.multicast import NFT_TABLE, parse_nft
+from netconfig.trip.render import NFT_TABLE
+from netconfig.trip.tables import parse_nft
 from tests.conftest import require_root, require_tool
 from tests.lab.harness import CONC_SERVICE, Iec104Stream, Lab, TripTraffic, run, wait_for
 from tests.netns.test_trip_path import assert_identical, path_status_in, trip_path_command, trip_state

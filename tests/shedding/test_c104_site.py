@@ -20,6 +20,12 @@ def test_opening_locks_and_the_release_unlocks() -> None:
             assert bmi.select_and_execute_breaker(301, on=False)
             assert not updc.breaker_closed and updc.locked
             release.value = True
-            release.transmit(cause=c104.Cot.ACTIVATION)
-            assert wait_until(lambda: not updc.locked, 3.0)
+            # c104's client misses a select confirmation that arrives before it waits (about
+            # 1 % on loopback, more on a loaded machine) and then never executes: send the
+            # release again (idempotent) rather than read that as the simulator's failure.
+            for _ in range(3):
+                release.transmit(cause=c104.Cot.ACTIVATION)
+                if wait_until(lambda: not updc.locked, 3.0):
+                    break
+            assert not updc.locked
             assert not updc.breaker_closed  # the release unlocks; reclosing is the holder's act

@@ -12,10 +12,10 @@ import trio
 from concentrator.config import Endpoint
 from concentrator.shedding.clock import ClockState
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
-from concentrator.shedding.metrics import SheddingMetrics
 from concentrator.shedding.monitor import SheddingMonitor
 from concentrator.sim.points import breaker_command, double_point, float_measurements, single_point
 from monitoring.primitives import serve
+from monitoring.shedding_metrics import SheddingMetrics
 from tests.monitoring.test_metrics import scrape, value
 
 POINTS = SitePoints(1001, (1002,), (2001,), 3001, 3002, lock=2002)

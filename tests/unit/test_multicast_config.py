@@ -13,15 +13,11 @@ import yaml
 
 from concentrator.config import ConfigError, load_config
 from netconfig.config import parse_network
-from netconfig.multicast import (
-    MRoute,
-    parse_mr_cache,
-    parse_multicast,
-    parse_vifs,
-    path_status,
-    smcroute_conf,
-    wanted_routes,
-)
+from netconfig.trip.config import parse_multicast
+from netconfig.trip.plan import MRoute, wanted_routes
+from netconfig.trip.render import smcroute_conf
+from netconfig.trip.tables import parse_mr_cache, parse_vifs
+from netconfig.trip.verdict import path_status
 from tests.unit.test_multicast_nft import network
 
 FILE = "conc.yaml"

@@ -8,19 +8,12 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from netconfig.config import parse_network
-from netconfig.multicast import (
-    AUTO,
-    NFTABLES,
-    SMCROUTE,
-    nft_entries,
-    nft_error,
-    nft_ruleset,
-    parse_multicast,
-    parse_nft,
-    path_status,
-    wanted_routes,
-)
-from netconfig.tripnft import _changes
+from netconfig.trip.config import AUTO, NFTABLES, SMCROUTE, parse_multicast
+from netconfig.trip.nftables import _changes
+from netconfig.trip.plan import wanted_routes
+from netconfig.trip.render import nft_ruleset
+from netconfig.trip.tables import nft_entries, nft_error, parse_nft
+from netconfig.trip.verdict import path_status
 
 FILE = "conc.yaml"
 
@@ -70,7 +63,7 @@ def active(n: int, **moved: str) -> dict[str, str]:
 
 
 def test_the_engine_is_kept_as_written_the_kernel_decides_auto() -> None:
-    """The section says what was asked; netconfig.tripcap chooses on the kernel."""
+    """The section says what was asked; netconfig.trip.capability chooses on the kernel."""
     assert parse_multicast(section(15), FILE, parse_network(network(15), FILE)).engine == AUTO
     mc = parse_multicast(section(100), FILE, parse_network(network(100), FILE))
     assert mc.engine == AUTO and len(mc.interfaces) == 202

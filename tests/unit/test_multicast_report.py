@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from netconfig.trippath import read_igmp_memberships
-from netconfig.tripreport import plain
+from netconfig.trip.report import plain
+from netconfig.trip.smcroute import read_igmp_memberships
 
 IGMP = """Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter
 1\tlo        :     1      V3
@@ -107,8 +107,8 @@ def test_forwarded_per_group_from_either_engines_counters(monkeypatch: pytest.Mo
     the ones dropped on the other uplink, from the routing table or the nftables table."""
     from ipaddress import IPv4Address
 
-    from netconfig import tripreport
-    from netconfig.multicast import KernelEntry, NftRule
+    from netconfig.trip import report as tripreport
+    from netconfig.trip.tables import KernelEntry, NftRule
 
     g1, s = IPv4Address("239.192.10.1"), IPv4Address("10.0.1.1")
     monkeypatch.setattr(tripreport, "read_kernel", lambda: [KernelEntry(g1, s, "up0", 9, 900, 2, ("s1p",))])

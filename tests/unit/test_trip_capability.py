@@ -1,4 +1,4 @@
-"""Which trip path engine runs on which kernel (netconfig.tripcap.choose), from given
+"""Which trip path engine runs on which kernel (netconfig.trip.capability.choose), from given
 probe results: no special kernel needed to see both ways. And the probes themselves,
 run on this host as whoever runs the tests."""
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from netconfig.config import parse_network
-from netconfig.multicast import MAXVIFS, NFTABLES, SMCROUTE, parse_multicast
-from netconfig.tripcap import Capability, Feature, choose, probe_multicast_routing, probe_nftables_dup, resolve
+from netconfig.trip.capability import Capability, Feature, choose, probe_multicast_routing, probe_nftables_dup, resolve
+from netconfig.trip.config import MAXVIFS, NFTABLES, SMCROUTE, parse_multicast
 from tests.unit.test_multicast_nft import FILE, network, section
 
 NO_ROUTING = Feature(False, "MRT_INIT failed with errno 92 (Protocol not available)")
@@ -107,7 +107,7 @@ def test_a_trip_test_skips_on_the_probe_alone_never_on_a_missing_tool(monkeypatc
     """tests.lab.harness.require_engine: `smcroute` skips where MRT_INIT failed, with the
     probe's reason; where the kernel has multicast routing, a missing smcrouted is a
     failure in CI (CI=true), not a skip."""
-    import netconfig.tripcap
+    import netconfig.trip.capability
     from tests.lab import harness
 
     assert harness.engine_unavailable(SMCROUTE, Capability(NO_ROUTING, DUP)) == (
@@ -117,13 +117,13 @@ def test_a_trip_test_skips_on_the_probe_alone_never_on_a_missing_tool(monkeypatc
     assert harness.engine_unavailable(SMCROUTE, Capability(ROUTING, DUP)) is None
     assert harness.engine_unavailable(NFTABLES, Capability(NO_ROUTING, DUP)) is None
 
-    monkeypatch.setattr(netconfig.tripcap, "probe", lambda: Capability(NO_ROUTING, DUP))
+    monkeypatch.setattr(netconfig.trip.capability, "probe", lambda: Capability(NO_ROUTING, DUP))
     with pytest.raises(pytest.skip.Exception, match="errno 92"):
         harness.require_engine(SMCROUTE)
     assert harness.require_engine("auto") == NFTABLES
 
     # Multicast routing present, smcrouted not on PATH: CI fails, it does not skip.
-    monkeypatch.setattr(netconfig.tripcap, "probe", lambda: Capability(ROUTING, DUP))
+    monkeypatch.setattr(netconfig.trip.capability, "probe", lambda: Capability(ROUTING, DUP))
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr("tests.conftest.IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="needs smcrouted: apt-get install smcroute"):

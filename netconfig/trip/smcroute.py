@@ -1,5 +1,5 @@
 """The trip path's routing-table engine: smcrouted under supervision, re-pointed on
-uplink switches (netd runs it where netconfig.tripcap chose `smcroute`).
+uplink switches (netd runs it where netconfig.trip.capability chose `smcroute`).
 
 netd runs this (one task group beside the failover controllers); the relay plays no
 part, so trip messages keep flowing with the relay stopped, crashed or overloaded.
@@ -36,19 +36,13 @@ import trio
 
 from monitoring.linkmanager import TripPathStats
 
-from .multicast import (
-    KernelEntry,
-    MRoute,
-    MulticastConfig,
-    PathStatus,
-    parse_mr_cache,
-    parse_vifs,
-    path_status,
-    smcroute_conf,
-    wanted_routes,
-)
-from .netlink import ChangeMonitor
-from .tripcap import Capability, Choice
+from ..netlink import ChangeMonitor
+from .capability import Capability, Choice
+from .config import MulticastConfig
+from .plan import MRoute, wanted_routes
+from .render import smcroute_conf
+from .tables import KernelEntry, parse_mr_cache, parse_vifs, proc_address
+from .verdict import PathStatus, path_status
 
 log = logging.getLogger("netd.trip")
 
@@ -82,8 +76,6 @@ def read_kernel(proc: str = "/proc/net") -> list[KernelEntry]:
 
 def read_igmp_memberships(path: str = "/proc/net/igmp") -> dict[str, list[str]]:
     """Groups joined by any socket in this namespace: group -> interfaces."""
-    from .multicast import _addr
-
     joined: dict[str, list[str]] = {}
     device = "?"
     try:
@@ -96,7 +88,7 @@ def read_igmp_memberships(path: str = "/proc/net/igmp") -> dict[str, list[str]]:
             parts = line.split()
             device = parts[1] if len(parts) > 1 else "?"
         else:
-            joined.setdefault(str(_addr(line.split()[0])), []).append(device)
+            joined.setdefault(str(proc_address(line.split()[0])), []).append(device)
     return joined
 
 
@@ -185,8 +177,8 @@ def set_rp_filter(interfaces: tuple[str, ...]) -> None:
 
 class TripEngine:
     """What netd needs of a trip-path engine (smcrouted's routing table here, nftables
-    `dup` in tripnft.py). `active_path()` maps each interface that is a path of a
-    managed link to the link's active interface (see multicast.wanted_routes)."""
+    `dup` in nftables.py). `active_path()` maps each interface that is a path of a
+    managed link to the link's active interface (see plan.wanted_routes)."""
 
     def __init__(
         self,

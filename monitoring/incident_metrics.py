@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import IncidentsConfig
-from .detector import Kind
-from .store import Register
+# A scrape reads the register itself (read-only), and counts incidents of every kind.
+from concentrator.incidents.detector import Kind
+from concentrator.incidents.store import Register
+
+if TYPE_CHECKING:
+    from concentrator.incidents.config import IncidentsConfig
+    from concentrator.incidents.counters import Counters
 
 P = "concentrator_incident"
-
-
-@dataclass
-class Counters:
-    asdus: int = 0
-    dropped: int = 0
-    send_failures: int = 0
 
 
 class IncidentMetrics(Collector):

@@ -22,14 +22,19 @@ touches the relay). Powers in watts (base units); the UPDCs send kW.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .clock import ClockState
-from .config import SheddingConfig
-from .monitor import SheddingMonitor
-from .verdict import Status
+# The monitor's plain state is read at scrape time; only its small value types are
+# needed at run time (the clock's reading, the verdict's outcome).
+from concentrator.shedding.clock import ClockState
+from concentrator.shedding.verdict import Status
+
+if TYPE_CHECKING:
+    from concentrator.shedding.config import SheddingConfig
+    from concentrator.shedding.monitor import SheddingMonitor
 
 P = "concentrator_shedding_"
 

@@ -3,7 +3,7 @@ the trip groups to the sites over the paths in use?
 
 For operators and certifiers (annex A40 5.10: the concentrator does not interpose in
 the BMI's multicast trip messages). It says first what this kernel offers and which
-engine runs (netconfig.tripcap; a refused engine is NOT OK), then judges what happens,
+engine runs (netconfig.trip.capability; a refused engine is NOT OK), then judges what happens,
 not what was meant, from that engine's own rules and counters:
 
 - the paths in use come from the kernel's routes (`ip route get` of each link's first
@@ -34,22 +34,15 @@ from typing import Any
 
 from concentrator.configbase import ConfigError
 
-from .config import NetworkConfig
-from .multicast import (
-    NFT_TABLE,
-    SMCROUTE,
-    MulticastConfig,
-    PathStatus,
-    counters,
-    load_multicast,
-    nft_entries,
-    parse_counters,
-    path_status,
-)
-from .routes import paths_in_use
-from .tripcap import probe, resolve
-from .tripnft import read_rules_sync
-from .trippath import read_igmp_memberships, read_kernel
+from ..config import NetworkConfig
+from ..routes import paths_in_use
+from .capability import probe, resolve
+from .config import SMCROUTE, MulticastConfig, load_multicast
+from .nftables import read_rules_sync
+from .render import NFT_TABLE
+from .smcroute import read_igmp_memberships, read_kernel
+from .tables import nft_entries
+from .verdict import PathStatus, counters, parse_counters, path_status
 
 DEFAULT_STATE = "/run/concentrator/netd.json"
 
@@ -131,7 +124,7 @@ def _write_last(path: str, doc: dict[str, Any]) -> None:
 
 def kernel_paths(mc: MulticastConfig, in_use: dict[str, str | None], last: Any = None) -> list[PathStatus]:
     """Each trip (S,G) as the kernel forwards it with the engine chosen on this kernel
-    (`mc` resolved by tripcap.resolve), judged against the paths in use (`in_use_by`);
+    (`mc` resolved by capability.resolve), judged against the paths in use (`in_use_by`);
     `last` as for path_status."""
     entries = read_kernel() if mc.engine == SMCROUTE else nft_entries(mc, read_rules_sync() or [])
     return path_status(mc, entries, in_use, last)

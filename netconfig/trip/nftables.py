@@ -7,7 +7,7 @@ matches (S,G); on the uplink path in use it jumps to the (S,G)'s chain, which ho
 one `dup to "<site path in use>"` per member site and then drops the original (the
 concentrator never takes a trip itself); on the other uplink the trip is counted as
 a wrong-interface arrival and dropped, as the multicast routing table does. Rules are
-in `table netdev concentrator_trip` (multicast.nft_ruleset).
+in `table netdev concentrator_trip` (render.nft_ruleset).
 
 - Installed in one transaction (the table is replaced whole) at start and whenever
   the kernel's table is not what we want (deleted, altered).
@@ -33,23 +33,13 @@ from typing import Any
 
 import trio
 
-from .multicast import (
-    NFT_TABLE,
-    MRoute,
-    MulticastConfig,
-    NftRule,
-    nft_chain,
-    nft_copy_rule,
-    nft_entries,
-    nft_error,
-    nft_inbound_rule,
-    nft_ruleset,
-    parse_nft,
-    path_status,
-    wanted_routes,
-)
-from .netlink import ChangeMonitor
-from .trippath import FAILURE_SUMMARY, RECHECK_INTERVAL, TripEngine, TripState, record
+from ..netlink import ChangeMonitor
+from .config import MulticastConfig
+from .plan import MRoute, wanted_routes
+from .render import NFT_TABLE, nft_chain, nft_copy_rule, nft_inbound_rule, nft_ruleset
+from .smcroute import FAILURE_SUMMARY, RECHECK_INTERVAL, TripEngine, TripState, record
+from .tables import NftRule, nft_entries, nft_error, parse_nft
+from .verdict import path_status
 
 log = logging.getLogger("netd.trip")
 

@@ -21,7 +21,8 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-from .multicast import MAXVIFS, NFTABLES, SMCROUTE, MulticastConfig, nft_error
+from .config import MAXVIFS, NFTABLES, SMCROUTE, MulticastConfig
+from .tables import nft_error
 
 MRT_INIT, MRT_DONE = 200, 201  # <linux/mroute.h>
 _PROBE_TABLE = "concentrator_probe"
