@@ -1,2 +1,2 @@
-"""Benchmarks and their recorded results. Not installed: run from a checkout (the scripts
-put its root on the path; `python -m bench.loadgen` from the root)."""
+"""Benchmarks and their recorded results. Not installed: run from a checkout's root,
+`python -m bench list` / `python -m bench run NAME [args]` (bench/__main__.py)."""

@@ -1,7 +1,7 @@
 """Abusive configuration files: how long `concentrator check-config` takes to refuse each
 one, and its peak memory, against the example file as a baseline measured in the same run.
 
-    python bench/config_limits.py          # prints a Markdown table
+    python -m bench run config_limits   # from the checkout's root; prints a Markdown table
 
 The cases and the measurement are those of tests/unit/test_config_limits.py: one child
 process per file; CPU seconds are the command's own, wall seconds include starting Python.
@@ -9,13 +9,10 @@ process per file; CPU seconds are the command's own, wall seconds include starti
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.unit.test_config_limits import CASES, EXAMPLE, measured  # noqa: E402
+from tests.unit.test_config_limits import CASES, EXAMPLE, measured
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """CPU per ASDU of the relay's decisions alone: `RelayCore` driven in-process, no sockets.
 
-    python bench/core_cpu.py [--sites 1000] [--objects 100] [--repeats 5]
+    python -m bench run core_cpu [--sites 1000] [--objects 100] [--repeats 5]   # from the checkout's root
 
 The end-to-end figures (bench/run_all.py) include the kernel's loopback and trio, and move
 with whatever else runs on the shared machine; this one times only the calls into the

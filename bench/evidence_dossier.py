@@ -1,6 +1,8 @@
 """Run time and capture size of `concentrator evidence` for a 12-site appliance.
 
-    python bench/evidence_dossier.py [--sites 12] [--duration 60] [--rate 10] [--out bench/evidence-dossier.json]
+    python -m bench run evidence_dossier [--sites 12] [--duration 60] [--rate 10] [--out FILE]   # root, checkout's root
+
+writes bench/results/DATE-evidence-dossier.json unless --out says otherwise.
 
 The namespace lab of tests/netns/appliance.py (real relay, netd with smcrouted, UPDC
 stations sending `--rate` ASDU/s each, a BMI interrogating every 0.1 s, trip datagrams
@@ -19,11 +21,9 @@ import re
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from tests.lab.harness import Lab  # noqa: E402
-from tests.netns.appliance import Appliance  # noqa: E402
+from bench.common import result_path
+from tests.lab.harness import Lab
+from tests.netns.appliance import Appliance
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--sites", type=int, default=12)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=10.0)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "evidence-dossier.json"))
+    ap.add_argument("--out", help="default bench/results/DATE-evidence-dossier.json")
     args = ap.parse_args()
     with Lab(n_sites=args.sites, site_paths="endpoints", hold_time=1.0, trip_groups=[("239.192.10.9", 30109)]) as lab:
         app = Appliance(lab, "239.192.10.9", 30109, rate=args.rate)
@@ -62,7 +62,7 @@ def main() -> int:
             "load_1min_at_end": os.getloadavg()[0],
         }
     print(json.dumps(result, indent=1))
-    with open(args.out, "w") as f:
+    with open(args.out or result_path("evidence-dossier"), "w") as f:
         json.dump(result, f, indent=1)
     return 0
 

@@ -1,7 +1,9 @@
 """Failover benchmark: outage seen by the BMI per fault type, over many runs.
 
-    sudo python bench/failover.py --runs 10                       # defaults: 100 ms x 3
-    sudo python bench/failover.py --runs 10 --probe-interval 0.05
+    sudo python -m bench run failover --runs 10                       # defaults: 100 ms x 3
+    sudo python -m bench run failover --runs 10 --probe-interval 0.05
+
+(from the checkout's root)
 
 Builds one lab (tests.lab.harness: BMI, concentrator, sites, primary and backup
 veths, a link manager per namespace), runs UPDC stations, the real relay and a BMI,
@@ -17,18 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tests.lab.harness import Iec104Stream, Lab, install_signal_cleanup, run  # noqa: E402
-from tests.lab.measure import analyze  # noqa: E402
+from bench.common import percentile
+from tests.lab.harness import Iec104Stream, Lab, install_signal_cleanup, run
+from tests.lab.measure import analyze
 
 
 def _both_down(lab: Lab, link: str, _path: str) -> None:
@@ -219,8 +218,8 @@ def main() -> int:
         det = [r["detection_s"] * 1000 for r in rs if not math.isnan(r["detection_s"])] or [math.nan]
         back = [r["failback_outage_s"] for r in rs if not math.isnan(r["failback_outage_s"])] or [math.nan]
         print(
-            f"| {fault} | {statistics.median(out):.1f} ms | {max(out):.1f} ms | "
-            f"{statistics.median(det):.1f} ms | {sum(r['lost'] for r in rs)} | "
+            f"| {fault} | {percentile(out, 50):.1f} ms | {max(out):.1f} ms | "
+            f"{percentile(det, 50):.1f} ms | {sum(r['lost'] for r in rs)} | "
             f"{sum(r['duplicated'] for r in rs)} | {sum(r['sessions_kept'] for r in rs)}/{len(rs)} | "
             f"{max(back) * 1000:.1f} ms |"
         )

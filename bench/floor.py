@@ -1,6 +1,6 @@
 """What one forwarded message costs at the least: the floor under the relay's CPU per ASDU.
 
-    python bench/floor.py [--messages 5000] [--gap 0.001] [--rounds 3]
+    python -m bench run floor [--messages 5000] [--gap 0.001] [--rounds 3]   # from the checkout's root
 
 One client sends 16 bytes through a forwarder to an echo server and waits for the echo,
 then sleeps `gap` (so each message wakes the forwarder on its own, as at the relay's
@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.loadgen import cpu_seconds  # noqa: E402
+from bench.common import percentile
+from bench.loadgen import cpu_seconds
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -102,7 +102,7 @@ def echo(port: int) -> None:
 
 
 def start(argv: list[str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT)
     assert process.stdout is not None
     if argv[0] != "haproxy" and process.stdout.readline() != b"ready\n":
         raise RuntimeError(f"{argv} did not start")
@@ -111,7 +111,7 @@ def start(argv: list[str]) -> subprocess.Popen[bytes]:
 
 def measure(kind: str, messages: int, gap: float) -> dict[str, float]:
     echo_port, front_port = free_port(), free_port()
-    processes = [start([sys.executable, __file__, "--serve", "echo", str(echo_port), "0"])]
+    processes = [start([sys.executable, "-m", "bench.floor", "--serve", "echo", str(echo_port), "0"])]
     try:
         if kind == "haproxy":
             cfg = tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False)
@@ -123,7 +123,7 @@ def measure(kind: str, messages: int, gap: float) -> dict[str, float]:
             forwarder = start(["haproxy", "-db", "-f", cfg.name])
             time.sleep(0.5)
         else:
-            forwarder = start([sys.executable, __file__, "--serve", kind, str(front_port), str(echo_port)])
+            forwarder = start([sys.executable, "-m", "bench.floor", "--serve", kind, str(front_port), str(echo_port)])
         processes.append(forwarder)
         client = socket.create_connection((HOST, front_port))
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -143,9 +143,8 @@ def measure(kind: str, messages: int, gap: float) -> dict[str, float]:
         for process in processes:
             process.kill()
             process.wait()
-    rtts.sort()
-    return {"cpu_us_per_message": cpu / (2 * messages) * 1e6, "rtt_p50_us": rtts[len(rtts) // 2],
-            "rtt_p99_us": rtts[int(len(rtts) * 0.99)]}  # fmt: skip
+    return {"cpu_us_per_message": cpu / (2 * messages) * 1e6, "rtt_p50_us": percentile(rtts, 50),
+            "rtt_p99_us": percentile(rtts, 99)}  # fmt: skip
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Fuzz campaign against the real relay while 12 good sites stream (issue 11).
 
-    python -m bench.fuzz_campaign                     # 1,000,000 mutated frames per side
-    python -m bench.fuzz_campaign --frames 20000      # the CI size (tests/interop/test_fuzz_campaign.py)
+    python -m bench run fuzz_campaign                 # 1,000,000 mutated frames per side
+    python -m bench run fuzz_campaign --frames 20000  # the CI size (tests/interop/test_fuzz_campaign.py)
 
 The relay runs as its own process (`python -m concentrator relay`, log level INFO, its
 log kept in a file). In this process, under trio: 12 good UPDCs (`QueueingStation`, CA

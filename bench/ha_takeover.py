@@ -1,8 +1,10 @@
 """HA takeover benchmark: the BMI's outage when the active appliance of a pair fails.
 
-    sudo python bench/ha_takeover.py --fault kill --runs 10 --out bench/ha-kill.json
-    sudo python bench/ha_takeover.py --fault cut  --runs 10 --out bench/ha-cut.json
-    sudo python bench/ha_takeover.py --fault path --runs 10 --out bench/ha-path.json
+    sudo python -m bench run ha_takeover --fault kill --runs 10   # -> bench/results/DATE-ha-kill.json
+    sudo python -m bench run ha_takeover --fault cut  --runs 10   # -> bench/results/DATE-ha-cut.json
+    sudo python -m bench run ha_takeover --fault path --runs 10   # -> bench/results/DATE-ha-path.json
+
+(from the checkout's root; `--out FILE` writes elsewhere)
 
 One lab (tests/netns/ha_lab.py: two real appliances with keepalived, the HA supervisor,
 the relay and netd (with its smcrouted) each, two uplink paths; a BMI with its own netd;
@@ -25,15 +27,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tests.lab.harness import install_signal_cleanup  # noqa: E402
-from tests.netns.ha_lab import HaLab, check_stream, outage, per_site  # noqa: E402
+from bench.common import percentile, result_path
+from tests.lab.harness import install_signal_cleanup
+from tests.netns.ha_lab import HaLab, check_stream, outage, per_site
 
 TRIPS, TRIP_INTERVAL = 150, 0.02
 
@@ -146,7 +146,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--advert-interval", type=float, default=0.1)
     ap.add_argument("--rate", type=float, default=20.0, help="ASDU/s per site")
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="default bench/results/DATE-ha-FAULT.json")
     args = ap.parse_args()
     install_signal_cleanup()
     load_before = os.getloadavg()
@@ -183,7 +183,7 @@ def main() -> int:
         "advert_interval": args.advert_interval,
         "rate_per_site": args.rate,
         "sites": 12,
-        "outage_median_s": statistics.median(outages),
+        "outage_median_s": percentile(outages, 50),
         "outage_max_s": max(outages),
         "outage_min_s": min(outages),
         "missing_total": sum(r["missing"] for r in results),
@@ -202,9 +202,8 @@ def main() -> int:
         summary["trip_largest_gap_max_s"] = max(r["trip_largest_gap_s"] for r in results)
         summary["trip_send_largest_gap_max_s"] = max(r["trip_send_largest_gap_s"] for r in results)
     print(json.dumps(summary, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"summary": summary, "runs": results}, f, indent=2)
+    with open(args.out or result_path(f"ha-{args.fault}"), "w") as f:
+        json.dump({"summary": summary, "runs": results}, f, indent=2)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The Ed. 2 hand-over, switched away and straight back, many times, with every site
 streaming (issue 10, item 1).
 
-    python bench/handover.py                     # 100 times, 12 sites, 1 s between switches
-    python bench/handover.py --iterations 5 --hold 0.3
+    python -m bench run handover                     # 100 times, 12 sites, 1 s between switches
+    python -m bench run handover --iterations 5 --hold 0.3   # (from the checkout's root)
 
 Two BMI connections A and B (one redundancy group, `Ed2Master`); B is started; in each
 iteration A sends STARTDT (the active role moves to A and the relay closes B), then
@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import statistics
 import sys
 from typing import Any
 
 import trio
 
+from bench.common import percentile
 from concentrator.config import parse_config
 from concentrator.iec104.link import LinkParams
 from concentrator.relay.driver import Relay
@@ -145,12 +145,7 @@ async def handover(iterations: int = 100, hold: float = 1.0, sites: int = 12, ra
 def _summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
-    ordered = sorted(values)
-    return {
-        "median": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        "max": ordered[-1],
-    }
+    return {"median": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)}
 
 
 def main() -> int:

@@ -1,6 +1,8 @@
 """The relay's latency with the incident register off and on, in the same run.
 
-    python bench/incidents_latency.py [--rounds 2] [--duration 10] [--out bench/incidents-latency.json]
+    python -m bench run incidents_latency [--rounds 2] [--duration 10] [--out FILE]   # from the checkout's root
+
+writes bench/results/DATE-incidents-latency.json unless --out says otherwise.
 
 bench/shedding_latency.py's procedure unchanged (run_all.py's harness, 100 sites, steady
 ASDUs and select/execute cycles, runs alternating without and with the section, so that
@@ -12,12 +14,9 @@ the register is on. Results: docs/incidents.md.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import shedding_latency  # noqa: E402
+from bench import shedding_latency
 
 
 def with_register(workdir: Path):  # type: ignore[no-untyped-def]
@@ -32,7 +31,4 @@ def with_register(workdir: Path):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    shedding_latency.with_monitor = with_register
-    if "--out" not in sys.argv:
-        sys.argv += ["--out", str(Path(__file__).with_name("incidents-latency.json"))]
-    shedding_latency.main()
+    shedding_latency.main(with_register, "incidents-latency")

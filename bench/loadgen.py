@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from bench.common import percentile
 from concentrator.iec104.asdu import BROADCAST_CA, Cause
 from concentrator.iec104.decode import TypeId
 from concentrator.iec104.link import (
@@ -105,13 +106,6 @@ def _mirror(asdu: bytes, cause: int, ca: int) -> bytes:
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: list[int] | array, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return float(sorted_values[index])
 
 
 def summarise_us(samples: array) -> dict[str, float | int]:

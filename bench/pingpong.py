@@ -1,7 +1,7 @@
 """One-way latency through the path with a client that is not the bottleneck: 12 sites in
 ping-pong, one exchange in flight at a time.
 
-    python bench/pingpong.py [--exchanges 5000] [--rounds 3] [--before-tree DIR]
+    python -m bench run pingpong [--exchanges 5000] [--rounds 3] [--before-tree DIR]   # from the checkout's root
 
 bench/run_all.py's generator is one asyncio process playing 100 sites and the BMI; its
 own wake-ups (100-400 µs on this VM) are in every figure there. Here the BMI is a plain
@@ -31,12 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.loadgen import STAMPED_IOA, cpu_seconds, percentile, read_stamped, stamped_asdu  # noqa: E402
-from bench.run_all import HOST, haproxy_cfg, port_block, relay_yaml, started  # noqa: E402
-from concentrator.iec104.asdu import Cause  # noqa: E402
-from concentrator.iec104.link import AsduReceived, Link, LinkParams, Role  # noqa: E402
+from bench.common import percentile
+from bench.loadgen import STAMPED_IOA, cpu_seconds, read_stamped, stamped_asdu
+from bench.run_all import HOST, haproxy_cfg, port_block, relay_yaml, started
+from concentrator.iec104.asdu import Cause
+from concentrator.iec104.link import AsduReceived, Link, LinkParams, Role
 
 SITES = 12
 FIRST_CA = 101
@@ -149,7 +148,9 @@ def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict
     front = port_block(SITES + 1, site_port + SITES, range(site_port, site_port + SITES))
     with contextlib.ExitStack() as stack:
         station = stack.enter_context(
-            started([sys.executable, __file__, "--stations", str(site_port)], workdir / f"{path}.stations.log")
+            started(
+                [sys.executable, "-m", "bench.pingpong", "--stations", str(site_port)], workdir / f"{path}.stations.log"
+            )
         )
         time.sleep(0.5)
         if station.poll() is not None:
@@ -158,7 +159,7 @@ def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict
         if path == "direct":
             ports = [site_port + i for i in range(SITES)]
         elif path == "trio":
-            argv = [sys.executable, __file__, "--trio-forwarder", str(front), str(site_port)]
+            argv = [sys.executable, "-m", "bench.pingpong", "--trio-forwarder", str(front), str(site_port)]
             forwarder = stack.enter_context(started(argv, workdir / "trio.log"))
             ports = [front + i for i in range(SITES)]
         elif path == "haproxy":
@@ -184,8 +185,6 @@ def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict
             down.append(d)
             up.append(u)
         cpu = (cpu_seconds(forwarder.pid) - cpu_before) if forwarder else float("nan")
-    down.sort()
-    up.sort()
     return {"down_p50": percentile(down, 50), "down_p99": percentile(down, 99), "up_p50": percentile(up, 50),
             "up_p99": percentile(up, 99), "cpu_us_per_exchange": cpu / exchanges * 1e6}  # fmt: skip
 

@@ -1,6 +1,6 @@
 """Summarise a py-spy raw (collapsed stacks) profile: top functions by self and total time.
 
-python bench/profile_summary.py PROFILE.txt [N]
+python -m bench.profile_summary PROFILE.txt [N]   # from the checkout's root
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A connect/close flood from refused addresses while 12 sites stream (issue 19, item 3).
 
-    python bench/refused_flood.py                      # 200,000 connections from 40 sources
-    python bench/refused_flood.py --connections 20000
+    python -m bench run refused_flood                      # 200,000 connections from 40 sources
+    python -m bench run refused_flood --connections 20000  # (from the checkout's root)
 
 The relay runs as its own process (`python -m concentrator relay`) and allows only
 127.0.0.1; twelve UPDCs (`QueueingStation`, 50 ASDU/s each) and the BMI (`CodecMaster`
@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from bench.common import percentile
 from concentrator.iec104.link import LinkParams
 from tests.peers.codec_peers import CodecMaster, QueueingStation
 
@@ -136,7 +137,7 @@ async def scenario(connections: int, sites: int, rate: float) -> dict[str, Any]:
                 "relay_after": after,
                 "bmi_asdu_per_s_before": rate_before,
                 "bmi_asdu_per_s_during_min": min(rates_during) if rates_during else None,
-                "bmi_asdu_per_s_during_median": sorted(rates_during)[len(rates_during) // 2] if rates_during else None,
+                "bmi_asdu_per_s_during_median": percentile(rates_during, 50) if rates_during else None,
                 "bmi_asdu_per_s_after": rate_after,
                 "offered_asdu_per_s": sites * rate,
             }

@@ -1,15 +1,18 @@
-"""Run every benchmark and write bench/RESULTS.md (and bench/results.json).
+"""The relay's load benchmarks (latency, ping-pong, storm, stream, scale) against the direct
+and haproxy paths; writes bench/RESULTS.md and bench/results/DATE-results.json.
 
-    python bench/run_all.py            # the whole suite, about 5 minutes
-    python bench/run_all.py --quick    # shorter runs, for a look (2 minutes)
+    python -m bench run run_all            # from the checkout's root: about 5 minutes
+    python -m bench run run_all --quick    # shorter runs, for a look (2 minutes)
+
+(`python -m bench list` lists every benchmark; this is one of them.)
 
 Options: `--only latency|nominal|10x,pingpong,storm,stream,scale` and `--modes
 direct,haproxy,relay` pick runs; `--relay-tree DIR` runs the relay from another source
 tree; `--before-tree DIR` adds the path "before", the relay from that tree, measured
 right after haproxy and before "relay" in every scenario (before/after in one run, one
-table); `--render-only results.json` writes RESULTS.md again (bench/NOTES.md, the
+table); `--render-only results/DATE-results.json` writes RESULTS.md again (bench/NOTES.md, the
 hand-written analysis, is appended to it); `BENCH_PROFILE=DIR` records a py-spy profile of
-the relay in each run (summarise with `python bench/profile_summary.py DIR/FILE.txt`).
+the relay in each run (summarise with `python -m bench.profile_summary DIR/FILE.txt`).
 Needs haproxy (Debian package); py-spy (pip) only for profiles.
 
 Each measurement runs three processes at most: the load generator
@@ -42,6 +45,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from bench.common import percentile, result_path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -535,11 +540,6 @@ def _pingpong_ratios(pingpong: dict, key: str) -> dict[str, float]:  # type: ign
     }
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
-
-
 def _goals(results: dict) -> list[str]:  # type: ignore[type-arg]
     """Issue 15's goals, each computed from this run's figures and marked met or not."""
     lat, storm, pingpong = results["latency"], results["storm"], results.get("pingpong", {})
@@ -557,8 +557,8 @@ def _goals(results: dict) -> list[str]:  # type: ignore[type-arg]
                 for k in keys
                 if len(rs := _pingpong_ratios(pingpong, k)) == 4
             ]
-            value = _median(worst)
-            if value is not None:
+            if worst:
+                value = percentile(worst, 50)
                 what = f"12 sites ping-pong, asyncio generator, one-way {q} (worse way, median of rounds) / haproxy's"
                 rows.append((what, label, f"{value:.2f} x", f"<= {goal} x", value <= goal))
         direct, haproxy, path = lat.get("nominal/direct"), lat.get("nominal/haproxy"), lat.get(f"nominal/{mode}")
@@ -616,7 +616,7 @@ def _without_out(argv: list[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs and a smaller storm")
-    parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md and results.json go")
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md and results/DATE-results.json go")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (configs, logs)")
     parser.add_argument(
         "--only",
@@ -628,7 +628,9 @@ def main() -> int:
         "--relay-tree", type=Path, help="run the relay from this source tree (before/after comparisons)"
     )
     parser.add_argument("--before-tree", type=Path, help='add the path "before": the relay from this source tree')
-    parser.add_argument("--render-only", type=Path, help="only write RESULTS.md again from this results.json")
+    parser.add_argument(
+        "--render-only", type=Path, help="only write RESULTS.md again from this results/DATE-results.json"
+    )
     args = parser.parse_args()
     if args.render_only:
         saved = json.loads(args.render_only.read_text())
@@ -654,15 +656,15 @@ def main() -> int:
     all_runs = [r for group in results.values() for r in group.values()]  # type: ignore[union-attr]
     meta = {
         "date": date,
-        "command": " ".join(["python", "bench/run_all.py"] + _without_out(sys.argv[1:])),
+        "command": " ".join(["python -m bench run run_all"] + _without_out(sys.argv[1:])),
         "elapsed_s": time.monotonic() - started_at,
         "machine": machine(),
         "all_runs": all_runs,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": {k: v for k, v in meta.items() if k != "all_runs"},
-                                                  "results": results}, indent=1))  # fmt: skip
+    recorded = {"meta": {k: v for k, v in meta.items() if k != "all_runs"}, "results": results}
+    result_path("results", out / "results").write_text(json.dumps(recorded, indent=1))
     (out / "RESULTS.md").write_text(render(results, meta))
     print(f"wrote {out / 'RESULTS.md'} in {meta['elapsed_s']:.0f} s")
     return 1 if any(r.get("errors") for r in all_runs) else 0

@@ -1,10 +1,12 @@
 """Does scraping the relay's metrics stall it? Relay latency with and without a scrape
 of /metrics every second.
 
-    python bench/scrape_stall.py               # 3 pairs of 20 s runs, 100 sites x 10 ASDU/s
-    python bench/scrape_stall.py --quick       # 1 pair of 6 s runs
-    python bench/scrape_stall.py --attack      # 12 sites x 100 ASDU/s, scraped, without and with a slowloris
-    python bench/scrape_stall.py --attack --before-tree DIR   # the same, the relay from DIR alongside
+    python -m bench run scrape_stall               # 3 pairs of 20 s runs, 100 sites x 10 ASDU/s
+    python -m bench run scrape_stall --quick       # 1 pair of 6 s runs
+    python -m bench run scrape_stall --attack      # 12 sites x 100 ASDU/s, scraped, without and with a slowloris
+    python -m bench run scrape_stall --attack --before-tree DIR   # the same, the relay from DIR alongside
+
+(from the checkout's root)
 
 Each run is the relay as its own process (`python -m concentrator relay`, which serves
 its metrics on metrics.listen) driven by the load generator (bench.loadgen,
@@ -12,10 +14,11 @@ steady: every site sends stamped ASDUs, the BMI measures each one's latency). In
 "scraped" runs a thread here GETs /metrics every second for the whole run, as Prometheus
 would, and times each scrape. Runs alternate (off, on, off, on, ...) so that the load
 other processes put on the machine falls on both alike. Results go to stdout as a table
-and to bench/scrape_results_<sites>.json; bench/SCRAPE.md has the recorded figures.
+and to bench/results/DATE-scrape-<sites>.json (DATE-scrape-attack.json with --attack);
+bench/SCRAPE.md has the recorded figures.
 
 With --attack (issue 29) every run is scraped, and the pair is "scraped" and "attacked":
-in the attacked run bench/slowloris.py holds 3,000 connections to the metrics port from
+in the attacked run bench.slowloris holds 3,000 connections to the metrics port from
 another address (127.0.0.2; half half-open, half sending a request head a byte a second,
 re-opened when closed, all completed and reset at the end) for the whole run. Each run
 also records the exporter process's peak threads and memory, its CPU and the attacker's,
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import tempfile
 import threading
@@ -36,9 +38,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import cpu_seconds, descendants  # noqa: E402
-from run_all import HOST, port_block, relay_yaml, start_loadgen, started  # noqa: E402 (bench/ is not a package)
+from bench.common import percentile, result_path
+from bench.loadgen import cpu_seconds, descendants
+from bench.run_all import HOST, port_block, relay_yaml, start_loadgen, started
 
 RUN_TIMEOUT = 180
 ATTACKER = "127.0.0.2"  # the slowloris's address: not the scraper's
@@ -163,7 +165,7 @@ def run(workdir: Path, tag: str, sites: int, rate: float, duration: float, warmu
     result["scrapes"] = {
         "count": len(scraper.durations),
         "errors": scraper.errors,
-        "duration_ms_median": statistics.median(scraper.durations) * 1e3 if scraper.durations else None,
+        "duration_ms_median": percentile(scraper.durations, 50) * 1e3 if scraper.durations else None,
         "duration_ms_max": max(scraper.durations) * 1e3 if scraper.durations else None,
         "bytes": scraper.sizes[-1] if scraper.sizes else None,
     }
@@ -198,7 +200,7 @@ def main() -> int:
                     result = run(Path(tmp), tag, sites, rate, duration, warmup, scrape, attack, tree)
                     rows.append({"run": prefix + kind, "scraped": scrape, "attacked": attack, **result})
     name = "attack" if args.attack else str(sites)
-    out = Path(__file__).resolve().parent / f"scrape_results_{name}.json"
+    out = result_path(f"scrape-{name}")
     out.write_text(json.dumps({"sites": sites, "rate": rate, "duration": duration, "runs": rows}, indent=1))
     print(f"\n{sites} sites x {rate:g} ASDU/s, {duration:g} s per run; relay latency site -> BMI, µs")
     header = f"{'run':<16} {'n':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8}"

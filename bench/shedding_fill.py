@@ -2,7 +2,7 @@
 measure size and write cost (bench/SHEDDING.md). Each row carries the time its values
 were taken, and each transaction the last copy applied, as the monitor writes them.
 
-    python3 bench/shedding_fill.py --db /tmp/x.sqlite --sites 100 --days 2 [--resume] [--json]
+    python -m bench run shedding_fill --db /tmp/x.sqlite --sites 100 --days 2 [--resume] [--json]   # checkout's root
 
 Each batch is one transaction through `ShedRecord.write` (the monitor's own path) with
 `--slots` slots of every site (default 1: what the monitor writes per 4 s slot with the
@@ -18,15 +18,12 @@ import json
 import os
 import random
 import sqlite3
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from concentrator.shedding.monitor import SampleRow  # noqa: E402
-from concentrator.shedding.record import Applied, ShedRecord  # noqa: E402
-from concentrator.shedding.verdict import Sample  # noqa: E402
+from bench.common import percentile
+from concentrator.shedding.monitor import SampleRow
+from concentrator.shedding.record import Applied, ShedRecord
+from concentrator.shedding.verdict import Sample
 
 PERIOD = 4.0
 START = 1_800_000_000.0
@@ -72,13 +69,12 @@ def main() -> None:
     db = sqlite3.connect(args.db)
     (count,) = db.execute("SELECT count(*) FROM samples").fetchone()
     db.close()
-    costs.sort()
     result = {
         "sites": args.sites, "days": args.days, "rows": count, "file_bytes": size,
         "bytes_per_row": size / count if count else None,
         "batches": len(costs), "rows_per_batch": args.sites * args.slots,
-        "batch_ms_median": 1000 * costs[len(costs) // 2], "batch_ms_p99": 1000 * costs[int(len(costs) * 0.99)],
-        "batch_ms_max": 1000 * costs[-1],
+        "batch_ms_median": 1000 * percentile(costs, 50), "batch_ms_p99": 1000 * percentile(costs, 99),
+        "batch_ms_max": 1000 * max(costs),
     }  # fmt: skip
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 

@@ -1,6 +1,8 @@
 """The relay's latency with the shedding monitor off and on, in the same run (bench/SHEDDING.md).
 
-    python bench/shedding_latency.py [--rounds 2] [--duration 10] [--out bench/shedding-latency.json]
+    python -m bench run shedding_latency [--rounds 2] [--duration 10] [--out FILE]   # from the checkout's root
+
+writes bench/results/DATE-shedding-latency.json unless --out says otherwise.
 
 Uses run_all.py's harness unchanged (load generator: 100 sites, steady ASDUs and
 select/execute cycles; the relay as its own process), alternating runs without and with
@@ -15,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run_all  # noqa: E402
+from bench import run_all
+from bench.common import result_path
 
 BASE_YAML = run_all.relay_yaml
 
@@ -45,12 +46,14 @@ def with_monitor(workdir: Path):  # type: ignore[no-untyped-def]
     return relay_yaml
 
 
-def main() -> None:
+def main(section: Callable[[Path], Callable[..., str]] = with_monitor, name: str = "shedding-latency") -> None:
+    """Runs alternating without and with `section` (the relay's YAML with the section added)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", default="10")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("shedding-latency.json")))
+    parser.add_argument("--out", type=Path, help=f"default bench/results/DATE-{name}.json")
     args = parser.parse_args()
+    out = args.out or result_path(name)
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="shed-bench-") as tmp:
         workdir = Path(tmp)
@@ -58,15 +61,15 @@ def main() -> None:
         for round_ in range(args.rounds):
             for load, rate, cycles in (("nominal", "10", "10"), ("10x", "100", "100")):
                 for monitor in (False, True):
-                    run_all.relay_yaml = with_monitor(workdir) if monitor else BASE_YAML
+                    run_all.relay_yaml = section(workdir) if monitor else BASE_YAML
                     loadgen = ["--rate", rate, "--commands", cycles, "--duration", args.duration, "--warmup", "2"]
                     result = bench.run("relay", "steady", 100, loadgen_args=loadgen)
                     result.update(round=round_, load=load, monitor=monitor)
                     results.append(result)
                     up = result.get("up_latency_us") or result.get("latency_up_us") or {}
                     print(f"  {load} monitor={'on ' if monitor else 'off'}: {json.dumps(up)[:200]}", flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    print(f"written {args.out}")
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -3,27 +3,23 @@ of `ShedFeeder._frames` (number, frame, keep in the ring, evict) against the fra
 (`encode`, what the feeder did before the ring) in the same run, and the ring's memory when
 full (1.5 sample periods + REPLAY_SLACK of copies at the offered rate).
 
-    python3 bench/shedding_ring.py [--rate 1000] [--rounds 5] [--json]
+    python -m bench run shedding_ring [--rate 1000] [--rounds 5] [--json]   # from the checkout's root
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from concentrator.config import Endpoint  # noqa: E402
-from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints  # noqa: E402
-from concentrator.shedding.tap import FEED_PERIOD, ShedFeeder, ShedTap, encode  # noqa: E402
-from concentrator.sim.points import float_measurements  # noqa: E402
+from bench.common import percentile
+from concentrator.config import Endpoint
+from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
+from concentrator.shedding.tap import FEED_PERIOD, ShedFeeder, ShedTap, encode
+from concentrator.sim.points import float_measurements
 
 SITES = 100
 POINTS = SitePoints(1001, (1002, 1003), (2001,), 3001, 3002)
@@ -78,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 1.5 * 4.0 + 10.0 + 4.0  # fills the ring and runs evictions for 4 s
     rounds = [trio.run(measure, args.rate, seconds) for _ in range(args.rounds)]
-    result = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    result = {key: percentile((r[key] for r in rounds), 50) for key in rounds[0]}
     result["rounds"] = args.rounds
     result["rate"] = args.rate
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))

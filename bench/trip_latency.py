@@ -1,6 +1,8 @@
 """Trip path latency: multicast trip datagrams versus plain unicast on the same path.
 
-    python bench/trip_latency.py [--pairs 3000] [--rate 500] [--out bench/trip-latency.json]
+    sudo python -m bench run trip_latency [--pairs 3000] [--rate 500] [--out FILE]   # from the checkout's root
+
+writes bench/results/DATE-trip-latency.json (DATE-trip-sites.json with --sites) unless --out says otherwise.
 
 A namespace lab (tests.lab.harness: BMI, concentrator, one site; netd and its trip path
 on the engine this kernel offers, in the concentrator). The BMI sends, alternately, a
@@ -35,13 +37,11 @@ from typing import Any
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.loadgen import cpu_seconds  # noqa: E402
-from netconfig.trip.render import NFT_TABLE  # noqa: E402
-from tests.lab.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for  # noqa: E402
-from tests.lab.trip_peers import trip_payload  # noqa: E402
+from bench.common import percentile, result_path
+from bench.loadgen import cpu_seconds
+from netconfig.trip.render import NFT_TABLE
+from tests.lab.harness import BMI_SERVICE, Lab, TripTraffic, run, site_service, wait_for
+from tests.lab.trip_peers import trip_payload
 
 GROUP, PORT = "239.192.10.1", 30104
 UNICAST_PORT = PORT + 1
@@ -131,9 +131,9 @@ def summary(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
     return {
         "n": len(xs),
-        "p50_us": round(statistics.median(xs), 2),
-        "p90_us": round(xs[int(0.9 * (len(xs) - 1))], 2),
-        "p99_us": round(xs[int(0.99 * (len(xs) - 1))], 2),
+        "p50_us": round(percentile(xs, 50), 2),
+        "p90_us": round(percentile(xs, 90), 2),
+        "p99_us": round(percentile(xs, 99), 2),
         "max_us": round(xs[-1], 2),
         "mean_us": round(statistics.fmean(xs), 2),
     }
@@ -152,7 +152,8 @@ def measure(
             "exec",
             lab.ns("bmi"),
             sys.executable,
-            os.path.abspath(__file__),
+            "-m",
+            "bench.trip_latency",
             "sender",
             "--iface",
             lab.uplink.primary.peer_if,
@@ -193,8 +194,8 @@ def measure(
     result: dict[str, Any] = {
         "multicast": summary(lat["multicast"]),
         "unicast": summary(lat["unicast"]),
-        "added_p50_us": round(statistics.median(lat["multicast"]) - statistics.median(lat["unicast"]), 2),
-        "added_paired_p50_us": round(statistics.median(paired), 2),
+        "added_p50_us": round(percentile(lat["multicast"], 50) - percentile(lat["unicast"], 50), 2),
+        "added_paired_p50_us": round(percentile(paired, 50), 2),
         "added_p99_us": round(summary(lat["multicast"])["p99_us"] - summary(lat["unicast"])["p99_us"], 2),
         "lost": len(want - set(got)),
         "relay_cpu_share": None if relay_cpu is None else round(relay_cpu, 2),
@@ -330,7 +331,8 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
             "exec",
             lab.ns("bmi"),
             sys.executable,
-            os.path.abspath(__file__),
+            "-m",
+            "bench.trip_latency",
             "sender",
             "--iface",
             lab.uplink.primary.peer_if,
@@ -384,7 +386,7 @@ def measure_sites(lab: Lab, trips: TripTraffic, label: str, pairs: int, rate: fl
         "unicast": uc,
         "added_p50_us": round(mc["p50_us"] - uc["p50_us"], 2),
         "added_p99_us": round(mc["p99_us"] - uc["p99_us"], 2),
-        "added_paired_p50_us": round(statistics.median(paired), 2),
+        "added_paired_p50_us": round(percentile(paired, 50), 2),
         "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
     }
     first, last = result["multicast_first_site"], result["multicast_last_site"]
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sites",
         action="store_true",
         help="instead: 1, 15 and 100 two-path sites, both engines where the kernel has them, relay idle "
-        "(bench/trip-sites.json)",
+        "(bench/results/DATE-trip-sites.json)",
     )
     ap.add_argument("--out")
     args = ap.parse_args(argv)
@@ -504,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.lab.harness import install_signal_cleanup
 
     install_signal_cleanup()
-    args.out = args.out or os.path.join(ROOT, "bench", "trip-sites.json" if args.sites else "trip-latency.json")
+    args.out = args.out or result_path("trip-sites" if args.sites else "trip-latency")
     results = bench_sites(args) if args.sites else bench(args)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

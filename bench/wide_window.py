@@ -1,7 +1,7 @@
 """Issue 25, item 4: throughput through the relay against the uplink's w, with every site
 streaming and with a few sites idle (the BMI confirms after w frames or after its t2).
 
-    python bench/wide_window.py            # prints a Markdown table, writes bench/wide-window.json
+    python -m bench run wide_window   # from the checkout's root: a Markdown table, bench/results/DATE-wide-window.json
 
 12 sites at k 12 (sum of k: 144), uplink k 144, the BMI (bench.loadgen, t2 10 s) with
 the same k and w as the relay's uplink. Every site but the idle ones sends RATE ASDU/s;
@@ -18,9 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.run_all import Bench  # noqa: E402
+from bench.common import result_path
+from bench.run_all import Bench
 
 SITES, SITE_K, RATE, DURATION = 12, 12, 50.0, 10.0
 SUM_K = SITES * SITE_K
@@ -39,7 +38,7 @@ def main() -> int:
             result = bench.run("relay", "steady", SITES, uplink_kw=(SUM_K, w), loadgen_args=args)
             offered = RATE * (SITES - idle)
             results.append({"w": w, "idle": idle, "offered_per_s": offered, **result})
-    Path(__file__).with_name("wide-window.json").write_text(json.dumps(results, indent=1))
+    result_path("wide-window").write_text(json.dumps(results, indent=1))
     print("| uplink w | idle sites | offered ASDU/s | delivered ASDU/s | delivered | up p50 ms | up p99 ms "
           "| still at the sites |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")

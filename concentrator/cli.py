@@ -122,19 +122,23 @@ async def _started(fd: int | None) -> bool:
 async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
     """Run until SIGTERM (a service manager or container stop) or SIGINT, or until `run`
     returns (a standby relay told never to start), then stop cleanly: connections are
-    closed and every UPDC keeps what the BMI did not confirm."""
+    closed and every UPDC keeps what the BMI did not confirm. Stopped by SIGINT (Ctrl-C),
+    it then raises KeyboardInterrupt: one line and status 130 (configbase.run_main)."""
 
     async def run_then_stop() -> None:
         await run()
         nursery.cancel_scope.cancel()
 
+    stopped_by: int | None = None
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             nursery.start_soon(run_then_stop)
-            async for signum in signals:
-                log.info("%s received: stopping", signal.Signals(signum).name)
+            async for stopped_by in signals:
+                log.info("%s received: stopping", signal.Signals(stopped_by).name)
                 nursery.cancel_scope.cancel()
                 break
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -306,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     """Every command: an expected start-up failure is one line and its own exit status
     (configbase.run_main; README, "Exit statuses"); a traceback is a bug."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        return run_main(lambda: _command(argv))
-    except KeyboardInterrupt:
-        return 130
+    return run_main(lambda: _command(argv))
 
 
 def _command(argv: list[str]) -> int:

@@ -476,6 +476,8 @@ class KernelLacks(StartupError):
 
 
 EXIT_CONFIG = 2  # ConfigError: the file, the key, what was expected
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, what a shell reports for a process SIGINT ended
+INTERRUPTED = "interrupted (Ctrl-C): stopped"
 
 
 def os_failure(exc: OSError, where: str, doing: str) -> StartupError | OSError:
@@ -507,13 +509,27 @@ def expected_failure(exc: BaseException) -> StartupError | ConfigError | None:
     return exc if isinstance(exc, (StartupError, ConfigError)) else None
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C: a KeyboardInterrupt, or exception groups holding nothing
+    else (trio wraps the KeyboardInterrupt it delivers in the groups of the nurseries it
+    crosses)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def run_main(main: Callable[[], int], stderr: TextIO | None = None) -> int:
     """Run a command's main: an expected failure is one line on stderr and its exit
-    status (a `ConfigError` is "configuration error: ..." and EXIT_CONFIG)."""
+    status (a `ConfigError` is "configuration error: ..." and EXIT_CONFIG); Ctrl-C is
+    one line and EXIT_INTERRUPTED. A command that stops cleanly on SIGINT itself (a
+    signal receiver) raises KeyboardInterrupt once stopped, to end the same way."""
     out = stderr or sys.stderr
     try:
         return main()
     except BaseException as exc:  # noqa: BLE001 (re-raised unless expected)
+        if interrupted(exc):
+            print(INTERRUPTED, file=out)
+            return EXIT_INTERRUPTED
         failure = expected_failure(exc)
         if failure is None:
             raise

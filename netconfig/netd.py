@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from concentrator.configbase import MISSING, ConfigError, read_yaml
+from concentrator.configbase import MISSING, ConfigError, read_yaml, run_main
 from monitoring.linkmanager import LinkManagerCollector, outage_histogram
 from monitoring.primitives import Histogram, serve
 
@@ -542,18 +542,20 @@ def main(argv: list[str] | None = None) -> int:
         serve([LinkManagerCollector(stats, trip_stats)], cfg.metrics_listen)  # a daemon thread, for the process's life
         log.info("metrics on http://%s/metrics", cfg.metrics_listen)
 
-    async def _main() -> None:
+    async def _main() -> int | None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run, cfg, stats, args.state, multicast)
                 async for signum in stop:
                     log.info("stopping on signal %d (routes left in place)", signum)
                     nursery.cancel_scope.cancel()
-                    break
+                    return signum
+        return None
 
-    trio.run(_main)
+    if trio.run(_main) == signal.SIGINT:
+        raise KeyboardInterrupt  # stopped cleanly on Ctrl-C: one line, status 130 (configbase.run_main)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

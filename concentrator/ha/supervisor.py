@@ -463,16 +463,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("metrics not served on %s: %s", config.ha.metrics_listen, exc)
 
-    async def _main() -> None:
+    async def _main() -> int | None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as stop:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervisor.run)
                 async for signum in stop:
                     log.info("stopping on signal %d: relay stopped, keepalived releases the addresses", signum)
                     nursery.cancel_scope.cancel()
-                    break
+                    return signum
+        return None
 
-    trio.run(_main)
+    if trio.run(_main) == signal.SIGINT and not supervisor.failed:
+        raise KeyboardInterrupt  # stopped cleanly on Ctrl-C: one line, status 130 (cli.main: configbase.run_main)
     return 1 if supervisor.failed else 0
 
 

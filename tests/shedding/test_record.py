@@ -21,7 +21,7 @@ from concentrator.sim.points import breaker_command, double_point, float_measure
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-FILL = [sys.executable, str(ROOT / "bench" / "shedding_fill.py")]
+FILL = [sys.executable, "-m", "bench.shedding_fill"]  # run from ROOT (cwd): bench is not installed
 
 
 def count(db: Path, query: str = "SELECT count(*) FROM samples") -> int:
@@ -33,7 +33,7 @@ def test_kill_9_while_writing_loses_no_committed_batch_and_a_restart_continues(t
     db = tmp_path / "record.sqlite"
     batch = 100 * 20  # 100 sites x 20 slots per transaction: the writer is inside one most of the time
     writer = subprocess.Popen([*FILL, "--db", str(db), "--days", "1", "--slots", "20"], stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+                              text=True, cwd=ROOT)  # fmt: skip
     assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
     time.sleep(0.5)
     os.kill(writer.pid, signal.SIGKILL)
@@ -45,7 +45,7 @@ def test_kill_9_while_writing_loses_no_committed_batch_and_a_restart_continues(t
     first = count(db, "SELECT min(at_ms) FROM samples")
 
     subprocess.run([*FILL, "--db", str(db), "--days", "0.01", "--resume"], check=True, capture_output=True,
-                   timeout=120)  # fmt: skip
+                   timeout=120, cwd=ROOT)  # fmt: skip
     assert integrity(str(db)) == "ok"
     assert count(db) == rows + 216 * 100  # 0.01 day = 216 slots of 4 s, 100 sites
     assert count(db, "SELECT min(at_ms) FROM samples") == first
