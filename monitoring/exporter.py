@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 import trio
 
-from concentrator.config import Config, Endpoint
+from concentrator.configbase import Endpoint
 from concentrator.relay.stats import RelayStats
 
+from .relay_metrics import RelayFile
 from .scrape_process import SNAPSHOT_REQUEST, Limits, Setup, receive_frame, send_frame
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class RelayExporter:
     def __init__(
         self,
         stats: RelayStats,
-        config: Config,
+        config: RelayFile,
         now: Callable[[], float],
         listen: Endpoint,
         limits: Limits | None = None,
@@ -119,7 +120,7 @@ class RelayExporter:
 
 
 def serve_relay(
-    stats: RelayStats, config: Config, listen: Endpoint | None = None, limits: Limits | None = None
+    stats: RelayStats, config: RelayFile, listen: Endpoint | None = None, limits: Limits | None = None
 ) -> RelayExporter:
     """The relay's exporter on `listen` (default: the configuration's metrics.listen), in
     a process of its own. Call it inside trio.run, from the relay's thread (relay_clock()).

@@ -57,10 +57,9 @@ import trio
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # what render_sites writes
 
-from concentrator.config import Config
 from concentrator.relay.stats import RelayStats
 
-from .relay_metrics import RelayMetrics
+from .relay_metrics import RelayFile, RelayMetrics
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ async def _receive_exactly_async(sock: trio.socket.SocketType, size: int) -> byt
 class Setup:
     """What the relay tells its exporter once, at start."""
 
-    config: Config
+    config: RelayFile
     host: str
     port: int
     started_at: float  # relay clock

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pytest import CaptureFixture
 
+from concentrator.cli import shedding_sources
 from concentrator.shedding.record import ShedRecord
 from concentrator.shedding.report import NOT_JUDGED_EXIT, main, parse_since, report
 from concentrator.shedding.verdict import Interruption, Status
@@ -109,11 +110,12 @@ def test_the_report_exits_non_zero_when_a_verdict_is_not_judged(tmp_path: Path, 
     record = ShedRecord(str(tmp_path / "r.sqlite"))
     record.write(m.take_records())
     record.close()
-    assert main(["--db", str(tmp_path / "r.sqlite")]) == NOT_JUDGED_EXIT
+    assert main(["--db", str(tmp_path / "r.sqlite")], shedding_sources) == NOT_JUDGED_EXIT
     out = capsys.readouterr().out
     assert "  a: NOT JUDGED: monitor restarted at X; copies from Y to Z lost  P0 900.0 kW" in out
     assert "aggregate: NOT JUDGED (not judged: a)" in out
-    assert main(["--db", recorded(tmp_path / "other")]) == 0  # judged: a FAIL is not an error of the report
+    # judged: a FAIL is not an error of the report
+    assert main(["--db", recorded(tmp_path / "other")], shedding_sources) == 0
 
 
 def test_the_page_has_a_legend_and_says_which_samples_were_invalid(tmp_path: Path) -> None:
