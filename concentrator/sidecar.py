@@ -117,12 +117,14 @@ class Records:
 
 
 def decode(frames: bytes) -> list[Record]:
-    """Every whole record in `frames` (tests, benchmarks)."""
+    """The records in `frames`, which must hold whole records only (tests, benchmarks)."""
     reader = Records()
     reader.feed(frames)
     out = []
     while (record := reader.next_record()) is not None:
         out.append(record)
+    if reader._buffer:
+        raise ValueError(f"{len(reader._buffer)} octets after the last whole record")
     return out
 
 
