@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 import struct
 import subprocess
 import sys
@@ -68,6 +69,40 @@ def message(payload: object) -> bytes:
     """A pickled message: the configuration handed to a child, a snapshot."""
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     return LENGTH.pack(len(data)) + data
+
+
+def receive_message(sock: socket.socket) -> Any:
+    """One pickled message from a blocking socket (the exporter's socketpair)."""
+    (length,) = LENGTH.unpack(_receive_exactly(sock, LENGTH.size))
+    return pickle.loads(_receive_exactly(sock, length))  # noqa: S301 (between the relay and its child only)
+
+
+async def receive_message_async(sock: trio.socket.SocketType) -> Any:
+    """One pickled message from a trio socket."""
+    (length,) = LENGTH.unpack(await _receive_exactly_async(sock, LENGTH.size))
+    return pickle.loads(await _receive_exactly_async(sock, length))  # noqa: S301 (between the relay and its child only)
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+async def _receive_exactly_async(sock: trio.socket.SocketType, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = await sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 class Record(NamedTuple):
