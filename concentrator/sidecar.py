@@ -9,8 +9,8 @@ with its own frame format and restart policy. Here is the one way:
   (NICE) before it imports anything, so that even its start-up (prometheus_client,
   sqlite3, paho) does not take the CPU from the relay.
 - Messages: 4-octet big-endian length, then the payload. The first message to a child is
-  its configuration, a pickle (`message`, `read_message`): our own pipe, nothing from the
-  network is ever unpickled.
+  its configuration, a pickle (`message`; `ChildPipe.config` in the child): our own pipe,
+  nothing from the network is ever unpickled.
 - Records: every record after it is a message with one header, `RECORD`: sequence
   number (0 when the user does not number), wall time, kind (the user's), site name
   length (0: none), the name, the body (`encode`, `Records` to read them back).
@@ -22,6 +22,13 @@ with its own frame format and restart policy. Here is the one way:
   the pipe breaks, then stops the child cleanly (close its stdin: its end of file is
   "stop"; after `stop_timeout` kill it) and restarts it after the policy's delay. It
   counts restarts, records written, and records dropped (written into a pipe that broke).
+
+Why a session and not a queue the sidecar drains: the users write in ways that are
+their own semantics, not the pipe's (the mirror batches from its QoS queue and writes
+site statuses beside it; the shedding monitor sends its replay ring before anything new;
+the incident register merges link events ahead of the ASDUs they precede). So the
+sidecar owns the process, the pipe, the format, the policy and the counts, and calls
+the user's session with a `Child` to write to; the session runs as long as the child.
 
 What differs between users stays with them, because it is their semantics and not
 the pipe's: the mirror's QoS queue and staleness figure, the shedding monitor's numbered
@@ -51,8 +58,8 @@ log = logging.getLogger(__name__)
 LENGTH = struct.Struct(">I")
 # After the length: sequence number, wall time, kind, site name length.
 RECORD = struct.Struct(">IQdBB")
-# A child that outlives the relay's own nice level would compete with the relay: measured
-# for the mirror, 4,800 ASDU/s, median relay latency tripled at the same priority
+# A child at the relay's own priority competes with it for the CPU: measured for the
+# mirror at 4,800 ASDU/s, the relay's median latency tripled
 # (SCHED_IDLE was tried: no better, worse tails). At +10 the kernel gives the relay the
 # CPU when it wants it, and a starved child falls behind into its bounded queue.
 NICE = 10
@@ -203,9 +210,9 @@ class Backoff:
     most: float = 60.0
     factor: float = 2.0
     healthy_after: float = 60.0
-    restarts: int = 0
-    _next: float = field(default=0.0, repr=False)
-    _started: float = field(default=0.0, repr=False)
+    restarts: int = field(default=0, init=False)
+    _next: float = field(default=0.0, init=False, repr=False)
+    _started: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._next = self.first
