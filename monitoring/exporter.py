@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +23,9 @@ import trio
 
 from concentrator.config import Config, Endpoint
 from concentrator.relay.stats import RelayStats
+from concentrator.sidecar import command, message, receive_message
 
-from .scrape_process import SNAPSHOT_REQUEST, Limits, Setup, receive_frame, send_frame
+from .scrape_process import SNAPSHOT_REQUEST, Limits, Setup
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class RelayExporter:
         self._closing = False
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "monitoring.scrape_process", "--fd", str(theirs.fileno())],
+                command("monitoring.scrape_process", "--fd", str(theirs.fileno())),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -73,8 +73,8 @@ class RelayExporter:
             theirs.close()
         try:
             setup = Setup(config, listen.host, listen.port, now(), time.time(), os.getpid(), limits or Limits())
-            send_frame(ours, setup)
-            answer = receive_frame(ours)  # waits for the process to start (a few 100 ms, once)
+            ours.sendall(message(setup))
+            answer = receive_message(ours)  # waits for the process to start (a few 100 ms, once)
         except (OSError, EOFError) as exc:
             self.close()
             raise OSError(f"metrics exporter process did not start: {exc}") from exc
@@ -96,7 +96,7 @@ class RelayExporter:
                 # Each site's state fields through the seqlock (pickling reads them without
                 # it), then the time, so that no state in the snapshot begins after it.
                 states = {name: site.state_snapshot() for name, site in list(self.stats.sites.items())}
-                send_frame(self._sock, (self.now(), self.stats, states))
+                self._sock.sendall(message((self.now(), self.stats, states)))
                 self.snapshots += 1
         except OSError:
             pass
