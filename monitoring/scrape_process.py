@@ -31,10 +31,11 @@ threads and 98 MB, and into the relay's log as 1,200 BrokenPipe tracebacks). Her
 - one request per connection (`Connection: close`); a client that goes away is met with
   silence: its connection is closed, nothing is logged.
 
-Started by monitoring.exporter.serve_relay() with one end of a socketpair as fd 3 (or
---fd). Messages are frames: 4-octet big-endian length, then a pickle. First the relay
-sends the setup (configuration, listen address, clocks, its pid), and this process
-answers with the port it bound (or the error). It exits when the relay goes away.
+Started by monitoring.exporter.serve_relay() as a sidecar (concentrator/sidecar.py: its
+command line, at a lower priority) with one end of a socketpair as fd 3 (or --fd).
+Messages are the sidecar's pickled messages. First the relay sends the setup
+(configuration, listen address, clocks, its pid), and this process answers with the port
+it bound (or the error). It exits when the relay goes away.
 
 Pickles only ever travel between the relay and the process it started, over a
 socketpair; nothing from the network is unpickled.
@@ -44,11 +45,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import signal
 import socket
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +57,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # what render_sites writes
 
 from concentrator.relay.stats import RelayStats
+from concentrator.sidecar import message, receive_message, receive_message_async
 
 from .relay_metrics import RelayFile, RelayMetrics
 
@@ -79,45 +79,6 @@ ACCEPT_BATCH = 256  # connections accepted in one turn of the loop
 _RESET = struct.pack("ii", 1, 0)
 
 SNAPSHOT_REQUEST = b"s"
-_LENGTH = struct.Struct(">I")
-
-
-def send_frame(sock: socket.socket, payload: object) -> None:
-    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_LENGTH.pack(len(data)) + data)
-
-
-def _receive_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 20))
-        if not chunk:
-            raise EOFError("the other end closed the connection")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def receive_frame(sock: socket.socket) -> Any:
-    (length,) = _LENGTH.unpack(_receive_exactly(sock, _LENGTH.size))
-    return pickle.loads(_receive_exactly(sock, length))  # noqa: S301 (from our own parent only)
-
-
-async def receive_frame_async(sock: trio.socket.SocketType) -> Any:
-    header = await _receive_exactly_async(sock, _LENGTH.size)
-    (length,) = _LENGTH.unpack(header)
-    return pickle.loads(await _receive_exactly_async(sock, length))  # noqa: S301 (from our own parent only)
-
-
-async def _receive_exactly_async(sock: trio.socket.SocketType, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = await sock.recv(min(size, 1 << 20))
-        if not chunk:
-            raise EOFError("the other end closed the connection")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -155,7 +116,7 @@ class Snapshots:
                 self._taken_at = now
                 self.taken += 1
                 await self.sock.send(SNAPSHOT_REQUEST)
-                snapshot = await receive_frame_async(self.sock)
+                snapshot = await receive_message_async(self.sock)
                 self._body = self._render(*snapshot) + extra()
             return self._body
 
@@ -357,27 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the relay's metrics exporter (started by the relay)")
     parser.add_argument("--fd", type=int, default=3, help="our end of the socketpair to the relay")
     args = parser.parse_args(argv)
-    # Formatting costs CPU (tens of ms per scrape for 100 sites): on a busy machine the
-    # relay must get the CPU first.
-    os.nice(10)
     # Ctrl-C in a terminal reaches the whole process group: the relay stops us itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
-    setup = receive_frame(sock)
+    setup = receive_message(sock)
     assert isinstance(setup, Setup)
     try:
         listener = listen(setup.host, setup.port, setup.limits.header_timeout)
     except OSError as exc:
-        send_frame(sock, f"cannot listen on {setup.host}:{setup.port}: {exc}")
+        sock.sendall(message(f"cannot listen on {setup.host}:{setup.port}: {exc}"))
         return 1
-    send_frame(sock, int(listener.getsockname()[1]))
+    sock.sendall(message(int(listener.getsockname()[1])))
     trio.run(_run, sock, listener, setup)
     return 0
-
-
-if __name__ == "__main__":
-    # Run the package's copy of this module, not __main__'s: the pickles name the
-    # classes as monitoring.scrape_process.Setup, which must be the class checked here.
-    from monitoring.scrape_process import main as package_main
-
-    sys.exit(package_main())

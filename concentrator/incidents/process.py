@@ -4,7 +4,8 @@ with the configuration on stdin, then the relay's link events and ASDU copies.
 Tasks: the reader (frames -> detector), the ticker (netd's state file, the detector's
 deadlines, the requests of the command line, every TICK), the sender (spooled notices
 to the SMTP relay, each retried with a back-off until the relay accepts it) and the
-metrics server. Runs at a lower priority than the relay (tap.CHILD).
+metrics server. Runs at a lower priority than the relay, as every sidecar
+(concentrator/sidecar.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import sqlite3
-import struct
 import time
 
 import trio
@@ -22,6 +21,7 @@ import trio
 from monitoring.incident_metrics import IncidentMetrics
 from monitoring.primitives import serve
 
+from ..sidecar import ChildPipe
 from .config import IncidentsConfig
 from .counters import Counters
 from .detector import Detector, LinkState, Opened, Restored
@@ -29,7 +29,7 @@ from .notices import send
 from .registrar import Registrar
 from .requests import handle_requests
 from .store import Register, WriterLock
-from .tap import ASDU, DROPPED, HEAD, LINK
+from .tap import ASDU, DROPPED, LINK
 
 log = logging.getLogger("incidents")
 
@@ -132,21 +132,10 @@ class IncidentService:
 
 
 async def _main() -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(0))
-    buffer = bytearray()
-
-    async def read_exactly(size: int) -> bytes:
-        while len(buffer) < size:
-            chunk = await stdin.receive_some(65536)
-            if not chunk:
-                raise SystemExit(0)  # the relay closed the pipe: stop
-            buffer.extend(chunk)
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
-
-    (length,) = struct.unpack(">I", await read_exactly(4))
-    config: IncidentsConfig = pickle.loads(await read_exactly(length))  # noqa: S301 (our parent's pipe)
+    pipe = ChildPipe()
+    config: IncidentsConfig | None = await pipe.config()
+    if config is None:
+        return  # the relay closed the pipe first
     try:
         os.makedirs(config.spool, exist_ok=True)
         service = IncidentService(config, time.time())
@@ -160,10 +149,9 @@ async def _main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.ticker)
             nursery.start_soon(service.sender)
-            while True:
-                size, wall, kind, name_length = HEAD.unpack(await read_exactly(HEAD.size))
-                rest = await read_exactly(size - 10)
-                service.feed(kind, rest[:name_length].decode(), rest[name_length:], wall)
+            async for record in pipe.records():
+                service.feed(record.kind, record.site, record.body, record.when)
+            nursery.cancel_scope.cancel()  # the relay closed the pipe: stop
     finally:
         service.register.close()
         service.lock.close()
@@ -171,7 +159,7 @@ async def _main() -> None:
 
 
 def main() -> None:
-    """Run by `tap.CHILD`, which lowers the priority first."""
+    """Run by the relay's sidecar (tap.IncidentFeeder), which lowers the priority first."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s incidents: %(message)s")
     try:
         trio.run(_main)

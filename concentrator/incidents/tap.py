@@ -9,35 +9,26 @@ oldest (counted); link events have their own deque, small and never crowded out 
 writes them to the incident process (process.py), restarting it if it dies: the
 register is SQLite, so nothing committed is lost.
 
-Frames to the child: a pickle of the `IncidentsConfig` (our pipe), then per entry a
-4-octet big-endian length of what follows, an 8-octet float wall time, one octet of
-kind (ASDU, LINK, DROPPED), one octet of site name length (0: the BMI), the name, the
-payload (the ASDU; for LINK "state\\0detail"; for DROPPED the count, 8 octets).
+Frames to the child are the sidecar's (concentrator/sidecar.py): the `IncidentsConfig`,
+then one record per entry with its wall time, kind (ASDU, LINK, DROPPED) and site name
+(empty: the BMI); the body is the ASDU, for LINK "state\\0detail", for DROPPED the
+count (8 octets).
 """
 
 from __future__ import annotations
 
-import logging
-import pickle
-import struct
-import subprocess
-import sys
 import time
 from collections import deque
 
 import trio
 
+from ..sidecar import Backoff, Child, Sidecar, command, encode
 from .config import IncidentsConfig
 
-log = logging.getLogger(__name__)
-
 FEED_PERIOD = 0.05  # s: times are taken at the tap, so this delay costs nothing
-RESTART_DELAY = 1.0
-RESTART_MAX = 60.0
 LINK_EVENTS_LIMIT = 10_000
-HEAD = struct.Struct(">IdBB")
 ASDU, LINK, DROPPED = 0, 1, 2
-CHILD = "import os; os.nice(10); from concentrator.incidents.process import main; main()"
+CHILD = "concentrator.incidents.process"  # the child's module (sidecar.command)
 
 
 class IncidentTap:
@@ -64,70 +55,42 @@ class IncidentTap:
         self.current[site or ""] = (state, detail, now)
 
 
-def encode(kind: int, site: str, payload: bytes, wall: float) -> bytes:
-    name = site.encode()
-    return HEAD.pack(10 + len(name) + len(payload), wall, kind, len(name)) + name + payload
-
-
-def config_frame(config: IncidentsConfig) -> bytes:
-    payload = pickle.dumps(config)
-    return struct.pack(">I", len(payload)) + payload
+def link_record(site: str, state: str, detail: str, wall: float) -> bytes:
+    return encode(site, f"{state}\0{detail}".encode(), wall, kind=LINK)
 
 
 class IncidentFeeder:
     def __init__(self, config: IncidentsConfig, tap: IncidentTap) -> None:
         self.config = config
         self.tap = tap
-        self.restarts = 0
+        self.sidecar = Sidecar("incident", command(CHILD), lambda: config, policy=Backoff())
 
     async def run(self) -> None:
-        delay = RESTART_DELAY
-        while True:
-            started = trio.current_time()
-            try:
-                await self._child()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("incident process: %s; restarting", exc)
-            self.restarts += 1
-            if trio.current_time() - started > RESTART_MAX:
-                delay = RESTART_DELAY
-            await trio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
+        """Run the incident process as the relay's sidecar, for as long as the relay runs."""
+        await self.sidecar.run(self._session)
 
-    async def _child(self) -> None:
-        process = await trio.lowlevel.open_process([sys.executable, "-c", CHILD], stdin=subprocess.PIPE)
-        assert process.stdin is not None
-        try:
-            await process.stdin.send_all(config_frame(self.config))
-            tap = self.tap
-            reported = tap.dropped
-            # The links as they are now (the events before are the previous child's).
-            tap.links.clear()
-            offset = time.time() - trio.current_time()
-            snapshot = [encode(LINK, site, f"{state}\0{detail}".encode(), now + offset)
-                        for site, (state, detail, now) in tap.current.items()]  # fmt: skip
-            await process.stdin.send_all(b"".join(snapshot))
-            while True:
-                await trio.sleep(FEED_PERIOD)
-                if process.poll() is not None:
-                    raise trio.BrokenResourceError(f"exited with status {process.returncode}")
-                offset = time.time() - trio.current_time()  # the relay's clock is monotonic
-                chunks = []
-                # Link events first: an ASDU is never judged before the start it follows.
-                links, asdus = tap.links, tap.asdus
-                while links or asdus:
-                    if links and (not asdus or links[0][3] <= asdus[0][2]):
-                        site, state, detail, now = links.popleft()
-                        chunks.append(encode(LINK, site, f"{state}\0{detail}".encode(), now + offset))
-                    else:
-                        site, asdu, now = asdus.popleft()
-                        chunks.append(encode(ASDU, site, asdu, now + offset))
-                if tap.dropped > reported:
-                    chunks.append(encode(DROPPED, "", (tap.dropped - reported).to_bytes(8, "big"), time.time()))
-                    reported = tap.dropped
-                if chunks:
-                    await process.stdin.send_all(b"".join(chunks))
-        finally:
-            with trio.CancelScope(shield=True):
-                process.kill()
-                await process.wait()
+    async def _session(self, child: Child) -> None:
+        tap = self.tap
+        reported = tap.dropped
+        # The links as they are now (the events before are the previous child's).
+        tap.links.clear()
+        offset = time.time() - trio.current_time()
+        await child.send([link_record(site, state, detail, now + offset)
+                          for site, (state, detail, now) in tap.current.items()])  # fmt: skip
+        while True:
+            await trio.sleep(FEED_PERIOD)
+            offset = time.time() - trio.current_time()  # the relay's clock is monotonic
+            chunks = []
+            # Link events first: an ASDU is never judged before the start it follows.
+            links, asdus = tap.links, tap.asdus
+            while links or asdus:
+                if links and (not asdus or links[0][3] <= asdus[0][2]):
+                    site, state, detail, now = links.popleft()
+                    chunks.append(link_record(site, state, detail, now + offset))
+                else:
+                    site, asdu, now = asdus.popleft()
+                    chunks.append(encode(site, asdu, now + offset, kind=ASDU))
+            if tap.dropped > reported:
+                chunks.append(encode("", (tap.dropped - reported).to_bytes(8, "big"), time.time(), kind=DROPPED))
+                reported = tap.dropped
+            await child.send(chunks)

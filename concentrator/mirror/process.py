@@ -6,19 +6,20 @@ and the relay's median forwarding latency went from 0.2 to 0.6 ms. So the relay'
 process keeps only the O(1) append (`MirrorQueue.push`) and a feeder task that writes
 batches to the child's stdin; the child decodes and publishes on the other core.
 
-Frames parent -> child: first one pickle of the `MqttConfig` (our own pipe, nothing from
-the network), then frames of: 4-octet big-endian length of what follows, 8-octet float
-time (wall clock), 1-octet kind, 1-octet site name length, site name, body. Kind 0: the
-body is an ASDU the relay received at that time. Kind 1: the body is the site's status
-(JSON: state, detail), as the relay's statistics say since that time.
-Child -> parent: one JSON line of counters every STATUS_PERIOD seconds.
+Frames parent -> child are the sidecar's (concentrator/sidecar.py): the `MqttConfig`, then
+records of a wall time, a kind, a site name and a body. Kind 0: the body is an ASDU the
+relay received at that time. Kind 1: the body is the site's status (JSON: state, detail),
+as the relay's statistics say since that time.
+Child -> parent: one JSON line of counters every STATUS_PERIOD seconds (the mirror's own
+back channel, on the child's stdout).
 
 If the pipe is full (the child, or the broker behind it, is slow) the feeder waits, and
 meanwhile the bounded queue in the relay drops its oldest cyclic measurements.
 
-Stopping: the parent closes the pipe (or the child gets SIGTERM/SIGINT); the child
+Stopping: the sidecar closes the pipe (or the child gets SIGTERM/SIGINT); the child
 publishes its retained status "offline", sends DISCONNECT and exits; after
-STOP_TIMEOUT the parent kills it.
+STOP_TIMEOUT the sidecar kills it. A child that exits is started again after
+RESTART_DELAY, always the same: its broker's outages are handled inside it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import signal
-import struct
-import subprocess
 import sys
 import time
 from collections import deque
@@ -38,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..sidecar import Backoff, Child, ChildPipe, Sidecar, command, encode
 from .config import MqttConfig
 from .publisher import MqttMirror, SiteStatus
 from .queue import MirrorQueue
@@ -52,16 +51,11 @@ STATUS_PERIOD = 0.2
 BATCH = 256  # ASDUs per write at most
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 5.0  # for the child's goodbye to the broker, at a low CPU priority
-_HEAD = struct.Struct(">IdBB")  # length of the rest, time (wall clock), kind, site name length
+CHILD = "concentrator.mirror.process"  # the child's module (sidecar.command)
 KIND_ASDU, KIND_STATUS = 0, 1
 # Copied from the child as they are; `dropped` and `lost` add to the relay queue's own.
 _CHILD_FIELDS = ("sent_unconfirmable", "published_qos2", "refused", "decode_errors", "connects", "connect_failures",
                  "connected", "last_error", "in_flight", "quota_retries")  # fmt: skip
-
-
-def encode(kind: int, site: str, when: float, body: bytes) -> bytes:
-    name = site.encode()
-    return _HEAD.pack(_HEAD.size - 4 + len(name) + len(body), when, kind, len(name)) + name + body
 
 
 def site_statuses(relay: RelayStats) -> dict[str, tuple[str, str]]:
@@ -91,47 +85,32 @@ class MirrorProcess:
         self.queue = queue
         self.relay_stats = relay_stats
         self.stats: MirrorStats = relay_stats.mirror
-        self.restarts = 0
+        # The child logs (to the relay's stderr) at the relay's level.
+        argv = command(CHILD, logging.getLevelName(log.getEffectiveLevel()))
+        policy = Backoff(first=RESTART_DELAY, factor=1.0)
+        self.sidecar = Sidecar(
+            "MQTT mirror", argv, lambda: config, policy=policy, stdout=True, stop_timeout=STOP_TIMEOUT
+        )
+        self.wall_offset = 0.0
 
     async def run(self) -> None:
         for problem in self.config.tls_dates:
             log.error("MQTT mirror: %s (the broker will refuse the connection)", problem)
-        wall_offset = time.time() - trio.current_time()
-        while True:
-            try:
-                await self._child(wall_offset)
-            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
-                reasons = "; ".join(str(exc) for exc in group.exceptions)
-                log.warning("MQTT mirror process: %s; restarting in %.1f s", reasons, RESTART_DELAY)
-            self.stats.connected = False
-            self.restarts += 1
-            await trio.sleep(RESTART_DELAY)
+        self.wall_offset = time.time() - trio.current_time()
+        await self.sidecar.run(self._session)
 
-    async def _child(self, wall_offset: float) -> None:
-        process = await trio.lowlevel.open_process(
-            # The child logs (to the relay's stderr) at the relay's level.
-            [sys.executable, "-m", "concentrator.mirror.process", logging.getLevelName(log.getEffectiveLevel())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert process.stdin is not None and process.stdout is not None
-        child = _ChildLink(self, process.stdin, wall_offset)
+    async def _session(self, child: Child) -> None:
+        assert child.stdout is not None
+        link = _ChildLink(self, child, self.wall_offset)
         try:
-            await process.stdin.send_all(_frame(pickle.dumps(self.config)))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._status, process.stdout, child, nursery.cancel_scope)
-                nursery.start_soon(child.watch_sites)
-                await child.feed()
+                nursery.start_soon(self._status, child.stdout, link)
+                nursery.start_soon(link.watch_sites)
+                await link.feed()
         finally:
-            with trio.CancelScope(shield=True):
-                # Closing the pipe asks the child to say goodbye to the broker.
-                await trio.aclose_forcefully(process.stdin)
-                with trio.move_on_after(STOP_TIMEOUT):
-                    await process.wait()
-                process.kill()
-                await process.wait()
+            self.stats.connected = False
 
-    async def _status(self, stdout: trio.abc.ReceiveStream, child: _ChildLink, scope: trio.CancelScope) -> None:
+    async def _status(self, stdout: trio.abc.ReceiveStream, child: _ChildLink) -> None:
         """Copy the child's counters; its own queue's drops and losses add to ours."""
         buffer = b""
         seen_dropped = 0
@@ -151,18 +130,16 @@ class MirrorProcess:
                     stats.lost[key] = stats.lost.get(key, 0) + count - seen_lost.get(key, 0)
                     seen_lost[key] = count
                 child.child_report(status["received"], status["oldest_unpublished"])
-        scope.cancel()  # the child is gone: restart it
         raise trio.BrokenResourceError("the mirror process exited")
 
 
 class _ChildLink:
     """The pipe to one child: what was written and not yet read by it, for staleness."""
 
-    def __init__(self, owner: MirrorProcess, stdin: trio.abc.SendStream, wall_offset: float) -> None:
+    def __init__(self, owner: MirrorProcess, child: Child, wall_offset: float) -> None:
         self.owner = owner
-        self.stdin = stdin
+        self.child = child
         self.wall_offset = wall_offset
-        self.lock = trio.Lock()  # the feeder and the site watcher both write
         self.written = 0  # ASDUs written to the pipe
         self.in_pipe: deque[tuple[int, float]] = deque()  # (written after a batch, its oldest time)
         self.child_oldest: float | None = None
@@ -176,13 +153,12 @@ class _ChildLink:
             while len(chunks) < BATCH and (entry := queue.pop()) is not None:
                 received = entry.received_at + offset
                 oldest = received if oldest is None else oldest
-                chunks.append(encode(KIND_ASDU, entry.site, received, entry.asdu))
+                chunks.append(encode(entry.site, entry.asdu, received, kind=KIND_ASDU))
             if oldest is None:
                 continue
             self.written += len(chunks)
             self.in_pipe.append((self.written, oldest))
-            async with self.lock:
-                await self.stdin.send_all(b"".join(chunks))
+            await self.child.send(chunks)
 
     async def watch_sites(self) -> None:
         """Send each site's status when it changes (all of them to a new child), and
@@ -192,12 +168,11 @@ class _ChildLink:
             now = time.time()
             changed = {site: s for site, s in site_statuses(self.owner.relay_stats).items() if sent.get(site) != s}
             if changed:
-                frames = b"".join(
-                    encode(KIND_STATUS, site, now, json.dumps({"state": state, "detail": detail}).encode())
+                frames = [
+                    encode(site, json.dumps({"state": state, "detail": detail}).encode(), now, kind=KIND_STATUS)
                     for site, (state, detail) in changed.items()
-                )
-                async with self.lock:
-                    await self.stdin.send_all(frames)
+                ]
+                await self.child.send(frames)
                 sent.update(changed)
             self._update_staleness()
             await trio.sleep(STATUS_PERIOD)
@@ -219,35 +194,15 @@ class _ChildLink:
         self.owner.stats.oldest_unpublished = min(times) if times else None
 
 
-def _frame(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
-
-
 # --------------------------------------------------------------------------- the child
 
 
 async def _child_main() -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(0))
+    pipe = ChildPipe()
     stdout = trio.lowlevel.FdStream(os.dup(1))
-    buffer = bytearray()
-
-    async def read_exactly(size: int) -> bytes | None:
-        while len(buffer) < size:
-            chunk = await stdin.receive_some(65536)
-            if not chunk:
-                return None  # the relay closed the pipe: stop
-            buffer.extend(chunk)
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
-
-    head = await read_exactly(4)
-    if head is None:
-        return
-    config_bytes = await read_exactly(struct.unpack(">I", head)[0])
-    if config_bytes is None:
-        return
-    config: MqttConfig = pickle.loads(config_bytes)  # noqa: S301 (our parent's pipe)
+    config: MqttConfig | None = await pipe.config()
+    if config is None:
+        return  # the relay closed the pipe first
     stats = MirrorStats()
     queue = MirrorQueue(config.queue_limit, stats, frozenset(config.critical))
     mirror = MqttMirror(config, queue, stats)
@@ -255,18 +210,13 @@ async def _child_main() -> None:
 
     async def reader() -> None:
         nonlocal received
-        while (head := await read_exactly(_HEAD.size)) is not None:
-            size, when, kind, name_length = _HEAD.unpack(head)
-            rest = await read_exactly(size - (_HEAD.size - 4))
-            if rest is None:
-                break
-            site, body = rest[:name_length].decode(), rest[name_length:]
-            if kind == KIND_ASDU:
-                queue.push(body, site, when)
+        async for record in pipe.records():
+            if record.kind == KIND_ASDU:
+                queue.push(record.body, record.site, record.when)
                 received += 1
             else:
-                status = json.loads(body)
-                mirror.set_site_status(site, SiteStatus(status["state"], status["detail"], when))
+                status = json.loads(record.body)
+                mirror.set_site_status(record.site, SiteStatus(status["state"], status["detail"], record.when))
         mirror.stopping.set()
 
     async def report() -> None:
@@ -304,22 +254,11 @@ async def _child_main() -> None:
         nursery.cancel_scope.cancel()
 
 
-# The relay comes first on a 2-core appliance: with the child at the relay's priority,
-# the child and the broker's TLS work took CPU the relay needed (median latency tripled at
-# 4,800 ASDU/s). At a lower priority the kernel gives the relay the CPU when it wants it;
-# a starved mirror falls behind, and the relay's bounded queue drops cyclic values.
-NICE = 10
-
-
 def main() -> None:
-    os.nice(NICE)  # (SCHED_IDLE was tried: no better, worse tails)
+    """Run by the relay's sidecar (`MirrorProcess`), which lowers the priority first."""
     level = sys.argv[1] if len(sys.argv) > 1 else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s mqtt-mirror: %(message)s")
     try:
         trio.run(_child_main)
     except (BrokenPipeError, KeyboardInterrupt):
         pass
-
-
-if __name__ == "__main__":
-    main()

@@ -1,21 +1,18 @@
 """The compliance monitor's process: decodes the relay's copies, judges, records, serves
-metrics. Started by `ShedFeeder` (tap.py) with the configuration on stdin, then frames.
+metrics. Started by `ShedFeeder` (tap.py) with the configuration on stdin, then records.
 
 Tasks: the reader (frames -> monitor), the ticker (closes 4-second slots, writes the
 record in one transaction per TICK, with the last copy applied), the trip poller (the
 kernel's multicast forwarding counters, read-only: no socket joins a group) and the daily
 pruning. A restarted process resumes from its record and the feeder's ring (tap.py says
 how); the ticker waits until the ring's copies are applied. Runs at a lower
-priority than the relay (tap.CHILD), as the MQTT mirror does.
+priority than the relay, as every sidecar (concentrator/sidecar.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 import sqlite3
-import struct
 import time
 
 import trio
@@ -23,11 +20,12 @@ import trio
 from monitoring.primitives import serve
 from monitoring.shedding_metrics import SheddingMetrics
 
+from ..sidecar import ChildPipe
 from .clock import clock_state
 from .config import SheddingConfig
 from .monitor import MAX_AGE_PERIODS, Resume, SheddingMonitor
 from .record import DAY, Applied, ShedRecord
-from .tap import DROPPED, DROPPED_BODY, HEAD, Hello
+from .tap import DROPPED, DROPPED_BODY, Hello
 from .verdict import Interruption, utc
 
 log = logging.getLogger("shedding")
@@ -162,23 +160,13 @@ class MonitorService:
 
 
 async def _main() -> None:
-    stdin = trio.lowlevel.FdStream(os.dup(0))
-    buffer = bytearray()
-
-    async def read_exactly(size: int) -> bytes:
-        while len(buffer) < size:
-            chunk = await stdin.receive_some(65536)
-            if not chunk:
-                raise SystemExit(0)  # the relay closed the pipe: stop
-            buffer.extend(chunk)
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
-
-    (length,) = struct.unpack(">I", await read_exactly(4))
+    pipe = ChildPipe()
+    setup = await pipe.config()
+    if setup is None:
+        return  # the relay closed the pipe first
     hello: Hello
     config: SheddingConfig
-    config, hello = pickle.loads(await read_exactly(length))  # noqa: S301 (our parent's pipe)
+    config, hello = setup
     try:
         service = MonitorService(config, hello)
     except sqlite3.Error as exc:
@@ -192,10 +180,9 @@ async def _main() -> None:
             nursery.start_soon(service.ticker)
             nursery.start_soon(service.trip_poller)
             nursery.start_soon(service.pruner)
-            while True:
-                size, seq, wall, name_length = HEAD.unpack(await read_exactly(HEAD.size))
-                rest = await read_exactly(size - (HEAD.size - 4))
-                service.feed(seq, rest[:name_length].decode(), rest[name_length:], wall)
+            async for record in pipe.records():
+                service.feed(record.seq, record.site, record.body, record.when)
+            nursery.cancel_scope.cancel()  # the relay closed the pipe: stop
     finally:
         service.flush()
         service.record.close()
@@ -203,7 +190,7 @@ async def _main() -> None:
 
 
 def main() -> None:
-    """Run by `tap.CHILD`, which lowers the priority first (as the MQTT mirror's child)."""
+    """Run by the relay's sidecar (tap.ShedFeeder), which lowers the priority first."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s shedding-monitor: %(message)s")
     try:
         trio.run(_main)

@@ -8,10 +8,9 @@ decoding, no waiting, nothing returned to the relay. `ShedFeeder` drains the deq
 FEED_PERIOD in a task of the relay's nursery and writes it to the monitor process
 (process.py), which decodes, judges, records and serves metrics on the other core.
 
-Frames to the child: first a pickle of the `SheddingConfig` and a `Hello` (our pipe,
-nothing from the network), then per ASDU: 4-octet big-endian length of what follows,
-8-octet sequence number, 8-octet float wall time, 1-octet site name length (0: a BMI
-ASDU), the name, the ASDU.
+Frames to the child are the sidecar's (concentrator/sidecar.py): first the
+`SheddingConfig` and a `Hello`, then one record per ASDU, numbered, with its wall time and
+site name (empty: a BMI ASDU).
 
 A restart must not lose what the monitor had not yet recorded. The feeder keeps what it
 sent during the last `replay_window` seconds (the ring, bounded like the tap) and sends it
@@ -25,33 +24,23 @@ verdicts not judged.
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
 import struct
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import trio
 
+from ..sidecar import Backoff, Child, Sidecar, command, encode, message
 from .config import SheddingConfig
 from .monitor import MAX_AGE_PERIODS
 
-log = logging.getLogger(__name__)
-
 FEED_PERIOD = 0.05  # seconds: time stamps are taken at the tap, so this delay costs nothing
-RESTART_DELAY = 1.0
-RESTART_MAX = 60.0
 # Copies kept for a restarted child beyond the 1.5 sample periods its slots look back
 # (monitor.MAX_AGE_PERIODS): a child restarted within this many seconds loses nothing.
 REPLAY_SLACK = 10.0
-HEAD = struct.Struct(">IQdB")
-# The child lowers its priority before importing anything: its start-up (imports of
-# prometheus_client, sqlite3, the decoder) must not take the CPU from the relay either.
-CHILD = "import os; os.nice(10); from concentrator.shedding.process import main; main()"
+CHILD = "concentrator.shedding.process"  # the child's module (sidecar.command)
 DROPPED = "!"  # site name of the frame that reports ASDUs the tap dropped (not a valid site name)
 DROPPED_BODY = struct.Struct(">Qdd")  # how many, tap time of the first and of the last (monotonic -> wall)
 
@@ -99,14 +88,9 @@ class ShedTap:
             self.dropped_span = (at, at) if span is None else (span[0], at)
 
 
-def encode(site: str, asdu: bytes, wall: float, seq: int) -> bytes:
-    name = site.encode()
-    return HEAD.pack(17 + len(name) + len(asdu), seq, wall, len(name)) + name + asdu
-
-
 def config_frame(config: SheddingConfig, hello: Hello | None = None) -> bytes:
-    payload = pickle.dumps((config, hello or Hello.fresh()))
-    return struct.pack(">I", len(payload)) + payload
+    """The child's first message (tests start the child by hand)."""
+    return message((config, hello or Hello.fresh()))
 
 
 class ShedFeeder:
@@ -116,7 +100,7 @@ class ShedFeeder:
     def __init__(self, config: SheddingConfig, tap: ShedTap) -> None:
         self.config = config
         self.tap = tap
-        self.restarts = 0
+        self.sidecar = Sidecar("shedding monitor", command(CHILD), self._setup, policy=Backoff())
         self.epoch = Hello.fresh().epoch
         self.complete_from = time.time()
         self.next_seq = 1
@@ -151,37 +135,18 @@ class ShedFeeder:
         return frame
 
     async def run(self) -> None:
-        delay = RESTART_DELAY
-        while True:
-            started = trio.current_time()
-            try:
-                await self._child()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                log.warning("shedding monitor process: %s; restarting", exc)
-            self.restarts += 1
-            # A child that cannot start (e.g. no writable record directory) is retried
-            # less and less often; one that ran for a while is restarted soon.
-            if trio.current_time() - started > RESTART_MAX:
-                delay = RESTART_DELAY
-            await trio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
+        """Run the monitor process as the relay's sidecar, for as long as the relay runs."""
+        await self.sidecar.run(self._session)
 
-    async def _child(self) -> None:
-        process = await trio.lowlevel.open_process([sys.executable, "-c", CHILD], stdin=subprocess.PIPE)
-        assert process.stdin is not None
-        try:
-            self._frames()  # what waited in the tap goes into the ring, then the ring to the child
-            ring = self.ring
-            hello = Hello(self.epoch, ring[0][0] if ring else self.next_seq, self.complete_from, len(ring))
-            await process.stdin.send_all(config_frame(self.config, hello) + b"".join(f for _, _, f in ring))
-            while True:
-                await trio.sleep(FEED_PERIOD)
-                if process.poll() is not None:
-                    raise trio.BrokenResourceError(f"exited with status {process.returncode}")
-                chunks = self._frames()
-                if chunks:
-                    await process.stdin.send_all(b"".join(chunks))
-        finally:
-            with trio.CancelScope(shield=True):
-                process.kill()
-                await process.wait()
+    def _setup(self) -> tuple[SheddingConfig, Hello]:
+        """A new child's configuration: what waited in the tap goes into the ring, and the
+        Hello says what of it follows."""
+        self._frames()
+        ring = self.ring
+        return self.config, Hello(self.epoch, ring[0][0] if ring else self.next_seq, self.complete_from, len(ring))
+
+    async def _session(self, child: Child) -> None:
+        await child.send([f for _, _, f in self.ring])
+        while True:
+            await trio.sleep(FEED_PERIOD)
+            await child.send(self._frames())

@@ -19,7 +19,8 @@ import yaml
 
 from concentrator.config import load_config
 from concentrator.incidents.store import Register
-from concentrator.incidents.tap import CHILD, LINK, config_frame, encode
+from concentrator.incidents.tap import CHILD, link_record
+from concentrator.sidecar import command, message
 from tests.helpers import free_port
 
 from .smtp_server import SmtpServer
@@ -33,7 +34,7 @@ def wait(condition: Callable[[], object], timeout: float, what: str) -> None:
 
 
 def link(site: str, state: str, detail: str = "", at: float | None = None) -> bytes:
-    return encode(LINK, site, f"{state}\0{detail}".encode(), time.time() if at is None else at)
+    return link_record(site, state, detail, time.time() if at is None else at)
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -52,8 +53,8 @@ class Child:
     def __init__(self, config_file: Path) -> None:
         self.config = load_config(config_file).incidents
         assert self.config is not None
-        self.proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE)
-        self.send(config_frame(self.config))
+        self.proc = subprocess.Popen(command(CHILD), stdin=subprocess.PIPE)
+        self.send(message(self.config))
 
     def send(self, data: bytes) -> None:
         assert self.proc.stdin is not None

@@ -16,11 +16,12 @@ from prometheus_client.registry import Collector
 
 from concentrator.config import Endpoint
 from concentrator.relay.stats import LATENCY_BUCKETS, RelayStats, SiteStats
+from concentrator.sidecar import Backoff
 from monitoring.exporter import serve_relay
 from monitoring.linkmanager import LinkManagerCollector, TripPathStats, outage_histogram
 from monitoring.primitives import Histogram, serve
 from monitoring.relay_metrics import RelayMetrics
-from tests.helpers import relay_config
+from tests.helpers import relay_config, wait_for
 
 M_ME_TF_1 = 36
 
@@ -284,6 +285,26 @@ async def test_the_relays_exporter_runs_in_its_own_process_from_snapshots() -> N
     finally:
         exporter.close()
     assert exporter.process.returncode is not None
+
+
+async def test_an_exporter_process_that_dies_is_started_again_on_the_same_port() -> None:
+    """The sidecar's restart policy (tested once in tests/unit/test_sidecar.py) applied by
+    the exporter: killed, it is back after the policy's delay, on the port the kernel
+    chose for the first one, and close() stops the new one."""
+    config = relay_config([2404])
+    stats = RelayStats()
+    stats.sites["site-01"] = SiteStats("site-01", (101,), state_since=trio.current_time())
+    exporter = serve_relay(stats, config, Endpoint("127.0.0.1", 0), policy=Backoff(first=0.2))
+    try:
+        url, first = exporter.url, exporter.process
+        assert "concentrator_site_up" in await trio.to_thread.run_sync(get, url)
+        first.kill()
+        await wait_for(lambda: exporter.process is not first and exporter.process.poll() is None, 10, "a new process")
+        assert exporter.url == url and exporter.policy.restarts == 1
+        assert "concentrator_site_up" in await trio.to_thread.run_sync(get, url)
+    finally:
+        exporter.close()
+    assert exporter.process.returncode is not None and first.returncode is not None
 
 
 async def test_the_relays_exporter_reports_an_address_it_cannot_listen_on() -> None:

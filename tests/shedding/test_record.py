@@ -17,6 +17,7 @@ from concentrator.shedding.monitor import SampleRow
 from concentrator.shedding.record import DAY, ShedRecord, integrity
 from concentrator.shedding.tap import CHILD, DROPPED, DROPPED_BODY, config_frame, encode
 from concentrator.shedding.verdict import Sample
+from concentrator.sidecar import command
 from concentrator.sim.points import breaker_command, double_point, float_measurements, release_command
 from tests.helpers import free_port
 
@@ -70,7 +71,7 @@ SITE = ShedSite("a", (101,), False, POINTS, 1000, 400)
 
 def monitor_process(db: Path) -> subprocess.Popen[bytes]:
     config = SheddingConfig(str(db), 60, Endpoint("127.0.0.1", free_port()), 0.2, 1000, (SITE,))
-    process = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command(CHILD), stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert process.stdin is not None
     process.stdin.write(config_frame(config))
     process.stdin.flush()
@@ -122,7 +123,7 @@ def test_the_monitor_process_killed_and_restarted_continues_the_record(tmp_path:
 
 def test_a_record_that_cannot_be_opened_is_named_and_the_monitor_exits(tmp_path: Path) -> None:
     config = SheddingConfig(str(tmp_path / "missing" / "r.sqlite"), 60, Endpoint("127.0.0.1", 0), 4.0, 100, (SITE,))
-    run = subprocess.run([sys.executable, "-c", CHILD], input=config_frame(config), capture_output=True, timeout=60)
+    run = subprocess.run(command(CHILD), input=config_frame(config), capture_output=True, timeout=60)
     assert run.returncode == 2
     assert f"cannot open the record {tmp_path / 'missing' / 'r.sqlite'}" in run.stderr.decode()
 

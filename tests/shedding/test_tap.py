@@ -10,17 +10,16 @@ import trio
 
 from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig
-from concentrator.shedding.tap import DROPPED, DROPPED_BODY, HEAD, ShedFeeder, ShedTap
+from concentrator.shedding.tap import DROPPED, DROPPED_BODY, ShedFeeder, ShedTap
+from concentrator.sidecar import decode as decode_records
 from tests.shedding.test_monitor import SITES
 
 
 def decode(frames: list[bytes]) -> list[tuple[int, str, bytes, float]]:
     out = []
     for frame in frames:
-        size, seq, wall, name_length = HEAD.unpack(frame[: HEAD.size])
-        assert size == len(frame) - 4
-        rest = frame[HEAD.size :]
-        out.append((seq, rest[:name_length].decode(), rest[name_length:], wall))
+        (record,) = decode_records(frame)  # one whole record per frame, nothing left over
+        out.append((record.seq, record.site, record.body, record.when))
     return out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from concentrator.config import Endpoint
 from concentrator.shedding.config import SheddingConfig, ShedSite, SitePoints
 from concentrator.shedding.tap import CHILD, config_frame
+from concentrator.sidecar import command
 from tests.lab.harness import Lab, TripTraffic
 from tests.netns.test_trip_path import GROUP, assert_nobody_joined, lab, trips  # noqa: F401 (fixtures)
 
@@ -46,7 +46,7 @@ def test_a_forwarded_trip_starts_a_shedding_of_the_sites_of_its_group(lab: Lab, 
                                                                        tmp_path: Path) -> None:  # fmt: skip
     db = tmp_path / "record.sqlite"
     config = SheddingConfig(str(db), 60, Endpoint("127.0.0.1", 0), 0.2, 1000, SITES)
-    monitor = subprocess.Popen(["ip", "netns", "exec", lab.ns("conc"), sys.executable, "-c", CHILD],
+    monitor = subprocess.Popen(["ip", "netns", "exec", lab.ns("conc"), *command(CHILD)],
                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         assert monitor.stdin is not None
