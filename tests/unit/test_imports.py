@@ -20,12 +20,13 @@ layers it may use (relay, iec104, configbase, sidecar, netconfig, monitoring): a
 importing a collector that reads another feature is caught too; (e) netconfig depends
 on nothing of concentrator but configbase, directly or not; (f) monitoring imports no
 wiring module, nothing of a feature but what `COLLECTED` lists, and nothing above it
-but the relay, iec104, configbase and the sidecar. `COLLECTED` is precise: each
-collector (or the exporter, through its collector) may read the modules of exactly one
-feature that hold the state and config types it reads at scrape time (a feature's
-config section, its counters and state objects, the enums and reader of the record it
-serves); a feature's driver, process, tap or command line is never among them, and a
-collector reading two features fails; (g) nothing installed imports tests/ or bench/.
+but the relay, iec104, configbase and the sidecar. `COLLECTED` is precise: it names,
+per collector, the modules of exactly one feature that hold the state and config types
+the collector reads at scrape time (the feature's config section, its counters and
+state objects, the enums and the read-only reader of the record it serves), each of
+them imported by that collector and reaching no monitoring module: the state sits below
+its collector, the process that serves it above. A collector importing any other
+module of a feature, or a second feature, fails; (g) nothing installed imports tests/ or bench/.
 The installed packages' own __init__ modules import nothing of the project (Python runs
 them on every import inside them). Every module belongs to one layer, so that a new
 package has to be placed.
@@ -318,7 +319,7 @@ def test_the_collected_modules_are_state_below_their_collector() -> None:
 
 
 # A small graph in the order, and one planted violation per rule (the rule must name it).
-ORDERED: Mapping[str, set[str]] = {
+ORDERED: Graph = {
     "concentrator.__main__": {"concentrator.cli"},
     "concentrator.cli": {
         "concentrator.config",
@@ -326,7 +327,7 @@ ORDERED: Mapping[str, set[str]] = {
         "concentrator.incidents.verdicts",
         "monitoring.exporter",
         "netconfig.netd",
-    },  # fmt: skip
+    },
     "concentrator.config": {"concentrator.shedding.config", "concentrator.relay.config", "netconfig.config"},
     "concentrator.shedding.report": {"concentrator.shedding.config", "concentrator.relay.config"},
     "concentrator.shedding.process": {"monitoring.shedding_metrics", "concentrator.sidecar", "netconfig.config"},
@@ -362,13 +363,13 @@ PLANTED = [  # (rule, importer, imported, the violation it must report)
         "concentrator.shedding.process",
         "monitoring.exporter",
         "concentrator.shedding.process -> ... -> concentrator.mirror.stats",
-    ),  # fmt: skip
+    ),
     (
         rule_e_netconfig,
         "netconfig.config",
         "concentrator.relay.config",
         "netconfig.config -> ... -> concentrator.relay.config",
-    ),  # fmt: skip
+    ),
     (rule_e_netconfig, "netconfig.netd", "monitoring.exporter", "netconfig.netd -> ... -> concentrator.relay.stats"),
     (rule_f_monitoring, "monitoring.exporter", "concentrator.config", None),  # the wiring layer
     (rule_f_monitoring, "monitoring.shedding_metrics", "concentrator.shedding.process", None),  # not its state
