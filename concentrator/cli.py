@@ -23,6 +23,7 @@ from .relay.windows import window_warnings
 if TYPE_CHECKING:
     from .relay.core import LinkTap, Tap
     from .relay.driver import Relay
+    from .shedding.report import Sources as ShedReportSources
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,17 @@ async def _until_signal(run: Callable[[], Awaitable[None]]) -> None:
                 break
     if stopped_by == signal.SIGINT:
         raise KeyboardInterrupt
+
+
+def shedding_sources(file: str) -> ShedReportSources:
+    """What the shedding report reads of a configuration file: its section and, with an
+    incident register, the register's word on each shedding (issue 27)."""
+    from .incidents.verdicts import RegisterWord
+    from .shedding.report import Sources
+
+    config = load_config(file)
+    register = None if config.incidents is None else RegisterWord(config.incidents.database)
+    return Sources(config.shedding, register)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -333,7 +345,7 @@ def _command(argv: list[str]) -> int:
                   "[--html DIR] [--json]", file=sys.stderr)  # fmt: skip
             return 2
         try:
-            return report_main(argv[2:])
+            return report_main(argv[2:], shedding_sources)
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
@@ -343,7 +355,7 @@ def _command(argv: list[str]) -> int:
 
         run = incidents_cli.incidents_main if argv[0] == "incidents" else incidents_cli.maintenance_main
         try:
-            return run(argv[1:])
+            return run(argv[1:], lambda file: load_config(file).incidents)
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
@@ -352,11 +364,11 @@ def _command(argv: list[str]) -> int:
         from .ha.supervisor import main as ha_main
         from .ha.supervisor import status_main
 
-        return (ha_main if argv[0] == "ha" else status_main)(argv[1:])
+        return (ha_main if argv[0] == "ha" else status_main)(argv[1:], load_config)
     if argv[:1] == ["evidence"]:
         from .evidence import main as evidence_main
 
-        return evidence_main(argv[1:])
+        return evidence_main(argv[1:], load_config)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.run(args))

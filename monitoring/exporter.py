@@ -21,10 +21,11 @@ from collections.abc import Callable
 
 import trio
 
-from concentrator.config import Config, Endpoint
+from concentrator.configbase import Endpoint
 from concentrator.relay.stats import RelayStats
 from concentrator.sidecar import Backoff, command, message, receive_message
 
+from .relay_metrics import RelayFile
 from .scrape_process import SNAPSHOT_REQUEST, Limits, Setup
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class RelayExporter:
     def __init__(
         self,
         stats: RelayStats,
-        config: Config,
+        config: RelayFile,
         now: Callable[[], float],
         listen: Endpoint,
         limits: Limits | None = None,
@@ -166,7 +167,7 @@ def _stop(process: subprocess.Popen[bytes], sock: socket.socket) -> None:
 
 def serve_relay(
     stats: RelayStats,
-    config: Config,
+    config: RelayFile,
     listen: Endpoint | None = None,
     limits: Limits | None = None,
     policy: Backoff | None = None,

@@ -24,6 +24,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -34,9 +35,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from concentrator.config import Config, SiteConfig
 from concentrator.iec104.errors import CAUSES
 from concentrator.mirror.stats import MirrorStats
+from concentrator.relay.config import MetricsConfig, SiteConfig, UplinkConfig
 from concentrator.relay.stats import SITE_STATES, RelayStats, SiteStats
 from concentrator.relay.windows import budget
 
@@ -47,6 +48,31 @@ MIRROR_REFUSAL_REASONS = ("Not authorized", "Quota exceeded", "Topic name invali
                           "Packet identifier in use", "Implementation specific error", "Unspecified error")  # fmt: skip
 MIRROR_LOSS_KEYS = ("queue_full/0", "queue_full/2", "disconnect/0", "shutdown/0", "shutdown/2",
                     "broker_session/2")  # fmt: skip
+
+
+class RelayFile(Protocol):
+    """What the relay's metrics read of the configuration: the file's identity and the
+    relay's own sections (concentrator/relay/config.py). The whole file's `Config`
+    (concentrator/config.py) is one; the wiring layer hands it over, so that monitoring
+    imports no wiring module (tests/unit/test_imports.py)."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def mtime(self) -> float: ...
+
+    @property
+    def uplink(self) -> UplinkConfig: ...
+
+    @property
+    def sites(self) -> tuple[SiteConfig, ...]: ...
+
+    @property
+    def metrics(self) -> MetricsConfig: ...
 
 
 def package_version() -> str:
@@ -70,7 +96,7 @@ class RelayMetrics:
     def __init__(
         self,
         stats: RelayStats,
-        config: Config,
+        config: RelayFile,
         now: Callable[[], float],
         *,
         started_at: float | None = None,
@@ -361,7 +387,7 @@ SITE_VALUES: tuple[tuple[str, str, str, SiteValue], ...] = (
 )  # fmt: skip
 
 
-def render_sites(stats: RelayStats, config: Config, now: float, started_at: float) -> str:
+def render_sites(stats: RelayStats, config: RelayFile, now: float, started_at: float) -> str:
     """Every per-site metric, grouped by family, as exposition text."""
     configs = {site.name: site for site in config.sites}
     out: list[str] = []

@@ -56,11 +56,10 @@ import trio
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # what render_sites writes
 
-from concentrator.config import Config
 from concentrator.relay.stats import RelayStats
 from concentrator.sidecar import message, receive_message, receive_message_async
 
-from .relay_metrics import RelayMetrics
+from .relay_metrics import RelayFile, RelayMetrics
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ SNAPSHOT_REQUEST = b"s"
 class Setup:
     """What the relay tells its exporter once, at start."""
 
-    config: Config
+    config: RelayFile
     host: str
     port: int
     started_at: float  # relay clock

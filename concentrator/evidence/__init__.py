@@ -18,10 +18,13 @@ import argparse
 import os
 import sys
 
-from concentrator.config import ConfigError
+from concentrator.configbase import ConfigError
+
+from .appliance import Load
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str], load_config: Load) -> int:
+    """`load_config`: the configuration loader, handed over by the wiring layer (appliance.py)."""
     ap = argparse.ArgumentParser(prog="concentrator evidence", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="the appliance's YAML file")
     ap.add_argument("--out", help="directory for index.html, the PDF and the raw evidence")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.recheck is not None:
-        return _recheck(args.recheck)
+        return _recheck(args.recheck, load_config)
     if args.config is None or args.out is None:
         ap.error("--config and --out are required (or --recheck DIR)")
     if args.duration <= 0:
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import render, to_pdf
 
     try:
-        dossier = build(args.config, args.out, args.duration, args.netd_state, args.lab)
+        dossier = build(load_config, args.config, args.out, args.duration, args.netd_state, args.lab)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -72,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(s.passed for s in dossier.sections) else 1
 
 
-def _recheck(out: str) -> int:
+def _recheck(out: str, load_config: Load) -> int:
     from .recheck import RecheckError, recheck
 
     try:
-        same, result = recheck(out)
+        same, result = recheck(out, load_config)
     except (RecheckError, ConfigError) as exc:
         print(f"recheck: {exc}", file=sys.stderr)
         return 2

@@ -23,9 +23,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from concentrator.config import Config, load_config
-
 from . import lab as labmod
+from .appliance import Appliance, Load
 from .capture import Capture
 from .history import history_path, read_history
 from .match import Classifier, Hop, match
@@ -51,7 +50,7 @@ class Section:
 
 @dataclass
 class Dossier:
-    config: Config
+    config: Appliance
     generated: str
     command: str
     sections: list[Section]
@@ -62,7 +61,7 @@ class Dossier:
     captures: list[str] = field(default_factory=list)  # the pcap files among them
 
 
-def capture_interfaces(config: Config) -> list[str]:
+def capture_interfaces(config: Appliance) -> list[str]:
     """Every interface the IEC 104 and trip traffic can take: the paths of the network:
     section, the trip groups' interfaces, and the interface the kernel routes each site
     endpoint and each allowed BMI address through now (`ip route get`, read-only)."""
@@ -99,7 +98,7 @@ def _route_dev(address: str) -> list[str]:
 # ---------------------------------------------------------------------- section 1
 
 
-def _relay_reports(config: Config) -> str | None:
+def _relay_reports(config: Appliance) -> str | None:
     """The SHA-256 the running relay reports (concentrator_config_info), or None."""
     listen = config.metrics.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
@@ -148,7 +147,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def specification(config: Config, netd_state: dict[str, Any] | None) -> Section:
+def specification(config: Appliance, netd_state: dict[str, Any] | None) -> Section:
     history = read_history(config.file)
     reported = _relay_reports(config)
     findings = []
@@ -278,7 +277,7 @@ def _alert_rules() -> list[dict[str, str]]:
 # ---------------------------------------------------------------------- sections 2 and 3
 
 
-def decode(config: Config, packets: list[Any]) -> tuple[Any, dict[Any, Hop], list[Datagram]]:
+def decode(config: Appliance, packets: list[Any]) -> tuple[Any, dict[Any, Hop], list[Datagram]]:
     classify = Classifier(config)
     hops: dict[Any, Hop] = {}
 
@@ -301,7 +300,7 @@ def decode(config: Config, packets: list[Any]) -> tuple[Any, dict[Any, Hop], lis
     return reasm.finish(), hops, datagrams
 
 
-def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any, Hop]) -> Section:
+def identity_section(config: Appliance, capture: Any, streams: Any, hops: dict[Any, Hop]) -> Section:
     ended = capture.truncated_at if capture.truncated_at is not None else capture.ended
     result = match(config, streams.apdus, hops, capture.started, ended)
     # One line per kind of exception (each one, with its bytes, is in the table and matches.json).
@@ -346,7 +345,7 @@ def identity_section(config: Config, capture: Any, streams: Any, hops: dict[Any,
 
 
 def trips_section(
-    config: Config,
+    config: Appliance,
     before: dict[str, Any],
     after: dict[str, Any],
     netd_state: dict[str, Any] | None,
@@ -399,7 +398,7 @@ def trips_section(
 
 
 def failover_section(
-    config: Config, netd_state: dict[str, Any] | None, state_file: str | None, live: list[dict[str, Any]] | None
+    config: Appliance, netd_state: dict[str, Any] | None, state_file: str | None, live: list[dict[str, Any]] | None
 ) -> Section:
     criterion = (
         f"netd's state is readable; every link has a healthy active path; every switch netd recorded "
@@ -471,14 +470,18 @@ def failover_section(
 # ---------------------------------------------------------------------- the run
 
 
-def build(config_file: str, out: str, duration: float, netd_state_file: str | None, run_lab: bool) -> Dossier:
+def build(
+    load_config: Load, config_file: str, out: str, duration: float, netd_state_file: str | None, run_lab: bool
+) -> Dossier:
     if not run_lab:
-        return _build(config_file, out, duration, netd_state_file, run_lab)
+        return _build(load_config, config_file, out, duration, netd_state_file, run_lab)
     with labmod.unwind_on_signals():
-        return _build(config_file, out, duration, netd_state_file, run_lab)
+        return _build(load_config, config_file, out, duration, netd_state_file, run_lab)
 
 
-def _build(config_file: str, out: str, duration: float, netd_state_file: str | None, run_lab: bool) -> Dossier:
+def _build(
+    load_config: Load, config_file: str, out: str, duration: float, netd_state_file: str | None, run_lab: bool
+) -> Dossier:
     started = time.monotonic()
     config = load_config(config_file)
     os.makedirs(out, exist_ok=True)

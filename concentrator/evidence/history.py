@@ -17,7 +17,7 @@ import os
 import pwd
 from typing import Any
 
-from concentrator.config import Config
+from .appliance import Accepted
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _user() -> str:
     return f"{name} (sudo by {sudo})" if sudo and sudo != name else name
 
 
-def record_accepted(config: Config, command: str) -> None:
+def record_accepted(config: Accepted, command: str) -> None:
     """Append `config` to its history if it differs from the last accepted one."""
     path = history_path(config.file)
     last = read_history(config.file)

@@ -26,9 +26,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from concentrator.config import Config
 from concentrator.iec104.asdu import BROADCAST_CA, Cause, negative_mirror
 
+from .appliance import Appliance
 from .streams import Apdu, Flow
 
 
@@ -41,7 +41,7 @@ class Hop:
 class Classifier:
     """Which hop a TCP direction is, from the configuration alone."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Appliance) -> None:
         self.listen = config.uplink.listen
         self.endpoints: dict[tuple[str, int], str] = {}
         for site in config.sites:
@@ -131,7 +131,7 @@ def _diff(a: bytes, b: bytes) -> list[int]:
 
 
 def match(
-    config: Config, apdus: list[Apdu], hops: dict[Flow, Hop], started: float, ended: float, grace: float = 2.0
+    config: Appliance, apdus: list[Apdu], hops: dict[Flow, Hop], started: float, ended: float, grace: float = 2.0
 ) -> MatchResult:
     result = MatchResult({s.name: SiteCounts() for s in config.sites})
     # A site with no TCP segment in the whole capture was not connected: the relay holds

@@ -13,8 +13,7 @@ import os
 import struct
 from typing import Any
 
-from concentrator.config import load_config
-
+from .appliance import Load
 from .capture import Packet
 from .dossier import decode
 from .match import match
@@ -48,7 +47,7 @@ def read_pcap(path: str, ifname: str) -> list[Packet]:
     return packets
 
 
-def recheck(out: str) -> tuple[bool, dict[str, Any]]:
+def recheck(out: str, load_config: Load) -> tuple[bool, dict[str, Any]]:
     """(same result as recorded, the recomputed matching)."""
     try:
         with open(os.path.join(out, "evidence.json")) as f:

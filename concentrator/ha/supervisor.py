@@ -38,12 +38,13 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 
-from concentrator.config import Config, ConfigError, load_config
-from concentrator.configbase import MissingTool
+from concentrator.configbase import ConfigError, MissingTool
+from concentrator.relay.config import UplinkConfig
 from monitoring.ha_metrics import HaCollector
 from monitoring.primitives import serve
 
@@ -54,6 +55,24 @@ from .state import DOWN, HaState, PeerStatus, Role, Vrrp
 from .tcp import connected_peers, listening, nudge
 
 log = logging.getLogger("ha")
+
+
+class HaSections(Protocol):
+    """What the supervisor reads of the configuration: the file (its relay loads it), the
+    relay's uplink and the `ha:` section. The whole file's `Config` is one, loaded by the
+    wiring layer (concentrator/cli.py)."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def uplink(self) -> UplinkConfig: ...
+
+    @property
+    def ha(self) -> HaConfig | None: ...
+
+
+Load = Callable[[str], HaSections]
 
 FENCE_TIMEOUT = 0.25  # per side; the peer answers in a millisecond when alive
 NUDGES = (0.0, 0.5, 1.0, 2.0)  # after a promotion: when to nudge the BMI's stale connections
@@ -161,7 +180,7 @@ class Supervisor:
     """The driver around `HaPolicy`: it feeds the policy what keepalived, the peer and the
     relay say, with the time, and carries out the actions it returns."""
 
-    def __init__(self, config: Config, state_file: str | None = None) -> None:
+    def __init__(self, config: HaSections, state_file: str | None = None) -> None:
         assert config.ha is not None
         self.config = config
         self.ha: HaConfig = config.ha
@@ -430,14 +449,14 @@ class Supervisor:
         await trio.serve_tcp(answer, self.ha.status_port, host="0.0.0.0")
 
 
-def load(path: str) -> Config:
+def load(path: str, load_config: Load) -> HaSections:
     config = load_config(path)
     if config.ha is None:
         raise ConfigError(config.file, "ha", "an ha: section (concentrator ha runs one appliance of a pair)")
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str], load_config: Load) -> int:
     ap = argparse.ArgumentParser(prog="concentrator ha", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="the appliance's YAML file (with an ha: section)")
     ap.add_argument("--state", help="also write the status line to this file on every change")
@@ -450,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     try:
-        config = load(args.config)
+        config = load(args.config, load_config)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -478,14 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if supervisor.failed else 0
 
 
-def status_main(argv: list[str] | None = None) -> int:
+def status_main(argv: list[str], load_config: Load) -> int:
     """`concentrator ha-status --config FILE [--json]`: this appliance's role, from its supervisor."""
     ap = argparse.ArgumentParser(prog="concentrator ha-status", description=status_main.__doc__)
     ap.add_argument("--config", required=True)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
-        config = load(args.config)
+        config = load(args.config, load_config)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

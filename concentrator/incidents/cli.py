@@ -13,9 +13,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
-
-from concentrator.config import load_config
 
 from .config import IncidentsConfig
 from .notices import ROME, by_end_of, when
@@ -24,12 +23,16 @@ from .report import write_report
 from .requests import carry_out, submit
 from .store import Incident, Register, WriterLock
 
+# The `incidents:` section of a configuration file (None: the file has none), read by
+# the wiring layer (concentrator/cli.py): this package reads nothing of the other sections.
+Section = Callable[[str], IncidentsConfig | None]
 
-def _config(path: str) -> IncidentsConfig:
-    config = load_config(path)
-    if config.incidents is None:
+
+def _config(path: str, section: Section) -> IncidentsConfig:
+    config = section(path)
+    if config is None:
         raise SystemExit(f"{path} has no incidents: section")
-    return config.incidents
+    return config
 
 
 def parse_time(text: str) -> float:
@@ -86,7 +89,7 @@ def _show(register: Register, i: Incident) -> str:
     return "\n".join(lines)
 
 
-def incidents_main(argv: list[str]) -> int:
+def incidents_main(argv: list[str], section: Section) -> int:
     parser = argparse.ArgumentParser(prog="concentrator incidents", description=__doc__)
     parser.add_argument("--config", required=True, help="the configuration file (its incidents: section)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,7 +108,7 @@ def incidents_main(argv: list[str]) -> int:
     report = commands.add_parser("report", help="an HTML page of the incidents")
     report.add_argument("--html", metavar="DIR", required=True)
     args = parser.parse_args(argv)
-    config = _config(args.config)
+    config = _config(args.config, section)
     if args.command == "close":
         answer = _write(config, {"op": "close", "id": args.id, "cause": None if args.proposed else args.cause})
         if args.json:
@@ -146,7 +149,7 @@ def incidents_main(argv: list[str]) -> int:
     return 0
 
 
-def maintenance_main(argv: list[str]) -> int:
+def maintenance_main(argv: list[str], section: Section) -> int:
     parser = argparse.ArgumentParser(prog="concentrator maintenance", description=__doc__)
     parser.add_argument("--config", required=True, help="the configuration file (its incidents: section)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -162,7 +165,7 @@ def maintenance_main(argv: list[str]) -> int:
         help="the operator asked for the work: the 10 days' notice does not apply (footnote 3)",
     )
     args = parser.parse_args(argv)
-    config = _config(args.config)
+    config = _config(args.config, section)
     change = None if args.config_change is None else os.path.abspath(args.config_change)
     request = {"op": "plan", "site": args.site, "start": args.start, "end": args.end, "cause": args.cause,
                "requested": args.requested_by_operator, "config_change": change}  # fmt: skip

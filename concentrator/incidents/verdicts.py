@@ -1,6 +1,6 @@
 """The incident register's word on a shedding (annex A40 5.7.3, 5.2), for the shedding
-report: a function of the register only, so that the shedding package calls it and
-owns nothing of the incidents.
+report: a function of the register only. The wiring layer (concentrator/cli.py) hands
+`RegisterWord` to the report, so that the shedding package imports nothing of the incidents.
 
 - During an unavailability notified beforehand (the SMTP relay accepted its opening or
   planned notice before the shedding began) the site's sheddings are not valid:
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 
 from .detector import BMI, Kind
 from .notices import when
@@ -69,3 +70,16 @@ def incidents_beside(database: str | None, sites: tuple[str, ...], start: float,
         return lines
     finally:
         register.close()
+
+
+@dataclass(frozen=True)
+class RegisterWord:
+    """The register at `database`, as the shedding report asks it (shedding/report.py)."""
+
+    database: str
+
+    def note(self, site: str, start: float, end: float | None, passed: bool) -> str | None:
+        return shedding_note(self.database, site, start, end, passed)
+
+    def beside(self, sites: tuple[str, ...], start: float, end: float | None) -> list[str]:
+        return incidents_beside(self.database, sites, start, end)

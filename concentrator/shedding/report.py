@@ -18,19 +18,40 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from concentrator.config import load_config
-from concentrator.incidents.verdicts import incidents_beside, shedding_note
-
+from .config import SheddingConfig
 from .record import StoredEvent, events, interruptions, open_read_only, samples, verdicts
 from .verdict import Sample, Status, judged_samples, utc
 
 NOT_JUDGED_EXIT = 3  # exit status when a listed verdict could not be judged (the monitor missed copies)
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class RegisterWord(Protocol):
+    """The incident register's word on a shedding (issue 27; annex A40 5.7.3), given by the
+    wiring layer (concentrator/incidents/verdicts.py over the register): the shedding
+    package reads nothing of the incidents."""
+
+    def note(self, site: str, start: float, end: float | None, passed: bool) -> str | None:
+        """What the register says of a shedding of `site` from `start` to `end` (None: going on)."""
+        ...
+
+    def beside(self, sites: tuple[str, ...], start: float, end: float | None) -> list[str]:
+        """One line per incident of these sites (or of the BMI link) overlapping the shedding."""
+        ...
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What `--config FILE` gives the report, read by the wiring layer (concentrator/cli.py):
+    the `shedding:` section and, with an `incidents:` section, the register's word."""
+
+    shedding: SheddingConfig | None
+    register: RegisterWord | None
 
 
 def parse_since(text: str, now: float) -> float:
@@ -47,9 +68,9 @@ def parse_since(text: str, now: float) -> float:
     return moment.timestamp()
 
 
-def event_summary(db: sqlite3.Connection, event: StoredEvent, incidents: str | None = None) -> dict[str, Any]:
+def event_summary(db: sqlite3.Connection, event: StoredEvent, register: RegisterWord | None = None) -> dict[str, Any]:
     """One event as the report gives it (the text is written from this, --json is this);
-    `incidents`: the incident register's database, whose word is given beside each site."""
+    `register`: the incident register's word, given beside each site."""
     rows = verdicts(db, event.id)
     sites, aggregate = [], None
     for row in rows:
@@ -63,7 +84,8 @@ def event_summary(db: sqlite3.Connection, event: StoredEvent, incidents: str | N
             "judged_from": row["judged_from"], "note": row["note"] or "", "failures": json.loads(row["details"]),
             # issue 27: the register's word (concentrator/incidents/verdicts.py); "failed, not
             # notified" only for a verdict that failed, not for one the monitor could not judge
-            "register": shedding_note(incidents, row["site"], event.start, event.end, status != Status.FAIL),
+            "register": None if register is None else register.note(row["site"], event.start, event.end,
+                                                                    status != Status.FAIL),
         })  # fmt: skip
     if aggregate is not None:
         aggregate["sites_not_passing"] = [v["site"] for v in sites if v["status"] != Status.PASS]
@@ -72,7 +94,7 @@ def event_summary(db: sqlite3.Connection, event: StoredEvent, incidents: str | N
         "id": event.id, "start": event.start, "end": event.end, "trigger": event.trigger, "sites": list(event.sites),
         "interruptions": [asdict(i) for i in interruptions(db, event.start, end)],
         "verdicts": sites, "aggregate": aggregate,
-        "incidents": incidents_beside(incidents, event.sites, event.start, event.end),
+        "incidents": [] if register is None else register.beside(event.sites, event.start, event.end),
     }  # fmt: skip
 
 
@@ -108,13 +130,13 @@ def event_text(e: dict[str, Any]) -> list[str]:
 
 
 def report(database: str, *, since: float | None, event_id: int | None, html_dir: str | None,
-           as_json: bool = False, incidents: str | None = None) -> tuple[str, bool]:  # fmt: skip
+           as_json: bool = False, register: RegisterWord | None = None) -> tuple[str, bool]:  # fmt: skip
     """The report's text (or JSON) and whether every verdict listed could be judged."""
     db = open_read_only(database)
     try:
         summaries = []
         for event in events(db, since, event_id):
-            summary = event_summary(db, event, incidents)
+            summary = event_summary(db, event, register)
             if html_dir is not None:
                 path = os.path.join(html_dir, f"shedding-event-{event.id}.html")
                 with open(path, "w") as f:
@@ -312,7 +334,8 @@ def _legend(x: float, y: float) -> str:
     return "".join(parts)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], sources: Callable[[str], Sources]) -> int:
+    """`sources`: what a configuration file gives the report, read by the wiring layer."""
     parser = argparse.ArgumentParser(prog="concentrator shedding report", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="the configuration file (its shedding.database is read)")
@@ -327,20 +350,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="the same events and verdicts as JSON")
     args = parser.parse_args(argv)
     database = args.db
-    incidents = None
+    register = None
     if args.config:
-        config = load_config(args.config)
-        if config.shedding is None:
+        given = sources(args.config)
+        if given.shedding is None:
             parser.error(f"{args.config} has no shedding: section")
-        database = config.shedding.database
-        incidents = None if config.incidents is None else config.incidents.database  # issue 27
+        database = given.shedding.database
+        register = given.register  # issue 27
     if not os.path.exists(database):
         parser.error(f"no shedding record at {database}")
     since = parse_since(args.since, time.time()) if args.since else None
     if args.html:
         os.makedirs(args.html, exist_ok=True)
     text, judged = report(
-        database, since=since, event_id=args.event, html_dir=args.html, as_json=args.json, incidents=incidents
+        database, since=since, event_id=args.event, html_dir=args.html, as_json=args.json, register=register
     )
     print(text, end="")
     return 0 if judged else NOT_JUDGED_EXIT

@@ -340,6 +340,9 @@ def test_supervisor_start_removes_every_virtual_address_left_behind() -> None:
             lab.exec("a", "ip", "addr", "replace", address, "dev", device)
         assert lab.vips("a") == {"192.0.2.10", "192.0.3.10", "198.51.100.10"}
         config = lab.config_file("a")
-        prepare = f"from concentrator.ha.supervisor import Supervisor, load; Supervisor(load({config!r})).prepare()"
+        prepare = (
+            "from concentrator.config import load_config; from concentrator.ha.supervisor import Supervisor, load; "
+            f"Supervisor(load({config!r}, load_config)).prepare()"
+        )
         lab.exec("a", sys.executable, "-c", prepare)
         assert lab.vips("a") == set()

@@ -10,13 +10,18 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from pytest import CaptureFixture
 
+from concentrator.cli import shedding_sources
+from concentrator.incidents.verdicts import RegisterWord
 from concentrator.shedding.record import ShedRecord
 from concentrator.shedding.report import NOT_JUDGED_EXIT, main, parse_since, report
 from concentrator.shedding.verdict import Interruption, Status
 from concentrator.sim.points import breaker_command, double_point, release_command, single_point
 from tests.shedding.test_monitor import CONFIG, SheddingMonitor, T, samples, shed
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "concentrator.yaml"
 
 
 def recorded(tmp_path: Path, misbehave: str = "reconnect") -> str:
@@ -109,11 +114,12 @@ def test_the_report_exits_non_zero_when_a_verdict_is_not_judged(tmp_path: Path, 
     record = ShedRecord(str(tmp_path / "r.sqlite"))
     record.write(m.take_records())
     record.close()
-    assert main(["--db", str(tmp_path / "r.sqlite")]) == NOT_JUDGED_EXIT
+    assert main(["--db", str(tmp_path / "r.sqlite")], shedding_sources) == NOT_JUDGED_EXIT
     out = capsys.readouterr().out
     assert "  a: NOT JUDGED: monitor restarted at X; copies from Y to Z lost  P0 900.0 kW" in out
     assert "aggregate: NOT JUDGED (not judged: a)" in out
-    assert main(["--db", recorded(tmp_path / "other")]) == 0  # judged: a FAIL is not an error of the report
+    # judged: a FAIL is not an error of the report
+    assert main(["--db", recorded(tmp_path / "other")], shedding_sources) == 0
 
 
 def test_the_page_has_a_legend_and_says_which_samples_were_invalid(tmp_path: Path) -> None:
@@ -133,3 +139,25 @@ def test_the_page_has_a_legend_and_says_which_samples_were_invalid(tmp_path: Pat
     invalid = [t for t in tips if "invalid (IV)" in t]
     assert len(invalid) == 1 and invalid[0].endswith("Pi 0.0 kW; invalid (IV): raw 505.0 kW, counted as 0 kW (5.3)")
     assert any(t.endswith("; valid") for t in tips)
+
+
+def test_the_configuration_gives_the_report_its_record_and_the_register(
+    tmp_path: Path, capsys: CaptureFixture[str]
+) -> None:
+    # The wiring layer (cli.shedding_sources) reads the file for the report: the shedding
+    # section's record, and the incident register's word when there is an incidents: section.
+    db = recorded(tmp_path / "record")
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["shedding"]["database"] = db
+    document["incidents"]["database"] = str(tmp_path / "incidents.sqlite")
+    with_register = tmp_path / "with.yaml"
+    with_register.write_text(yaml.safe_dump(document))
+    given = shedding_sources(str(with_register))
+    assert given.shedding is not None and given.shedding.database == db
+    assert given.register == RegisterWord(str(tmp_path / "incidents.sqlite"))
+    del document["incidents"]
+    without = tmp_path / "without.yaml"
+    without.write_text(yaml.safe_dump(document))
+    assert shedding_sources(str(without)).register is None
+    assert main(["--config", str(with_register)], shedding_sources) == 0
+    assert capsys.readouterr().out == report(db, since=None, event_id=None, html_dir=None)[0]
