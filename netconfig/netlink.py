@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from pyroute2 import IPRoute
@@ -31,14 +32,14 @@ class LinkState:
     usable: bool
 
 
-def _state(msg: object) -> LinkState | None:
-    name = msg.get_attr("IFLA_IFNAME")  # type: ignore[attr-defined]
+def _state(msg: Any) -> LinkState | None:  # a pyroute2 ifinfmsg (pyroute2 has no type hints)
+    name = msg.get_attr("IFLA_IFNAME")
     if name is None:
         return None
-    header_type = msg["header"]["type"]  # type: ignore[index]
-    flags = msg["flags"]  # type: ignore[index]
+    header_type = msg["header"]["type"]
+    flags = msg["flags"]
     usable = header_type != RTM_DELLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
-    return LinkState(name, msg["index"], usable)  # type: ignore[index]
+    return LinkState(name, msg["index"], usable)
 
 
 def current_links() -> dict[str, LinkState]:

@@ -194,17 +194,18 @@ class Reassembler:
         if not data:
             return  # a retransmission, or the same frame seen on another interface
         self._take(d, seg.t, data)
-        while d.pending and not d.failed:
-            nxt = min(d.pending, key=lambda s: _after(s, d.next_seq))  # type: ignore[arg-type]
-            if _after(nxt, d.next_seq) > 0:  # type: ignore[arg-type]
+        while d.pending and not d.failed and (expected := d.next_seq) is not None:
+            nxt = min(d.pending, key=lambda s: _after(s, expected))
+            if _after(nxt, expected) > 0:
                 break
             t, payload = d.pending.pop(nxt)
-            rest = payload[_after(d.next_seq, nxt) :]  # type: ignore[arg-type]
+            rest = payload[_after(expected, nxt) :]
             if rest:
                 self._take(d, t, rest)
 
     def _take(self, d: _Direction, t: float, data: bytes) -> None:
-        d.next_seq = (d.next_seq + len(data)) & 0xFFFFFFFF  # type: ignore[operator]
+        assert d.next_seq is not None  # set by the SYN or the first segment seen, before any data
+        d.next_seq = (d.next_seq + len(data)) & 0xFFFFFFFF
         if not d.aligned:
             # Joined mid-stream: wait for a segment that starts with an APDU (the relay
             # and IEC 104 peers write whole APDUs, so nearly every segment does).
@@ -222,8 +223,8 @@ class Reassembler:
             self.out.problems.append(StreamProblem(d.flow, d.failed))
 
     def _close(self, d: _Direction) -> None:
-        if d.pending and not d.failed:
-            missing = min(_after(s, d.next_seq) for s in d.pending)  # type: ignore[arg-type]
+        if d.pending and not d.failed and (expected := d.next_seq) is not None:
+            missing = min(_after(s, expected) for s in d.pending)
             self.out.problems.append(
                 StreamProblem(
                     d.flow, f"{missing} octets never captured (a gap): {len(d.pending)} later segments not decoded"

@@ -186,7 +186,7 @@ def _parse(value: object, sites: Sequence[_Site]) -> SheddingConfig:
                 ok = isinstance(group, str) and ipaddress.IPv4Address(group).is_multicast
             except ValueError:
                 ok = False
-            if not ok:
+            if not ok or not isinstance(group, str):
                 raise Invalid(f"{key}.trip_group", 'an IPv4 multicast group, as "239.192.0.1"', group)
         result.append(ShedSite(
             name=name,
@@ -196,6 +196,6 @@ def _parse(value: object, sites: Sequence[_Site]) -> SheddingConfig:
             contractual_kw=contractual,
             interruptible_kw=interruptible,
             generation=generation,
-            trip_group=group,  # type: ignore[arg-type]
+            trip_group=group,
         ))  # fmt: skip
     return SheddingConfig(database, retention, listen, period, limit, tuple(result))
