@@ -48,8 +48,10 @@ DEFAULT_STATE = "/run/concentrator/netd.json"
 
 
 def _alive(pid: object, comm: str | None = None) -> bool:
+    if not isinstance(pid, int | str):  # read from netd's state file: anything may be there
+        return False
     try:
-        with open(f"/proc/{int(pid)}/stat") as f:  # type: ignore[call-overload]
+        with open(f"/proc/{int(pid)}/stat") as f:
             stat = f.read()
     except (OSError, TypeError, ValueError):
         return False
