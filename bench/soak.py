@@ -1176,7 +1176,9 @@ def evaluate_alerts(
     def rel(f: Fault) -> tuple[float, float]:
         return (f.started or 0) - t0, (f.ended if f.ended is not None else t0 + run_s) - t0
 
-    missing, matched, unexplained = [], [], []
+    missing: list[dict[str, Any]] = []
+    matched: list[dict[str, Any]] = []
+    unexplained: list[dict[str, Any]] = []
     for f in schedule:
         name = expected_alert(f)
         if name is None:

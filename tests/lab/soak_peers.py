@@ -128,7 +128,7 @@ def in_netns(netns: str, fn: Callable[[], Any]) -> Any:
     return out[0]
 
 
-def reset(sock: socket.socket) -> None:
+def reset(sock: socket.socket | trio.socket.SocketType) -> None:
     """Close with RST at once, as the kernel does for a process that died."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
