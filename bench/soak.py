@@ -87,6 +87,10 @@ TYPE_STAMPED, TYPE_COMMAND = 13, 45
 # Faults that end an uplink connection or the relay: the only ones after which the BMI
 # may see an ASDU twice (it had it, the confirmation did not reach the site).
 DUPLICATE_CAUSES = {"relay_restart", "bmi_restart", "ed2_switch", "uplink_both_down"}
+# The same for one site: its connection lost (its UPDC restarted or hostile, both its
+# paths down) after the BMI confirmed a frame and before the relay's confirmation of it
+# reached the UPDC, which sends it again (IEC 104 cannot tell it is the same frame).
+SITE_DUPLICATE_CAUSES = {"updc_restart", "hostile_site", "site_both_down"}
 UPLINK_WIDE = {"relay_restart", "bmi_restart", "ed2_switch", "uplink_both_down", "uplink_primary_down",
                "uplink_primary_silent", "netd_restart"}  # fmt: skip
 
@@ -574,7 +578,9 @@ class Soak:
         ahead = self.ahead[ca]
         if seq < nxt or seq in ahead:
             run_length = self.dup_run[ca] = self.dup_run[ca] + 1
-            causes = self._kinds_near(t, DUPLICATE_CAUSES)
+            causes = self._kinds_near(t, DUPLICATE_CAUSES) + [
+                f for f in self._kinds_near(t, SITE_DUPLICATE_CAUSES) if f.target == f"site{ca - 100}"
+            ]
             kind = max(causes, key=lambda f: f.started or 0).kind if causes else "none"
             self.duplicates_by_kind[kind] += 1
             if not causes:
