@@ -685,6 +685,7 @@ class Soak:
     def send_trip(self) -> None:
         seq = len(self.trips)
         path = self.lab.active("uplink", role="bmi") or "primary"
+        conc_path = self.lab.active("uplink", role="conc")
         iface = "c0" if path == "primary" else "c1"
         mreqn = struct.pack(
             "=4s4si", socket.inet_aton("0.0.0.0"), socket.inet_aton("0.0.0.0"), self.trip_ifindex[iface]
@@ -692,7 +693,7 @@ class Soak:
         self.trip_sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
         try:
             self.trip_sock.sendto(trip_payload(seq), (GROUP, TRIP_PORT))
-            self.trips.append({"seq": seq, "t": time.monotonic(), "iface": iface})
+            self.trips.append({"seq": seq, "t": time.monotonic(), "iface": iface, "ends_apart": conc_path != path})
         except OSError as exc:  # the path's carrier is down
             self.trips.append({"seq": seq, "t": time.monotonic(), "iface": iface, "error": str(exc)})
 
@@ -739,6 +740,16 @@ class Soak:
                     self.trip_outcomes["delivered"] += 1
                     continue
                 excuses = self._trip_excuse(i, trip["t"])
+                if (
+                    not excuses
+                    and trip.get("ends_apart")
+                    and any(a - 1 <= trip["t"] <= b + 10 for a, b in self.netd_down)
+                ):
+                    # SOAK.md, finding 3: a netd restarted near an uplink fail-back resumes on
+                    # the other path than the BMI's; the trip path takes a group in on its
+                    # own path only. Known, not fixed here: counted apart, not excused silently.
+                    self.trip_outcomes["missed, netd restarted, uplink ends on different paths (finding 3)"] += 1
+                    continue
                 if excuses:
                     self.trip_outcomes["missed, path down or lossy"] += 1
                     for k in excuses:
@@ -802,10 +813,17 @@ class Soak:
                          f" the scrape and {received} after, on {len(conns)} connections ({ended} ended)")  # fmt: skip
 
     def final_metrics(self) -> dict[str, Any]:
-        """After the end: production stopped, everything confirmed, no fault: exact."""
+        """After the end: production and commands stopped, everything confirmed, no
+        fault: exact (the relay also counted, once more, what it had sent on connections
+        that ended before the BMI confirmed it: at most k each)."""
+        self.read_events()
+        self.read_rows()
+        before = self.rows_read
         text = http_get(self.lab.ns("conc"), f"http://{RELAY_METRICS}/metrics")
         self.read_events()
         self.read_rows()
+        if self.rows_read != before:
+            self.violate("metrics", f"{self.rows_read - before} ASDUs reached the BMI after everything had stopped")
         up = metric_values(text, "concentrator_uplink_asdus_total").get('{direction="up"}', 0)
         conns = [c for c, t in self.bmi_conns.items() if t >= self.relay_started]
         received = sum(self.conn_rows[c] for c in conns)
@@ -951,6 +969,7 @@ class Soak:
         for link in lab.links:
             self._nft_loss(link.name, "primary", 0, False)
         self.control("station-control.jsonl", cmd="stop_producing")
+        self.control("bmi-control.jsonl", cmd="stop_commands")
         # Everything produced must arrive and be confirmed.
         produced: dict[str, Any] = {}
 
@@ -971,7 +990,7 @@ class Soak:
             wait_for(drained, 120, "every site's queue confirmed", interval=0.5)
         except TimeoutError as exc:
             self.violate("drain", str(exc))
-        time.sleep(1.0)
+        time.sleep(3.0)  # the last commands and their confirmations
         self.read_rows()
         self.read_events()
         self.read_trips()

@@ -506,6 +506,8 @@ class Bmi:
         period = 1.0 / self.command_rate
         while True:
             await trio.sleep(period)
+            if self.command_rate <= 0:
+                continue
             session = self.active
             if session is None or session.closed or not session.link.started or not session.link.can_send:
                 continue
@@ -556,6 +558,8 @@ async def bmi(args: argparse.Namespace) -> None:
                     nursery.start_soon(peer.switch, nursery)
                 elif cmd["cmd"] == "hostile":
                     peer.hostile = bool(cmd["on"])
+                elif cmd["cmd"] == "stop_commands":  # the end of a run: nothing more in flight
+                    peer.command_rate = 0.0
             await trio.sleep(0.05)
 
 
