@@ -117,6 +117,18 @@ class ProbeSchedule:
         return max(sent_at + self.interval, now)
 
 
+def _answer_waiting(raw: socket.socket, expected: tuple[IPv4Address, int, int]) -> bool:
+    """Whether the expected echo reply is already in the socket's queue (read without
+    waiting: the probe's deadline has passed)."""
+    while True:
+        try:
+            packet = raw.recv(2048, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: nothing waiting
+            return False
+        if parse_echo_reply(packet) == expected:
+            return True
+
+
 async def run_probe(
     interface: str,
     target: IPv4Address,
@@ -128,6 +140,7 @@ async def run_probe(
     ident = _new_ident()
     seq = 0
     sock: trio.socket.SocketType | None = None
+    raw: socket.socket | None = None  # the same socket, for a read that must not wait
     schedule = ProbeSchedule(interval, misses)
     next_send = trio.current_time()
     try:
@@ -165,6 +178,13 @@ async def run_probe(
                                 schedule.answered(now - sent_at)
                                 await report(True, now)
                                 break
+            if not answered and sock is not None and raw is not None and _answer_waiting(raw, (target, ident, seq)):
+                # It came while this task waited for the CPU (a busy or starved netd); the
+                # path answered. Its late reading goes into the RTT, so the timeout adapts.
+                answered = True
+                now = trio.current_time()
+                schedule.answered(now - sent_at)
+                await report(True, now)
             if not answered:
                 await trio.sleep_until(deadline)
                 schedule.missed()
