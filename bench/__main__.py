@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "shedding_ring": "CPU and memory of the shedding feeder's replay ring (SHEDDING.md)",
     "incidents_latency": "relay latency with the incident register off and on (docs/incidents.md)",
     "failover": "root: outage seen by the BMI per link fault, over many runs (FAILOVER.md)",
+    "soak": "root: an hour of seeded random faults at 100 sites, invariants checked while it runs (SOAK.md)",
     "trip_latency": "root: trip datagrams against unicast on the same path, relay idle, saturated, stopped (TRIP.md)",
     "ha_takeover": "root: the BMI's outage when the active appliance of an HA pair fails (HA.md)",
     "evidence_dossier": "root: run time and capture size of `concentrator evidence`, 12 sites (EVIDENCE.md)",

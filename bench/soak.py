@@ -1,7 +1,8 @@
 """Chaos soak (issue 26): the appliance in the namespace lab, 100 two-path sites, faults
 from a seeded random schedule, invariants checked all the time (root).
 
-    python -m bench.soak --duration 3600 --seed 26 --json bench/soak-60min.json --svg bench/soak-60min.svg
+    python -m bench.soak --duration 3600 --seed 26 \
+        --json bench/results/2026-12-07-1738-soak-60min.json --svg bench/results/2026-12-07-1738-soak-60min.svg
 
 The lab (tests/lab/harness.py): the concentrator's namespace runs the relay
 (`concentrator relay`), netd with the trip path (engine nftables: this kernel has no
@@ -59,6 +60,7 @@ from typing import Any
 
 import yaml
 
+from bench.common import percentile
 from bench.loadgen import descendants
 from tests.lab.harness import (
     BMI_SERVICE,
@@ -262,13 +264,6 @@ def pooled_slope(samples: list[dict[str, Any]], key: str, since: float, warmup: 
         num += sum((p[0] - mt) * (p[1] - my) for p in points)
         den += sum((p[0] - mt) ** 2 for p in points)
     return num / den * 3600 if den else None
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 # ---------------------------------------------------------------------- the soak
@@ -1018,7 +1013,7 @@ class Soak:
                not_primary: list[str]) -> dict[str, Any]:  # fmt: skip
         faults_by_kind = Counter(f.kind for f in self.schedule if f.started is not None)
         latency = {
-            m: {"n": len(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99)}
+            m: {"n": len(v), "p50_ms": percentile(v, 50) if v else None, "p99_ms": percentile(v, 99) if v else None}
             for m, v in sorted(self.latency_by_minute.items())
         }
         half = self.args.duration / 2

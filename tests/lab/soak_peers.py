@@ -59,7 +59,7 @@ from concentrator.iec104.link import (
     LinkParams,
     Role,
 )
-from concentrator.sim.session import LinkSession, set_nodelay
+from tests.peers.session import LinkSession, set_nodelay
 
 # type 13 (measured value, short float: so the relay's "no measurements" clock sees
 # it), VSQ SQ=1 x3, cause, originator, CA, IOA; three (4 octets, QDS 0) elements:

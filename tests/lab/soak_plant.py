@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from concentrator.relay_core import RelayCore
+from concentrator.relay.core import RelayCore
 
 
 def plant_drop(every: int) -> None:
