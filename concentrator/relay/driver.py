@@ -60,6 +60,9 @@ log = logging.getLogger("concentrator.relay")  # the name the logs have always h
 # How often a connection whose peer does not read checks whether the peer still sends
 # (the budgets: concentrator/relay/windows.py).
 PAUSED_CHECK = 0.05
+# Ready sockets taken per round at most; the others are still ready (level-triggered) and
+# come first in the next round (epoll moves the ones it returned to the back).
+MAX_EVENTS = 512
 # SO_LINGER on, 0 s: close() sends a RST and keeps no TIME_WAIT (refused connections).
 _RESET = struct.pack("ii", 1, 0)
 
@@ -169,11 +172,13 @@ class Relay:
             if not writing:
                 return
             self._writing = []
+            forwarded = False
             for connection in writing:
                 connection.write_round()
-            written_at = trio.current_time()
-            for connection in writing:
-                if connection.forwarded:
+                forwarded = forwarded or bool(connection.forwarded)
+            if forwarded:
+                written_at = trio.current_time()
+                for connection in writing:
                     for record, read_at in connection.forwarded:
                         record(written_at - read_at)
                     connection.forwarded.clear()
@@ -219,16 +224,17 @@ class Relay:
     async def _rounds(self) -> None:
         """The I/O task: one round per wake-up, every ready socket served in it."""
         epoll = self._epoll
+        fd, poll, wait_readable = epoll.fileno(), epoll.poll, trio.lowlevel.wait_readable
         try:
             while True:
                 if self._leftover:  # frames wait in the relay: only let the other tasks run
                     await trio.lowlevel.checkpoint()
                 elif self._paused:  # look at the peers that do not read every PAUSED_CHECK
                     with trio.move_on_at(self._next_check):
-                        await trio.lowlevel.wait_readable(epoll.fileno())
+                        await wait_readable(fd)
                 else:
-                    await trio.lowlevel.wait_readable(epoll.fileno())
-                self._round(epoll.poll(0))
+                    await wait_readable(fd)
+                self._round(poll(0, MAX_EVENTS))
                 if self._paused and trio.current_time() >= self._next_check:
                     self._check_paused()
         finally:
