@@ -409,7 +409,13 @@ def render(results: dict, meta: dict) -> str:  # type: ignore[type-arg]
     out = [
         "# Benchmark results",
         "",
-        f"Recorded {meta['date']} by `{meta['command']}` ({meta['elapsed_s']:.0f} s).",
+        f"Recorded {meta['date']} by `{meta['command']}` ({meta['elapsed_s']:.0f} s)"
+        + (
+            f"; load average (1 min) {meta['load_average'][0]:.2f} at the start, {meta['load_average'][1]:.2f} at"
+            " the end."
+            if "load_average" in meta
+            else "."
+        ),  # fmt: skip
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in meta["machine"].items()) + ".",
         "",
@@ -738,6 +744,7 @@ def main() -> int:
         Path(args.out, "RESULTS.md").write_text(render(saved["results"], meta))
         return 0
     started_at = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     workdir = Path(tempfile.mkdtemp(prefix="concentrator-bench-"))
     bench = Bench(workdir, args.quick, args.relay_tree, args.before_tree)
@@ -758,6 +765,7 @@ def main() -> int:
         "date": date,
         "command": " ".join(["python -m bench run run_all"] + _without_out(sys.argv[1:])),
         "elapsed_s": time.monotonic() - started_at,
+        "load_average": (load_at_start, os.getloadavg()[0]),
         "machine": machine(),
         "all_runs": all_runs,
     }
