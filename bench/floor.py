@@ -10,7 +10,8 @@ alternating:
 - haproxy:  TCP mode, one thread (the baseline of bench/run_all.py);
 - epoll:    Python, one `select.epoll` loop: wait, os.read, os.write (no framework);
 - trio:     Python, trio, one task per direction: wait_readable, os.read, os.write
-            (what relay.py does per connection, with no IEC 104 and no core).
+            (what the relay's driver did per connection before issue 28, with no
+            IEC 104 and no core; also a path of the ping-pong benchmarks, `--sites`).
 
 Reported per forwarder: CPU per message (user + system, from /proc, over the whole
 run; a message is one direction, so one exchange is two) and the client's round-trip
@@ -69,7 +70,7 @@ def forward_epoll(listen_port: int, target_port: int) -> None:
 
 
 async def trio_copy(src: int, dst: int) -> None:
-    """One direction of a bare trio forwarder: what the relay's driver does per read."""
+    """One direction of a bare trio forwarder: one wake-up, one read, one write per message."""
     import trio
 
     while True:
@@ -88,6 +89,30 @@ def forward_trio(listen_port: int, target_port: int) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio_copy, a.fileno(), b.fileno())
             nursery.start_soon(trio_copy, b.fileno(), a.fileno())
+
+    trio.run(main)
+
+
+def forward_trio_sites(first_front: int, first_site: int, count: int) -> None:
+    """The bare trio forwarder as a path of the ping-pong benchmarks (bench/pingpong.py,
+    bench/run_all.py): `count` front ports, each forwarding every connection to its site's
+    port with `trio_copy`, one task per direction. Prints "ready" once it listens."""
+    import trio
+
+    async def serve(listener: trio.SocketListener, site_port: int, nursery: trio.Nursery) -> None:
+        while True:
+            a = await listener.accept()
+            b = await trio.open_tcp_stream(HOST, site_port)
+            fds = a.socket.fileno(), b.socket.fileno()  # type: ignore[attr-defined]
+            nursery.start_soon(trio_copy, fds[0], fds[1])
+            nursery.start_soon(trio_copy, fds[1], fds[0])
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                (listener,) = await trio.open_tcp_listeners(first_front + i, host=HOST)
+                nursery.start_soon(serve, listener, first_site + i, nursery)
+            print("ready", flush=True)
 
     trio.run(main)
 
@@ -153,7 +178,11 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=0.001)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "LISTEN", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--sites", type=int, nargs=3, metavar=("FRONT", "SITE", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sites:
+        forward_trio_sites(*args.sites)
+        return 0
     if args.serve:
         kind, listen, target = args.serve[0], int(args.serve[1]), int(args.serve[2])
         {"echo": lambda: echo(listen), "epoll": lambda: forward_epoll(listen, target),

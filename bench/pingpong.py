@@ -17,18 +17,26 @@ forwarder per site: the relay's driver without IEC 104 or core, the floor under 
 relay (one BMI connection), and with --before-tree the relay from that source tree. Reported: one-way
 p50 / p99 each way, the ratio to haproxy's in the same round, and the path's CPU per
 exchange (two ASDUs).
+
+`--strace DIR` runs `strace -c -f` on the path's process during the measured exchanges and
+prints its system calls per exchange (strace slows the path: the timings of such a run
+are not figures); `--profile DIR` records a py-spy profile of the Python paths
+(summarise with `python -m bench.profile_summary DIR/PATH-ROUND.txt`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import percentile
@@ -78,31 +86,6 @@ def stations(first_port: int) -> None:
                 sock.sendall(out)
 
 
-def trio_forwarder(first_front: int, first_site: int) -> None:
-    """What the relay's driver does per frame, with no IEC 104 and no core: one trio task
-    per direction, wait_readable, os.read, os.write (the floor under the relay)."""
-    import trio
-
-    from bench.floor import trio_copy
-
-    async def serve(listener: trio.SocketListener, site_port: int, nursery: trio.Nursery) -> None:
-        while True:
-            a = await listener.accept()
-            b = await trio.open_tcp_stream(HOST, site_port)
-            fds = a.socket.fileno(), b.socket.fileno()  # type: ignore[attr-defined]
-            nursery.start_soon(trio_copy, fds[0], fds[1])
-            nursery.start_soon(trio_copy, fds[1], fds[0])
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for i in range(SITES):
-                (listener,) = await trio.open_tcp_listeners(first_front + i, host=HOST)
-                nursery.start_soon(serve, listener, first_site + i, nursery)
-            print("ready", flush=True)
-
-    trio.run(main)
-
-
 class Bmi:
     """The BMI: one started link per connection, one exchange at a time."""
 
@@ -143,7 +126,34 @@ class Bmi:
                 return down_us, (received - sent) // 1000
 
 
-def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict[str, float]:
+@contextlib.contextmanager
+def watching(tool: str, pid: int, out: Path) -> Iterator[None]:
+    """strace -c or py-spy on `pid` for the block's duration; SIGINT makes either write."""
+    argv = {
+        "strace": ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+        "py-spy": ["py-spy", "record", "--pid", str(pid), "-r", "1000", "-f", "raw", "-o", str(out)],
+    }[tool]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(30)
+
+
+def syscalls(strace_c: Path) -> dict[str, int]:
+    """Calls per system call from a `strace -c` summary."""
+    counts = {}
+    for line in strace_c.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            counts[fields[-1]] = int(fields[3])
+    return counts
+
+
+def measure(path: str, exchanges: int, workdir: Path, tree: Path | None, tool: str = "",
+            out: Path | None = None) -> dict[str, float]:  # fmt: skip
     site_port = port_block(SITES, 26000)
     front = port_block(SITES + 1, site_port + SITES, range(site_port, site_port + SITES))
     with contextlib.ExitStack() as stack:
@@ -159,7 +169,7 @@ def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict
         if path == "direct":
             ports = [site_port + i for i in range(SITES)]
         elif path == "trio":
-            argv = [sys.executable, "-m", "bench.pingpong", "--trio-forwarder", str(front), str(site_port)]
+            argv = [sys.executable, "-m", "bench.floor", "--sites", str(front), str(site_port), str(SITES)]
             forwarder = stack.enter_context(started(argv, workdir / "trio.log"))
             ports = [front + i for i in range(SITES)]
         elif path == "haproxy":
@@ -178,13 +188,15 @@ def measure(path: str, exchanges: int, workdir: Path, tree: Path | None) -> dict
             time.sleep(1.0)  # the relay starts its sites after the BMI's STARTDT
         for n in range(500):  # warm-up
             bmi.exchange(n % SITES)
-        cpu_before = cpu_seconds(forwarder.pid) if forwarder else 0.0
-        down, up = [], []
-        for n in range(exchanges):
-            d, u = bmi.exchange(n % SITES)
-            down.append(d)
-            up.append(u)
-        cpu = (cpu_seconds(forwarder.pid) - cpu_before) if forwarder else float("nan")
+        watch = watching(tool, forwarder.pid, out) if tool and forwarder and out else contextlib.nullcontext()
+        with watch:
+            cpu_before = cpu_seconds(forwarder.pid) if forwarder else 0.0
+            down, up = [], []
+            for n in range(exchanges):
+                d, u = bmi.exchange(n % SITES)
+                down.append(d)
+                up.append(u)
+            cpu = (cpu_seconds(forwarder.pid) - cpu_before) if forwarder else float("nan")
     return {"down_p50": percentile(down, 50), "down_p99": percentile(down, 99), "up_p50": percentile(up, 50),
             "up_p99": percentile(up, 99), "cpu_us_per_exchange": cpu / exchanges * 1e6}  # fmt: skip
 
@@ -206,17 +218,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before-tree", type=Path, help='add the path "before": the relay from this source tree')
     parser.add_argument("--paths", default="direct,haproxy,trio,relay", help="direct, haproxy, trio, relay")
+    parser.add_argument("--strace", type=Path, metavar="DIR", help="count the path's system calls (strace -c)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy profiles of the Python paths")
     parser.add_argument("--stations", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--trio-forwarder", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stations:
         stations(args.stations)
         return 0
-    if args.trio_forwarder:
-        trio_forwarder(*args.trio_forwarder)
-        return 0
     paths = [p for p in args.paths.split(",") if p != "relay"] + (["before"] if args.before_tree else [])
     paths += ["relay"] if "relay" in args.paths.split(",") else []
+    tool, where = ("strace", args.strace) if args.strace else ("py-spy", args.profile) if args.profile else ("", None)
+    if where:
+        where.mkdir(parents=True, exist_ok=True)
+    if tool == "strace":
+        return count_syscalls(paths, args, where)
     print("| round | path | down p50 | down p99 | up p50 | up p99 | ratio down p50 / p99 | ratio up p50 / p99 |"
           " path CPU µs per exchange |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -224,7 +239,10 @@ def main() -> int:
         for n in range(1, args.rounds + 1):
             base: dict[str, float] = {}
             for path in paths:
-                r = measure(path, args.exchanges, Path(tmp), args.before_tree if path == "before" else None)
+                profiled = tool and path not in ("direct", "haproxy")
+                out = where / f"{path}-{n}.txt" if profiled and where else None
+                tree = args.before_tree if path == "before" else None
+                r = measure(path, args.exchanges, Path(tmp), tree, tool if profiled else "", out)
                 if path == "haproxy":
                     base = r
                 ratios = [
@@ -235,6 +253,26 @@ def main() -> int:
                 print(f"| {n} | {path} | {r['down_p50']:.0f} | {r['down_p99']:.0f} | {r['up_p50']:.0f} | "
                       f"{r['up_p99']:.0f} | {ratios[0]} | {ratios[1]} | {r['cpu_us_per_exchange']:.0f} |",
                       flush=True)  # fmt: skip
+    return 0
+
+
+def count_syscalls(paths: list[str], args: argparse.Namespace, where: Path) -> int:
+    """One run per path under strace -c: system calls per exchange, the busiest first."""
+    counted = {}
+    with tempfile.TemporaryDirectory(prefix="pingpong-") as tmp:
+        for path in (p for p in paths if p != "direct"):
+            out = where / f"{path}.strace.txt"
+            measure(path, args.exchanges, Path(tmp), args.before_tree if path == "before" else None, "strace", out)
+            counted[path] = syscalls(out)
+    names = sorted(
+        {name for c in counted.values() for name in c}, key=lambda x: -max(c.get(x, 0) for c in counted.values())
+    )
+    print("| system call | " + " | ".join(counted) + " |")
+    print("|---|" + "---:|" * len(counted))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{c.get(name, 0) / args.exchanges:.2f}" for c in counted.values()) + " |")
+    totals = [sum(c.values()) / args.exchanges for c in counted.values()]
+    print("| all | " + " | ".join(f"{t:.2f}" for t in totals) + " |")
     return 0
 
 

@@ -146,8 +146,9 @@ def render(stats: RelayStats, port: int, elapsed: float) -> str:
         return "-" if value is None else f"{value * 1e3:.1f}"
 
     def us(value: float | None) -> str:
-        # Time inside the relay: from the site's frame being read to its copy being
-        # queued on the uplink (kernel and wire time are in the benchmarks).
+        # Time inside the relay: from the wake-up that read the site's frame to the write
+        # that handed its copy to the uplink's socket (kernel and wire time are in the
+        # benchmarks).
         return "-" if value is None else f"{value * 1e6:.0f}"
 
     lines = [

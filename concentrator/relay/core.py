@@ -78,10 +78,17 @@ class CoreError(ConcentratorError):
 
 
 # ------------------------------------------------------------------------------ actions
+# What the core forwarded in a Transmit, per ASDU: the statistic to record the ASDU's time
+# inside the relay with, and when the relay read it. The driver records the time once it
+# wrote the bytes (`written_at - read_at`), because only it knows when that happened.
+Forwarded = tuple[Callable[[float], None], float]
+
+
 @dataclass(frozen=True, slots=True)
 class Transmit:
     conn: ConnId
     data: bytes
+    forwarded: tuple[Forwarded, ...] = ()  # the ASDUs relayed in `data` (none: the link's own frames)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +134,14 @@ class Conn:
     """One connection the core knows: its link and its label. Either a `SiteConn` or a
     `BmiConn` (match on the class: the type checker narrows it)."""
 
-    __slots__ = ("id", "link", "label", "closed")
+    __slots__ = ("id", "link", "label", "closed", "forwarded")
 
     def __init__(self, conn_id: ConnId, link: Link, label: str) -> None:
         self.id = conn_id
         self.link = link
         self.label = label
         self.closed = False
+        self.forwarded: list[Forwarded] = []  # ASDUs relayed onto this link since its last Transmit
 
 
 class BmiConn(Conn):
@@ -459,7 +467,7 @@ class RelayCore:
         while link.can_send and (item := self.queue.take(now)) is not None:
             link.send_asdu(item.asdu, now)
             if isinstance(origin := item.origin, SiteConn):
-                origin.site.stats.record_forwarded(now - item.received_at)
+                active.forwarded.append((origin.site.stats.record_forwarded, item.received_at))
             sent += 1
         if sent:
             self.stats.uplink.asdus_up += sent
@@ -572,7 +580,8 @@ class RelayCore:
             link.send_asdu(asdu, now)
             if asdu[4] == 0xFF and asdu[5] == 0xFF:  # BROADCAST_CA: its answers are due now
                 conn.broadcasts.sent(asdu)
-            site.stats.record_down(asdu, now - received_at)
+            site.stats.record_down(asdu)
+            conn.forwarded.append((site.stats.record_latency_down, received_at))
             sent += 1
         if sent:
             self._touch(conn)
@@ -673,7 +682,8 @@ class RelayCore:
                 continue
             data = conn.link.data_to_send()
             if data:
-                actions.append(Transmit(conn.id, data))
+                actions.append(Transmit(conn.id, data, tuple(conn.forwarded)))
+                conn.forwarded.clear()
             self._announce_timer(conn)
         dirty.clear()
 

@@ -72,7 +72,9 @@ class SiteStats:
     bytes_up_by_kind: Counter[tuple[int, int]] = field(default_factory=Counter)
     bytes_down_by_kind: Counter[tuple[int, int]] = field(default_factory=Counter)
     dropped_down: int = 0  # BMI ASDUs for this site while it was not connected
-    # site frame read -> copy queued to the BMI, and the other way
+    # Time inside the relay: from the wake-up that read a site's frame to the write that
+    # handed its copy to the BMI's socket (or to the connection's send buffer when the
+    # socket was full), and the other way.
     latency_up: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     latency_down: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     last_latency_up: float | None = None
@@ -146,7 +148,7 @@ class SiteStats:
         self.last_latency_up = latency
         self.latency_up.observe(latency)
 
-    def record_down(self, asdu: bytes, latency: float) -> None:
+    def record_down(self, asdu: bytes) -> None:
         size = len(asdu)
         kind = asdu[0], asdu[2] & 0x3F
         counts = self.asdus_down_by_kind
@@ -156,6 +158,8 @@ class SiteStats:
         self.bytes_down += size
         counts[kind] += 1
         self.bytes_down_by_kind[kind] += size
+
+    def record_latency_down(self, latency: float) -> None:
         self.latency_down.observe(latency)
 
     def record_confirmed(self, delay: float) -> None:

@@ -1,9 +1,11 @@
 """The trio driver's I/O only (decisions are the core's, tests/unit/test_relay_core*.py):
-the os.read/os.write fast path over a real socket.socketpair(), the writer task when
-the socket is full, order of bytes, and how a connection's end reaches the core."""
+the os.read/os.write rounds over a real socket.socketpair(), the wait for writability
+when the socket is full, order of bytes, how a connection's end reaches the core, and
+that a round serves every ready connection before the rest of one's burst."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import trio
@@ -28,15 +30,14 @@ async def serve_pair(nursery: trio.Nursery, tcp: bool = False) -> tuple[Relay, C
     ours.setblocking(False)
     conn_id = relay.core.uplink_accepted("127.0.0.1", trio.current_time())
     assert conn_id is not None
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    relay._serve(conn_id, stream)
+    relay._serve(conn_id, trio.socket.from_stdlib_socket(ours))
+    nursery.start_soon(relay._rounds)
     return relay, relay._connections[conn_id], trio.socket.from_stdlib_socket(theirs)
 
 
 async def test_fast_path_reads_and_answers_over_a_socketpair():
     async with trio.open_nursery() as nursery:
         relay, connection, peer = await serve_pair(nursery)
-        assert connection._fd >= 0  # a socket: os.read/os.write, not receive_some/send_all
         await peer.send(encode_u(UFunction.STARTDT_ACT) + encode_u(UFunction.TESTFR_ACT))
         with trio.fail_after(5):
             data = b""
@@ -47,11 +48,12 @@ async def test_fast_path_reads_and_answers_over_a_socketpair():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_full_socket_hands_over_to_the_writer_and_keeps_the_order():
+async def test_a_full_socket_waits_for_writability_and_keeps_the_order():
     async with trio.open_nursery() as nursery:
         _, connection, peer = await serve_pair(nursery)
         first = bytes(range(256)) * 8192  # 2 MiB: more than the socket buffers take
         second = b"\x68" * 100_000
+        connection.buffers.send_budget = 1 << 30  # order only here; the budget has its own test below
         connection.send(first)
         assert connection._unsent  # os.write took only part of it
         connection.send(second)  # queued behind the rest, never written ahead of it
@@ -136,4 +138,41 @@ async def test_what_the_peer_leaves_unread_is_bounded_by_its_send_budget():
         with trio.fail_after(5):  # a closed connection leaves no gauge behind, once its task ended
             while relay.stats.uplink.buffers:
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_round_serves_every_ready_connection_before_the_rest_of_a_burst():
+    """Fairness across connections: one peer's burst (10,000 TESTFR acts, several reads and
+    turns of FRAMES_PER_TURN frames) is handled in rounds, and a peer ready at the same time
+    is answered in the first of them, not after the whole burst."""
+    async with trio.open_nursery() as nursery:
+        relay, busy, busy_peer = await serve_pair(nursery)
+        busy.buffers.send_budget = 1 << 20  # the burst's answers (60 kB) are read after the check
+        conn_id = relay.core.uplink_accepted("127.0.0.1", trio.current_time())
+        assert conn_id is not None
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        relay._serve(conn_id, trio.socket.from_stdlib_socket(ours))
+        quiet_peer = trio.socket.from_stdlib_socket(theirs)
+        burst = 10_000
+        # Both sends land before the relay's next round: blocking sends, no await between.
+        busy_sock, quiet_sock = busy_peer._sock, quiet_peer._sock
+        for sock in (busy_sock, quiet_sock):
+            sock.setblocking(True)
+        busy_sock.sendall(encode_u(UFunction.TESTFR_ACT) * burst)
+        quiet_sock.sendall(encode_u(UFunction.TESTFR_ACT))
+        for sock in (busy_sock, quiet_sock):
+            sock.setblocking(False)
+        with trio.fail_after(5):
+            answer = await quiet_peer.recv(100)
+        assert decode(answer) == UFrame(UFunction.TESTFR_CON)
+        answered = b""
+        with contextlib.suppress(BlockingIOError):  # what the relay wrote to the busy peer so far
+            while chunk := busy_sock.recv(1 << 20):
+                answered += chunk
+        assert 0 < len(answered) // 6 < burst / 2, len(answered) // 6  # the quiet peer did not wait for the burst
+        with trio.fail_after(10):  # and the whole burst is answered
+            while len(answered) < 6 * burst:
+                answered += await busy_peer.recv(1 << 20)
+        assert answered == encode_u(UFunction.TESTFR_CON) * burst
         nursery.cancel_scope.cancel()

@@ -122,7 +122,8 @@ def test_invalid_quality_and_time_since_the_last_measurement(rig: Rig) -> None:
 def test_latency_is_a_prometheus_histogram_from_10_microseconds_to_1_second(rig: Rig) -> None:
     for latency in (5e-6, 30e-6, 30e-6, 0.2, 3.0):
         rig.site().record_forwarded(latency)
-    rig.site().record_down(bytes((46, 1, 6, 0, 101, 0)) + bytes(4), 40e-6)
+    rig.site().record_down(bytes((46, 1, 6, 0, 101, 0)) + bytes(4))
+    rig.site().record_latency_down(40e-6)
     s = scrape(rig.collector)
     name = "concentrator_site_relay_latency_seconds"
     up = {"site": "site-01", "direction": "up"}

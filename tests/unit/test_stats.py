@@ -40,7 +40,7 @@ def test_kinds_a_peer_chooses_are_counted_apart_up_to_a_limit_then_as_other():
     for type_id in range(256):  # a fuzzing peer: every type id, two causes
         for cause in (3, 20):
             stats.record_up(bytes((type_id, 1, cause, 0, 101, 0)))
-            stats.record_down(bytes((type_id, 1, cause, 0, 101, 0)), 0.0)
+            stats.record_down(bytes((type_id, 1, cause, 0, 101, 0)))
     for counts in (stats.asdus_up_by_kind, stats.asdus_down_by_kind, stats.bytes_up_by_kind):
         assert len(counts) == KIND_LIMIT + 1
         assert counts[0, 3] > 0 and (255, 20) not in counts
