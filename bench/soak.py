@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -62,6 +62,7 @@ import yaml
 
 from bench.common import percentile
 from bench.loadgen import descendants
+from monitoring.scrape_process import Limits
 from tests.lab.harness import (
     BMI_SERVICE,
     CONC_SERVICE,
@@ -79,6 +80,9 @@ GROUP, TRIP_PORT = "239.192.10.1", 30104
 PORT = 2404
 SITE_K = 12
 UPLINK_K = 12
+# The exporter answers from a snapshot of the relay at most this old (its Limits.snapshot_interval,
+# plus a margin): the relay's counters may trail what the BMI logged meanwhile.
+SNAPSHOT_AGE = Limits().snapshot_interval + 0.1
 PROM = "127.0.0.1:9090"
 RELAY_OTHER_FDS = 16  # descriptors a relay holds besides its live TCP sockets: 9 measured, whatever the sites
 RELAY_METRICS = "127.0.0.1:9104"
@@ -292,6 +296,7 @@ class Soak:
         self.rows_read = 0
         self.rows_offset = 0
         self.conn_rows: Counter[int] = Counter()
+        self.rows_history: deque[tuple[float, Counter[int]]] = deque(maxlen=32)  # (read at, conn_rows then)
         self.conn_rows_times: dict[int, list[float]] = defaultdict(list)
         self.latency_by_minute: dict[int, list[float]] = defaultdict(list)
         self.duplicates_by_kind: Counter[str] = Counter()
@@ -566,6 +571,7 @@ class Soak:
                 self.violate("selectivity", f"the BMI received an ASDU (type {type_id}) with CA {ca}, no site's")
             else:
                 self.other_rows[f"type {type_id}"] += 1  # e.g. what a greedy hostile site got forwarded
+        self.rows_history.append((time.monotonic(), Counter(self.conn_rows)))
 
     def _kinds_near(self, t: float, kinds: set[str] | None = None, before: float = 60.0) -> list[Fault]:
         return [f for f in self.active_at(t, margin=0.5, after=before) if kinds is None or f.kind in kinds]
@@ -778,16 +784,19 @@ class Soak:
 
     def check_metrics(self) -> None:
         """The relay's ASDUs up on started connections against the BMI's rows on the
-        connections this relay incarnation accepted: never fewer forwarded than
-        received; never more than received plus a k window per connection that ended
-        (what was in flight on it is sent again) and the one in flight now."""
+        connections this relay incarnation accepted: never fewer forwarded than the BMI
+        had received when the relay's snapshot could have been taken (SNAPSHOT_AGE before
+        the scrape); never more than received plus a k window per connection (what was
+        in flight on one that ended or was superseded is sent again on the next, and the
+        one in flight now)."""
         if self.relay.poll() is not None:
             return
         self.read_rows()
         self.read_events()
         conns = [c for c, t in self.bmi_conns.items() if t >= self.relay_started]
-        received_before = sum(self.conn_rows[c] for c in conns)
         before = time.monotonic()
+        older = [rows for at, rows in self.rows_history if at <= before - SNAPSHOT_AGE]
+        received_before = sum(older[-1][c] for c in conns) if older else 0
         try:
             text = http_get(self.lab.ns("conc"), f"http://{RELAY_METRICS}/metrics")
         except OSError:
@@ -798,9 +807,9 @@ class Soak:
         conns = [c for c, t in self.bmi_conns.items() if t >= self.relay_started]
         received = sum(self.conn_rows[c] for c in conns)
         ended = sum(1 for c in conns if c in self.bmi_closed)
-        # What the BMI had before the scrape began was counted before the snapshot was
-        # taken; what it has after may include frames sent after it.
-        ok = received_before <= up <= received + UPLINK_K * (ended + 1)
+        # What the BMI had SNAPSHOT_AGE before the scrape was counted before the snapshot
+        # was taken; what it has after may include frames sent after it.
+        ok = received_before <= up <= received + UPLINK_K * max(1, len(conns))
         self.metric_checks.append({"t": round(before - self.t0, 1), "relay_up": up, "bmi_before": received_before,
                                    "bmi_after": received, "conns": len(conns), "ended": ended, "ok": ok})  # fmt: skip
         if not ok:
