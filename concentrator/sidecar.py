@@ -320,3 +320,16 @@ class Sidecar:
     async def _watch(process: trio.Process) -> None:
         status = await process.wait()
         raise trio.BrokenResourceError(f"exited with status {status}")
+
+
+def run_child(name: str, child_main: Callable[[], Awaitable[None]]) -> None:
+    """A child's entry point: log lines named after it, its trio loop, and a quiet end
+    when the relay stops it (Ctrl-C on the terminal, or SystemExit out of its tasks)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {name}: %(message)s")
+    try:
+        trio.run(child_main)
+    except KeyboardInterrupt:
+        pass
+    except BaseExceptionGroup as group:
+        if not group.subgroup(SystemExit):
+            raise

@@ -21,7 +21,7 @@ import trio
 from monitoring.incident_metrics import IncidentMetrics
 from monitoring.primitives import serve
 
-from ..sidecar import ChildPipe
+from ..sidecar import ChildPipe, run_child
 from .config import IncidentsConfig
 from .counters import Counters
 from .detector import Detector, LinkState, Opened, Restored
@@ -160,11 +160,4 @@ async def _main() -> None:
 
 def main() -> None:
     """Run by the relay's sidecar (tap.IncidentFeeder), which lowers the priority first."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s incidents: %(message)s")
-    try:
-        trio.run(_main)
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        if not group.subgroup(SystemExit):
-            raise
+    run_child("incidents", _main)

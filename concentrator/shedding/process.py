@@ -20,7 +20,7 @@ import trio
 from monitoring.primitives import serve
 from monitoring.shedding_metrics import SheddingMetrics
 
-from ..sidecar import ChildPipe
+from ..sidecar import ChildPipe, run_child
 from .clock import clock_state
 from .config import SheddingConfig
 from .monitor import MAX_AGE_PERIODS, Resume, SheddingMonitor
@@ -191,14 +191,7 @@ async def _main() -> None:
 
 def main() -> None:
     """Run by the relay's sidecar (tap.ShedFeeder), which lowers the priority first."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s shedding-monitor: %(message)s")
-    try:
-        trio.run(_main)
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        if not group.subgroup(SystemExit):
-            raise
+    run_child("shedding-monitor", _main)
 
 
 if __name__ == "__main__":
