@@ -7,6 +7,12 @@ product: it patches the relay core in this process, then runs `concentrator`.
         forwarded (a silent loss)
     python -m tests.lab.soak_plant fd-leak relay --config FILE
         one descriptor (/dev/null) opened and kept per site connection
+    python -m tests.lab.soak_plant tracemalloc:DIR relay --config FILE
+        no fault: an instrument. Python's allocations traced (3 frames), and every
+        60 s a line in DIR/tracemalloc.log: traced bytes, RSS, allocated blocks, gc
+        objects, and the 15 call sites whose allocations grew most since 120 s, to
+        tell a leak (traced bytes grow) from the allocator's high-water mark (RSS
+        grows, traced bytes do not)
 """
 
 from __future__ import annotations
@@ -49,14 +55,54 @@ def plant_fd_leak() -> None:
     RelayCore.site_connected = leaking  # type: ignore[method-assign]
 
 
+def plant_tracemalloc(directory: str) -> None:
+    import gc
+    import threading
+    import time
+    import tracemalloc
+
+    tracemalloc.start(3)
+    os.makedirs(directory, exist_ok=True)
+    out = open(os.path.join(directory, "tracemalloc.log"), "a", buffering=1)  # noqa: SIM115
+
+    def rss_kib() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        base = None
+        while True:
+            time.sleep(60.0)
+            elapsed = time.monotonic() - t0
+            traced, peak = tracemalloc.get_traced_memory()
+            out.write(
+                f"t={elapsed:.0f}s traced={traced / 1e6:.3f}MB peak={peak / 1e6:.3f}MB rss={rss_kib() / 1024:.1f}MB "
+                f"blocks={sys.getallocatedblocks()} gc_objects={len(gc.get_objects())}\n"
+            )
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            if base is None:
+                if elapsed >= 120:
+                    base = snap
+                continue
+            for stat in snap.compare_to(base, "traceback")[:15]:
+                where = " <- ".join(f"{fr.filename.rsplit('/', 2)[-1]}:{fr.lineno}" for fr in stat.traceback)
+                grew = f"{stat.size_diff / 1e3:+.1f}kB {stat.count_diff:+d} blocks"
+                out.write(f"  {grew}, now {stat.size / 1e3:.1f}kB: {where}\n")
+
+    threading.Thread(target=sample, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     plant, rest = argv[0], argv[1:]
     if plant.startswith("drop:"):
         plant_drop(int(plant.split(":", 1)[1]))
     elif plant == "fd-leak":
         plant_fd_leak()
+    elif plant.startswith("tracemalloc:"):
+        plant_tracemalloc(plant.split(":", 1)[1])
     else:
-        raise SystemExit(f"unknown plant {plant!r}: drop:N or fd-leak")
+        raise SystemExit(f"unknown plant {plant!r}: drop:N, fd-leak or tracemalloc:DIR")
     print(f"soak_plant: relay with planted fault {plant}", flush=True)
     from concentrator.cli import main as concentrator_main
 
