@@ -472,7 +472,8 @@ def render_sites(stats: RelayStats, config: RelayFile, now: float, started_at: f
             add(f"{metric}_count{{{label}}} {buckets[-1][1]}\n{metric}_sum{{{label}}} {_number(total)}\n")
 
     family("site_relay_latency_seconds", "histogram",
-           "Time inside the relay: from the wake-up that read a frame to the write of its copy.")  # fmt: skip
+           "The relay's processing time: from the wake-up that read a frame, or released it if it was held "
+           "(no started connection, window full), to the write of its copy.")  # fmt: skip
     histogram("site_relay_latency_seconds", [
         (f'{label},direction="{direction}"', observed)
         for label, site, *_ in sites

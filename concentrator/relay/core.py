@@ -78,9 +78,12 @@ class CoreError(ConcentratorError):
 
 
 # ------------------------------------------------------------------------------ actions
-# What the core forwarded in a Transmit, per ASDU: the statistic to record the ASDU's time
-# inside the relay with, and when the relay read it. The driver records the time once it
-# wrote the bytes (`written_at - read_at`), because only it knows when that happened.
+# What the core forwarded in a Transmit, per ASDU: the statistic to record the relay's
+# processing time with, and the time of the wake-up that let the ASDU go: the one that
+# read it or, for one held meanwhile (no started connection to send it on, or the
+# window full), the one that released it. Time held is the peers' (the BMI away, a site
+# down, confirmations late: their own metrics), not the relay's work. The driver records
+# the time once it wrote the bytes (`written_at - read_at`): only it knows when that was.
 Forwarded = tuple[Callable[[float], None], float]
 
 
@@ -467,7 +470,7 @@ class RelayCore:
         while link.can_send and (item := self.queue.take(now)) is not None:
             link.send_asdu(item.asdu, now)
             if isinstance(origin := item.origin, SiteConn):
-                active.forwarded.append((origin.site.stats.record_forwarded, item.received_at))
+                active.forwarded.append((origin.site.stats.record_forwarded, now))
             sent += 1
         if sent:
             self.stats.uplink.asdus_up += sent
@@ -496,7 +499,7 @@ class RelayCore:
         # the concentrator ever originates.
         self.stats.uplink.negative_answers += 1
         self._log.warning("unknown ca", now, "BMI ASDU for unknown CA %d answered negatively (cause 46)", ca)
-        self.queue.push(conn, negative_mirror(asdu), now)  # it belongs to `conn`: see _activate
+        self.queue.push(conn, negative_mirror(asdu))  # it belongs to `conn`: see _activate
         self._pump(now)
 
     # ------------------------------------------------------------------ site side
@@ -511,7 +514,7 @@ class RelayCore:
         if ca not in site.cas and not (ca == BROADCAST_CA and conn.broadcasts.answers(asdu)):
             self._foreign(conn, site, asdu, now)
             return
-        item = self.queue.push(conn, asdu, now)
+        item = self.queue.push(conn, asdu)
         conn.outstanding += 1
         conn.last_item = item
         site.stats.record_up(asdu, now)
@@ -576,12 +579,12 @@ class RelayCore:
         backlog = site.backlog
         sent = 0
         while backlog and link.can_send:
-            asdu, received_at = backlog.popleft()
+            asdu, _ = backlog.popleft()
             link.send_asdu(asdu, now)
             if asdu[4] == 0xFF and asdu[5] == 0xFF:  # BROADCAST_CA: its answers are due now
                 conn.broadcasts.sent(asdu)
             site.stats.record_down(asdu)
-            conn.forwarded.append((site.stats.record_latency_down, received_at))
+            conn.forwarded.append((site.stats.record_latency_down, now))
             sent += 1
         if sent:
             self._touch(conn)

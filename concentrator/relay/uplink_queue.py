@@ -29,7 +29,6 @@ Origin = TypeVar("Origin", bound=Closable)
 class Item(Generic[Origin]):
     origin: Origin | None  # the site connection, or the BMI connection the relay's own answer is for
     asdu: bytes
-    received_at: float
     sent_at: float = field(default=0.0)
     # Frames of the same origin that were not forwarded (foreign CA) and are confirmed
     # to it together with this one, to keep its confirmations in order.
@@ -67,12 +66,12 @@ class UplinkQueue(Generic[Origin]):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def push(self, origin: Origin | None, asdu: bytes, now: float) -> Item[Origin]:
+    def push(self, origin: Origin | None, asdu: bytes) -> Item[Origin]:
         queue = self._pending.get(origin)
         if queue is None:
             queue = self._pending[origin] = deque()
             self._turns.append(origin)
-        item = Item(origin, asdu, now)
+        item = Item(origin, asdu)
         queue.append(item)
         self._count += 1
         return item

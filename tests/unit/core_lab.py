@@ -124,6 +124,8 @@ class Lab:
         while (action := core.next_action()) is not None:
             if isinstance(action, Transmit):
                 self.to_peer[action.conn] += action.data
+                for record, read_at in action.forwarded:  # as the driver does once written
+                    record(self.now - read_at)
                 if isinstance(self.by_conn.get(action.conn), Station):
                     self._count_broadcasts(action.conn, action.data)
             elif isinstance(action, Close):

@@ -246,6 +246,54 @@ def test_bmi_asdus_for_a_connecting_site_wait_at_most_its_t1():
     assert lab.stations[1].received == [] and lab.core.sites[1].stats.dropped_down == 1
 
 
+def test_relay_latency_counts_the_wake_up_that_let_a_frame_go_not_the_time_it_was_held():
+    """The latency histogram shows the relay's own work (ConcentratorRelayLatencyHigh):
+    frames held for a full window, a BMI away or a site not connected wait for a peer,
+    and that wait shows in the peers' metrics instead (chaos soak, finding 5)."""
+    lab, bmi = started_lab(sites=2, site_k=12, uplink=LinkParams(k=6, w=4))
+    up = lab.core.sites[0].stats.latency_up
+    station = lab.stations[0]
+    lab.generate(0, 10)
+    lab.deliver_to_core(station.conn)  # type: ignore[arg-type]
+    assert up.count == 6  # the uplink's window; 4 frames held until the BMI confirms
+    lab.advance(2.0)
+    lab.settle()
+    assert up.count == 10 and up.total == 0.0  # 2 s held, none of it the relay's
+
+    # The BMI stops confirming with frames in flight and waiting; 3 s later another
+    # connection takes over (Ed. 2) and gets them all, again or for the first time.
+    lab.generate(0, 9)
+    lab.deliver_to_core(station.conn)  # type: ignore[arg-type]
+    lab.deliver_to_peer(bmi.conn)  # type: ignore[attr-defined]
+    assert up.count == 16 and lab.core.queue.in_flight == 6 and len(lab.core.queue) == 3
+    lab.advance(3.0)
+    again = lab.connect_bmi()
+    assert again is not None
+    lab.bmi_start(again)
+    lab.settle()
+    assert (bmi.conn, Cause.SUPERSEDED) in lab.closed_by_core  # type: ignore[attr-defined]
+    assert up.count == 25 and up.total == 0.0
+
+    # A command for a site not connected waits in its backlog until the site is back.
+    down = lab.core.sites[1].stats.latency_down
+    lab.drop(lab.stations[1].conn)  # type: ignore[arg-type]
+    lab.bmi_send(again, counter_asdu(BASE_CA + 1, 7))
+    lab.settle()
+    lab.advance(1.5)
+    assert lab.connect_site(1)
+    lab.settle()
+    assert lab.stations[1].received == [counter_asdu(BASE_CA + 1, 7)]
+    assert down.count == 1 and down.total == 0.0
+
+    # Time between the wake-up and the write is counted: the lab writes 0.25 s later.
+    lab.generate(0, 1)
+    data = bytes(lab.to_core[station.conn])  # type: ignore[index]
+    lab.to_core[station.conn].clear()  # type: ignore[index]
+    lab.core.receive_data(station.conn, data, lab.now - 0.25)  # type: ignore[arg-type]
+    lab.collect()
+    assert up.count == 26 and up.total == pytest.approx(0.25)
+
+
 def test_taps_see_forwarded_site_asdus_and_accepted_bmi_asdus():
     lab, bmi = started_lab()
 
