@@ -86,7 +86,13 @@ class PathStatus:
                 f"in on {self.inbound}, but the uplink path in use is {self.expected_inbound}: trips arriving "
                 f"on {self.expected_inbound} are forwarded by its standby rule"
             )
-        if self.standby_packets:
+        if self.standby_packets and self.expected_inbound in self.standby:
+            # (The entry's standby path is the one in use now: say which rule, not "not in use".)
+            out.append(
+                f"{self.standby_packets} trips arrived on {', '.join(self.standby)} and were forwarded by its "
+                f"standby rule ({self.standby_new} since the last check)"
+            )
+        elif self.standby_packets:
             out.append(
                 f"{self.standby_packets} trips arrived on {', '.join(self.standby)}, the uplink path not in use, "
                 f"and were forwarded ({self.standby_new} since the last check): the BMI's side sent them on "

@@ -174,9 +174,10 @@ def test_arrivals_on_the_uplink_path_not_in_use_are_forwarded_and_reported_not_a
     # rule of up1 forwards what arrives there. Said, not a problem (netd's absence is).
     [stale] = path_status(mc, [entry], active(2, up0="up1", up1="up1"), None)
     assert stale.ok and stale.expected_inbound == "up1" and stale.expected_standby == ("up0",)
-    assert stale.notes[0] == (
-        "in on up0, but the uplink path in use is up1: trips arriving on up1 are forwarded by its standby rule"
-    )
+    assert stale.notes == [
+        "in on up0, but the uplink path in use is up1: trips arriving on up1 are forwarded by its standby rule",
+        "3 trips arrived on up1 and were forwarded by its standby rule (3 since the last check)",
+    ]
     # ... but netd, which keeps the table as wanted, re-points it.
     assert record(TripState(), [stale], lambda: None) == [stale]
     assert record(TripState(), [st], lambda: None) == []
