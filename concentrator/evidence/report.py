@@ -374,6 +374,7 @@ def _trips(s: Section) -> str:
                 "outbound (wanted)",
                 "packets forwarded",
                 "during capture",
+                "of them on the uplink path not in use",
                 "wrong interface during capture",
                 "members on this host",
             ],
@@ -385,6 +386,7 @@ def _trips(s: Section) -> str:
                     f"{', '.join(p['outbound'])} ({', '.join(p['wanted_outbound'])})",
                     p["packets_forwarded"],
                     p["packets_during_capture"],
+                    p["standby_during_capture"],
                     p["wrong_if_during_capture"],
                     ", ".join(p["members_on_this_host"]) or "none",
                 ]

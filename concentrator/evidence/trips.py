@@ -269,6 +269,8 @@ def judge(
         row["wanted_inbound"], row["wanted_outbound"] = want.inbound, list(want.outbound)
         row["packets_during_capture"] = st["packets_forwarded"] - before.get(key, {}).get("packets_forwarded", 0)
         row["wrong_if_during_capture"] = st["wrong_interface"] - before.get(key, {}).get("wrong_interface", 0)
+        # nftables: arrivals on the uplink path not in use, forwarded (part of the packets).
+        row["standby_during_capture"] = st["standby_arrivals"] - before.get(key, {}).get("standby_arrivals", 0)
         row["members_on_this_host"] = joined.get(st["group"], [])
         rows.append(row)
         if not st["installed"]:

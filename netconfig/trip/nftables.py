@@ -3,18 +3,21 @@
 The multicast routing table has 32 VIFs per table: the uplink's two paths and 15
 two-path sites. Past that, netd copies trips with nftables instead, still in the
 kernel (no process reads them): a netdev ingress chain on each uplink interface
-matches (S,G); on the uplink path in use it jumps to the (S,G)'s chain, which holds
-one `dup to "<site path in use>"` per member site and then drops the original (the
-concentrator never takes a trip itself); on the other uplink the trip is counted as
-a wrong-interface arrival and dropped, as the multicast routing table does. Rules are
-in `table netdev concentrator_trip` (render.nft_ruleset).
+matches (S,G) and jumps to the (S,G)'s chain, which holds one
+`dup to "<site path in use>"` per member site and then drops the original (the
+concentrator never takes a trip itself). Unlike the multicast routing table, the
+group is taken in on both uplink paths: the BMI's side sends on the path its router
+considers active, which is not ours for a while around a switch or a netd restart.
+The rule on the path in use is commented "in", the other "standby" (its own counter:
+such arrivals stay visible). Rules are in `table netdev concentrator_trip`
+(render.nft_ruleset).
 
 - Installed in one transaction (the table is replaced whole) at start and whenever
   the kernel's table is not what we want (deleted, altered).
 - A link switch changes only the rules of what moved, by handle, in one transaction:
   a site moved to its backup gets `replace rule ... handle H dup to "<backup>"`; the
   other sites' rules (and counters) are untouched. An uplink switch replaces the
-  (S,G)'s two inbound rules.
+  (S,G)'s two inbound rules ("in" and "standby" change places).
 - Every nftables change in the namespace is reported over netlink (NFNLGRP_NFTABLES):
   netd reads the table again at once and repairs it.
 """
@@ -234,13 +237,13 @@ def _changes(cfg: MulticastConfig, rules: list[NftRule], before: MRoute, route: 
     chain = nft_chain(cfg, route.source, route.group)
     out: list[str] = []
     if before.inbound != route.inbound:
+        # The old path in use becomes standby and the other way round; both still jump
+        # to the copies, so no trip is lost in between (one transaction anyway).
+        ours = {f"{route.source} {route.group} {kind}" for kind in ("in", "standby", "wrong")}
         for r in rules:
-            if r.chain.startswith("in_") and r.comment in (
-                f"{route.source} {route.group} in",
-                f"{route.source} {route.group} wrong",
-            ):
-                active = r.chain == f"in_{route.inbound}"
-                out.append(f"replace rule {table} {r.chain} handle {r.handle} {nft_inbound_rule(route, active, chain)}")
+            if r.chain.startswith("in_") and r.comment in ours:
+                text = nft_inbound_rule(route, r.chain.removeprefix("in_"), chain)
+                out.append(f"replace rule {table} {r.chain} handle {r.handle} {text}")
     copies = {r.target: r for r in rules if r.chain == chain and r.comment == "out"}
     end = next((r for r in rules if r.chain == chain and r.comment == "end"), None)
     if end is None or set(copies) != set(before.outbound):

@@ -2,7 +2,10 @@
 
 The kernel keeps one forwarding entry per (source, group) with a single inbound
 interface, so each entry takes the uplink's path in use and each member site's path
-in use; both engines install what this plans (render.py writes it for each).
+in use; both engines install what this plans (render.py writes it for each). The
+nftables engine also takes the (S,G) in on the group's other uplink paths (`standby`):
+the BMI's side sends on the path its router considers active, which is not always ours
+(docs/trip-path.md, "Both uplink paths taken in").
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from .config import MulticastConfig
 
 @dataclass(frozen=True, slots=True, order=True)
 class MRoute:
-    """One kernel forwarding entry: (source, group), one inbound interface."""
+    """One kernel forwarding entry: (source, group), one inbound interface; and the
+    group's other inbound interfaces, which only the nftables engine can use (the
+    routing table has one inbound interface per entry and ignores them)."""
 
     source: IPv4Address
     group: IPv4Address
     inbound: str
     outbound: tuple[str, ...]
+    standby: tuple[str, ...] = ()
 
 
 def choose(names: tuple[str, ...], active_path: Mapping[str, str | None]) -> tuple[str, ...]:
@@ -48,5 +54,5 @@ def wanted_routes(cfg: MulticastConfig, active_path: Mapping[str, str | None]) -
         iif = inbound[0] if inbound else g.inbound[0]
         outs = choose(g.outbound, active_path)
         for s in g.sources:
-            routes.append(MRoute(s, g.group, iif, outs))
+            routes.append(MRoute(s, g.group, iif, outs, tuple(n for n in g.inbound if n != iif)))
     return sorted(routes)

@@ -34,13 +34,19 @@ def nft_chain(cfg: MulticastConfig, source: IPv4Address, group: IPv4Address) -> 
     raise KeyError((source, group))
 
 
-def nft_inbound_rule(route: MRoute, active: bool, chain: str) -> str:
-    """On an uplink's ingress: the path in use jumps to the copies; the other counts
-    the trip as a wrong-interface arrival and drops it (as the multicast routing table
-    does: one inbound interface per (S,G), re-pointed on a switch)."""
+def nft_inbound_rule(route: MRoute, ifname: str, chain: str) -> str:
+    """The (S,G)'s rule on an uplink's ingress. The path in use ("in") and the group's
+    other uplink paths ("standby") both jump to the copies: the BMI's side sends on the
+    path its router considers active, and for a while after a switch, or with our netd
+    restarted or dead, that is not ours. Each keeps its own counter and comment, so that
+    arrivals on the path not in use stay visible. Only an uplink that is not an inbound
+    interface of the group at all counts the trip as a wrong-interface arrival and drops
+    it."""
     match = f"ip saddr {route.source} ip daddr {route.group}"
-    if active:
+    if ifname == route.inbound:
         return f'{match} counter jump {chain} comment "{route.source} {route.group} in"'
+    if ifname in route.standby:
+        return f'{match} counter jump {chain} comment "{route.source} {route.group} standby"'
     return f'{match} counter drop comment "{route.source} {route.group} wrong"'
 
 
@@ -51,8 +57,10 @@ def nft_copy_rule(ifname: str) -> str:
 def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
     """The whole table, loaded in one transaction (replacing any earlier one).
 
-    A netdev ingress chain on each uplink interface; per (S,G) a chain with one `dup`
-    per site path in use, then `drop` (the concentrator itself never takes a trip).
+    A netdev ingress chain on each uplink interface, whose (S,G) rule jumps to the
+    copies on every uplink path of the group (nft_inbound_rule); per (S,G) a chain with
+    one `dup` per site path in use, then `drop` (the concentrator itself never takes a
+    trip).
     `dup` in netdev clones the frame as received and transmits it on the site's
     interface: destination MAC the group's, IP header untouched (TTL too). The site
     interfaces need no multicast routing and there is no limit of interfaces."""
@@ -64,7 +72,7 @@ def nft_ruleset(cfg: MulticastConfig, routes: list[MRoute]) -> str:
             f'    type filter hook ingress device "{ifname}" priority 0; policy accept;',
         ]
         for r in routes:
-            lines.append("    " + nft_inbound_rule(r, r.inbound == ifname, nft_chain(cfg, r.source, r.group)))
+            lines.append("    " + nft_inbound_rule(r, ifname, nft_chain(cfg, r.source, r.group)))
         lines.append("  }")
     for r in routes:
         lines.append(f"  chain {nft_chain(cfg, r.source, r.group)} {{")

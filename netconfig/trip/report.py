@@ -11,9 +11,11 @@ not what was meant, from that engine's own rules and counters:
 - per (source, group): the entry's inbound interface must be the uplink path in use,
   its outbound interfaces exactly each member site's path in use;
 - counters are forwarded packets (the kernel's count minus wrong-interface arrivals);
-  a trip that arrived on another interface since the last check (the BMI sends on a
-  path we do not listen on) is NOT OK. The counts of each check are kept beside
-  smcrouted's pid file (`--last`) for the next one;
+  a trip dropped on another interface since the last check (the BMI sends on a path
+  we do not listen on: the routing table takes an (S,G) in on one interface) is NOT
+  OK. The nftables engine takes it in on both uplink paths: arrivals on the path not
+  in use are forwarded, counted and reported, not a problem. The counts of each check
+  are kept beside smcrouted's pid file (`--last`) for the next one;
 - netd must be running (its state file's pid) and agree with the kernel on every
   link: without it nothing re-points the path when a link switches;
 - no socket on this host may be a member of a trip group.
@@ -136,7 +138,8 @@ def forwarded_by_group() -> dict[str, int]:
     """Trips forwarded per group (summed over sources) by either engine, from the
     kernel's own counters, without the configuration: the multicast routing table's
     entries (arrivals on their inbound interface) and the nftables table's inbound
-    rules (arrivals on the uplink in use, copied). Only one engine runs; reading both
+    rules on both uplink paths (each arrival is matched by the one rule of the uplink
+    it came in on, "in" or "standby", and copied). Only one engine runs; reading both
     needs no knowledge of which."""
     counts: dict[str, int] = {}
     for e in read_kernel():
@@ -146,7 +149,7 @@ def forwarded_by_group() -> dict[str, int]:
     except OSError:  # no libnftables on this host: no table of ours either
         rules = []
     for r in rules:
-        if r.comment.endswith(" in"):
+        if r.comment.endswith((" in", " standby")):
             group = r.comment.split()[1]
             counts[group] = counts.get(group, 0) + r.packets
     return counts
@@ -227,6 +230,7 @@ def plain(doc: dict[str, Any]) -> str:
                 f"({p['wrong_interface_since_last_check']} since the last check)"
             )
             lines += [f"  {why}" for why in p["problems"]]
+            lines += [f"  {note}" for note in p["notes"]]
         members = p["members_on_this_host"]
         lines.append(
             "  no socket on this host is a member of the group"

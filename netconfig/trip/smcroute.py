@@ -139,7 +139,12 @@ def record(state: TripState, status: list[PathStatus], on_change: Callable[[], N
     bad = []
     by_group: dict[str, bool] = {}
     for st in status:
-        good = st.installed and st.inbound == st.expected_inbound and set(st.outbound) == set(st.expected_outbound)
+        good = (
+            st.installed
+            and st.inbound == st.expected_inbound
+            and set(st.standby) == set(st.expected_standby)
+            and set(st.outbound) == set(st.expected_outbound)
+        )
         group = str(st.group)
         by_group[group] = by_group.get(group, True) and good
         if st.installed and st.inbound is not None:

@@ -26,8 +26,12 @@ class KernelEntry:
     inbound: str | None  # None: unresolved entry (no route, packets queued)
     packets: int
     bytes: int
-    wrong_if: int  # packets that arrived on another interface than `inbound`
+    wrong_if: int  # packets that arrived on another interface than `inbound`, dropped
     outbound: tuple[str, ...]
+    # nftables only (the routing table has one inbound interface): the uplink paths not
+    # in use that take the (S,G) in too, and the packets that arrived there (forwarded).
+    standby: tuple[str, ...] = ()
+    standby_packets: int = 0
 
 
 def proc_address(hexword: str) -> IPv4Address:
@@ -105,20 +109,28 @@ def parse_nft(doc: Mapping[str, Any]) -> list[NftRule]:
 
 def nft_entries(cfg: MulticastConfig, rules: list[NftRule]) -> list[KernelEntry]:
     """Our nftables rules seen as the kernel's multicast table sees an (S,G), so that
-    both engines are judged alike (path_status): inbound = the uplink whose chain
-    jumps to the copies, outbound = the copy rules' devices, packets = every arrival,
-    wrong_if = arrivals counted and dropped on the other uplinks."""
+    both engines are judged alike (path_status): inbound = the uplink whose "in" rule
+    jumps to the copies, standby = those whose "standby" rule does, outbound = the copy
+    rules' devices, packets = every arrival, wrong_if = arrivals counted and dropped on
+    uplinks that are no inbound interface of the group."""
     entries = []
     for g in cfg.groups:
         for s in g.sources:
             chain = nft_chain(cfg, s, g.group)
             inbound, packets, wrong = None, 0, 0
+            standby: list[str] = []
+            on_standby = 0
             for r in rules:
                 if r.comment == f"{s} {g.group} in" and r.target == chain:
                     inbound, packets = r.chain.removeprefix("in_"), packets + r.packets
+                elif r.comment == f"{s} {g.group} standby" and r.target == chain:
+                    standby.append(r.chain.removeprefix("in_"))
+                    packets, on_standby = packets + r.packets, on_standby + r.packets
                 elif r.comment == f"{s} {g.group} wrong":
                     packets, wrong = packets + r.packets, wrong + r.packets
             outbound = tuple(r.target for r in rules if r.chain == chain and r.comment == "out" and r.target)
             if inbound is not None or outbound:
-                entries.append(KernelEntry(g.group, s, inbound, packets, 0, wrong, outbound))
+                entries.append(
+                    KernelEntry(g.group, s, inbound, packets, 0, wrong, outbound, tuple(standby), on_standby)
+                )
     return entries

@@ -304,10 +304,21 @@ def test_strict_rp_filter_on_the_uplinks_is_made_loose_where_the_engine_routes(e
         assert_identical(trips, trips.send(5))
 
 
+def assert_not_delivered(trips: TripTraffic, sent: list[dict[str, Any]]) -> None:
+    time.sleep(0.5)
+    for site in trips.lab.sites:
+        assert not {s["sha256"] for s in sent} & {r["sha256"] for r in trips.received(site)}, "delivered?"
+
+
 @both_engines
 def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraffic) -> None:
-    """Found 1: netd dead, the uplink primary fails, the BMI sends on the backup: no
-    site gets anything, and the diagnostic must say so (it said OK, 500 forwarded)."""
+    """Found 1: netd dead, the uplink primary fails, the BMI sends on the backup. With the
+    routing table (one inbound interface per (S,G)) no site gets anything, and the
+    diagnostic must say so (it said OK, 500 forwarded). With nftables the group is taken
+    in on both uplink paths (soak finding 3): every site gets every trip, and the
+    diagnostic says they came in on the path not in use and were forwarded; still NOT
+    OK, since nothing re-points the trip path while netd is dead."""
+    engine = engine_in_use(lab)
     assert_identical(trips, trips.send(5))
     trip_path_command(lab)
     lab.kill_netd()
@@ -315,34 +326,108 @@ def test_trip_path_says_not_ok_while_trips_are_dropped(lab: Lab, trips: TripTraf
     lab.link_down("uplink", "primary")
     lab.wait_active("uplink", "backup", roles=("bmi",))
     sent = trips.send(20, path="backup")
-    time.sleep(0.5)
-    for site in lab.sites:
-        assert not {s["sha256"] for s in sent} & {r["sha256"] for r in trips.received(site)}, "delivered?"
+    if engine == NFTABLES:
+        assert_identical(trips, sent)
+    else:
+        assert_not_delivered(trips, sent)
     doc = trip_path_command(lab, "--json", expect=1)
     assert not doc["ok"] and not doc["netd"]["running"]
     [path] = doc["paths"]
     # Judged against the kernel's routes: the uplink is routed over up1 now.
-    assert (path["ok"], path["inbound"], path["expected_inbound"]) == (False, "up0", "up1")
-    # Forwarded packets are the 10 delivered before, not the 20 that arrived on up1.
-    assert (path["packets_forwarded"], path["wrong_interface"]) == (10, 20), path
+    assert (path["inbound"], path["expected_inbound"]) == ("up0", "up1")
     text = trip_path_command(lab, expect=1)
     assert "netd: NOT RUNNING" in text and "but the uplink path in use is up1" in text
     assert text.endswith("trip path: NOT OK\n")
+    if engine == NFTABLES:
+        # All 30 forwarded: 10 on up0 (in), the 20 on up1 by its standby rule; none dropped.
+        assert (path["ok"], path["packets_forwarded"], path["wrong_interface"]) == (True, 30, 0), path
+        assert (path["standby"], path["standby_arrivals"], path["standby_arrivals_since_last_check"]) == (
+            ["up1"],
+            20,
+            20,
+        )
+        assert path["problems"] == []
+        assert "trips arriving on up1 are forwarded by its standby rule" in text
+        assert "20 trips arrived on up1 and were forwarded by its standby rule (0 since the last check)" in text
+    else:
+        # Forwarded packets are the 10 delivered before, not the 20 that arrived on up1.
+        assert (path["ok"], path["packets_forwarded"], path["wrong_interface"]) == (False, 10, 20), path
+        assert "trips arriving on up1 are dropped" in text
 
 
 @both_engines
 def test_trips_on_the_other_uplink_since_the_last_check_are_not_ok(lab: Lab, trips: TripTraffic) -> None:
-    """The BMI's side switched and ours did not: the trips it sends on the backup are
-    dropped as wrong-interface arrivals. NOT OK at the next check, OK again after it."""
+    """The BMI's side switched and ours did not. With the routing table the trips it
+    sends on the backup are dropped as wrong-interface arrivals: NOT OK at the next
+    check, OK again after it. With nftables (soak finding 3) they reach every site, and
+    the check reports them, OK: "N trips arrived on up1, the uplink path not in use, and
+    were forwarded"."""
+    engine = engine_in_use(lab)
     assert_identical(trips, trips.send(5))
     trip_path_command(lab)
-    trips.send(3, path="backup")
+    sent = trips.send(3, path="backup")
+    if engine == NFTABLES:
+        assert_identical(trips, sent)
+        wait_for(lambda: path_status_in(lab)[0].standby_packets == 3, 5.0, "3 arrivals on the standby path")
+        [path] = trip_path_command(lab, "--json")["paths"]
+        assert (path["standby_arrivals_since_last_check"], path["packets_forwarded"], path["ok"]) == (3, 8, True)
+        assert (path["problems"], path["wrong_interface"]) == ([], 0)
+        assert path["notes"] == [
+            "3 trips arrived on up1, the uplink path not in use, and were forwarded (3 since the last check): "
+            "the BMI's side sent them on the other path"
+        ]
+        [path] = trip_path_command(lab, "--json")["paths"]
+        assert (path["standby_arrivals"], path["standby_arrivals_since_last_check"], path["ok"]) == (3, 0, True)
+        return
+    assert_not_delivered(trips, sent)
     wait_for(lambda: path_status_in(lab)[0].wrong_if == 3, 5.0, "3 wrong-interface arrivals")
     [path] = trip_path_command(lab, "--json", expect=1)["paths"]
     assert (path["wrong_interface_since_last_check"], path["packets_forwarded"], path["ok"]) == (3, 5, False)
     assert path["problems"] == ["3 trips arrived on another interface than up0 since the last check and were dropped"]
     [path] = trip_path_command(lab, "--json")["paths"]
     assert (path["wrong_interface"], path["wrong_interface_since_last_check"], path["ok"]) == (3, 0, True)
+
+
+@both_engines
+def test_a_netd_restarted_on_the_backup_while_the_bmi_sends_on_the_primary(lab: Lab, trips: TripTraffic) -> None:
+    """Soak finding 3 (seed 26, trip 21): the uplink's primary came back, the BMI's side
+    failed back to it, and our netd, restarted just before its own fail-back, resumed on
+    the backup from its state file (the primary must answer a probe first, then the hold
+    time again): for 3.2 s the BMI sent on the primary while the trip path took the group
+    in on the backup only. Here the hold time is 60 s, so the window stays open for the
+    test. With nftables every trip reaches every site once, byte-identical; the routing
+    table drops them (one inbound interface per (S,G)), and says so."""
+    engine = engine_in_use(lab)
+    lab.link_down("uplink", "primary")
+    lab.wait_active("uplink", "backup")
+    wait_for(lambda: trip_state(lab).get("inbound", {}).get(GROUP) == "up1", 5.0, "trip path in on up1")
+    assert_identical(trips, trips.send(5, path="backup"))
+    lab.kill_netd()
+    lab.link_up("uplink", "primary")
+    lab._start_netd("conc")
+    lab.wait_netd_ready("conc")
+    wait_for(
+        lambda: trip_state(lab).get("installed", {}).get(GROUP) is True and trip_state(lab)["inbound"][GROUP] == "up1",
+        10.0,
+        "trip path installed, in on up1",
+    )
+    assert "link uplink: resuming on backup (state file)" in netd_log(lab)
+    wait_for(lambda: lab._healthy("uplink", "conc", "primary"), 10.0, "the uplink's primary answering again")
+    assert lab.active("uplink") == "backup"  # the hold time (60 s) before failing back
+    sent = trips.send(10, path="primary")  # the BMI's side failed back already
+    if engine == NFTABLES:
+        assert_identical(trips, sent)
+        wait_for(lambda: path_status_in(lab)[0].standby_packets == 10, 5.0, "10 arrivals on the standby path")
+        [path] = trip_path_command(lab, "--json")["paths"]
+        assert (path["inbound"], path["standby"], path["ok"], path["wrong_interface"]) == ("up1", ["up0"], True, 0)
+        assert (path["packets_forwarded"], path["standby_arrivals_since_last_check"]) == (10, 10), path
+        text = trip_path_command(lab)
+        assert "10 trips arrived on up0, the uplink path not in use, and were forwarded" in text, text
+        assert text.endswith("trip path: OK\n")
+        return
+    assert_not_delivered(trips, sent)
+    [path] = trip_path_command(lab, "--json", expect=1)["paths"]
+    assert (path["inbound"], path["wrong_interface_since_last_check"], path["ok"]) == ("up1", 10, False), path
 
 
 def test_lists_naming_only_the_primaries_still_follow_every_switch() -> None:

@@ -84,6 +84,7 @@ def kernel(
             "outbound": list(outbound),
             "packets_forwarded": packets,
             "wrong_interface": 0,
+            "standby_arrivals": 0,
         }
     }
 

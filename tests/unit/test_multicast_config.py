@@ -119,6 +119,8 @@ def test_wanted_routes_follow_the_active_paths() -> None:
     # Uplink on its backup, site1 on its backup: one inbound, one copy per site.
     active.update({"up0": "up1", "up1": "up1", "s1p": "s1b", "s1b": "s1b"})
     assert {(r.inbound, r.outbound) for r in wanted_routes(mc, active)} == {("up1", ("s1b", "s2p"))}
+    # The uplink's other path: where the nftables engine takes the group in too.
+    assert {r.standby for r in wanted_routes(mc, active)} == {("up0",)}
     # Interfaces under no link: used as listed (inbound: the first).
     assert {(r.inbound, r.outbound) for r in wanted_routes(mc, {})} == {("up0", ("s1p", "s1b", "s2p", "s2b"))}
 
@@ -168,19 +170,19 @@ def test_status_judges_the_paths_in_use_and_counts_forwarded_packets() -> None:
     assert first.to_json()["wrong_interface"] == 2 and first.to_json()["outbound"] == ["s1p", "s2p"]
     # The same counts at the next check: nothing new, OK.
     [again, _] = path_status(
-        mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, {(first.source, first.group): ("up0", 2)}
+        mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, {(first.source, first.group): ("up0", 2, 0)}
     )
     assert again.ok and again.problems == []
     # A lower count than last time is a new entry: all of it is new.
     [fresh, _] = path_status(
-        mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, {(first.source, first.group): ("up0", 5)}
+        mc, parse_mr_cache(CACHE, parse_vifs(VIF)), ACTIVE, {(first.source, first.group): ("up0", 5, 0)}
     )
     assert fresh.wrong_if_new == 2 and not fresh.ok
 
 
 def test_status_is_not_ok_when_the_entry_does_not_follow_the_paths_in_use() -> None:
     mc = parse_multicast(GOOD, FILE)
-    last = {(IPv4Address("10.0.1.1"), IPv4Address("239.192.10.1")): ("up0", 2)}
+    last = {(IPv4Address("10.0.1.1"), IPv4Address("239.192.10.1")): ("up0", 2, 0)}
     entries = parse_mr_cache(CACHE, parse_vifs(VIF))
     # The uplink is routed over up1 (netd dead, primary down): the entry on up0 drops every trip.
     [st, _] = path_status(mc, entries, {**ACTIVE, "up0": "up1", "up1": "up1"}, last)

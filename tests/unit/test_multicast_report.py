@@ -38,6 +38,7 @@ def path_doc(**over: object) -> dict[str, object]:
         "wrong_interface": 1,
         "wrong_interface_since_last_check": 0,
         "problems": [],
+        "notes": [],
         "members_on_this_host": [],
     }
     doc.update(over)
@@ -86,6 +87,30 @@ def test_plain_words() -> None:
     assert "MEMBER OF THE GROUP on up0" in bad and bad.endswith("trip path: NOT OK")
 
 
+def test_plain_words_of_trips_forwarded_from_the_uplink_path_not_in_use() -> None:
+    note = (
+        "20 trips arrived on up1, the uplink path not in use, and were forwarded (20 since the last check): "
+        "the BMI's side sent them on the other path"
+    )
+    nft = {**SMCROUTE, "engine": "nftables", "reason": "auto: nftables dup works on this kernel"}
+    text = plain(
+        {
+            "ok": True,
+            "engine": nft,
+            "smcrouted": {"engine": "nftables", "running": True, "pid": None, "pid_file": None},
+            "netd": NETD,
+            "paths": [path_doc(inbound="up0", inbound_role="uplink primary", packets_forwarded=30, notes=[note])],
+        }
+    )
+    assert text.splitlines()[4:] == [
+        "group 239.192.10.1 (UDP 2404) from 10.0.1.1: forwarded by the kernel, in on up0 (uplink primary), "
+        "out on s1p, s2p; 30 packets forwarded, 1 arrived on another interface (0 since the last check)",
+        f"  {note}",
+        "  no socket on this host is a member of the group",
+        "trip path: OK",
+    ]
+
+
 def test_plain_words_of_a_refused_engine() -> None:
     reason = (
         "engine smcroute needs the kernel's IPv4 multicast routing and this kernel has none (MRT_INIT failed "
@@ -103,8 +128,10 @@ def test_plain_words_of_a_refused_engine() -> None:
 
 
 def test_forwarded_per_group_from_either_engines_counters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the shedding monitor reads: arrivals on the inbound interface in use, never
-    the ones dropped on the other uplink, from the routing table or the nftables table."""
+    """What the shedding monitor reads: trips forwarded, each once, from the routing table
+    (arrivals on the inbound interface in use, never the ones dropped on the other
+    uplink) or the nftables table (arrivals on either uplink path, "in" or "standby",
+    never the ones dropped on an uplink that is no inbound interface of the group)."""
     from ipaddress import IPv4Address
 
     from netconfig.trip import report as tripreport
@@ -116,13 +143,14 @@ def test_forwarded_per_group_from_either_engines_counters(monkeypatch: pytest.Mo
     assert tripreport.forwarded_by_group() == {"239.192.10.1": 7}
     rules = [
         NftRule("in_up0", 3, "10.0.1.1 239.192.10.2 in", 5, "sg1"),
-        NftRule("in_up1", 4, "10.0.1.1 239.192.10.2 wrong", 4, None),
-        NftRule("sg1", 5, "out", 5, "s1p"),
-        NftRule("sg1", 6, "end", 5, None),
+        NftRule("in_up1", 4, "10.0.1.1 239.192.10.2 standby", 4, "sg1"),
+        NftRule("in_up2", 7, "10.0.1.1 239.192.10.2 wrong", 2, None),
+        NftRule("sg1", 5, "out", 9, "s1p"),
+        NftRule("sg1", 6, "end", 9, None),
     ]
     monkeypatch.setattr(tripreport, "read_kernel", lambda: [])
     monkeypatch.setattr(tripreport, "read_rules_sync", lambda: rules)
-    assert tripreport.forwarded_by_group() == {"239.192.10.2": 5}
+    assert tripreport.forwarded_by_group() == {"239.192.10.2": 9}
 
     def no_library() -> None:
         raise OSError("libnftables.so.1 not loaded")
