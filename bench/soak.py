@@ -731,17 +731,24 @@ class Soak:
 
     def _trip_excuse(self, i: int, t: float) -> list[str]:
         """Why site i may miss a trip sent at t: its path or the uplink's was down or
-        lossy, or switching (netd re-points the copies within a probe round or two)."""
+        lossy, or switching (netd re-points the copies within a probe round or two).
+        The uplink's primary fault excuses only its start, while the BMI's side still
+        sends on the dead path: the trip path takes trips in on both uplink paths
+        (finding 3), so neither the fail-back nor our netd's restart or view of the
+        uplink matters. A site's copy leaves on one path, chosen by our netd: its
+        switches, both ways, and a netd down meanwhile excuse."""
         reasons = []
         for f in self.active_at(t, margin=1.0, after=4.0):
             if f.target not in ("uplink", f"site{i}"):
                 continue  # netd killed alone is no excuse: the kernel keeps copying trips
             if f.kind in ("site_primary_down", "uplink_primary_down", "uplink_primary_silent"):
                 start, end = f.span(time.monotonic())
-                if not (start - 1 <= t <= start + 4 or end - 1 <= t <= end + self.args.hold_time + 4):
-                    # switching: only near its start and end, unless netd was down then
-                    if not any(a - 1 <= t <= b + 4 for a, b in self.netd_down):
-                        continue
+                switching = start - 1 <= t <= start + 4
+                if f.target != "uplink":
+                    switching = switching or end - 1 <= t <= end + self.args.hold_time + 4
+                    switching = switching or any(a - 1 <= t <= b + 4 for a, b in self.netd_down)
+                if not switching:
+                    continue
             reasons.append(f.kind)
         return reasons
 
