@@ -1226,6 +1226,16 @@ def fault_scope(f: Fault) -> str | None:
     return f.target if f.target == "uplink" or f.target.startswith("site") else None
 
 
+def explains(fault: str | None, site: str | None, link: str | None) -> bool:
+    """Can a fault on `fault` (a link, None: the relay, netd or the BMI) raise an alert
+    about a site's data (`site`) or a link's paths (`link`)? Its own site or link, or
+    anything for an alert about neither; and a fault on the uplink for any site's data
+    alert: the uplink carries every site's data, and until the relay notices a cut (t1)
+    the sites stay up and fall silent. (A site link's paths are not the uplink's.)"""
+    scope = site or link
+    return scope is None or fault in (None, scope) or (fault == "uplink" and site is not None)
+
+
 def longest_unbroken(a: float, b: float, breaks: list[tuple[float, float]]) -> float:
     """Longest part of [a, b] outside every break: a restarted exporter's series goes
     stale and the rule's `for` starts again."""
@@ -1274,11 +1284,10 @@ def evaluate_alerts(
         # Explained when every moment it fired lies within [start - 5 s, end + the
         # rule's clearing time] of faults that can raise it (site alerts: that site's).
         kinds, clear = EXPLAINS.get(x["alert"], (set(), 0))
-        alert_scope = x.get("site") or x.get("link")
         windows = sorted(
             (rel(f)[0] - 5, rel(f)[1] + clear)
             for f in started
-            if f.kind in kinds and (alert_scope is None or fault_scope(f) in (None, alert_scope))
+            if f.kind in kinds and explains(fault_scope(f), x.get("site"), x.get("link"))
         )
         covered_to = None
         for lo, hi in windows:
