@@ -13,6 +13,10 @@ product: it patches the relay core in this process, then runs `concentrator`.
         objects, and the 15 call sites whose allocations grew most since 120 s, to
         tell a leak (traced bytes grow) from the allocator's high-water mark (RSS
         grows, traced bytes do not)
+    python -m tests.lab.soak_plant malloc-trim:DIR relay --config FILE
+        no fault: an instrument. Every 60 s, glibc's malloc_trim(0) and a line in
+        DIR/malloc-trim.log with the RSS before and after it: how much of the RSS is
+        memory the allocator holds free
 """
 
 from __future__ import annotations
@@ -93,6 +97,31 @@ def plant_tracemalloc(directory: str) -> None:
     threading.Thread(target=sample, daemon=True).start()
 
 
+def plant_malloc_trim(directory: str) -> None:
+    import ctypes
+    import threading
+    import time
+
+    trim = ctypes.CDLL("libc.so.6").malloc_trim
+    os.makedirs(directory, exist_ok=True)
+    out = open(os.path.join(directory, "malloc-trim.log"), "a", buffering=1)  # noqa: SIM115
+
+    def rss_kib() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        while True:
+            time.sleep(60.0)
+            before = rss_kib()
+            released = trim(0)
+            after = rss_kib()
+            out.write(f"t={time.monotonic() - t0:.0f}s rss before={before} KiB after={after} KiB released={released}\n")
+
+    threading.Thread(target=sample, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     plant, rest = argv[0], argv[1:]
     if plant.startswith("drop:"):
@@ -101,8 +130,10 @@ def main(argv: list[str]) -> int:
         plant_fd_leak()
     elif plant.startswith("tracemalloc:"):
         plant_tracemalloc(plant.split(":", 1)[1])
+    elif plant.startswith("malloc-trim:"):
+        plant_malloc_trim(plant.split(":", 1)[1])
     else:
-        raise SystemExit(f"unknown plant {plant!r}: drop:N, fd-leak or tracemalloc:DIR")
+        raise SystemExit(f"unknown plant {plant!r}: drop:N, fd-leak, tracemalloc:DIR or malloc-trim:DIR")
     print(f"soak_plant: relay with planted fault {plant}", flush=True)
     from concentrator.cli import main as concentrator_main
 
