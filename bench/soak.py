@@ -227,8 +227,10 @@ def metric_values(text: str, name: str) -> dict[str, float]:
 
 
 def proc_resources(pid: int) -> dict[str, float]:
-    """RSS (MB), descriptors, descriptors that are not a live TCP socket of the
-    process's namespace (established, connecting or listening), threads."""
+    """RSS (MB), and of it the anonymous memory (the heap: where a leak shows) and the
+    pages of mapped files (code and libraries, touched as paths run for the first
+    time: bounded by their size); descriptors, descriptors that are not a live TCP
+    socket of the process's namespace (established, connecting or listening), threads."""
     with open(f"/proc/{pid}/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     if "VmRSS" not in status:  # a zombie: nothing left to measure
@@ -255,6 +257,8 @@ def proc_resources(pid: int) -> dict[str, float]:
             pass
     return {
         "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+        "rss_anon_mb": int(status["RssAnon"].split()[0]) / 1024,
+        "rss_file_mb": int(status["RssFile"].split()[0]) / 1024,
         "fds": len(fds),
         "unexplained_fds": len(fds) - sum(1 for i in inodes if i in live),
         "threads": int(status["Threads"]),
@@ -1049,6 +1053,8 @@ class Soak:
             resources[proc] = {
                 "rss_slope_mb_per_h_last_half": pooled_slope(samples, "rss_mb", half),
                 "tree_rss_slope_mb_per_h_last_half": pooled_slope(samples, "tree_rss_mb", half),
+                "rss_anon_slope_mb_per_h_last_half": pooled_slope(samples, "rss_anon_mb", half),
+                "rss_file_slope_mb_per_h_last_half": pooled_slope(samples, "rss_file_mb", half),
                 "fds_slope_per_h_last_half": pooled_slope(samples, "fds", half),
                 "unexplained_fds_range": [
                     min((s["unexplained_fds"] for s in samples), default=None),
@@ -1407,15 +1413,21 @@ def markdown(r: dict[str, Any]) -> str:
     for minute, v in r["latency_by_minute"].items():
         if v["n"]:
             out.append(f"| {minute} | {v['n']} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} |")
-    out += ["", "| process | incarnations | RSS MB min-max | RSS slope, last half, MB/h | descriptors slope /h |"
+    out += ["", "| process | incarnations | RSS MB min-max | RSS slope, last half, MB/h |"
+            " of which anonymous / mapped files, MB/h | descriptors slope /h |"
             " floor rise in a process | not-a-live-socket spread | threads | log bytes at end |",
-            "|---|---:|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+            "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+
+    def signed(v: float | None, digits: int = 2) -> str:
+        return "n/a" if v is None else f"{v:+.{digits}f}"
+
     for proc, v in r["resources"].items():
         rss = v["rss_mb_range"]
-        slope = v["rss_slope_mb_per_h_last_half"]
-        fds = v["fds_slope_per_h_last_half"]
+        # (anonymous and mapped-file RSS are sampled since 2026-12-07 20:50: n/a before)
+        anon, files = v.get("rss_anon_slope_mb_per_h_last_half"), v.get("rss_file_slope_mb_per_h_last_half")
+        fds = signed(v["fds_slope_per_h_last_half"], 1)
         out.append(f"| {proc} | {v['incarnations']} | {rss[0]:.1f}-{rss[1]:.1f} | "
-                   f"{'n/a' if slope is None else f'{slope:+.2f}'} | {'n/a' if fds is None else f'{fds:+.1f}'} | "
+                   f"{signed(v['rss_slope_mb_per_h_last_half'])} | {signed(anon)} / {signed(files)} | {fds} | "
                    f"{v['fds_floor_rise_in_a_process']} | {v['unexplained_fds_max_spread_in_a_process']} | "
                    f"{v['threads_range'][0]}-{v['threads_range'][1]} | {v['log_bytes_end']} |")  # fmt: skip
     a = r["alerts"]
