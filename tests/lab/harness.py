@@ -596,9 +596,15 @@ def _close_all() -> None:
 
 
 def install_signal_cleanup() -> None:
-    """For CLI entry points: SIGTERM/SIGHUP unwind (running every Lab.close())."""
+    """For CLI entry points: SIGTERM/SIGHUP unwind (running every Lab.close()).
+
+    Once: later signals are ignored, because one raised inside Lab.close() would cut
+    the unwinding short and leave namespaces and processes behind (`timeout` forwards
+    the SIGTERM that `pkill` sends to it as well, so two arrive at once)."""
 
     def handler(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
