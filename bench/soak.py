@@ -1462,7 +1462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--without", help="fault kinds left out, comma-separated (e.g. relay_restart: one relay life)")
     ap.add_argument("--relay-kills-until", type=float, metavar="SECONDS",
                     help="no relay kill after this time (the relay's last life then measures its memory)")  # fmt: skip
-    ap.add_argument("--plant", help="test only: drop:N or fd-leak (tests/lab/soak_plant.py)")
+    ap.add_argument("--plant", help="test only: drop:N or fd-leak, or the instruments tracemalloc:DIR and "
+                    "malloc-trim:DIR (tests/lab/soak_plant.py)")  # fmt: skip
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--svg", help="write the RSS/descriptor plot here")
     ap.add_argument("--log", help="append the schedule and every fault's start and end here")
