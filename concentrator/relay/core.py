@@ -656,6 +656,10 @@ class RelayCore:
         # Its frames not yet sent are dropped (the UPDC sends them again); those in flight
         # stay, so that the BMI's confirmations keep counting the right frames.
         self.queue.discard_pending(conn)
+        # Nothing more arrives on it to attach to its last frame, which refers back to it:
+        # kept, the pair is garbage only the cycle collector frees, and every uplink
+        # outage closes all the sites at once.
+        conn.last_item = None
         self._log.warning(
             f"disconnected {site.name}", now, "site %s disconnected: %s: %s", site.name, cause.value, detail
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 from concentrator.config import ConfigError, parse_config
 from concentrator.iec104.errors import Cause, ConcentratorError
 from concentrator.iec104.link import LinkParams, State
-from concentrator.relay.core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore
+from concentrator.relay.core import RETRY_MAX, RETRY_MIN, ConnectSite, RelayCore, SiteConn
 from concentrator.relay.uplink_queue import QueueError
 from concentrator.relay.windows import idle_tolerant_w, window_problems, window_warnings
 from tests.peers.codec_peers import counter_asdu, counter_of
@@ -456,3 +457,28 @@ def test_a_command_leaves_before_the_confirmation_the_same_bmi_frame_released():
     writes = [a for a in iter(core.next_action, None) if isinstance(a, Transmit)]
     assert [w.conn for w in writes] == [sites[1], sites[0]]
     assert decode(writes[1].data) == SFrame(1)
+
+
+def test_a_closed_site_connection_is_freed_at_once_not_left_to_the_cycle_collector():
+    """Its frames still pending when it closed are dropped from the uplink queue, and the
+    connection must not keep the last of them (which refers back to it): such garbage is
+    freed only by the collector's full collections, and mass reconnections (every uplink
+    outage) let it pile up as RSS in the chaos soak (bench/SOAK.md, the traced run)."""
+    lab, bmi = started_lab(sites=1, site_k=12, uplink=LinkParams(k=2, w=1))
+    station = lab.stations[0]
+    lab.generate(0, 6)
+    lab.deliver_to_core(station.conn)  # type: ignore[arg-type]
+    lab.deliver_to_peer(bmi.conn)  # type: ignore[attr-defined]
+    assert lab.core.queue.in_flight == 2 and len(lab.core.queue) == 4  # the rest pending
+    gc.disable()
+    try:
+        gc.collect()
+        lab.drop(station.conn)  # type: ignore[arg-type]
+        assert len(lab.core.queue) == 0 and lab.core.queue.in_flight == 2
+        lab.bmi_confirm(bmi, 2)  # type: ignore[arg-type]  # what was in flight: the last references
+        assert lab.core.queue.in_flight == 0 and lab.core.sites[0].conn is None
+        # (SiteConn has __slots__ and no weakref: look for it among the objects alive.)
+        left = [o for o in gc.get_objects() if isinstance(o, SiteConn)]
+        assert left == [], [type(r).__name__ for r in gc.get_referrers(*left)]
+    finally:
+        gc.enable()
