@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from concentrator.relay.core import RelayCore
 
@@ -59,67 +60,66 @@ def plant_fd_leak() -> None:
     RelayCore.site_connected = leaking  # type: ignore[method-assign]
 
 
-def plant_tracemalloc(directory: str) -> None:
-    import gc
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _every_minute(directory: str, log_name: str, write: Callable[[float, TextIO], None]) -> None:
+    """An instrument: `write(the relay's age in s, log)` every 60 s, from a thread of the
+    relay's process, into DIR/log_name."""
     import threading
     import time
+
+    os.makedirs(directory, exist_ok=True)
+    out = open(os.path.join(directory, log_name), "a", buffering=1)  # noqa: SIM115
+
+    def loop() -> None:
+        t0 = time.monotonic()
+        while True:
+            time.sleep(60.0)
+            write(time.monotonic() - t0, out)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def plant_tracemalloc(directory: str) -> None:
+    import gc
     import tracemalloc
 
     tracemalloc.start(3)
-    os.makedirs(directory, exist_ok=True)
-    out = open(os.path.join(directory, "tracemalloc.log"), "a", buffering=1)  # noqa: SIM115
+    base: list[tracemalloc.Snapshot] = []  # the snapshot at 120 s, once taken
 
-    def rss_kib() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    def write(age: float, out: TextIO) -> None:
+        traced, peak = tracemalloc.get_traced_memory()
+        out.write(
+            f"t={age:.0f}s traced={traced / 1e6:.3f}MB peak={peak / 1e6:.3f}MB rss={_rss_kib() / 1024:.1f}MB "
+            f"blocks={sys.getallocatedblocks()} gc_objects={len(gc.get_objects())}\n"
+        )
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if not base:
+            if age >= 120:
+                base.append(snap)
+            return
+        for stat in snap.compare_to(base[0], "traceback")[:15]:
+            where = " <- ".join(f"{fr.filename.rsplit('/', 2)[-1]}:{fr.lineno}" for fr in stat.traceback)
+            grew = f"{stat.size_diff / 1e3:+.1f}kB {stat.count_diff:+d} blocks"
+            out.write(f"  {grew}, now {stat.size / 1e3:.1f}kB: {where}\n")
 
-    def sample() -> None:
-        t0 = time.monotonic()
-        base = None
-        while True:
-            time.sleep(60.0)
-            elapsed = time.monotonic() - t0
-            traced, peak = tracemalloc.get_traced_memory()
-            out.write(
-                f"t={elapsed:.0f}s traced={traced / 1e6:.3f}MB peak={peak / 1e6:.3f}MB rss={rss_kib() / 1024:.1f}MB "
-                f"blocks={sys.getallocatedblocks()} gc_objects={len(gc.get_objects())}\n"
-            )
-            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-            if base is None:
-                if elapsed >= 120:
-                    base = snap
-                continue
-            for stat in snap.compare_to(base, "traceback")[:15]:
-                where = " <- ".join(f"{fr.filename.rsplit('/', 2)[-1]}:{fr.lineno}" for fr in stat.traceback)
-                grew = f"{stat.size_diff / 1e3:+.1f}kB {stat.count_diff:+d} blocks"
-                out.write(f"  {grew}, now {stat.size / 1e3:.1f}kB: {where}\n")
-
-    threading.Thread(target=sample, daemon=True).start()
+    _every_minute(directory, "tracemalloc.log", write)
 
 
 def plant_malloc_trim(directory: str) -> None:
     import ctypes
-    import threading
-    import time
 
     trim = ctypes.CDLL("libc.so.6").malloc_trim
-    os.makedirs(directory, exist_ok=True)
-    out = open(os.path.join(directory, "malloc-trim.log"), "a", buffering=1)  # noqa: SIM115
 
-    def rss_kib() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    def write(age: float, out: TextIO) -> None:
+        before = _rss_kib()
+        released = trim(0)
+        out.write(f"t={age:.0f}s rss before={before} KiB after={_rss_kib()} KiB released={released}\n")
 
-    def sample() -> None:
-        t0 = time.monotonic()
-        while True:
-            time.sleep(60.0)
-            before = rss_kib()
-            released = trim(0)
-            after = rss_kib()
-            out.write(f"t={time.monotonic() - t0:.0f}s rss before={before} KiB after={after} KiB released={released}\n")
-
-    threading.Thread(target=sample, daemon=True).start()
+    _every_minute(directory, "malloc-trim.log", write)
 
 
 def main(argv: list[str]) -> int:
