@@ -4,17 +4,19 @@ Lab.close() and left 102 namespaces and the lab's processes running."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import require_root
 
 pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys, time
@@ -33,8 +35,7 @@ def namespaces(prefix: str) -> list[str]:
 
 def test_a_volley_of_sigterms_still_removes_every_namespace() -> None:
     require_root()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=root, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         prefix = child.stdout.readline().strip()
