@@ -117,6 +117,9 @@ class Fault:
     started_unix: float | None = None
     ended_unix: float | None = None
     note: str = ""
+    # A foreign UPDC's ASDUs left in its queue leave on its next connection, which can
+    # come after the fault (the BMI away meanwhile): when the last of them left.
+    effects_until: float | None = None
 
     @property
     def resource(self) -> str:
@@ -1014,6 +1017,8 @@ class Soak:
             wait_for(drained, 120, "every site's queue confirmed", interval=0.5)
         except TimeoutError as exc:
             self.violate("drain", str(exc))
+        # site<i> has CA 100 + i (start_fault)
+        foreign_effects(self.schedule, {f"site{int(ca) - 100}": st["foreign_runs"] for ca, st in produced.items()})
         time.sleep(3.0)  # the last commands and their confirmations
         self.read_rows()
         self.read_events()
@@ -1140,7 +1145,12 @@ class Soak:
             "violations_by_kind": dict(Counter(v["kind"] for v in self.violations)),
             "ok": not self.violations,
             "schedule": [
-                asdict(f) | {"started": _rel(f.started, self.t0), "ended": _rel(f.ended, self.t0)}
+                asdict(f)
+                | {
+                    "started": _rel(f.started, self.t0),
+                    "ended": _rel(f.ended, self.t0),
+                    "effects_until": _rel(f.effects_until, self.t0),
+                }
                 for f in self.schedule
             ],  # fmt: skip
             "samples": self.samples,
@@ -1227,6 +1237,25 @@ def expected_alert(f: Fault) -> tuple[str, float, str] | None:
     return None
 
 
+def foreign_effects(schedule: list[Fault], runs_by_site: dict[str, list[list[float]]]) -> None:
+    """Each run of foreign-CA ASDUs a site sent belongs to the last foreign episode on
+    that site that began before it: that fault's effects last until the run's end."""
+    for site, runs in runs_by_site.items():
+        episodes = sorted(
+            (f for f in schedule
+             if f.target == site and f.kind == "hostile_site" and f.params.get("hostile") == "foreign"
+             and f.started is not None),
+            key=lambda f: f.started or 0.0,
+        )  # fmt: skip
+        for first, last in runs:
+            owner = None
+            for f in episodes:
+                if (f.started or 0.0) <= first:
+                    owner = f
+            if owner is not None:
+                owner.effects_until = max(owner.effects_until or last, last)
+
+
 def fault_scope(f: Fault) -> str | None:
     """The link a fault is about ("uplink", "site<i>"), None for the relay, netd, the BMI."""
     return f.target if f.target == "uplink" or f.target.startswith("site") else None
@@ -1291,7 +1320,7 @@ def evaluate_alerts(
         # rule's clearing time] of faults that can raise it (site alerts: that site's).
         kinds, clear = EXPLAINS.get(x["alert"], (set(), 0))
         windows = sorted(
-            (rel(f)[0] - 5, rel(f)[1] + clear)
+            (rel(f)[0] - 5, max(rel(f)[1], (f.effects_until or -math.inf) - t0) + clear)
             for f in started
             if f.kind in kinds and explains(fault_scope(f), x.get("site"), x.get("link"))
         )
@@ -1386,7 +1415,7 @@ def alerts_again(r: dict[str, Any]) -> dict[str, Any]:
     schedule = []
     for doc in r["schedule"]:
         fields = {k: doc[k] for k in ("id", "kind", "target", "at", "duration", "params", "started", "ended")}
-        schedule.append(Fault(**fields))
+        schedule.append(Fault(**fields, effects_until=doc.get("effects_until")))
     return evaluate_alerts(r["alerts"]["fired"], schedule, 0.0, r["duration_s"] + 60, 0.0)
 
 

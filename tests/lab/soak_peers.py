@@ -68,6 +68,8 @@ STAMPED = struct.Struct("<BBBBHHBIBIBIB")
 STAMPED_IOA = 1000
 ROW = struct.Struct("<IHBBQqq")  # conn, CA, type, cause (+P/N bit), sequence, arrival ns, stamp ns
 FOREIGN_CA = 60000
+FOREIGN_CA_BYTES = FOREIGN_CA.to_bytes(2, "little")
+FOREIGN_RUN_GAP = 1.0  # s
 
 
 def stamped(ca: int, sequence: int, stamp_ns: int) -> bytes:
@@ -189,6 +191,10 @@ class Station:
         self.sockets: set[trio.socket.SocketType] = set()
         self._active: LinkSession | None = None
         self._sessions: set[LinkSession] = set()
+        # When it sent ASDUs for the foreign CA (CLOCK_MONOTONIC s), as runs [first, last]
+        # with gaps under FOREIGN_RUN_GAP: those left in its queue by a foreign episode
+        # leave on its next connection, after the episode (the alert's judge needs that).
+        self.foreign_runs: list[list[float]] = []
 
     # --------------------------------------------------------- data
     def produce(self, count: int) -> None:
@@ -209,7 +215,16 @@ class Station:
             asdu = self.waiting.popleft()
             session.link.send_asdu(asdu, now)
             self.unconfirmed.append(asdu)
+            if asdu[4:6] == FOREIGN_CA_BYTES:
+                self._sent_foreign(time.monotonic())
         session.wake()
+
+    def _sent_foreign(self, at: float) -> None:
+        runs = self.foreign_runs
+        if runs and at - runs[-1][1] < FOREIGN_RUN_GAP:
+            runs[-1][1] = at
+        else:
+            runs.append([at, at])
 
     def _deactivate(self) -> None:
         self._active = None
@@ -322,7 +337,7 @@ class Station:
         if self.cancel is not None:
             self.cancel.cancel()
 
-    def status(self) -> dict[str, int | str]:
+    def status(self) -> dict[str, object]:
         return {
             "produced": self.produced,
             "waiting": len(self.waiting),
@@ -330,6 +345,7 @@ class Station:
             "connections": self.connections,
             "started": int(self._active is not None),
             "mode": self.mode,
+            "foreign_runs": self.foreign_runs,
         }
 
 
