@@ -1017,7 +1017,7 @@ class Soak:
             wait_for(drained, 120, "every site's queue confirmed", interval=0.5)
         except TimeoutError as exc:
             self.violate("drain", str(exc))
-        # site<i> has CA 100 + i (start_fault)
+        # site<i> has CA 100 + i (begin)
         foreign_effects(self.schedule, {f"site{int(ca) - 100}": st["foreign_runs"] for ca, st in produced.items()})
         time.sleep(3.0)  # the last commands and their confirmations
         self.read_rows()
