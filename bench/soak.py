@@ -1232,26 +1232,27 @@ def expected_alert(f: Fault) -> tuple[str, float, str] | None:
         return "ConcentratorSiteDown", 40, "relay_restart"
     if f.kind == "site_both_down":
         return "ConcentratorSiteDown", 70, "relay_restart"  # t3 20 s + t1 15 s to notice, then `for` 20 s
-    if f.kind == "hostile_site" and f.params.get("hostile") == "foreign":
+    if is_foreign_episode(f):
         return "ConcentratorSiteForeignCommonAddress", 0, ""
     return None
+
+
+def is_foreign_episode(f: Fault) -> bool:
+    """A UPDC sending ASDUs for a common address that is not its own."""
+    return f.kind == "hostile_site" and f.params.get("hostile") == "foreign"
 
 
 def foreign_effects(schedule: list[Fault], runs_by_site: dict[str, list[list[float]]]) -> None:
     """Each run of foreign-CA ASDUs a site sent belongs to the last foreign episode on
     that site that began before it: that fault's effects last until the run's end."""
     for site, runs in runs_by_site.items():
-        episodes = sorted(
-            (f for f in schedule
-             if f.target == site and f.kind == "hostile_site" and f.params.get("hostile") == "foreign"
-             and f.started is not None),
+        latest_first = sorted(
+            (f for f in schedule if f.target == site and is_foreign_episode(f) and f.started is not None),
             key=lambda f: f.started or 0.0,
-        )  # fmt: skip
+            reverse=True,
+        )
         for first, last in runs:
-            owner = None
-            for f in episodes:
-                if (f.started or 0.0) <= first:
-                    owner = f
+            owner = next((f for f in latest_first if (f.started or 0.0) <= first), None)
             if owner is not None:
                 owner.effects_until = max(owner.effects_until or last, last)
 
