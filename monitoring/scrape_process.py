@@ -48,7 +48,6 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +108,7 @@ class Snapshots:
         # CPU and memory of the relay's process, not of this one.
         ProcessCollector(pid=lambda: str(setup.relay_pid), registry=self._process)
 
-    async def exposition(self, extra: Callable[[], bytes]) -> bytes:
+    async def exposition(self) -> bytes:
         async with self._lock:
             now = trio.current_time()
             if now - self._taken_at >= self.setup.limits.snapshot_interval:
@@ -117,7 +116,7 @@ class Snapshots:
                 self.taken += 1
                 await self.sock.send(SNAPSHOT_REQUEST)
                 snapshot = await receive_message_async(self.sock)
-                self._body = self._render(*snapshot) + extra()
+                self._body = self._render(*snapshot)
             return self._body
 
     def _render(self, now: float, stats: RelayStats, states: dict[str, tuple[str, float, Any]]) -> bytes:
@@ -247,14 +246,18 @@ class HttpServer:
             status, body = b"404 Not Found", b"/metrics only\n"
         else:
             try:
-                body = await self.snapshots.exposition(self.metrics)
+                body = await self.snapshots.exposition()
                 status, kind, outcome = b"200 OK", CONTENT_TYPE_PLAIN_0_0_4.encode(), "answered"
             except (OSError, EOFError) as exc:  # the relay is going away
                 status, body, outcome = b"503 Service Unavailable", f"no snapshot: {exc}\n".encode(), "no_snapshot"
+        # This exporter's own counters are as of now, not of the shared snapshot: a refusal
+        # a moment ago is in the next answer.
+        own = self.metrics() if outcome == "answered" else b""
         header = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
         with trio.move_on_after(limits.send_timeout) as sending:
-            await stream.send_all(header % (status, kind, len(body)))
-            await stream.send_all(body)  # not joined to the header: every client shares this one copy
+            await stream.send_all(header % (status, kind, len(body) + len(own)))
+            await stream.send_all(body)  # not joined to the rest: every client shares this one copy
+            await stream.send_all(own)
             connection.replied = True
         return "send_timeout" if sending.cancelled_caught else outcome
 
