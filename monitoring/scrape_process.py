@@ -27,7 +27,7 @@ threads and 98 MB, and into the relay's log as 1,200 BrokenPipe tracebacks). Her
   an answer must be taken within `send_timeout`;
 - the relay is asked for a snapshot at most once per `snapshot_interval`, however many
   clients ask: the others get the same text (Prometheus servers of an HA pair scrape at
-  the same moment);
+  the same moment), followed by this process's own counters as of their answer;
 - one request per connection (`Connection: close`); a client that goes away is met with
   silence: its connection is closed, nothing is logged.
 
