@@ -101,6 +101,20 @@ UPLINK_WIDE = {"relay_restart", "bmi_restart", "ed2_switch", "uplink_both_down",
                "uplink_primary_silent", "netd_restart"}  # fmt: skip
 
 
+def site_ca(i: int) -> int:
+    """The common address of site<i>: its UPDC's, and the one its faults and checks name."""
+    return 100 + i
+
+
+def ca_site(ca: int) -> str:
+    return f"site{ca - 100}"
+
+
+def target_ca(target: str) -> int:
+    """The common address a fault's target names; 0 when the target is not a site."""
+    return site_ca(int(target[4:])) if target.startswith("site") else 0
+
+
 # ---------------------------------------------------------------------- schedule
 
 
@@ -299,7 +313,7 @@ class Soak:
         rng = random.Random(args.seed ^ 0x5EED)
         raw = [rng.lognormvariate(0, 0.8) for _ in range(self.n)]
         scale = args.rate / sum(raw)
-        self.rates = {100 + i: round(max(0.5, raw[i - 1] * scale), 2) for i in range(1, self.n + 1)}
+        self.rates = {site_ca(i): round(max(0.5, raw[i - 1] * scale), 2) for i in range(1, self.n + 1)}
         without = frozenset(k for k in (args.without or "").split(",") if k)
         self.schedule = make_schedule(
             args.seed, args.duration, self.n, args.mean_gap, args.max_fault, without, args.relay_kills_until
@@ -413,7 +427,12 @@ class Soak:
                        "src", site.peer_service, "metric", str(metric))  # fmt: skip
         # Stations.
         spec = [
-            {"netns": lab.ns(s.peer), "listen": f"{s.peer_service}:{PORT}", "ca": 100 + i, "rate": self.rates[100 + i]}
+            {
+                "netns": lab.ns(s.peer),
+                "listen": f"{s.peer_service}:{PORT}",
+                "ca": site_ca(i),
+                "rate": self.rates[site_ca(i)],
+            }
             for i, s in enumerate(lab.sites, start=1)
         ]
         with open(self.files["sites.json"], "w") as f:
@@ -466,7 +485,7 @@ class Soak:
         return self._spawn("conc", "netd-conc", argv)
 
     def start_bmi(self) -> subprocess.Popen[bytes]:
-        cas = ",".join(str(100 + i) for i in range(1, self.n + 1))
+        cas = ",".join(str(site_ca(i)) for i in range(1, self.n + 1))
         return self._spawn("bmi", "bmi", [sys.executable, "-m", "tests.lab.soak_peers", "bmi",
                            "--target", f"{CONC_SERVICE}:{PORT}", "--rows", self.files["rows.bin"],
                            "--events", self.files["bmi-events.jsonl"], "--control", self.files["bmi-control.jsonl"],
@@ -506,7 +525,7 @@ class Soak:
 
     def begin(self, f: Fault) -> None:
         lab = self.lab
-        site_ca = 100 + int(f.target[4:]) if f.target.startswith("site") else 0
+        ca = target_ca(f.target)
         if f.kind == "site_primary_down":
             lab.link_down(f.target, "primary")
         elif f.kind == "site_both_down":
@@ -522,9 +541,9 @@ class Soak:
         elif f.kind == "path_loss":
             self._nft_loss(f.target, f.params["path"], f.params["percent"], True)
         elif f.kind == "updc_restart":
-            self.control("station-control.jsonl", cmd="kill", ca=site_ca)
+            self.control("station-control.jsonl", cmd="kill", ca=ca)
         elif f.kind == "hostile_site":
-            self.control("station-control.jsonl", cmd="hostile", ca=site_ca, kind=f.params["hostile"])
+            self.control("station-control.jsonl", cmd="hostile", ca=ca, kind=f.params["hostile"])
         elif f.kind == "bmi_restart":
             self.kill(self.bmi)
         elif f.kind == "ed2_switch":
@@ -538,7 +557,7 @@ class Soak:
 
     def end(self, f: Fault) -> None:
         lab = self.lab
-        site_ca = 100 + int(f.target[4:]) if f.target.startswith("site") else 0
+        ca = target_ca(f.target)
         if f.kind == "site_primary_down":
             lab.link_up(f.target, "primary")
         elif f.kind == "site_both_down":
@@ -554,9 +573,9 @@ class Soak:
         elif f.kind == "path_loss":
             self._nft_loss(f.target, f.params["path"], f.params["percent"], False)
         elif f.kind == "updc_restart":
-            self.control("station-control.jsonl", cmd="restart", ca=site_ca)
+            self.control("station-control.jsonl", cmd="restart", ca=ca)
         elif f.kind == "hostile_site":
-            self.control("station-control.jsonl", cmd="calm", ca=site_ca)
+            self.control("station-control.jsonl", cmd="calm", ca=ca)
         elif f.kind == "bmi_restart":
             self.bmi = self.start_bmi()
         elif f.kind == "ed2_switch":
@@ -603,7 +622,7 @@ class Soak:
         if seq < nxt or seq in ahead:
             run_length = self.dup_run[ca] = self.dup_run[ca] + 1
             causes = self._kinds_near(t, DUPLICATE_CAUSES) + [
-                f for f in self._kinds_near(t, SITE_DUPLICATE_CAUSES) if f.target == f"site{ca - 100}"
+                f for f in self._kinds_near(t, SITE_DUPLICATE_CAUSES) if f.target == ca_site(ca)
             ]
             kind = max(causes, key=lambda f: f.started or 0).kind if causes else "none"
             self.duplicates_by_kind[kind] += 1
@@ -679,7 +698,7 @@ class Soak:
             near = self.active_at(t, margin=1.0, after=10.0)
             # Loss on an uplink path delays what is on its way for seconds (TCP backs off), long
             # enough for a relay or BMI kill to meet it still in flight.
-            excuses = {f.kind for f in near if f.kind in UPLINK_WIDE or f.target in ("uplink", f"site{ca - 100}")}
+            excuses = {f.kind for f in near if f.kind in UPLINK_WIDE or f.target in ("uplink", ca_site(ca))}
             if ca in UNKNOWN_CAS:
                 if deliveries:
                     self.violate("selectivity", f"command {cid} for unknown CA {ca} reached a site")
@@ -1017,8 +1036,7 @@ class Soak:
             wait_for(drained, 120, "every site's queue confirmed", interval=0.5)
         except TimeoutError as exc:
             self.violate("drain", str(exc))
-        # site<i> has CA 100 + i (begin)
-        foreign_effects(self.schedule, {f"site{int(ca) - 100}": st["foreign_runs"] for ca, st in produced.items()})
+        foreign_effects(self.schedule, {ca_site(int(ca)): st["foreign_runs"] for ca, st in produced.items()})
         time.sleep(3.0)  # the last commands and their confirmations
         self.read_rows()
         self.read_events()
