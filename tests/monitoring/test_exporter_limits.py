@@ -108,7 +108,7 @@ async def _append(bodies: list[str], url: str) -> None:
 
 def test_the_exporters_own_counters_are_as_of_the_scrape_not_of_the_snapshot() -> None:
     """The relay's stats may be up to a snapshot interval old; what this process counted
-    itself is not: a connection refused a moment ago is in the next answer. (They once
+    itself is not: a connection closed a moment ago is in the next answer. (They once
     came with the snapshot, and a CI run scraped 0 refusals just after one.)"""
     with exporter(Limits(snapshot_interval=3600.0)) as served:
         scrape(served.url)  # the snapshot every later answer shares
